@@ -1,0 +1,341 @@
+"""The ``fmkit`` command line (typer): train, sample, evaluate, plugins, recipe.
+
+User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* without a traceback;
+``fmkit --debug ...`` (or ``FMKIT_DEBUG=1``) shows one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fmkit.errors import FmkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fmkit: flow matching from YAML recipes.")
+recipe_app = typer.Typer(no_args_is_help=True, help="Validate and inspect recipes.")
+app.add_typer(recipe_app, name="recipe")
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    if debug:
+        _STATE["debug"] = True
+
+
+def _registry():
+    from fmkit.registry import get_registry
+
+    return get_registry()
+
+
+@app.command()
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML file")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="processes (GPUs) on this node; >1 "
+                                                "hands off to torch.distributed.run (DDP)")] = 1,
+) -> None:
+    """Train a model from a recipe (or resume a run)."""
+    if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        _launch_torchrun(nproc_per_node)
+        return
+    from fmkit.distributed import init_from_env
+    from fmkit.recipe import load_recipe
+    from fmkit.run import RECIPE_FILE, build_trainer, load_run_recipe, new_run_dir
+
+    dist = init_from_env()
+    if resume is not None:
+        rec = load_run_recipe(resume, set_ or [])
+        if recipe is not None:
+            console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
+        run_dir = resume
+        if dist.rank == 0 and set_:
+            (run_dir / RECIPE_FILE).write_text(rec.to_yaml())
+    else:
+        if recipe is None:
+            raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
+        rec = load_recipe(recipe, set_ or [])
+        run_dir = new_run_dir(rec, out) if dist.rank == 0 else (out or Path("."))
+    trainer = build_trainer(rec, run_dir)
+    if dist.rank == 0:
+        console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
+                      f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
+    t0 = time.perf_counter()
+    trainer.fit(resume=resume is not None)
+    if dist.rank == 0:
+        console.print(f"trained to step {trainer.step} in {time.perf_counter() - t0:.1f} s; "
+                      f"checkpoints in {run_dir / 'checkpoints'}")
+        _print_eval(run_dir)
+
+
+def _launch_torchrun(n: int) -> None:
+    from torch.distributed import run as torchrun
+
+    args = [f"--nproc-per-node={n}", "-m", "fmkit.cli"] + (["--debug"] if _STATE["debug"] else []) + \
+        [a for a in sys.argv[1:] if not a.startswith("--nproc-per-node") and a != "--debug"]
+    # drop a separate value token of --nproc-per-node N
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node" or (a.isdigit() and cleaned and cleaned[-1] == "--nproc-per-node"):
+            skip = True
+            continue
+        cleaned.append(a)
+    torchrun.main(cleaned)
+
+
+def _print_eval(run_dir: Path) -> None:
+    from fmkit.logging import read_metrics
+
+    m = read_metrics(run_dir)
+    ev = {k[5:]: v[-1] for k, v in m.items() if k.startswith("eval/")}
+    if ev:
+        table = Table(title=f"evaluation at step {max(s for s, _ in ev.values())}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, (_, v) in sorted(ev.items()):
+            table.add_row(k, f"{v:.4f}")
+        console.print(table)
+
+
+def _load_for_inference(run: Path, set_: list[str] | None):
+    from fmkit.checkpoint import load_checkpoint, resolve_checkpoint
+    from fmkit.run import build_components, fingerprint, load_run_recipe
+    from fmkit.trainer import load_model_state
+
+    rec = load_run_recipe(run, set_ or [])
+    comps = build_components(rec)
+    ck = resolve_checkpoint(run)
+    data = load_checkpoint(ck)
+    theirs = data.meta.get("fingerprint", {})
+    if theirs and theirs.get("model") != fingerprint(rec)["model"]:
+        from fmkit.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {ck} was trained with model {theirs.get('model')}, the run's recipe "
+                              f"now says {fingerprint(rec)['model']}", where=str(ck),
+                              fix="restore the run's recipe.yaml or use a checkpoint from this recipe")
+    weights = data.tensors.get("ema") if rec.eval.use_ema and "ema" in data.tensors else data.tensors["model"]
+    load_model_state(comps.model, weights, str(ck))
+    return rec, comps, ck, data
+
+
+def _device(rec) -> "torch.device":  # noqa: F821
+    from fmkit.trainer import pick_device
+
+    return pick_device(rec.trainer.device)
+
+
+def _solver(rec, solver: str | None, steps: int | None):
+    from fmkit.recipe import Component
+
+    spec = rec.solver.spec()
+    if solver:
+        spec = {"name": solver}
+    if steps is not None:
+        spec["steps"] = steps
+    return _registry().build("solvers", Component(**spec).spec(), where="--solver/--steps")
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="number of samples")] = 1000,
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples")] = None,
+    seed: int = 0,
+    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate samples from a trained run and write them (artefacts + safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fmkit.guidance import ClassifierFreeGuidance
+    from fmkit.run import safe_output_path
+    from fmkit.trainer import sample_in_chunks
+
+    rec, comps, ck, _ = _load_for_inference(run, set_)
+    dev = _device(rec)
+    s = _solver(rec, solver, steps)
+    name = out or f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = safe_output_path(Path(run) / "samples", name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = comps.model.to(dev).eval()
+    if guidance is not None:
+        if comps.dataset.info.num_cond_classes is None:
+            raise FmkitError("--guidance needs a conditional dataset", fix="drop --guidance")
+        model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev, seed)
+    dt = time.perf_counter() - t0
+    save_file({k: v.contiguous() for k, v in samples.items()}, str(out_dir / "samples.safetensors"))
+    files = [out_dir / "samples.safetensors"]
+    for w in comps.writers.values():
+        files += list(w(samples, out_dir, comps.dataset, int(ck.name.split("_")[-1])))
+    console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
+    for f in files:
+        console.print(f"  {f}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, help="samples (default: eval.num_samples)")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    likelihood: Annotated[bool, typer.Option("--likelihood", help="also exact NLL / bits per dim of data")] = False,
+    likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
+    estimator: Annotated[str, typer.Option(help="divergence: exact or hutchinson")] = "exact",
+    seed: int = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
+    import torch
+
+    from fmkit.trainer import sample_in_chunks
+
+    rec, comps, ck, _ = _load_for_inference(run, set_)
+    dev = _device(rec)
+    s = _solver(rec, solver, steps)
+    model = comps.model.to(dev).eval()
+    num = n or rec.eval.num_samples
+    rows: list[tuple[str, str]] = []
+    if comps.metrics:
+        torch.manual_seed(seed)
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, num, rec.eval.batch_size, dev,
+                                   seed)
+        for metric in comps.metrics.values():
+            for k, v in metric(samples, comps.dataset).items():
+                rows.append((k, f"{v:.4f}"))
+    if likelihood:
+        from fmkit.likelihood import log_likelihood
+        from fmkit.sampling import model_velocity
+        from fmkit.state import to_device
+
+        torch.manual_seed(seed)
+        ref = to_device(comps.dataset.reference(likelihood_n, seed=seed + 1), dev)
+        lsolver = s if solver or steps else _registry().build("solvers", {"name": "dopri5", "rtol": 1e-5, "atol": 1e-5})
+        try:
+            res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
+                                 comps.source, lsolver, estimator=estimator)
+        except (NotImplementedError, ValueError) as exc:
+            raise FmkitError(f"log-likelihood is not available for this run: {exc}",
+                             fix="use a source with a closed-form density and continuous fields only") from None
+        rows.append(("nll (nats)", f"{-res.log_prob.mean().item():.4f}"))
+        rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
+        rows.append(("likelihood nfe", str(res.nfe)))
+    if not rows:
+        raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
+                         fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
+    table = Table(title=f"{run} @ {ck.name} ({num} samples, solver {type(s).__name__})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+@app.command()
+def plugins() -> None:
+    """Every registered component, its kind and the plugin that gave it."""
+    from fmkit.hookspecs import KINDS
+
+    reg = _registry()
+    table = Table(title="fmkit components")
+    for col in ("kind", "name", "plugin", "description"):
+        table.add_column(col)
+    for kind in KINDS:
+        for name, e in sorted(reg.entries(kind).items()):
+            table.add_row(kind[:-1], name, e.plugin, e.description)
+    console.print(table)
+    rec = reg.recipes()
+    if rec:
+        console.print("recipes shipped by plugins: " + ", ".join(f"{k} ({p})" for k, (_, p) in sorted(rec.items())))
+
+
+@recipe_app.command("validate")
+def recipe_validate(recipe: Annotated[Path, typer.Argument()], set_: SetOpt = None) -> None:
+    """Check a recipe (structure and every component's options)."""
+    from fmkit.recipe import load_recipe
+
+    load_recipe(recipe, set_ or [])
+    console.print(f"[green]ok[/]: {recipe} is a valid recipe")
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: Annotated[Path, typer.Argument()], set_: SetOpt = None) -> None:
+    """Print the resolved recipe, every default filled in."""
+    from fmkit.recipe import load_recipe
+
+    console.print(load_recipe(recipe, set_ or []).to_yaml(), markup=False, highlight=False)
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """Recipes shipped by installed plugins."""
+    for name, (p, plugin) in sorted(_registry().recipes().items()):
+        console.print(f"{name}\t{p}\t({plugin})")
+
+
+def run() -> None:
+    """Console-script entry point with user-friendly errors."""
+    try:
+        _registry_commands()
+        app(standalone_mode=False)
+    except FmkitError as exc:
+        if _STATE["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.render()}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code if isinstance(code, int) else 0)
+    except Exception as exc:  # click usage errors and genuine bugs
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _STATE["debug"]:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                          "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False)
+        sys.exit(1)
+
+
+_commands_added = False
+
+
+def _registry_commands() -> None:
+    global _commands_added
+    if not _commands_added:
+        _commands_added = True
+        _registry().add_commands(app)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,52 @@
+"""User-facing errors.
+
+Every error a user can cause derives from :class:`FmkitError` and carries three parts: *what* went
+wrong, *where* (file, key path, step, field) and *how to fix it*. The CLI prints these without a
+traceback (``--debug`` shows one).
+"""
+
+from __future__ import annotations
+
+
+class FmkitError(Exception):
+    """Base class: an error caused by input, configuration or environment, not by a bug."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"  where: {self.where}")
+        if self.fix:
+            parts.append(f"  fix:   {self.fix}")
+        return "\n".join(parts)
+
+
+class RecipeError(FmkitError):
+    """A recipe file is missing, is not valid YAML, or does not validate."""
+
+
+class RegistryError(FmkitError):
+    """A component name is unknown or registered twice."""
+
+
+class DataError(FmkitError):
+    """A data root is missing or partial, or a record cannot be read."""
+
+
+class CheckpointError(FmkitError):
+    """A checkpoint is missing, corrupt, unsafe, or does not fit the recipe/model."""
+
+
+class TrainingError(FmkitError):
+    """Training cannot go on (non-finite loss, out of memory, finished run)."""
+
+
+class OutputError(FmkitError):
+    """An output location cannot be written or lies outside the run directory."""

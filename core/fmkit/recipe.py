@@ -1,0 +1,235 @@
+"""YAML recipes validated by pydantic.
+
+A recipe names every component by its registry key with its options inline::
+
+    data:    {name: moons, n: 100000}
+    model:   {name: mlp, hidden: 256}
+    path:    {name: condot, fields: {atoms: {name: discrete}}}   # per-field overrides
+    source:  {name: eight_gaussians}
+    coupling: {name: exact_ot}
+    solver:  {name: euler, steps: 100}
+    trainer: {steps: 3000, batch_size: 256, lr: 1e-3}
+    eval:    {every: 1000, num_samples: 2000, metrics: [{name: w2}], writers: [{name: scatter}]}
+
+Validation happens in two passes, both before training: the recipe's own structure, then each
+component's options against the options model its plugin registered. Errors name the key path.
+Recipes can only name registered components, never import paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fmkit.errors import FmkitError, RecipeError
+from fmkit.registry import Registry, format_validation_error, get_registry
+
+
+class Component(BaseModel):
+    """``{name: <registry key>, ...options}``; options are checked against the registry later."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **(self.model_extra or {})}
+
+
+class FieldedComponent(Component):
+    """A component with per-field overrides: ``{name: ..., fields: {pos: {name: ...}}}``."""
+
+    fields: dict[str, Component] = Field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **(self.model_extra or {})}
+
+
+class TrainerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, ge=1, description="optimizer steps in total")
+    batch_size: int = Field(256, ge=1, description="global batch size (all ranks, all accumulation steps)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables")
+    ema_decay: float | None = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights; null disables")
+    time_sampler: Literal["uniform", "logit_normal"] = "uniform"
+    time_mean: float = 0.0
+    time_std: float = Field(1.0, gt=0.0)
+    cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    compile: bool = False
+    num_workers: int = Field(0, ge=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    progress: bool = True
+
+
+class EvalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
+    num_samples: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
+    use_ema: bool = True
+    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data)")
+    metrics: list[Component] = Field(default_factory=list)
+    writers: list[Component] = Field(default_factory=list)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
+    seed: int = 0
+    data: Component
+    model: Component
+    path: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="condot"))
+    source: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="gaussian"))
+    coupling: Component = Field(default_factory=lambda: Component(name="independent"))
+    solver: Component = Field(default_factory=lambda: Component(name="euler", steps=100))
+    trainer: TrainerOptions = Field(default_factory=TrainerOptions)
+    eval: EvalOptions = Field(default_factory=EvalOptions)
+    callbacks: list[Component] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a recipe file into a mapping, with line/column on syntax errors."""
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError(f"recipe file {str(p)!r} does not exist", where=str(p.resolve().parent),
+                          fix="check the path; shipped recipes live in recipes/ (see `fmkit recipe list`)")
+    if not p.is_file():
+        raise RecipeError(f"recipe path {str(p)!r} is not a file", fix="pass a .yaml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {str(p)!r}: {exc}", fix="pass a readable UTF-8 YAML file") from None
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{where}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else where
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"recipe is not valid YAML: {problem}", where=loc,
+                          fix="fix the YAML syntax at that position (indentation, colons, quotes)") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}", where=where,
+                          fix="start the file with keys such as `data:`, `model:`, `trainer:`")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a recipe mapping, in place."""
+    for ov in overrides:
+        if not isinstance(ov, str) or "=" not in ov:
+            raise RecipeError(f"override {ov!r} is not of the form key.path=value", where="--set",
+                              fix="write e.g. --set trainer.steps=200")
+        key, _, raw = ov.partition("=")
+        parts = key.strip().split(".")
+        if not key.strip() or any(not p for p in parts):
+            raise RecipeError(f"override {ov!r} has an empty key", where="--set", fix="write e.g. --set trainer.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            here = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                node = _list_item(node, p, here)
+                continue
+            if not isinstance(node, dict):
+                raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:i]) or 'the recipe'} is not a mapping",
+                                  where="--set")
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _list_index(node, last, key)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a mapping", where="--set")
+    return data
+
+
+def _list_index(node: list, p: str, where: str) -> int:
+    if not p.lstrip("-").isdigit() or not -len(node) <= int(p) < len(node):
+        raise RecipeError(f"{where!r}: {p!r} is not an index of a list of {len(node)}", where="--set")
+    return int(p)
+
+
+def _list_item(node: list, p: str, where: str) -> Any:
+    return node[_list_index(node, p, where)]
+
+
+def validate(data: Mapping[str, Any], registry: Registry | None = None, where: str = "<recipe>") -> Recipe:
+    """Structure, then every component's options against its registry entry."""
+    try:
+        recipe = Recipe.model_validate(dict(data))
+    except ValidationError as exc:
+        raise RecipeError(f"recipe {where} does not validate:\n" + format_validation_error(exc, "").replace(
+            "  - .", "  - "), where=where, fix="see docs/recipes.md for every section and option") from None
+    check_components(recipe, registry or get_registry())
+    return recipe
+
+
+def check_components(recipe: Recipe, registry: Registry) -> None:
+    """Validate each component's name and options; collect all problems into one error."""
+    problems: list[str] = []
+
+    def check(kind: str, comp: Component, where: str) -> None:
+        try:
+            registry.validate(kind, comp.spec(), where=where)
+        except FmkitError as exc:
+            problems.append(exc.render())
+
+    check("datasets", recipe.data, "data")
+    check("models", recipe.model, "model")
+    for section, kind in (("path", "paths"), ("source", "sources")):
+        comp: FieldedComponent = getattr(recipe, section)
+        check(kind, comp, section)
+        for f, sub in comp.fields.items():
+            check(kind, sub, f"{section}.fields.{f}")
+    check("couplings", recipe.coupling, "coupling")
+    check("solvers", recipe.solver, "solver")
+    for i, m in enumerate(recipe.eval.metrics):
+        check("metrics", m, f"eval.metrics.{i}")
+    for i, w in enumerate(recipe.eval.writers):
+        check("writers", w, f"eval.writers.{i}")
+    for i, c in enumerate(recipe.callbacks):
+        check("callbacks", c, f"callbacks.{i}")
+    if problems:
+        raise RecipeError("recipe has invalid components:\n" + "\n".join(problems))
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
+    """Read, override and fully validate a recipe file."""
+    data = read_yaml(path)
+    apply_overrides(data, overrides)
+    return validate(data, registry, where=str(path))

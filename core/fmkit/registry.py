@@ -1,0 +1,251 @@
+"""The component registry, filled by pluggy hooks (built-in plugin + entry points of group ``fmkit``).
+
+``get_registry()`` returns the process-wide registry; ``Registry.fresh()`` builds an independent
+one (tests, library users). Entry points load lazily, on the first lookup. Environment variables:
+
+- ``FMKIT_PLUGINS``: comma-separated allow list of entry-point names (``none`` loads none);
+- ``FMKIT_DISABLE_PLUGINS``: comma-separated block list.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from fmkit import hookspecs
+from fmkit.errors import RecipeError, RegistryError
+
+ENTRY_POINT_GROUP = "fmkit"
+BUILTIN = "fmkit.builtin"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel] | None
+    plugin: str
+    description: str = ""
+
+
+class Registry:
+    """Name -> component lookups for every kind, with the plugin that registered each."""
+
+    def __init__(self, pm: pluggy.PluginManager, *, load_entry_points: bool = True) -> None:
+        self.pm = pm
+        self._load_entry_points = load_entry_points
+        self._entry_points_loaded = False
+        self._cache: dict[str, dict[str, Entry]] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def fresh(cls, *, builtins: bool = True, entry_points: bool = True, plugins: Iterable[object] = ()) -> Registry:
+        """A new registry: built-in plugin, entry points (lazily) and any extra plugin objects."""
+        pm = pluggy.PluginManager("fmkit")
+        pm.add_hookspecs(hookspecs)
+        if builtins:
+            pm.register(importlib.import_module("fmkit.builtin"), name=BUILTIN)
+        reg = cls(pm, load_entry_points=entry_points)
+        for p in plugins:
+            reg.add_plugin(p)
+        return reg
+
+    def add_plugin(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object or module (anything with ``@hookimpl`` functions)."""
+        self.pm.register(plugin, name=name)
+        self._cache.clear()
+
+    def _ensure_entry_points(self) -> None:
+        if self._entry_points_loaded or not self._load_entry_points:
+            return
+        self._entry_points_loaded = True
+        allow = _env_list("FMKIT_PLUGINS")
+        block = set(_env_list("FMKIT_DISABLE_PLUGINS") or [])
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and ep.name not in allow:
+                continue
+            if ep.name in block or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not take the whole tool down silently
+                raise RegistryError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}",
+                    where=f"entry point group {ENTRY_POINT_GROUP!r}",
+                    fix=f"reinstall it, or skip it with FMKIT_DISABLE_PLUGINS={ep.name}",
+                ) from exc
+            self.pm.register(module, name=ep.name)
+
+    # -- collection ---------------------------------------------------------------------------
+    def entries(self, kind: str) -> dict[str, Entry]:
+        """All components of ``kind`` by name."""
+        if kind not in hookspecs.KINDS:
+            raise RegistryError(f"unknown component kind {kind!r}", fix=f"use one of: {', '.join(hookspecs.KINDS)}")
+        self._ensure_entry_points()
+        if kind not in self._cache:
+            found: dict[str, Entry] = {}
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                plugin_name = impl.plugin_name
+
+                def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
+                             description: str = "", _plugin: str = plugin_name) -> None:
+                    if name in found:
+                        raise RegistryError(
+                            f"{kind[:-1]} {name!r} is registered twice: by plugin {found[name].plugin!r} "
+                            f"and by plugin {_plugin!r}",
+                            fix=f"rename one of them, or disable one plugin with FMKIT_DISABLE_PLUGINS",
+                        )
+                    if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+                        raise RegistryError(
+                            f"{kind[:-1]} {name!r} from plugin {_plugin!r}: options must be a pydantic model class",
+                        )
+                    found[name] = Entry(kind, name, factory, options, _plugin, description or _doc(factory))
+
+                impl.function(register=register)
+            self._cache[kind] = found
+        return self._cache[kind]
+
+    def get(self, kind: str, name: str, *, where: str | None = None) -> Entry:
+        """Look ``name`` up, or fail listing the available names and the closest match."""
+        table = self.entries(kind)
+        if name in table:
+            return table[name]
+        available = sorted(table)
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RegistryError(
+            f"unknown {kind[:-1]} {name!r}",
+            where=where,
+            fix=f"{hint}available {kind}: {', '.join(available) or '(none)'}",
+        )
+
+    def validate(self, kind: str, spec: Mapping[str, Any], *, where: str) -> tuple[Entry, BaseModel | None]:
+        """Check ``{name: ..., **options}`` against the registered options model."""
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise RecipeError(
+                f"a {kind[:-1]} must be a mapping with a 'name' key, got {spec!r}",
+                where=where,
+                fix=f"write e.g. `{where.split('.')[-1]}: {{name: <one of {', '.join(sorted(self.entries(kind)))}>}}`",
+            )
+        name = spec["name"]
+        if not isinstance(name, str):
+            raise RecipeError(f"{kind[:-1]} name must be a string, got {name!r}", where=f"{where}.name")
+        entry = self.get(kind, name, where=f"{where}.name")
+        raw = {k: v for k, v in spec.items() if k != "name"}
+        if entry.options is None:
+            if raw:
+                raise RecipeError(
+                    f"{kind[:-1]} {name!r} takes no options, got {sorted(raw)}", where=where,
+                    fix="remove those keys",
+                )
+            return entry, None
+        try:
+            return entry, entry.options.model_validate(raw)
+        except ValidationError as exc:
+            raise RecipeError(
+                f"invalid options for {kind[:-1]} {name!r}:\n" + format_validation_error(exc, where),
+                where=where,
+                fix=f"allowed options: {describe_options(entry.options)}",
+            ) from None
+
+    def build(self, kind: str, spec: Mapping[str, Any] | str, *, where: str | None = None, **context: Any) -> Any:
+        """Validate ``spec`` and call the factory with the options plus the context it asks for."""
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        entry, opts = self.validate(kind, spec, where=where or kind)
+        kwargs = {k: getattr(opts, k) for k in type(opts).model_fields} if opts is not None else {}
+        return call_with_context(entry.factory, kwargs, context)
+
+    # -- plugin extras ------------------------------------------------------------------------
+    def recipes(self) -> dict[str, tuple[Path, str]]:
+        """Recipes shipped by plugins: name -> (path, plugin)."""
+        self._ensure_entry_points()
+        out: dict[str, tuple[Path, str]] = {}
+        for impl in self.pm.hook.register_recipes.get_hookimpls():
+            impl.function(register=lambda name, path, _p=impl.plugin_name: out.__setitem__(name, (Path(path), _p)))
+        return out
+
+    def add_commands(self, app: Any) -> None:
+        self._ensure_entry_points()
+        self.pm.hook.register_commands(app=app)
+
+    def plugins(self) -> list[str]:
+        self._ensure_entry_points()
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+
+def call_with_context(factory: Callable[..., Any], kwargs: dict[str, Any], context: Mapping[str, Any]) -> Any:
+    """Call ``factory(**kwargs)`` adding each context value whose name the factory's signature has."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    extra = {k: v for k, v in context.items() if k in params and k not in kwargs}
+    return factory(**kwargs, **extra)
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (where, *err["loc"]))
+        got = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown option"
+        lines.append(f"  - {loc}: {msg} (got {got!r})" if err["type"] != "missing" else f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def describe_options(model: type[BaseModel]) -> str:
+    parts = []
+    for name, f in model.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = "required" if f.is_required() else f"default {f.default!r}"
+        parts.append(f"{name} ({ann}, {default})")
+    return ", ".join(parts) or "(none)"
+
+
+def _doc(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+def _env_list(var: str) -> list[str] | None:
+    val = os.environ.get(var)
+    if val is None:
+        return None
+    val = val.strip()
+    if val.lower() in ("", "none"):
+        return []
+    return [v.strip() for v in val.split(",") if v.strip()]
+
+
+_DEFAULT: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (built on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry.fresh()
+    return _DEFAULT
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (after installing a plugin in-process, say)."""
+    global _DEFAULT
+    _DEFAULT = None

@@ -1,0 +1,24 @@
+"""Training-time distributions over t in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sample_time(n: int, kind: str = "uniform", *, mean: float = 0.0, std: float = 1.0,
+                device: torch.device | str = "cpu", eps: float = 0.0) -> Tensor:
+    """``n`` times in [eps, 1 - eps].
+
+    - ``uniform``: U(0, 1) (Lipman et al. 2022).
+    - ``logit_normal``: sigmoid(N(mean, std^2)) (Esser et al. 2024, "Scaling Rectified Flow Transformers").
+    """
+    if kind == "uniform":
+        t = torch.rand(n, device=device)
+    elif kind == "logit_normal":
+        t = torch.sigmoid(torch.randn(n, device=device) * std + mean)
+    else:
+        raise ValueError(f"unknown time sampler {kind!r}; use 'uniform' or 'logit_normal'")
+    if eps > 0:
+        t = t.clamp(eps, 1.0 - eps)
+    return t

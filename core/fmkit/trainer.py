@@ -1,0 +1,557 @@
+"""The one CFM training engine, for every modality.
+
+One step (Lipman et al. 2022, eq. 23; Tong et al. 2023 for the coupling):
+x1 ~ data, x0 ~ p_0, (x0, x1) <- coupling, t ~ p(t), (x_t, u_t) <- path,
+loss = sum_fields w_f * masked MSE(v_theta(x_t, t, c), u_t) (cross-entropy for categorical fields).
+
+Around it: AdamW with warmup + cosine, gradient clipping and accumulation, EMA of the weights, bf16
+autocast on CUDA, optional torch.compile, DDP under torchrun, crash-safe checkpoints with exact
+resume, periodic evaluation (samples, metrics, artefacts), ``metrics.csv`` (and TensorBoard when
+installed), a progress bar, and clean stops on SIGINT/SIGTERM and on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fmkit import checkpoint as ckpt
+from fmkit.couplings import Coupling, IndependentCoupling
+from fmkit.data import Dataset
+from fmkit.distributed import DistInfo, dist_info
+from fmkit.errors import CheckpointError, OutputError, TrainingError
+from fmkit.guidance import ClassifierFreeGuidance, drop_condition
+from fmkit.logging import MetricsLogger, ProgressBar
+from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
+from fmkit.recipe import EvalOptions, TrainerOptions
+from fmkit.sampling import generate
+from fmkit.solvers import FixedStepSolver, Solver
+from fmkit.sources import GaussianSource, Source, StateSource
+from fmkit.state import State, fields, to_device
+from fmkit.time_sampling import sample_time
+
+Metric = Callable[[State, Dataset], Mapping[str, float]]
+Writer = Callable[[State, Path, Dataset, int], Sequence[Path]]
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    exit_code = 130
+
+
+class Callback:
+    """Hooks into the training loop; override what you need. ``trainer`` gives access to everything."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
+    def on_eval_end(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class BatchStream:
+    """Deterministic stream of batches: position (epoch, index) -> batch, from ``dataset.batches``.
+
+    Under DDP each global batch is split into ``world`` shards and rank r takes shard r.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, dist: DistInfo, num_workers: int = 0,
+                 pin_memory: bool = False, epoch: int = 0, index: int = 0) -> None:
+        self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.epoch, self.index = epoch, index
+        self._it: Iterator[State] | None = None
+
+    def _epoch_batches(self) -> list[list[int]]:
+        batches = self.dataset.batches(self.epoch, self.batch_size, self.seed)
+        if not batches:
+            raise TrainingError(f"the dataset gives no batch of {self.batch_size}", fix="lower trainer.batch_size")
+        r, w = self.dist.rank, self.dist.world_size
+        return [b[r::w] for b in batches]
+
+    def _start(self) -> Iterator[State]:
+        batches = self._epoch_batches()[self.index:]
+        if self.num_workers == 0:
+            return (self.dataset.get_batch(b) for b in batches)
+        loader = torch.utils.data.DataLoader(
+            _BatchView(self.dataset), sampler=batches, batch_size=None, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=False)
+        return iter(loader)
+
+    def __next__(self) -> State:
+        while True:
+            if self._it is None:
+                self._it = self._start()
+            try:
+                batch = next(self._it)
+                self.index += 1
+                return batch
+            except StopIteration:
+                self._it = None
+                self.epoch, self.index = self.epoch + 1, 0
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+class _BatchView(torch.utils.data.Dataset):
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __getitem__(self, idx: list[int]) -> State:
+        return self.ds.get_batch(idx)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied), updated in place.
+
+    The effective decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so short runs
+    are not dominated by their random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._src = [p for p in model.parameters()]
+        self._dst = [p for p in self.model.parameters()]
+        self._src_buf = list(model.buffers())
+        self._dst_buf = list(self.model.buffers())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - d)
+        for d, s in zip(self._dst_buf, self._src_buf):
+            d.copy_(s)
+
+
+def lr_factor(step: int, opts: TrainerOptions) -> float:
+    """Linear warmup to 1, then cosine to ``min_lr_ratio`` (or constant)."""
+    if opts.warmup_steps and step < opts.warmup_steps:
+        return (step + 1) / opts.warmup_steps
+    if opts.schedule == "constant":
+        return 1.0
+    span = max(1, opts.steps - opts.warmup_steps)
+    prog = min(1.0, (step - opts.warmup_steps) / span)
+    return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"trainer.device is {name!r} but CUDA is not available on this machine",
+                            where="trainer.device", fix="use `--set trainer.device=auto` (or cpu)")
+    return dev
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` by conditional flow matching.
+
+    ``path``/``source`` may be per-field objects (used for every field) or composed State* objects.
+    ``run_dir`` is where checkpoints, metrics and artefacts go (nothing is written when None).
+    ``fingerprint`` identifies the recipe's model and data; a checkpoint with another one is refused.
+    """
+
+    def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
+                 source: Source | StateSource | None = None, coupling: Coupling | None = None,
+                 solver: Solver | None = None, options: TrainerOptions | None = None,
+                 eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
+                 writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
+                 run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None):
+        self.opts = options or TrainerOptions()
+        self.eval_opts = eval_options or EvalOptions()
+        self.dataset = dataset
+        self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
+        self.source = source if isinstance(source, StateSource) else StateSource({}, source or GaussianSource())
+        self.coupling = coupling or IndependentCoupling()
+        self.solver = solver or FixedStepSolver("euler", 100)
+        self.metrics = dict(metrics or {})
+        self.writers = dict(writers or {})
+        self.callbacks = list(callbacks)
+        self.seed = seed
+        self.fingerprint = dict(fingerprint or {})
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.dist = dist_info()
+        self.device = pick_device(self.opts.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.is_main = self.dist.rank == 0
+        self.step = 0
+        self.finished = False
+        self._stop_signal: int | None = None
+
+        o = self.opts
+        if o.batch_size % (o.grad_accum * self.dist.world_size):
+            raise TrainingError(
+                f"trainer.batch_size={o.batch_size} is not divisible by grad_accum x processes = "
+                f"{o.grad_accum} x {self.dist.world_size}", where="trainer.batch_size",
+                fix="pick a batch size that is a multiple of both")
+        self.micro_batch = o.batch_size // o.grad_accum
+        self.model = model.to(self.device)
+        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
+        self.train_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.model, device_ids=ids)
+        if o.compile:
+            self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas,
+                                           weight_decay=o.weight_decay, fused=fused)
+        self.autocast = (self.device.type == "cuda" and o.precision in ("auto", "bf16"))
+        self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
+        self.stream = BatchStream(dataset, self.micro_batch, seed, self.dist, o.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+        self.logger: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.run_dir is None or not self.is_main:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(f"cannot write to the run directory {self.run_dir}: {exc.strerror or exc}",
+                              where=str(self.run_dir),
+                              fix="pass --out with a directory you can write to") from None
+
+    def loss(self, batch: State) -> tuple[Tensor, dict[str, Tensor]]:
+        """CFM loss of one (micro-)batch already on the device: total and per-field means."""
+        x1 = batch
+        x0 = self.source.sample(x1)
+        x0, x1 = self.coupling.pair(x0, x1)
+        b = next(iter(fields(x1).values())).shape[0]
+        t = sample_time(b, self.opts.time_sampler, mean=self.opts.time_mean, std=self.opts.time_std,
+                        device=self.device)
+        ps = self.path.sample(x0, x1, t)
+        cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
+        x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            pred = self.train_model(x_t, t, cond)
+        per_field = {k: v.mean() for k, v in self.path.losses(pred, ps, x1).items()}
+        w = self.opts.loss_weights
+        total = sum(w.get(k, 1.0) * v for k, v in per_field.items())
+        return total, per_field  # type: ignore[return-value]
+
+    def _signal_handler(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def fit(self, resume: bool | str | Path = False) -> Trainer:
+        """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest
+        checkpoint, a path resumes from that checkpoint."""
+        self._check_writable()
+        if resume:
+            self.resume(None if resume is True else Path(resume))
+        else:
+            torch.manual_seed(self.seed + 7919 * self.dist.rank)
+        if self.step >= self.opts.steps:
+            raise TrainingError(
+                f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
+                where=str(self.run_dir) if self.run_dir else None,
+                fix=f"to train longer, resume with a larger budget, e.g. --set trainer.steps={self.opts.steps * 2}")
+        if self.run_dir is not None and self.is_main:
+            self.logger = MetricsLogger(self.run_dir, truncate_after=self.step)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            with self._signals():
+                self._loop()
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(
+                f"CUDA ran out of memory at step {self.step} with a micro-batch of {self.micro_batch}",
+                where="trainer.batch_size / trainer.grad_accum",
+                fix=f"lower the per-step memory: e.g. --set trainer.grad_accum={self.opts.grad_accum * 2} "
+                    f"(same effective batch) or a smaller trainer.batch_size") from None
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self
+
+    def _loop(self) -> None:
+        o = self.opts
+        check_every = 1 if self.device.type == "cpu" else o.log_every
+        bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
+        pending: list[Tensor] = []
+        last_log_time, last_log_step = time.perf_counter(), self.step
+        with bar:
+            while self.step < o.steps:
+                for g in self.optimizer.param_groups:
+                    g["lr"] = o.lr * lr_factor(self.step, o)
+                loss_sum = torch.zeros((), device=self.device)
+                batch: State = {}
+                for micro in range(o.grad_accum):
+                    batch = to_device(next(self.stream), self.device, non_blocking=True)
+                    sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
+                    ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
+                        else contextlib.nullcontext()
+                    with ctx:
+                        loss, _ = self.loss(batch)
+                        (loss / o.grad_accum).backward()
+                    loss_sum = loss_sum + loss.detach()
+                mean_loss = loss_sum / o.grad_accum
+                if (self.step + 1) % check_every == 0 and not torch.isfinite(mean_loss).item():
+                    self._non_finite(batch, check_every)
+                grad_norm = None
+                if o.grad_clip:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update()
+                self.step += 1
+                pending.append(mean_loss)
+                if self.step % o.log_every == 0 or self.step == o.steps:
+                    losses = torch.stack(pending).float()
+                    if not torch.isfinite(losses).all().item():
+                        self._non_finite(batch, check_every)
+                    now = time.perf_counter()
+                    sps = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_step = now, self.step
+                    scal = {"loss": float(losses.mean()), "lr": self.optimizer.param_groups[0]["lr"],
+                            "steps_per_s": sps}
+                    if grad_norm is not None:
+                        scal["grad_norm"] = float(grad_norm)
+                    pending.clear()
+                    bar.update(self.step, scal["loss"])
+                    if self.logger:
+                        self.logger.log(self.step, scal)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step)
+                done = self.step == o.steps
+                if self.step % o.checkpoint_every == 0 or done:
+                    self.finished = done
+                    self.save_checkpoint()
+                if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
+                    self.evaluate()
+                if self._stop_signal is not None:
+                    if self.step % o.checkpoint_every != 0 and not done:
+                        self.save_checkpoint()
+                    name = signal.Signals(self._stop_signal).name
+                    raise TrainingInterrupted(
+                        f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
+                        where=str(self.run_dir) if self.run_dir else None,
+                        fix=f"resume with `fmkit train --resume {self.run_dir}`" if self.run_dir else None)
+        if self.metrics or self.writers:
+            self.evaluate()
+
+    def _non_finite(self, batch: State, check_every: int) -> None:
+        bad_fields = [k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if check_every == 1:
+            saved = f"the last good state (before step {self.step + 1}) was saved as a checkpoint"
+            self.save_checkpoint()
+        else:
+            saved = "the last good checkpoint on disk is kept (the weights in memory may be corrupt)"
+        cause = (f"the batch holds NaN/Inf in field(s) {bad_fields}: the data is broken" if bad_fields
+                 else "the model or optimizer diverged")
+        raise TrainingError(
+            f"the loss became NaN/Inf at step {self.step + 1}; {cause}; {saved}",
+            where=str(self.run_dir) if self.run_dir else None,
+            fix="clean the data" if bad_fields else "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
+
+    # ------------------------------------------------------------------------------------------
+    def checkpoint_data(self) -> ckpt.CheckpointData:
+        opt_t, opt_extra = ckpt.optimizer_to_flat(self.optimizer.state_dict())
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors = {"model": dict(self.model.state_dict()), "optimizer": opt_t, "rng": rng}
+        if self.ema is not None:
+            tensors["ema"] = dict(self.ema.model.state_dict())
+        meta = {"step": self.step, "finished": self.finished, "data": self.stream.position(),
+                "optimizer": opt_extra, "fingerprint": self.fingerprint, "seed": self.seed,
+                "world_size": self.dist.world_size,
+                "ema_updates": self.ema.num_updates if self.ema is not None else 0,
+                "params": {k: list(v.shape) for k, v in self.model.state_dict().items()}}
+        return ckpt.CheckpointData(tensors, meta)
+
+    def save_checkpoint(self) -> Path | None:
+        if self.run_dir is None or not self.is_main:
+            self._barrier()
+            return None
+        if self.dist.world_size > 1:
+            # each rank's RNG differs; only rank 0's is stored, the others re-derive theirs on resume
+            pass
+        path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.checkpoint_data(),
+                                    keep=self.opts.keep_checkpoints)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, self.step, path)
+        self._barrier()
+        return path
+
+    def _barrier(self) -> None:
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    def resume(self, path: Path | None = None) -> None:
+        """Restore model, EMA, optimizer, RNG and data position from a checkpoint."""
+        if path is None:
+            if self.run_dir is None:
+                raise CheckpointError("resume needs a run directory or a checkpoint path")
+            path = self.run_dir
+        data = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path))
+        self.load_state(data, where=str(path))
+
+    def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
+        meta = data.meta
+        theirs = meta.get("fingerprint") or {}
+        for key in ("model", "data"):
+            if self.fingerprint.get(key) and theirs.get(key) and theirs[key] != self.fingerprint[key]:
+                raise CheckpointError(
+                    f"the checkpoint was written for a different {key}: checkpoint has {theirs[key]}, "
+                    f"this recipe has {self.fingerprint[key]}", where=where,
+                    fix="resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")
+        load_model_state(self.model, data.tensors["model"], where)
+        if self.ema is not None:
+            load_model_state(self.ema.model, data.tensors.get("ema", data.tensors["model"]), where)
+            self.ema.num_updates = int(meta.get("ema_updates", meta["step"]))
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_from_flat(data.tensors.get("optimizer", {}),
+                                                                    meta["optimizer"]))
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the optimizer state does not fit this model: {exc}", where=where,
+                                  fix="resume with the recipe the run was started with") from None
+        rng = data.tensors.get("rng", {})
+        if "cpu" in rng and self.dist.world_size == 1:
+            torch.set_rng_state(rng["cpu"])
+        else:
+            torch.manual_seed(self.seed + 7919 * self.dist.rank + 104729 * int(meta["step"]))
+        if "cuda" in rng and self.device.type == "cuda" and self.dist.world_size == 1:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step = int(meta["step"])
+        self.finished = bool(meta.get("finished", False))
+        pos = meta.get("data", {})
+        self.stream = BatchStream(self.dataset, self.micro_batch, self.seed, self.dist, self.opts.num_workers,
+                                  self.device.type == "cuda", int(pos.get("epoch", 0)), int(pos.get("index", 0)))
+
+    # ------------------------------------------------------------------------------------------
+    def sampling_model(self) -> nn.Module:
+        m = self.ema.model if (self.ema is not None and self.eval_opts.use_ema) else self.model
+        if self.eval_opts.guidance_scale is not None and self.null_cond is not None:
+            return ClassifierFreeGuidance(m, self.eval_opts.guidance_scale, self.null_cond)
+        return m
+
+    @torch.no_grad()
+    def sample(self, n: int, solver: Solver | None = None, seed: int = 0) -> State:
+        """``n`` samples with the EMA model (if any), sizes/conditions drawn from the data."""
+        model = self.sampling_model()
+        was_training = model.training
+        model.eval()
+        rng = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return sample_in_chunks(model, self.path, self.source, solver or self.solver, self.dataset, n,
+                                    self.eval_opts.batch_size, self.device, seed)
+        finally:
+            torch.set_rng_state(rng)
+            model.train(was_training)
+
+    def evaluate(self) -> dict[str, float]:
+        """Sample, compute metrics, write artefacts; returns the metrics (rank 0)."""
+        if not self.is_main:
+            self._barrier()
+            return {}
+        samples = self.sample(self.eval_opts.num_samples)
+        results: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            for k, v in metric(samples, self.dataset).items():
+                results[k] = float(v)
+        if self.run_dir is not None:
+            out = self.run_dir / "samples"
+            out.mkdir(parents=True, exist_ok=True)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in samples.items()}, str(out / f"samples_step{self.step:07d}.safetensors"))
+            for writer in self.writers.values():
+                writer(samples, out, self.dataset, self.step)
+        if self.logger is not None and results:
+            self.logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
+        for cb in self.callbacks:
+            cb.on_eval_end(self, self.step, results)
+        self._barrier()
+        return results
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """Load weights, explaining any mismatch of names or shapes instead of a raw traceback."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} in checkpoint vs {tuple(own[k].shape)} in model" for k in wrong[:5]))
+        if missing:
+            parts.append(f"missing in checkpoint: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"not in this model: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError("the checkpoint's weights do not fit this model (" + "; ".join(parts) + ")",
+                              where=where, fix="use the recipe the checkpoint was trained with (its run's recipe.yaml)")
+    model.load_state_dict(dict(state))
+
+
+@torch.no_grad()
+def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
+                     n: int, chunk: int, device: torch.device, seed: int = 0) -> State:
+    """Generate ``n`` samples in chunks of ``chunk``; returns CPU tensors."""
+    parts: list[State] = []
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        template = to_device(dataset.template(m, seed=seed + done), device)
+        sol = generate(model, path, source, solver, template)
+        parts.append({k: v.cpu() for k, v in sol.x.items()})
+        done += m
+    return _concat(parts)
+
+
+def _concat(parts: list[State]) -> State:
+    out: State = {}
+    for k in parts[0]:
+        vals = [p[k] for p in parts]
+        if vals[0].dim() >= 2 and len({v.shape[1] for v in vals}) > 1:  # pad variable sizes (dim 1)
+            n = max(v.shape[1] for v in vals)
+            vals = [torch.nn.functional.pad(v, [0, 0] * (v.dim() - 2) + [0, n - v.shape[1]]) for v in vals]
+        out[k] = torch.cat(vals)
+    return out

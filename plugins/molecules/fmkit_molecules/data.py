@@ -1,0 +1,216 @@
+"""Molecule datasets: examples ``{"pos": [n,3], "atoms": [n] or [n,K]}``, padded batches with a mask,
+and size-bucketed batch orders.
+
+Positions are centred (zero mean over the real atoms -- EDM's "centre of mass" with unit weights,
+the subspace on which the zero-CoM Gaussian source lives), in Angstrom.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmkit.data import DataInfo, Dataset, FieldInfo
+from fmkit.errors import DataError
+from fmkit.state import State
+from fmkit_molecules import qm9
+from fmkit_molecules.elements import ELEMENTS
+
+AtomEncoding = Literal["categorical", "onehot"]
+
+
+class MoleculeDataset(Dataset):
+    """Molecules held as a :class:`~fmkit_molecules.qm9.Packed` (concatenated atoms + offsets)."""
+
+    def __init__(self, packed: qm9.Packed, indices: Sequence[int] | np.ndarray | None = None, *,
+                 atom_encoding: AtomEncoding = "categorical", max_atoms: int = 29, name: str = "molecules",
+                 source: str = "", train_smiles_fn=None) -> None:
+        self.packed = packed
+        self.indices = np.arange(len(packed)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.atom_encoding = atom_encoding
+        self.num_classes = len(ELEMENTS)
+        counts = packed.counts[torch.from_numpy(self.indices)] if len(self.indices) else torch.zeros(0, dtype=torch.long)
+        self.counts = counts.numpy().astype(np.int64)
+        if len(self.counts) and int(self.counts.max()) > max_atoms:
+            worst = int(np.argmax(self.counts))
+            raise DataError(
+                f"molecule {packed.ids[self.indices[worst]]} has {int(self.counts[worst])} atoms, more than "
+                f"max_atoms={max_atoms}",
+                where=f"dataset {name}" + (f" ({source})" if source else ""),
+                fix="raise the dataset option max_atoms (and size the model for it), or filter the data",
+            )
+        self.source = source
+        self._train_smiles_fn = train_smiles_fn
+        self._train_smiles: set[str] | None = None
+        atoms_field = (FieldInfo((None,), num_classes=self.num_classes) if atom_encoding == "categorical"
+                       else FieldInfo((None, self.num_classes)))
+        self.info = DataInfo(
+            fields={"pos": FieldInfo((None, 3)), "atoms": atoms_field},
+            has_mask=True,
+            meta={"max_atoms": max_atoms, "elements": list(ELEMENTS), "atom_encoding": atom_encoding,
+                  "count_histogram": np.bincount(self.counts, minlength=max_atoms + 1).tolist() if len(self.counts) else [],
+                  "name": name},
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def record_id(self, i: int) -> str:
+        return self.packed.ids[int(self.indices[i])]
+
+    def __getitem__(self, i: int) -> State:
+        m = int(self.indices[i])
+        a, b = int(self.packed.offsets[m]), int(self.packed.offsets[m + 1])
+        pos = self.packed.pos[a:b].to(torch.float32)
+        pos = pos - pos.mean(dim=0, keepdim=True)
+        atoms = self.packed.atoms[a:b].to(torch.long)
+        if self.atom_encoding == "onehot":
+            atoms = torch.nn.functional.one_hot(atoms, self.num_classes).to(torch.float32)
+        return {"pos": pos, "atoms": atoms}
+
+    def collate(self, items: Sequence[State]) -> State:
+        """Pad to the batch's largest molecule: pos [B,N,3] float, atoms [B,N] long or [B,N,K] float, mask [B,N] bool."""
+        return collate_molecules(items)
+
+    def batches(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
+        """Size-bucketed batches, a pure function of ``(seed, epoch)``.
+
+        A random ``len % batch_size`` examples are left out (so no size is always dropped); the rest
+        is sorted by atom count with random tie-breaks, cut into batches, and the batch order shuffled.
+        """
+        n = len(self)
+        if n < batch_size:
+            raise ValueError(f"dataset has {n} examples, fewer than one batch of {batch_size}")
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x6D6F6C])
+        keep = rng.permutation(n)[: n - n % batch_size]
+        order = keep[np.lexsort((rng.random(len(keep)), self.counts[keep]))]
+        chunks = order.reshape(-1, batch_size)
+        chunks = chunks[rng.permutation(len(chunks))]
+        return [c.tolist() for c in chunks]
+
+    def padding_fraction(self, batches: list[list[int]]) -> float:
+        """Share of padded atom slots over the given batches."""
+        total = real = 0
+        for b in batches:
+            c = self.counts[b]
+            total += int(c.max()) * len(b)
+            real += int(c.sum())
+        return 1.0 - real / max(total, 1)
+
+    def train_smiles(self) -> set[str]:
+        """Canonical SMILES of the training split (EDM bond rules), computed once and cached."""
+        if self._train_smiles is None:
+            if self._train_smiles_fn is None:
+                from fmkit_molecules.chemistry import smiles_of_dataset
+
+                self._train_smiles = smiles_of_dataset(self)
+            else:
+                self._train_smiles = self._train_smiles_fn()
+        return self._train_smiles
+
+
+def collate_molecules(items: Sequence[State]) -> State:
+    """Pad a list of ``{"pos": [n,3], "atoms": [n] | [n,K]}`` into a batch with ``mask`` [B,N]."""
+    b = len(items)
+    n = max(int(it["pos"].shape[0]) for it in items)
+    a0 = items[0]["atoms"]
+    pos = items[0]["pos"].new_zeros((b, n, 3))
+    atoms = a0.new_zeros((b, n, *a0.shape[1:]))
+    mask = torch.zeros((b, n), dtype=torch.bool)
+    for i, it in enumerate(items):
+        k = int(it["pos"].shape[0])
+        pos[i, :k] = it["pos"]
+        atoms[i, :k] = it["atoms"]
+        mask[i, :k] = True
+    out: State = {"pos": pos, "atoms": atoms, "mask": mask}
+    if "cond" in items[0]:
+        out["cond"] = torch.stack([it["cond"] for it in items])
+    return out
+
+
+class QM9Options(BaseModel):
+    """Options of the ``qm9`` dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["train", "valid", "test", "all"] = "train"
+    atom_encoding: AtomEncoding = "categorical"
+    root: str | None = Field(None, description="data root holding qm9/ (default: $FMKIT_DATA_DIR)")
+    prefer: Literal["auto", "tar", "xyz"] = "auto"
+    download: bool = Field(False, description="download the original release into the data root if missing")
+    max_atoms: int = Field(29, ge=1)
+    limit: int | None = Field(None, ge=1, description="keep only the first `limit` molecules of the split")
+    cache: bool = True
+
+
+def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical", root: str | None = None,
+              prefer: str = "auto", download: bool = False, max_atoms: int = 29, limit: int | None = None,
+              cache: bool = True) -> MoleculeDataset:
+    """QM9 3-D molecules (Ramakrishnan et al. 2014) with the EDM train/valid/test proportions."""
+    folder = qm9.data_dir(root)
+    if download and not (folder / qm9.QM9_TAR).is_file():
+        qm9.download(folder)
+    path = qm9.find_source(folder, prefer)
+    packed = qm9.load(path, use_cache=cache)
+    idx = qm9.split_indices(packed.ids, split)
+    if limit is not None:
+        idx = idx[:limit]
+
+    def train_smiles() -> set[str]:
+        from fmkit_molecules.chemistry import smiles_of_dataset
+
+        train = MoleculeDataset(packed, qm9.split_indices(packed.ids, "train"), max_atoms=max_atoms,
+                                name="qm9[train]", source=str(path))
+        return smiles_of_dataset(train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
+
+    return MoleculeDataset(packed, idx, atom_encoding=atom_encoding, max_atoms=max_atoms, name=f"qm9[{split}]",
+                           source=str(path), train_smiles_fn=train_smiles)
+
+
+def from_records(records: Sequence, **kwargs) -> MoleculeDataset:
+    """A dataset over in-memory :class:`~fmkit_molecules.xyz.Record` objects (tests, library use)."""
+    packed = qm9.pack(records, "records")
+    return MoleculeDataset(packed, **kwargs)
+
+
+def from_xyz(path: str | os.PathLike, **kwargs) -> MoleculeDataset:
+    """A dataset over every molecule of a multi-frame XYZ file (no cache, no split)."""
+    p = Path(path)
+    packed = qm9.pack(qm9.iter_records(p), str(p))
+    return MoleculeDataset(packed, source=str(p), **kwargs)
+
+
+class XYZMoleculesOptions(BaseModel):
+    """Options of the ``xyz_molecules`` dataset (a local multi-frame XYZ file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    split: Literal["train", "valid", "test", "all"] = "all"
+    atom_encoding: AtomEncoding = "categorical"
+    max_atoms: int = Field(29, ge=1)
+
+
+def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "categorical",
+              max_atoms: int = 29) -> MoleculeDataset:
+    """Molecules of a multi-frame XYZ file, cut into the QM9 split proportions (by record id)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"no such XYZ file: {p}", where="dataset xyz_molecules.path",
+                        fix="give the path of a multi-frame XYZ file (count line, comment, 'El x y z' lines)")
+    packed = qm9.pack(qm9.iter_records(p), str(p))
+    train_idx = qm9.split_indices(packed.ids, "train")
+
+    def train_smiles() -> set[str]:
+        from fmkit_molecules.chemistry import smiles_of_dataset
+
+        return smiles_of_dataset(MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
+
+    return MoleculeDataset(packed, qm9.split_indices(packed.ids, split), atom_encoding=atom_encoding,
+                           max_atoms=max_atoms, name=f"xyz[{split}]", source=str(p), train_smiles_fn=train_smiles)

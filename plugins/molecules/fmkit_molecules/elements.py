@@ -1,0 +1,46 @@
+"""Element vocabulary and the EDM bond-length tables (QM9: H, C, N, O, F).
+
+Bond lengths in picometres as used by EDM's ``qm9/bond_analyze.py`` (Hoogeboom et al. 2022,
+"Equivariant Diffusion for Molecule Generation in 3D"), restricted to the QM9 elements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: class index -> element symbol (the order EDM uses for QM9 with hydrogens)
+ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
+INDEX: dict[str, int] = {e: i for i, e in enumerate(ELEMENTS)}
+ATOMIC_NUMBERS: tuple[int, ...] = (1, 6, 7, 8, 9)
+#: standard atomic weights (g/mol), for an optional mass-weighted centre
+MASSES: tuple[float, ...] = (1.008, 12.011, 14.007, 15.999, 18.998)
+#: valence an atom needs to be "stable" under the EDM protocol
+VALENCE: tuple[int, ...] = (1, 4, 3, 2, 1)
+
+#: EDM margins (pm) added to the single/double/triple reference lengths
+MARGINS_PM: tuple[int, int, int] = (10, 5, 3)
+
+# Reference lengths in pm (EDM bonds1 / bonds2 / bonds3); a missing pair means no such bond.
+_SINGLE = {
+    ("H", "H"): 74, ("H", "C"): 109, ("H", "N"): 101, ("H", "O"): 96, ("H", "F"): 92,
+    ("C", "C"): 154, ("C", "N"): 147, ("C", "O"): 143, ("C", "F"): 135,
+    ("N", "N"): 145, ("N", "O"): 140, ("N", "F"): 136,
+    ("O", "O"): 148, ("O", "F"): 142,
+    ("F", "F"): 142,
+}
+_DOUBLE = {("C", "C"): 134, ("C", "N"): 129, ("C", "O"): 120, ("N", "N"): 125, ("N", "O"): 121, ("O", "O"): 121}
+_TRIPLE = {("C", "C"): 120, ("C", "N"): 116, ("C", "O"): 113, ("N", "N"): 110}
+
+
+def _table(pairs: dict[tuple[str, str], int]) -> np.ndarray:
+    """Symmetric [K, K] table in pm; 0 where the bond does not exist."""
+    k = len(ELEMENTS)
+    t = np.zeros((k, k), dtype=np.float64)
+    for (a, b), v in pairs.items():
+        t[INDEX[a], INDEX[b]] = t[INDEX[b], INDEX[a]] = v
+    return t
+
+
+BOND1_PM = _table(_SINGLE)
+BOND2_PM = _table(_DOUBLE)
+BOND3_PM = _table(_TRIPLE)

@@ -1,0 +1,1 @@
+"""Velocity models for molecules: an e3nn tensor-product network (default) and EGNN (fast baseline)."""

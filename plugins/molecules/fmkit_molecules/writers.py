@@ -1,0 +1,124 @@
+"""Sample writers: ``writer(samples, out_dir, dataset, step) -> list[Path]``.
+
+- ``sdf``: one SD file per sample set (EDM bonds, 3-D coordinates, properties ``valid`` and ``smiles``);
+- ``xyz``: one multi-frame XYZ file per sample set;
+- ``mol_grid``: a PNG grid of 2-D depictions of the first valid molecules (hydrogens hidden).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from rdkit import Chem
+from rdkit.Chem import AllChem, Draw
+
+from fmkit_molecules import chemistry
+from fmkit_molecules.elements import ELEMENTS
+from fmkit_molecules.xyz import format_xyz
+
+
+def molecules(samples: dict, max_items: int | None = None) -> list[tuple[Chem.Mol, bool, str | None]]:
+    """``(mol with conformer, valid, smiles)`` per sample; invalid ones keep their raw bonds."""
+    out = []
+    for pos, types in chemistry.unpad(samples, max_items):
+        if (types < 0).any():
+            types = np.where(types < 0, 0, types)  # a leftover mask token is drawn as H; it is not valid
+            valid_types = False
+        else:
+            valid_types = True
+        order = chemistry.bond_orders(pos, types)
+        mol = chemistry.build_molecule(types, order, pos)
+        smi = chemistry.sanitized_smiles(mol) if valid_types else None
+        if smi is None:
+            mol.UpdatePropertyCache(strict=False)
+        out.append((mol, smi is not None, smi))
+    return out
+
+
+class SDFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_items: int | None = Field(None, ge=1)
+
+
+class SDFWriter:
+    """All samples into ``samples_step<step>.sdf`` (open with ``rdkit.Chem.SDMolSupplier``)."""
+
+    def __init__(self, max_items: int | None = None) -> None:
+        self.max_items = max_items
+
+    def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
+        path = Path(out_dir) / f"samples_step{step:07d}.sdf"
+        w = Chem.SDWriter(str(path))
+        w.SetKekulize(False)
+        for i, (mol, valid, smi) in enumerate(molecules(samples, self.max_items)):
+            m = mol.GetMol()
+            m.SetProp("_Name", f"sample_{i}")
+            m.SetProp("valid", str(int(valid)))
+            m.SetProp("smiles", smi or "")
+            w.write(m)
+        w.close()
+        return [path]
+
+
+class XYZWriter:
+    """All samples into ``samples_step<step>.xyz`` (multi-frame, Angstrom)."""
+
+    def __init__(self, max_items: int | None = None) -> None:
+        self.max_items = max_items
+
+    def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
+        path = Path(out_dir) / f"samples_step{step:07d}.xyz"
+        frames = []
+        for i, (pos, types) in enumerate(chemistry.unpad(samples, self.max_items)):
+            syms = [ELEMENTS[t] if t >= 0 else "X" for t in types.tolist()]
+            frames.append(format_xyz(syms, pos, f"sample_{i}"))
+        path.write_text("".join(frames))
+        return [path]
+
+
+class GridOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num: int = Field(16, ge=1, le=100, description="molecules shown")
+    per_row: int = Field(4, ge=1)
+    size: int = Field(250, ge=50, description="pixels per molecule")
+
+
+class MoleculeGridWriter:
+    """PNG grid of 2-D depictions of the first ``num`` valid samples (largest fragment, no H)."""
+
+    def __init__(self, num: int = 16, per_row: int = 4, size: int = 250) -> None:
+        self.num, self.per_row, self.size = num, per_row, size
+
+    def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
+        mols, legends = [], []
+        for mol, valid, smi in molecules(samples):
+            if not valid:
+                continue
+            m = Chem.RemoveHs(chemistry.largest_fragment(mol.GetMol()))
+            m.RemoveAllConformers()
+            AllChem.Compute2DCoords(m)
+            mols.append(m)
+            legends.append(Chem.MolToSmiles(m))
+            if len(mols) >= self.num:
+                break
+        path = Path(out_dir) / f"molecules_step{step:07d}.png"
+        if not mols:  # still write a file so the run shows that nothing was valid
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4, 1))
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"step {step}: no valid molecule", ha="center", va="center")
+            fig.savefig(path)
+            plt.close(fig)
+            return [path]
+        img = Draw.MolsToGridImage(mols, molsPerRow=min(self.per_row, len(mols)),
+                                   subImgSize=(self.size, self.size), legends=legends)
+        img.save(str(path))
+        return [path]

@@ -1,0 +1,125 @@
+"""Velocity models in float64: SE(3) equivariance, permutation equivariance, padding isolation,
+CoM-free velocities, mask-token and one-hot inputs, registry construction from DataInfo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmkit.data import DataInfo, FieldInfo
+from fmkit_molecules.geometry import random_rotation, remove_mean
+from fmkit_molecules.models.e3nn_flow import E3nnFlow
+from fmkit_molecules.models.egnn import EGNN
+
+TOL = 1e-6
+
+
+def build(kind: str, encoding: str = "categorical"):
+    torch.manual_seed(0)
+    if kind == "e3nn":
+        m = E3nnFlow(scalars=12, vectors=4, layers=2, num_basis=8, radial_hidden=16, atom_encoding=encoding,
+                     num_classes=5)
+    else:
+        m = EGNN(hidden=32, layers=3, atom_encoding=encoding, num_classes=5)
+    return m.double().eval()
+
+
+def inputs(encoding: str = "categorical", seed: int = 0, b: int = 3, n: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[1, 6:] = False
+    pos = remove_mean(torch.randn(b, n, 3, generator=g, dtype=torch.float64) * 1.5, mask)
+    if encoding == "categorical":
+        atoms = torch.randint(0, 6, (b, n), generator=g)  # index 5 = mask token of the discrete path
+    else:
+        atoms = torch.randn(b, n, 5, generator=g, dtype=torch.float64)
+    atoms = atoms * (mask if encoding == "categorical" else mask[..., None])
+    t = torch.rand(b, generator=g, dtype=torch.float64)
+    return {"pos": pos, "atoms": atoms, "mask": mask}, t
+
+
+CASES = [("e3nn", "categorical"), ("e3nn", "onehot"), ("egnn", "categorical"), ("egnn", "onehot")]
+
+
+@pytest.mark.parametrize("kind,enc", CASES)
+def test_rotation_translation_equivariance(kind, enc):
+    m = build(kind, enc)
+    x, t = inputs(enc)
+    out = m(x, t)
+    assert out["pos"].shape == (3, 7, 3) and out["atoms"].shape == (3, 7, 5)
+    assert out["pos"].abs().max() > 1e-3  # not trivially zero
+    r = random_rotation(1, generator=torch.Generator().manual_seed(3))[0]
+    shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    xr = dict(x, pos=(x["pos"] @ r.T + shift) * x["mask"][..., None])
+    out_r = m(xr, t)
+    m_ = x["mask"][..., None]
+    assert ((out_r["pos"] - out["pos"] @ r.T) * m_).abs().max() < TOL
+    assert ((out_r["atoms"] - out["atoms"]) * m_).abs().max() < TOL
+
+
+@pytest.mark.parametrize("kind,enc", CASES)
+def test_permutation_equivariance(kind, enc):
+    m = build(kind, enc)
+    x, t = inputs(enc, b=2, n=6)
+    x["mask"][:] = True
+    x["pos"] = remove_mean(x["pos"], None)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    out = m(x, t)
+    xp = {k: v[:, perm] for k, v in x.items()}
+    out_p = m(xp, t)
+    assert (out_p["pos"] - out["pos"][:, perm]).abs().max() < TOL
+    assert (out_p["atoms"] - out["atoms"][:, perm]).abs().max() < TOL
+
+
+@pytest.mark.parametrize("kind,enc", CASES)
+def test_padding_never_changes_real_atoms(kind, enc):
+    m = build(kind, enc)
+    x, t = inputs(enc)
+    out = m(x, t)
+    # more padding slots with garbage in them
+    b, n = x["mask"].shape
+    extra = 4
+    pos = torch.cat([x["pos"], torch.randn(b, extra, 3, dtype=torch.float64) * 50], 1)
+    pos[~torch.cat([x["mask"], torch.zeros(b, extra, dtype=torch.bool)], 1)] = 7.0
+    if enc == "categorical":
+        atoms = torch.cat([x["atoms"], torch.full((b, extra), 3)], 1)
+        atoms[:, :n][~x["mask"]] = 5
+    else:
+        atoms = torch.cat([x["atoms"], torch.randn(b, extra, 5, dtype=torch.float64) * 9], 1)
+    mask = torch.cat([x["mask"], torch.zeros(b, extra, dtype=torch.bool)], 1)
+    out2 = m({"pos": pos, "atoms": atoms, "mask": mask}, t)
+    m_ = x["mask"][..., None]
+    assert ((out2["pos"][:, :n] - out["pos"]) * m_).abs().max() < TOL
+    assert ((out2["atoms"][:, :n] - out["atoms"]) * m_).abs().max() < TOL
+    assert (out2["pos"][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "egnn"])
+def test_velocity_is_com_free_and_batch_independent(kind):
+    m = build(kind)
+    x, t = inputs()
+    out = m(x, t)
+    com = (out["pos"] * x["mask"][..., None]).sum(1)
+    assert com.abs().max() < 1e-10
+    single = m({k: v[1:2] for k, v in x.items()}, t[1:2])
+    assert (single["pos"] - out["pos"][1:2]).abs().max() < 1e-10
+
+
+def test_registry_builds_models_from_data_info():
+    from fmkit.registry import Registry
+
+    import fmkit_molecules.plugin as plugin
+
+    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    info = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None,), num_classes=5)}, has_mask=True,
+                    meta={"max_atoms": 29})
+    m = reg.build("models", {"name": "e3nn_flow", "scalars": 8, "vectors": 2, "layers": 1}, data_info=info)
+    assert m.encoding == "categorical" and m.embed.emb.num_embeddings == 6  # K + 1 (mask token)
+    info1h = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None, 5))}, has_mask=True)
+    m2 = reg.build("models", {"name": "egnn", "hidden": 16, "layers": 1}, data_info=info1h)
+    assert m2.encoding == "onehot"
+    from fmkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="unknown option"):
+        reg.build("models", {"name": "egnn", "hiden": 16}, data_info=info)

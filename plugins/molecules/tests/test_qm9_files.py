@@ -1,0 +1,170 @@
+"""Reading QM9 files: extended XYZ inside a tar.bz2, plain multi-frame XYZ (.xz), failures, cache, split."""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import stat
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+
+from fmkit.errors import DataError
+from fmkit_molecules import qm9
+from fmkit_molecules.data import build_qm9, build_xyz
+from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame
+
+from conftest import embed
+
+
+def extended_xyz(idx: int, syms: list[str], pos: np.ndarray, star: bool = True) -> str:
+    """A QM9-style extended XYZ file: properties on line 2, Mulliken charges, `*^` exponents, trailing lines."""
+    props = "\t".join(["157.7118", "157.70997", "157.70699", "0.", "13.21", "-0.3877", "0.1171", "0.5048",
+                       "35.3641", "0.044749", "-40.47893", "-40.476062", "-40.475117", "-40.498597", "6.469"])
+    lines = [str(len(syms)), f"gdb {idx}\t{props}"]
+    for k, (s, (x, y, z)) in enumerate(zip(syms, pos)):
+        xs = f"{x:.10f}"
+        if star and k == 0:  # QM9 writes tiny numbers with a Mathematica exponent
+            xs = f"{x * 1e6:.6f}*^-6"
+        lines.append(f"{s}\t{xs}\t{y:.10f}\t{z:.10f}\t-0.535689")
+    lines += ["1341.307\t1341.3284\t1341.365", "C\tC", "InChI=1S/CH4/h1H4\tInChI=1S/CH4/h1H4"]
+    return "\n".join(lines) + "\n"
+
+
+def make_tar(path, files: dict[str, str]) -> None:
+    with tarfile.open(path, "w:bz2") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_extended_xyz_frame_parses_properties_line_charges_and_star_exponent():
+    syms, pos = embed("CO")
+    lines = extended_xyz(7, syms, pos).splitlines()
+    rec, nxt = parse_frame(lines, 0, "fallback")
+    assert isinstance(rec, Record)
+    assert rec.id == "dsgdb9nsd_000007"
+    assert rec.symbols == tuple(syms)
+    np.testing.assert_allclose(rec.pos, pos, atol=1e-6)  # `*^-6` read as e-6, 5th column ignored
+    assert nxt == len(syms) + 2
+
+
+def test_multi_frame_resyncs_after_bad_records():
+    syms, pos = embed("C")
+    good = "5\ndsgdb9nsd_000001\n" + "\n".join(f"{s} {x} {y} {z}" for s, (x, y, z) in zip(syms, pos))
+    bad_count = "five\ndsgdb9nsd_000002\nC 0 0 0"
+    bad_coord = "2\ndsgdb9nsd_000003\nC 0 0 zero\nH 0 0 1"
+    text = "\n".join([good, bad_count, bad_coord, good.replace("000001", "000004")])
+    items = list(iter_frames(text.splitlines(), "t.xyz"))
+    recs = [i for i in items if isinstance(i, Record)]
+    fails = [i for i in items if isinstance(i, Failure)]
+    assert [r.id for r in recs] == ["dsgdb9nsd_000001", "dsgdb9nsd_000004"]
+    assert len(fails) == 2 and fails[1].id == "dsgdb9nsd_000003"
+
+
+def test_tar_bz2_of_extended_xyz(tmp_path, cache):
+    root = tmp_path / "data"
+    (root / "qm9").mkdir(parents=True)
+    files = {}
+    for i, smi in enumerate(["C", "O", "CC", "C=O", "CO"], start=1):
+        syms, pos = embed(smi)
+        files[f"dsgdb9nsd_{i:06d}.xyz"] = extended_xyz(i, syms, pos)
+    files["dsgdb9nsd_000006.xyz"] = "3\ngdb 6\nC 0 0 0\nH 0 0"  # broken: truncated atom line
+    tar = root / "qm9" / qm9.QM9_TAR
+    make_tar(tar, files)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable.*dsgdb9nsd_000006"):
+        packed = qm9.pack(qm9.iter_records(tar), "t")
+    assert len(packed) == 5 and packed.skipped == 1
+    assert packed.ids[0] == "dsgdb9nsd_000001"
+    assert packed.counts.tolist() == [5, 3, 8, 4, 6]
+
+
+def test_tarball_of_wrong_size_is_a_data_error(tmp_path):
+    folder = tmp_path / "qm9"
+    folder.mkdir()
+    make_tar(folder / qm9.QM9_TAR, {"dsgdb9nsd_000001.xyz": "1\ngdb 1\nH 0 0 0\n"})
+    with pytest.raises(DataError, match="partial download"):
+        qm9.find_source(folder)
+    # the xyz preference ignores it and reports what is there
+    with pytest.raises(DataError, match="no QM9 data"):
+        qm9.find_source(folder, prefer="xyz")
+
+
+def _write_xz(path, small_mols, extra: str = "") -> None:
+    from fmkit_molecules.xyz import format_xyz
+
+    text = "".join(format_xyz(s, p, f"dsgdb9nsd_{i + 1:06d}") for i, (s, p) in enumerate(small_mols.values()))
+    with lzma.open(path, "wt") as f:
+        f.write(text + extra)
+
+
+def test_xz_root_read_only_cached_and_warned(tmp_path, cache, small_mols, monkeypatch):
+    root = tmp_path / "ro"
+    (root / "qm9").mkdir(parents=True)
+    src = root / "qm9" / "qm9_hcno.xyz.xz"
+    _write_xz(src, small_mols, extra="2\ndsgdb9nsd_009999\nC 0 0 nan\nH 0 0 1\n")
+    os.chmod(root / "qm9", stat.S_IRUSR | stat.S_IXUSR)  # a read-only data root
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(root))
+    try:
+        with pytest.warns(UserWarning, match=r"skipped 1 unreadable record\(s\).*dsgdb9nsd_009999"):
+            ds = build_qm9(split="all")
+        assert len(ds) == len(small_mols)
+        assert list(cache.rglob("*.pt")), "processed tensors are cached under FMKIT_CACHE_DIR"
+
+        def boom(*a, **k):
+            raise AssertionError("parsed again despite the cache")
+
+        monkeypatch.setattr(qm9, "pack", boom)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds2 = build_qm9(split="all")
+        assert len(ds2) == len(ds)
+        # touching the source (new mtime) invalidates the key
+        os.chmod(root / "qm9", stat.S_IRWXU)
+        os.utime(src, (1, 1))
+        with pytest.raises(AssertionError, match="parsed again"):
+            build_qm9(split="all")
+    finally:
+        os.chmod(root / "qm9", stat.S_IRWXU)
+
+
+def test_missing_root_and_missing_files_are_data_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("FMKIT_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="FMKIT_DATA_DIR") as e:
+        build_qm9()
+    assert "figshare" in str(e.value) and "qm9" in str(e.value)
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="no QM9 data") as e:
+        build_qm9()
+    assert qm9.QM9_TAR in str(e.value) and qm9.QM9_URL in str(e.value)
+
+
+def test_unknown_element_and_too_many_atoms(tmp_path, cache):
+    p = tmp_path / "s.xyz"
+    p.write_text("2\ndsgdb9nsd_000001\nS 0 0 0\nH 0 0 1.3\n")
+    with pytest.raises(DataError, match="element 'S'.*dsgdb9nsd_000001|dsgdb9nsd_000001.*element 'S'"):
+        build_xyz(str(p))
+    syms, pos = embed("CCCC")  # 14 atoms
+    from fmkit_molecules.xyz import format_xyz
+
+    p.write_text(format_xyz(syms, pos, "dsgdb9nsd_000002"))
+    with pytest.raises(DataError, match="14 atoms, more than max_atoms=10"):
+        build_xyz(str(p), max_atoms=10)
+
+
+def test_split_is_deterministic_disjoint_and_in_edm_proportions():
+    ids = [f"dsgdb9nsd_{i:06d}" for i in range(1, 130_832)]
+    parts = {s: qm9.split_indices(ids, s) for s in ("train", "valid", "test")}
+    assert [len(parts[s]) for s in ("train", "valid", "test")] == [100_000, 17_748, 13_083]  # EDM's sizes
+    allidx = np.concatenate(list(parts.values()))
+    assert len(np.unique(allidx)) == len(ids)
+    # the split depends on ids, not on file order
+    shuffled = list(np.random.default_rng(1).permutation(ids))
+    test2 = {shuffled[i] for i in qm9.split_indices(shuffled, "test")}
+    assert test2 == {ids[i] for i in parts["test"]}
+    assert qm9.split_sizes(128_744) == (98_405, 17_465, 12_874)
