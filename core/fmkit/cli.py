@@ -59,24 +59,39 @@ def train(
     from fmkit.run import RECIPE_FILE, build_trainer, load_run_recipe, new_run_dir
 
     dist = init_from_env()
+    do_resume = resume is not None
     if resume is not None:
+        from fmkit.checkpoint import LATEST
+        from fmkit.trainer import Callback
+
         rec = load_run_recipe(resume, set_ or [])
         if recipe is not None:
             console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
         run_dir = resume
+        trainer = build_trainer(rec, run_dir)
+        ckpts = resume / "checkpoints"
+        if not (ckpts / LATEST).exists() and not any(ckpts.glob("step_*")):
+            # stopped before its first checkpoint (killed early): nothing to resume, start it afresh
+            console.print(f"[yellow]note:[/] {resume} has no checkpoint yet; training it from step 0")
+            do_resume = False
         if dist.rank == 0 and set_:
-            (run_dir / RECIPE_FILE).write_text(rec.to_yaml())
+            class _SaveRecipe(Callback):  # only once the checkpoint has loaded into the overridden recipe
+                def on_train_start(self, trainer) -> None:
+                    (run_dir / RECIPE_FILE).write_text(rec.to_yaml())
+
+            trainer.callbacks.append(_SaveRecipe())
     else:
         if recipe is None:
             raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
         rec = load_recipe(recipe, set_ or [])
+        trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
         run_dir = new_run_dir(rec, out) if dist.rank == 0 else (out or Path("."))
-    trainer = build_trainer(rec, run_dir)
+        trainer.run_dir = Path(run_dir)
     if dist.rank == 0:
         console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
                       f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
     t0 = time.perf_counter()
-    trainer.fit(resume=resume is not None)
+    trainer.fit(resume=do_resume)
     if dist.rank == 0:
         console.print(f"trained to step {trainer.step} in {time.perf_counter() - t0:.1f} s; "
                       f"checkpoints in {run_dir / 'checkpoints'}")
@@ -304,7 +319,10 @@ def run() -> None:
     except FmkitError as exc:
         if _STATE["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.render()}", markup=True, highlight=False)
+        from rich.markup import escape  # user text may hold [brackets]; never parse it as markup
+
+        err_console.print(f"[bold red]error:[/] {escape(exc.render())}", markup=True, highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
@@ -312,18 +330,20 @@ def run() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code if isinstance(code, int) else 0)
-    except Exception as exc:  # click usage errors and genuine bugs
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors and genuine bugs
+        # usage errors: click's, or the copy of click that recent typer vendors (no `click` module then)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         if _STATE["debug"]:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
-                          "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
+                          "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
 
 

@@ -1,11 +1,24 @@
-"""torch.distributed awareness: rank/world from torchrun's environment, process-group setup."""
+"""torch.distributed awareness: rank/world from torchrun's environment, process-group setup, the
+per-shard random streams that make DDP training independent of how a batch is split, and the
+small collectives the trainer needs (loss averaging, gathering evaluation samples).
+
+Determinism contract (see docs/scale.md): an optimizer step's global batch is cut into
+``grad_accum x world_size`` shards; shard ``j`` draws all its randomness (source noise, t, coupling,
+dropout, ...) from a stream seeded by ``(seed, step, j)``. So a run depends on the recipe and on the
+number of shards, not on how the shards are spread over processes: 2 processes x 1 micro-batch
+train the same weights (to float rounding) as 1 process x 2 micro-batches, and resuming re-creates
+every rank's stream exactly.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -26,12 +39,68 @@ def dist_info() -> DistInfo:
 def init_from_env(backend: str | None = None) -> DistInfo:
     """Initialise the default process group when launched by ``torchrun`` (WORLD_SIZE > 1).
 
-    The backend is NCCL when CUDA is available, else gloo.
+    The backend is NCCL when CUDA is available, else gloo; ``FMKIT_DIST_BACKEND`` overrides it
+    (e.g. gloo to try DDP on a CPU-only node of a GPU cluster).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        backend = backend or os.environ.get("FMKIT_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         torch.distributed.init_process_group(backend=backend)
     return dist_info()
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-shard random streams
+# ----------------------------------------------------------------------------------------------
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser: a bijective 64-bit hash with good avalanche."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def shard_seed(seed: int, step: int, shard: int) -> int:
+    """The seed of shard ``shard`` of optimizer step ``step`` (a 63-bit int; distinct inputs give
+    unrelated seeds, unlike ``seed + step``)."""
+    return _mix64(_mix64(_mix64(int(seed) & _MASK64) ^ int(step)) ^ int(shard)) >> 1
+
+
+def seed_shard(seed: int, step: int, shard: int, device: torch.device) -> None:
+    """Re-seed the global generators a training shard draws from: the CPU one and, on CUDA, the
+    training device's. (Cheaper than ``torch.manual_seed``, which touches every device.)"""
+    s = shard_seed(seed, step, shard)
+    torch.default_generator.manual_seed(s)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(s)
+
+
+def shard_slices(batch: list[int], accum: int, world: int, rank: int) -> list[list[int]]:
+    """Rank ``rank``'s micro-batches of one global batch: shard ``m * world + rank`` for each
+    micro-step ``m``, shard ``j`` holding every ``accum * world``-th example from ``j``. Strided (not
+    contiguous) so that size-bucketed batches give every rank the same mix of sizes."""
+    n = accum * world
+    return [batch[m * world + rank::n] for m in range(accum)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Collectives (no-ops in a single process)
+# ----------------------------------------------------------------------------------------------
+def all_reduce_mean(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Mean over ranks, in place and returned (``x`` itself when there is one process)."""
+    if world_size > 1:
+        torch.distributed.all_reduce(x)
+        x /= world_size
+    return x
+
+
+def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """Every rank's ``obj`` (picklable, e.g. a dict of CPU tensors), in rank order."""
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out

@@ -86,7 +86,7 @@ def log_likelihood(velocity: Velocity, x1: State, source: StateSource, solver: S
         with torch.enable_grad():
             x = {n: state[n].detach().requires_grad_(True) for n in xf}
             out = velocity(x, t)
-            out = {n: out[n] for n in xf}
+            out = {n: apply_mask(out[n], mask) for n in xf}  # padded dims: no motion, no divergence
             div = divergence_exact(out, x) if probes is None else divergence_hutchinson(out, x, probes)
         res = {n: out[n].detach() for n in xf}
         res[_L] = div.detach()

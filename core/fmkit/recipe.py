@@ -49,7 +49,7 @@ class FieldedComponent(Component):
 
 
 class TrainerOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(1000, ge=1, description="optimizer steps in total")
     batch_size: int = Field(256, ge=1, description="global batch size (all ranks, all accumulation steps)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -77,7 +77,7 @@ class TrainerOptions(BaseModel):
 
 
 class EvalOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     num_samples: int = Field(1000, ge=1)
     batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
@@ -133,6 +133,9 @@ def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"recipe is not valid YAML: {problem}", where=loc,
                           fix="fix the YAML syntax at that position (indentation, colons, quotes)") from None
+    except RecursionError:
+        raise RecipeError("recipe nests lists/mappings too deeply to read", where=where,
+                          fix="a recipe needs only a few levels of nesting; check for unbalanced brackets") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -153,7 +156,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             raise RecipeError(f"override {ov!r} has an empty key", where="--set", fix="write e.g. --set trainer.lr=1e-4")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         node: Any = data
         for i, p in enumerate(parts[:-1]):
@@ -163,7 +166,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
                 continue
             if not isinstance(node, dict):
                 raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:i]) or 'the recipe'} is not a mapping",
-                                  where="--set")
+                                  where="--set", fix=f"set {'.'.join(parts[:i])} itself, not a key below it")
             if node.get(p) is None:
                 node[p] = {}
             node = node[p]
@@ -174,12 +177,13 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a mapping", where="--set")
+            raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a mapping", where="--set",
+                              fix=f"set {'.'.join(parts[:-1])} itself, e.g. --set {'.'.join(parts[:-1])}=<value>")
     return data
 
 
 def _list_index(node: list, p: str, where: str) -> int:
-    if not p.lstrip("-").isdigit() or not -len(node) <= int(p) < len(node):
+    if not p.lstrip("-").isdecimal() or not -len(node) <= int(p) < len(node):
         raise RecipeError(f"{where!r}: {p!r} is not an index of a list of {len(node)}", where="--set")
     return int(p)
 
@@ -193,7 +197,7 @@ def validate(data: Mapping[str, Any], registry: Registry | None = None, where: s
     try:
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as exc:
-        raise RecipeError(f"recipe {where} does not validate:\n" + format_validation_error(exc, "").replace(
+        raise RecipeError(f"recipe {where} does not validate:\n" + format_validation_error(exc, "", Recipe).replace(
             "  - .", "  - "), where=where, fix="see docs/recipes.md for every section and option") from None
     check_components(recipe, registry or get_registry())
     return recipe

@@ -157,7 +157,7 @@ class Registry:
             return entry, entry.options.model_validate(raw)
         except ValidationError as exc:
             raise RecipeError(
-                f"invalid options for {kind[:-1]} {name!r}:\n" + format_validation_error(exc, where),
+                f"invalid options for {kind[:-1]} {name!r}:\n" + format_validation_error(exc, where, entry.options),
                 where=where,
                 fix=f"allowed options: {describe_options(entry.options)}",
             ) from None
@@ -198,16 +198,32 @@ def call_with_context(factory: Callable[..., Any], kwargs: dict[str, Any], conte
     return factory(**kwargs, **extra)
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
+def format_validation_error(exc: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem, with its key path; with ``model``, unknown keys get the closest known one."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (where, *err["loc"]))
         got = err.get("input")
         msg = err["msg"]
+        hint = ""
         if err["type"] == "extra_forbidden":
             msg = "unknown option"
-        lines.append(f"  - {loc}: {msg} (got {got!r})" if err["type"] != "missing" else f"  - {loc}: {msg}")
+            close = _closest_key(model, err["loc"]) if model is not None else None
+            hint = f"; did you mean {close!r}?" if close else ""
+        lines.append(f"  - {loc}: {msg} (got {got!r}){hint}" if err["type"] != "missing" else f"  - {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The known key of the (nested) model at ``loc[:-1]`` closest to the unknown key ``loc[-1]``."""
+    for part in loc[:-1]:
+        f = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = f.annotation if f is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def describe_options(model: type[BaseModel]) -> str:

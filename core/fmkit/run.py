@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fmkit.couplings import Coupling
@@ -52,6 +53,7 @@ def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **co
 
 def build_components(recipe: Recipe, registry: Registry | None = None, *, with_eval: bool = True) -> Components:
     reg = registry or get_registry()
+    torch.manual_seed(recipe.seed)  # model initialisation is a function of the recipe
     dataset = _build(reg, "datasets", recipe.data.spec(), "data")
     info = dataset.info
     model = _build(reg, "models", recipe.model.spec(), "model", data_info=info)

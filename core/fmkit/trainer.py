@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from fmkit import checkpoint as ckpt
 from fmkit.couplings import Coupling, IndependentCoupling
 from fmkit.data import Dataset
-from fmkit.distributed import DistInfo, dist_info
+from fmkit.distributed import DistInfo, all_reduce_mean, dist_info, seed_shard, shard_slices
 from fmkit.errors import CheckpointError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
@@ -64,22 +64,28 @@ class Callback:
 class BatchStream:
     """Deterministic stream of batches: position (epoch, index) -> batch, from ``dataset.batches``.
 
-    Under DDP each global batch is split into ``world`` shards and rank r takes shard r.
+    ``batch_size`` is the micro-batch of all ranks together; each global batch (``accum`` of them) is
+    cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
+    (:func:`fmkit.distributed.shard_slices`), so the split does not depend on the process count.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, dist: DistInfo, num_workers: int = 0,
-                 pin_memory: bool = False, epoch: int = 0, index: int = 0) -> None:
+                 pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1) -> None:
         self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.accum = accum
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.epoch, self.index = epoch, index
         self._it: Iterator[State] | None = None
 
     def _epoch_batches(self) -> list[list[int]]:
-        batches = self.dataset.batches(self.epoch, self.batch_size, self.seed)
+        batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
         if not batches:
-            raise TrainingError(f"the dataset gives no batch of {self.batch_size}", fix="lower trainer.batch_size")
-        r, w = self.dist.rank, self.dist.world_size
-        return [b[r::w] for b in batches]
+            raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
+                                fix="lower trainer.batch_size")
+        r, w, a = self.dist.rank, self.dist.world_size, self.accum
+        if w == 1 and a == 1:
+            return batches
+        return [s for b in batches for s in shard_slices(b, a, w, r)]
 
     def _start(self) -> Iterator[State]:
         batches = self._epoch_batches()[self.index:]
@@ -224,7 +230,7 @@ class Trainer:
         self.autocast = (self.device.type == "cuda" and o.precision in ("auto", "bf16"))
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
         self.stream = BatchStream(dataset, self.micro_batch, seed, self.dist, o.num_workers,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self.device.type == "cuda", accum=o.grad_accum)
         self.logger: MetricsLogger | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -252,11 +258,17 @@ class Trainer:
         ps = self.path.sample(x0, x1, t)
         cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
         x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        if self.autocast:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                pred = self.train_model(x_t, t, cond)
+        else:  # entering a disabled autocast context still costs a few microseconds per step
             pred = self.train_model(x_t, t, cond)
         per_field = {k: v.mean() for k, v in self.path.losses(pred, ps, x1).items()}
         w = self.opts.loss_weights
-        total = sum(w.get(k, 1.0) * v for k, v in per_field.items())
+        total: Tensor | None = None
+        for k, v in per_field.items():  # no 0 + 1.0 * v ops (and their backward) for the usual weights
+            wv = v if w.get(k, 1.0) == 1.0 else w[k] * v
+            total = wv if total is None else total + wv
         return total, per_field  # type: ignore[return-value]
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
@@ -274,9 +286,10 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def fit(self, resume: bool | str | Path = False) -> Trainer:
+    def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
         """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest
-        checkpoint, a path resumes from that checkpoint."""
+        checkpoint, a path resumes from that checkpoint. ``until`` stops early at that step (with a
+        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues."""
         self._check_writable()
         if resume:
             self.resume(None if resume is True else Path(resume))
@@ -293,7 +306,7 @@ class Trainer:
             cb.on_train_start(self)
         try:
             with self._signals():
-                self._loop()
+                self._loop(min(until, self.opts.steps) if until is not None else self.opts.steps)
         except torch.cuda.OutOfMemoryError:
             raise TrainingError(
                 f"CUDA ran out of memory at step {self.step} with a micro-batch of {self.micro_batch}",
@@ -307,29 +320,31 @@ class Trainer:
             cb.on_train_end(self)
         return self
 
-    def _loop(self) -> None:
+    def _loop(self, stop: int) -> None:
         o = self.opts
         check_every = 1 if self.device.type == "cpu" else o.log_every
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
         pending: list[Tensor] = []
         last_log_time, last_log_step = time.perf_counter(), self.step
         with bar:
-            while self.step < o.steps:
+            while self.step < stop:
                 for g in self.optimizer.param_groups:
                     g["lr"] = o.lr * lr_factor(self.step, o)
-                loss_sum = torch.zeros((), device=self.device)
+                loss_sum: Tensor | None = None
                 batch: State = {}
                 for micro in range(o.grad_accum):
                     batch = to_device(next(self.stream), self.device, non_blocking=True)
+                    # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
+                    seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
                     sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
                     ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
                         else contextlib.nullcontext()
                     with ctx:
                         loss, _ = self.loss(batch)
-                        (loss / o.grad_accum).backward()
-                    loss_sum = loss_sum + loss.detach()
-                mean_loss = loss_sum / o.grad_accum
-                if (self.step + 1) % check_every == 0 and not torch.isfinite(mean_loss).item():
+                        (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
+                if (self.step + 1) % check_every == 0 and not self._finite(mean_loss):
                     self._non_finite(batch, check_every)
                 grad_norm = None
                 if o.grad_clip:
@@ -341,7 +356,7 @@ class Trainer:
                 self.step += 1
                 pending.append(mean_loss)
                 if self.step % o.log_every == 0 or self.step == o.steps:
-                    losses = torch.stack(pending).float()
+                    losses = all_reduce_mean(torch.stack(pending).float(), self.dist.world_size)  # global mean
                     if not torch.isfinite(losses).all().item():
                         self._non_finite(batch, check_every)
                     now = time.perf_counter()
@@ -358,7 +373,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step)
                 done = self.step == o.steps
-                if self.step % o.checkpoint_every == 0 or done:
+                if self.step % o.checkpoint_every == 0 or self.step == stop:
                     self.finished = done
                     self.save_checkpoint()
                 if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
@@ -371,8 +386,14 @@ class Trainer:
                         f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
                         where=str(self.run_dir) if self.run_dir else None,
                         fix=f"resume with `fmkit train --resume {self.run_dir}`" if self.run_dir else None)
-        if self.metrics or self.writers:
+        if (self.metrics or self.writers) and self.step == o.steps:
             self.evaluate()
+
+    def _finite(self, loss: Tensor) -> bool:
+        """Whether the step's loss is finite; under DDP all ranks decide on the mean, so they stop together."""
+        if self.dist.world_size > 1:
+            loss = all_reduce_mean(loss.clone(), self.dist.world_size)
+        return math.isfinite(loss.item())
 
     def _non_finite(self, batch: State, check_every: int) -> None:
         bad_fields = [k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -461,7 +482,8 @@ class Trainer:
         self.finished = bool(meta.get("finished", False))
         pos = meta.get("data", {})
         self.stream = BatchStream(self.dataset, self.micro_batch, self.seed, self.dist, self.opts.num_workers,
-                                  self.device.type == "cuda", int(pos.get("epoch", 0)), int(pos.get("index", 0)))
+                                  self.device.type == "cuda", int(pos.get("epoch", 0)), int(pos.get("index", 0)),
+                                  accum=self.opts.grad_accum)
 
     # ------------------------------------------------------------------------------------------
     def sampling_model(self) -> nn.Module:

@@ -1,0 +1,82 @@
+"""The pluggy registry: hooks, options models, duplicate and lookup errors, build context."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+import fmkit
+from fmkit.errors import RecipeError, RegistryError
+from fmkit.registry import Registry
+
+
+class _Opts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = 4
+
+
+class PluginA:
+    @fmkit.hookimpl
+    def register_models(self, register):
+        register("tiny", lambda width, data_info=None: ("tiny", width, data_info), _Opts, "a tiny model")
+
+
+class PluginB:
+    @fmkit.hookimpl
+    def register_models(self, register):
+        register("tiny", lambda: None)
+
+
+def test_fresh_registry_has_builtins_and_is_independent():
+    a = Registry.fresh(entry_points=False)
+    b = Registry.fresh(entry_points=False, plugins=[PluginA()])
+    assert "condot" in a.entries("paths") and "mlp" in a.entries("models")
+    assert "tiny" in b.entries("models") and "tiny" not in a.entries("models")
+    assert a.entries("paths")["condot"].plugin == "fmkit.builtin"
+
+
+def test_duplicate_name_names_both_plugins():
+    reg = Registry.fresh(entry_points=False)
+    reg.add_plugin(PluginA(), name="plugin-a")
+    reg.add_plugin(PluginB(), name="plugin-b")
+    with pytest.raises(RegistryError) as e:
+        reg.entries("models")
+    msg = str(e.value)
+    assert "'tiny'" in msg and "plugin-a" in msg and "plugin-b" in msg
+
+
+def test_unknown_name_lists_available_and_closest():
+    reg = Registry.fresh(entry_points=False)
+    with pytest.raises(RegistryError) as e:
+        reg.get("couplings", "exact_ott", where="coupling.name")
+    msg = str(e.value)
+    assert "did you mean 'exact_ot'" in msg
+    assert "independent" in msg and "sinkhorn" in msg and "coupling.name" in msg
+
+
+def test_options_validated_with_key_path():
+    reg = Registry.fresh(entry_points=False, plugins=[PluginA()])
+    with pytest.raises(RecipeError) as e:
+        reg.validate("models", {"name": "tiny", "widht": 3}, where="model")
+    assert "model.widht" in str(e.value) and "unknown option" in str(e.value) and "width" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        reg.validate("models", {"name": "tiny", "width": "wide"}, where="model")
+    assert "model.width" in str(e.value)
+
+
+def test_build_passes_only_the_context_the_factory_asks_for():
+    reg = Registry.fresh(entry_points=False, plugins=[PluginA()])
+    assert reg.build("models", {"name": "tiny", "width": 7}, data_info="INFO", device="cpu") == ("tiny", 7, "INFO")
+    solver = reg.build("solvers", {"name": "rk4", "steps": 3}, data_info="ignored")
+    assert solver.method == "rk4" and solver.steps == 3
+
+
+def test_plugin_allow_list_env(monkeypatch):
+    monkeypatch.setenv("FMKIT_PLUGINS", "none")
+    reg = Registry.fresh()
+    assert set(reg.plugins()) == {"fmkit.builtin"}
+
+
+def test_unknown_kind():
+    with pytest.raises(RegistryError, match="unknown component kind"):
+        Registry.fresh(entry_points=False).entries("widgets")

@@ -1,0 +1,220 @@
+"""The math of fmkit.solvers: orders of accuracy, adaptive tolerance, NFE accounting, trajectories,
+reversibility, and the CTMC jump step for categorical fields."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from fmkit.paths import DiscretePath
+from fmkit.solvers import ORDERS, AdaptiveSolver, FixedStepSolver
+
+D = torch.float64
+# rotation + decay: x(t) = expm(t A) x(0)
+A = torch.tensor([[-0.5, -2.0], [2.0, -0.5]], dtype=D)
+X0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0], [0.7, -1.1]], dtype=D)
+STAGES = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+
+
+def linear(x, t):
+    return x @ A.T
+
+
+def linear_exact(t1, t0=0.0):
+    return X0 @ torch.as_tensor(expm((t1 - t0) * A.numpy())).T
+
+
+def forced(x, t):
+    """dx/dt = -x + sin t, non-autonomous: exposes wrong stage times c_s."""
+    return -x + torch.sin(t)
+
+
+def forced_exact(x0, t):
+    return (x0 + 0.5) * math.exp(-t) + 0.5 * (math.sin(t) - math.cos(t))
+
+
+def _slope(steps, errors):
+    return np.polyfit(np.log(1.0 / np.asarray(steps, float)), np.log(np.asarray(errors)), 1)[0]
+
+
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_fixed_step_order_of_accuracy(method):
+    steps = [8, 16, 32, 64]
+    errs_lin, errs_forced = [], []
+    x0f = X0.clone()
+    for n in steps:
+        solver = FixedStepSolver(method, n)
+        sol = solver.solve(linear, X0, 0.0, 1.0)
+        errs_lin.append((sol.x - linear_exact(1.0)).abs().max().item())
+        sol = solver.solve(forced, x0f, 0.0, 2.0)
+        errs_forced.append((sol.x - forced_exact(x0f, 2.0)).abs().max().item())
+    for errs in (errs_lin, errs_forced):
+        slope = _slope(steps, errs)
+        assert abs(slope - ORDERS[method]) < 0.3, (method, slope, errs)
+        assert all(e2 < e1 for e1, e2 in zip(errs, errs[1:]))
+
+
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_fixed_step_nfe_is_steps_times_stages(method):
+    calls = []
+
+    def f(x, t):
+        calls.append(float(t))
+        return linear(x, t)
+
+    for n in (1, 7, 20):
+        calls.clear()
+        sol = FixedStepSolver(method, n).solve(f, X0)
+        assert sol.nfe == n * STAGES[method] == len(calls)
+    # stage times of one step are t + c_s h
+    calls.clear()
+    FixedStepSolver(method, 1).solve(f, X0, 0.0, 0.5)
+    expect = {"euler": [0.0], "midpoint": [0.0, 0.25], "heun": [0.0, 0.5], "rk4": [0.0, 0.25, 0.25, 0.5]}
+    assert calls == pytest.approx(expect[method])
+
+
+def test_explicit_grid_is_used():
+    calls = []
+
+    def f(x, t):
+        calls.append(float(t))
+        return linear(x, t)
+
+    sol = FixedStepSolver("euler", grid=[0.0, 0.1, 0.5, 1.0]).solve(f, X0, 0.0, 2.0, trajectory=True)
+    assert calls == pytest.approx([0.0, 0.2, 1.0])
+    assert sol.times.tolist() == pytest.approx([0.0, 0.2, 1.0, 2.0])
+
+
+def test_trajectory_bare_tensors_and_states():
+    n = 50
+    sol = FixedStepSolver("rk4", n).solve(linear, X0, 0.0, 1.0, trajectory=True)
+    assert isinstance(sol.x, torch.Tensor) and sol.x.dtype == D
+    assert len(sol.trajectory) == n + 1 and all(isinstance(s, torch.Tensor) for s in sol.trajectory)
+    torch.testing.assert_close(sol.times, torch.linspace(0, 1, n + 1, dtype=D))
+    assert torch.equal(sol.trajectory[0], X0) and torch.equal(sol.trajectory[-1], sol.x)
+    for tk, xk in zip(sol.times.tolist(), sol.trajectory):
+        torch.testing.assert_close(xk, linear_exact(tk), rtol=0, atol=1e-7)
+    # no trajectory unless asked
+    sol = FixedStepSolver("rk4", n).solve(linear, X0)
+    assert sol.trajectory == [] and sol.times is None
+    # a state of two fields, each with its own dynamics, integrated together
+    sol = FixedStepSolver("rk4", n).solve(lambda s, t: {"a": linear(s["a"], t), "b": forced(s["b"], t)},
+                                          {"a": X0, "b": X0[:, :1]}, 0.0, 1.0)
+    assert isinstance(sol.x, dict) and set(sol.x) == {"a", "b"}
+    torch.testing.assert_close(sol.x["a"], linear_exact(1.0), rtol=0, atol=1e-7)
+    torch.testing.assert_close(sol.x["b"], forced_exact(X0[:, :1], 1.0), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["midpoint", "rk4"])
+def test_backward_integration_inverts_forward(method):
+    fw = FixedStepSolver(method, 200).solve(forced, X0, 0.0, 1.0)
+    bw = FixedStepSolver(method, 200).solve(forced, fw.x, 1.0, 0.0)
+    tol = 1e-9 if method == "rk4" else 1e-4
+    torch.testing.assert_close(bw.x, X0, rtol=0, atol=tol)
+    # and backwards alone follows the exact solution back in time
+    x1 = forced_exact(X0, 1.0)
+    bw = FixedStepSolver("rk4", 100).solve(forced, x1, 1.0, 0.0)
+    torch.testing.assert_close(bw.x, X0, rtol=0, atol=1e-8)
+    ad = AdaptiveSolver("dopri5", rtol=1e-10, atol=1e-10).solve(forced, x1, 1.0, 0.0)
+    torch.testing.assert_close(ad.x, X0, rtol=0, atol=1e-8)
+
+
+def test_dopri5_meets_tolerance_and_nfe_grows_as_rtol_shrinks():
+    exact = linear_exact(3.0)
+    nfes = []
+    for rtol in (1e-3, 1e-6, 1e-9):
+        sol = AdaptiveSolver("dopri5", rtol=rtol, atol=rtol * 1e-2).solve(linear, X0, 0.0, 3.0)
+        err = (sol.x - exact).abs().max().item()
+        # the tolerance is local (per step, relative to the state then); the decaying solution is at most
+        # max|X0| along the way, and a factor of 10 covers the accumulation over the steps
+        bound = 10 * (rtol * X0.abs().max().item() + rtol * 1e-2)
+        assert err <= bound, (rtol, err, bound)
+        assert err > bound * 1e-6  # the solve is genuinely tolerance-limited, not exact by luck
+        nfes.append(sol.nfe)
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+    assert nfes[0] >= 6  # at least one dopri5 step (6 fresh stages) was taken and counted
+
+
+def test_adaptive_nfe_counts_every_call_and_trajectory():
+    calls = []
+
+    def f(x, t):
+        calls.append(1)
+        return forced(x, t)
+
+    sol = AdaptiveSolver("dopri5", rtol=1e-8, atol=1e-8, eval_points=5).solve(f, X0, 0.0, 2.0, trajectory=True)
+    assert sol.nfe == len(calls)
+    assert len(sol.trajectory) == 5
+    for tk, xk in zip(sol.times.tolist(), sol.trajectory):
+        torch.testing.assert_close(xk, forced_exact(X0, tk), rtol=0, atol=1e-6)
+
+
+def test_adaptive_solver_refuses_categorical_fields():
+    state = {"x": torch.randn(4, 2, dtype=D), "atoms": torch.zeros(4, 3, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"'atoms' is categorical.*fixed-step"):
+        AdaptiveSolver().solve(lambda s, t: s, state)
+
+
+def test_solver_argument_validation():
+    with pytest.raises(ValueError, match="unknown fixed-step method"):
+        FixedStepSolver("rk5")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        FixedStepSolver("euler", 0)
+    with pytest.raises(ValueError, match="unknown adaptive method"):
+        AdaptiveSolver("rk4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Categorical fields: CTMC jumps
+# ---------------------------------------------------------------------------------------------
+def test_certain_jump_reaches_target_class():
+    K, target = 5, 3
+    x = torch.zeros(64, 4, dtype=torch.long)
+
+    def rate(s, t):  # rate (1/h) (e_target - e_x): one Euler step of size h jumps with probability 1
+        xc = s["c"]
+        u = torch.nn.functional.one_hot(torch.full_like(xc, target), K) - torch.nn.functional.one_hot(xc, K)
+        return {"c": u.to(D) * 4.0, "x": torch.zeros_like(s["x"])}
+
+    for method in ("euler", "heun", "rk4"):
+        sol = FixedStepSolver(method, 4).solve(rate, {"c": x, "x": torch.zeros(64, 2, dtype=D)}, 0.0, 1.0)
+        assert sol.x["c"].dtype == torch.long
+        assert (sol.x["c"] == target).all(), method
+
+
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_mask_path_unmasking_follows_kappa(method):
+    """With the exact posterior (a point mass on the true token) a CTMC step of size h unmasks each
+    token with probability min(1, h sum_s b_s kappa'/(1-kappa)(t + c_s h)) (rates combined with the
+    method's weights, categorical fields held still within the step). For Euler this makes the fraction
+    unmasked at grid time t exactly kappa_t = t in expectation; for every method all tokens end on
+    their target at t=1, and a token only ever moves from the mask to its target."""
+    K, B, N, steps = 7, 8, 500, 10
+    path = DiscretePath("mask", 1.0)
+    target = torch.randint(0, K, (B, N))
+    logits = torch.nn.functional.one_hot(target, K).to(D) * 60.0
+
+    def velocity(s, t):
+        return {"c": path.velocity(logits, s["c"], t.reshape(1).expand(B))}
+
+    sol = FixedStepSolver(method, steps).solve(velocity, {"c": torch.full((B, N), K)}, trajectory=True)
+    b = {"euler": [1.0], "midpoint": [0.0, 1.0], "heun": [0.5, 0.5], "rk4": [1 / 6, 1 / 3, 1 / 3, 1 / 6]}[method]
+    c = {"euler": [0.0], "midpoint": [0.0, 0.5], "heun": [0.0, 1.0], "rk4": [0.0, 0.5, 0.5, 1.0]}[method]
+    h, masked = 1.0 / steps, 1.0
+    for k, (tk, xk) in enumerate(zip(sol.times.tolist(), sol.trajectory)):
+        xk = xk["c"]
+        assert torch.all((xk == K) | (xk == target)), "a token may only go from mask to its target"
+        frac = (xk == target).double().mean().item()
+        expect = 1.0 - masked
+        if method == "euler":
+            assert expect == pytest.approx(tk, abs=1e-6)
+        se = math.sqrt(max(expect * (1 - expect), 1e-12) / (B * N))
+        assert abs(frac - expect) < 4 * se + 1e-9, (tk, frac, expect)
+        t = k * h
+        rate = sum(bs / max(1.0 - (t + cs * h), 1e-6) for bs, cs in zip(b, c))
+        masked *= 1.0 - min(1.0, h * rate)
+    assert torch.equal(sol.x["c"], target)
