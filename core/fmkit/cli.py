@@ -43,6 +43,7 @@ def _registry():
 
 @app.command()
 def train(
+    ctx: typer.Context,
     recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML file")] = None,
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")] = None,
@@ -52,7 +53,7 @@ def train(
 ) -> None:
     """Train a model from a recipe (or resume a run)."""
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        _launch_torchrun(nproc_per_node)
+        _launch_torchrun(ctx, nproc_per_node, recipe, resume, set_)
         return
     from fmkit.distributed import init_from_env
     from fmkit.recipe import load_recipe
@@ -77,7 +78,9 @@ def train(
         if dist.rank == 0 and set_:
             class _SaveRecipe(Callback):  # only once the checkpoint has loaded into the overridden recipe
                 def on_train_start(self, trainer) -> None:
-                    (run_dir / RECIPE_FILE).write_text(rec.to_yaml())
+                    from fmkit.checkpoint import write_atomic_text
+
+                    write_atomic_text(run_dir / RECIPE_FILE, rec.to_yaml())  # a kill never leaves half a recipe
 
             trainer.callbacks.append(_SaveRecipe())
     else:
@@ -85,7 +88,7 @@ def train(
             raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
         rec = load_recipe(recipe, set_ or [])
         trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
-        run_dir = new_run_dir(rec, out) if dist.rank == 0 else (out or Path("."))
+        run_dir = _on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
         trainer.run_dir = Path(run_dir)
     if dist.rank == 0:
         console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
@@ -98,22 +101,86 @@ def train(
         _print_eval(run_dir)
 
 
-def _launch_torchrun(n: int) -> None:
+def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: Optional[Path],
+                     set_: Optional[list[str]]) -> None:
+    """Re-run this very command under ``torch.distributed.run`` with ``n`` processes on this node
+    (``--standalone``: a private rendezvous on a free port). Multi-node: call torchrun yourself
+    (docs/scale.md); inside torchrun, ``--nproc-per-node`` is ignored."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    args = [f"--nproc-per-node={n}", "-m", "fmkit.cli"] + (["--debug"] if _STATE["debug"] else []) + \
-        [a for a in sys.argv[1:] if not a.startswith("--nproc-per-node") and a != "--debug"]
-    # drop a separate value token of --nproc-per-node N
-    cleaned, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
+    # check the recipe once here, so a mistake is reported once and not by every process
+    if resume is not None:
+        from fmkit.run import load_run_recipe
+
+        rec = load_run_recipe(resume, set_ or [])
+    elif recipe is not None:
+        from fmkit.recipe import load_recipe
+
+        rec = load_recipe(recipe, set_ or [])
+    else:
+        raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
+    t = rec.trainer
+    if t.batch_size % (t.grad_accum * n):
+        raise FmkitError(f"trainer.batch_size={t.batch_size} is not divisible by grad_accum x processes = "
+                         f"{t.grad_accum} x {n}", where="trainer.batch_size / --nproc-per-node",
+                         fix="pick a batch size that is a multiple of both")
+    args = ["--standalone", f"--nproc-per-node={n}", "-m", "fmkit.cli"] + (["--debug"] if _STATE["debug"] else [])
+    args += _replay_args(ctx, skip={"nproc_per_node"})
+    try:
+        torchrun.run(torchrun.parse_args(args))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+        err_console.print(f"[bold red]error:[/] distributed training failed: process {rank} of {n} exited with "
+                          f"code {failure.exitcode} (the error is printed above); the others were stopped",
+                          highlight=False)
+        raise SystemExit(code) from None
+
+
+def _on_rank0(dist, fn):
+    """``fn()`` run on rank 0 alone, its result (or its error) handed to every rank so that all go on,
+    or all stop, together; rank 0 reports the error, the others exit with its code quietly."""
+    if dist.world_size == 1:
+        return fn()
+    import torch.distributed as td
+
+    box: list = [None]
+    err: FmkitError | None = None
+    if dist.rank == 0:
+        try:
+            box = [("ok", fn())]
+        except FmkitError as exc:
+            err, box = exc, [("error", exc.exit_code)]
+    td.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        if err is not None:
+            raise err
+        raise SystemExit(value)
+    return value
+
+
+def _replay_args(ctx: typer.Context, skip: set[str]) -> list[str]:
+    """The command line of ``ctx``'s command rebuilt from its parsed parameters (every option a
+    command has is replayed, so new options need no change here)."""
+    out = [ctx.info_name or ""]
+    for p in ctx.command.params:
+        if p.name in skip or p.name not in ctx.params:
             continue
-        if a == "--nproc-per-node" or (a.isdigit() and cleaned and cleaned[-1] == "--nproc-per-node"):
-            skip = True
+        v = ctx.params[p.name]
+        if v is None or (p.param_type_name == "option" and v == p.default):
             continue
-        cleaned.append(a)
-    torchrun.main(cleaned)
+        if p.param_type_name == "argument":
+            out += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+        elif getattr(p, "is_flag", False):
+            out.append(p.opts[0] if v else p.secondary_opts[0])
+        elif getattr(p, "multiple", False):
+            for x in v:
+                out += [p.opts[0], str(x)]
+        else:
+            out += [p.opts[0], str(v)]
+    return out
 
 
 def _print_eval(run_dir: Path) -> None:
@@ -196,7 +263,7 @@ def sample(
     model = comps.model.to(dev).eval()
     if guidance is not None:
         if comps.dataset.info.num_cond_classes is None:
-            raise FmkitError("--guidance needs a conditional dataset", fix="drop --guidance")
+            raise FmkitError("--guidance needs a conditional dataset", where="--guidance", fix="drop --guidance")
         model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -321,8 +388,10 @@ def run() -> None:
             raise
         from rich.markup import escape  # user text may hold [brackets]; never parse it as markup
 
-        err_console.print(f"[bold red]error:[/] {escape(exc.render())}", markup=True, highlight=False,
-                          soft_wrap=True)
+        from fmkit.trainer import TrainingInterrupted
+
+        label = "[bold yellow]stopped:[/]" if isinstance(exc, TrainingInterrupted) else "[bold red]error:[/]"
+        err_console.print(f"{label} {escape(exc.render())}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,15 @@ class MetricsLogger:
                 r = csv.reader(f)
                 next(r, None)
                 rows = [row for row in r if len(row) == 3 and _int(row[0]) <= truncate_after]
-        self._f = open(self.path, "w", newline="")
+        # rewrite beside and rename, so a kill during the rewrite never empties the log
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.HEADER)
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+        self._f = open(self.path, "a", newline="")
         self._w = csv.writer(self._f)
-        self._w.writerow(self.HEADER)
-        self._w.writerows(rows)
-        self._f.flush()
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -89,12 +94,15 @@ class ProgressBar:
             self._task = self._p.add_task(self.description, total=self.total, completed=self.start, loss="-", sps="")
         return self
 
-    def update(self, step: int, loss: float, **_: Any) -> None:
-        if self._p is not None:
-            task = self._p.tasks[0]
-            speed = task.speed
-            sps = f"{speed:.1f} steps/s" if speed else ""
-            self._p.update(self._task, completed=step, loss=f"{loss:.4f}" if math.isfinite(loss) else "nan", sps=sps)
+    def update(self, step: int, loss: float | None = None, steps_per_s: float | None = None) -> None:
+        """Advance to ``step``; ``loss`` and ``steps_per_s`` refresh the shown figures (at log steps)."""
+        if self._p is None:
+            return
+        if loss is None:
+            self._p.update(self._task, completed=step)
+            return
+        self._p.update(self._task, completed=step, loss=f"{loss:.4f}" if math.isfinite(loss) else "nan",
+                       sps=f"{steps_per_s:.2f} steps/s" if steps_per_s else "")
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:

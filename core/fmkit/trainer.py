@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from fmkit import checkpoint as ckpt
 from fmkit.couplings import Coupling, IndependentCoupling
 from fmkit.data import Dataset
-from fmkit.distributed import DistInfo, all_reduce_mean, dist_info, seed_shard, shard_slices
+from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
+                               fold_seed, seed_generators, seed_shard, shard_slices)
 from fmkit.errors import CheckpointError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
@@ -73,12 +74,18 @@ class BatchStream:
                  pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1) -> None:
         self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
         self.accum = accum
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.num_workers, self.pin_memory = min(num_workers, cores), pin_memory  # more workers than cores only thrash
         self.epoch, self.index = epoch, index
         self._it: Iterator[State] | None = None
 
     def _epoch_batches(self) -> list[list[int]]:
-        batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
+        try:
+            batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
+        except ValueError as exc:  # e.g. fewer examples than one batch
+            raise TrainingError(f"the dataset cannot give batches of {self.batch_size * self.accum}: {exc}",
+                                where="trainer.batch_size",
+                                fix="lower trainer.batch_size (per process), or use more data") from exc
         if not batches:
             raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
                                 fix="lower trainer.batch_size")
@@ -272,6 +279,8 @@ class Trainer:
         return total, per_field  # type: ignore[return-value]
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
         self._stop_signal = signum
 
     @contextlib.contextmanager
@@ -316,6 +325,7 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
+                self.logger = None
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self
@@ -354,6 +364,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update()
                 self.step += 1
+                bar.update(self.step)
                 pending.append(mean_loss)
                 if self.step % o.log_every == 0 or self.step == o.steps:
                     losses = all_reduce_mean(torch.stack(pending).float(), self.dist.world_size)  # global mean
@@ -367,7 +378,7 @@ class Trainer:
                     if grad_norm is not None:
                         scal["grad_norm"] = float(grad_norm)
                     pending.clear()
-                    bar.update(self.step, scal["loss"])
+                    bar.update(self.step, scal["loss"], sps)
                     if self.logger:
                         self.logger.log(self.step, scal)
                 for cb in self.callbacks:
@@ -493,8 +504,11 @@ class Trainer:
         return m
 
     @torch.no_grad()
-    def sample(self, n: int, solver: Solver | None = None, seed: int = 0) -> State:
-        """``n`` samples with the EMA model (if any), sizes/conditions drawn from the data."""
+    def sample(self, n: int, solver: Solver | None = None, seed: int = 0, distributed: bool = False) -> State:
+        """``n`` samples with the EMA model (if any), sizes/conditions drawn from the data.
+
+        ``distributed=True`` (every rank must call it then) splits the chunks over the DDP ranks and
+        gathers them: every rank gets the same ``n`` samples a single process would draw."""
         model = self.sampling_model()
         was_training = model.training
         model.eval()
@@ -502,17 +516,18 @@ class Trainer:
         torch.manual_seed(seed)
         try:
             return sample_in_chunks(model, self.path, self.source, solver or self.solver, self.dataset, n,
-                                    self.eval_opts.batch_size, self.device, seed)
+                                    self.eval_opts.batch_size, self.device, seed,
+                                    dist=self.dist if distributed else None)
         finally:
             torch.set_rng_state(rng)
             model.train(was_training)
 
     def evaluate(self) -> dict[str, float]:
-        """Sample, compute metrics, write artefacts; returns the metrics (rank 0)."""
+        """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0)."""
+        samples = self.sample(self.eval_opts.num_samples, distributed=True)
         if not self.is_main:
             self._barrier()
             return {}
-        samples = self.sample(self.eval_opts.num_samples)
         results: dict[str, float] = {}
         for name, metric in self.metrics.items():
             for k, v in metric(samples, self.dataset).items():
@@ -555,17 +570,24 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) 
 
 @torch.no_grad()
 def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
-                     n: int, chunk: int, device: torch.device, seed: int = 0) -> State:
-    """Generate ``n`` samples in chunks of ``chunk``; returns CPU tensors."""
-    parts: list[State] = []
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
-        template = to_device(dataset.template(m, seed=seed + done), device)
+                     n: int, chunk: int, device: torch.device, seed: int = 0, dist: DistInfo | None = None) -> State:
+    """Generate ``n`` samples in chunks of ``chunk``; returns CPU tensors.
+
+    Chunk k draws from its own random stream (seed, k), so the samples do not depend on how the
+    chunks are spread: with ``dist`` (a DDP run; every rank calls this), rank r generates chunks
+    r, r + world, ... and all ranks receive all ``n`` samples (all_gather)."""
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    starts = list(range(0, n, chunk))
+    parts: dict[int, State] = {}
+    for k in range(rank, len(starts), world):
+        m = min(chunk, n - starts[k])
+        seed_generators(fold_seed(seed, SAMPLING_STREAM, k), device)
+        template = to_device(dataset.template(m, seed=seed + starts[k]), device)
         sol = generate(model, path, source, solver, template)
-        parts.append({k: v.cpu() for k, v in sol.x.items()})
-        done += m
-    return _concat(parts)
+        parts[k] = {f: v.cpu() for f, v in sol.x.items()}
+    if world > 1:
+        parts = {k: v for got in all_gather_objects(parts, world) for k, v in got.items()}
+    return _concat([parts[k] for k in range(len(starts))])
 
 
 def _concat(parts: list[State]) -> State:

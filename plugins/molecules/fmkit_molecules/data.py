@@ -141,7 +141,7 @@ class QM9Options(BaseModel):
 
     split: Literal["train", "valid", "test", "all"] = "train"
     atom_encoding: AtomEncoding = "categorical"
-    root: str | None = Field(None, description="data root holding qm9/ (default: $FMKIT_DATA_DIR)")
+    root: str | None = Field(None, description="data root holding qm9/ (default: $FMKIT_DATA_DIR, else ~/.cache/fmkit/data)")
     prefer: Literal["auto", "tar", "xyz"] = "auto"
     download: bool = Field(False, description="download the original release into the data root if missing")
     max_atoms: int = Field(29, ge=1)
@@ -154,9 +154,13 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
               cache: bool = True) -> MoleculeDataset:
     """QM9 3-D molecules (Ramakrishnan et al. 2014) with the EDM train/valid/test proportions."""
     folder = qm9.data_dir(root)
-    if download and not (folder / qm9.QM9_TAR).is_file():
-        qm9.download(folder)
-    path = qm9.find_source(folder, prefer)
+    try:
+        path = qm9.find_source(folder, prefer)
+    except DataError:
+        if not download:
+            raise
+        qm9.download(folder)  # only when the root holds no usable QM9 file
+        path = qm9.find_source(folder, prefer)
     packed = qm9.load(path, use_cache=cache)
     idx = qm9.split_indices(packed.ids, split)
     if limit is not None:

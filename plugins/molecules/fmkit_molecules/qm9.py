@@ -69,15 +69,9 @@ class Packed:
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
-    """The QM9 folder of the data root (``root`` or ``$FMKIT_DATA_DIR``), which need not exist."""
-    base = root if root is not None else os.environ.get("FMKIT_DATA_DIR")
-    if not base:
-        raise DataError(
-            "no data root: FMKIT_DATA_DIR is not set",
-            where="dataset qm9",
-            fix=f"export FMKIT_DATA_DIR=/path/to/data and put {QM9_TAR} (download: {QM9_URL}) or "
-            f"qm9_hcno.xyz.xz under $FMKIT_DATA_DIR/qm9/, or set the dataset option `download: true`",
-        )
+    """The QM9 folder of the data root: ``root``, else ``$FMKIT_DATA_DIR``, else
+    ``$FMKIT_CACHE_DIR/data`` (``~/.cache/fmkit/data``), where downloads go. It need not exist."""
+    base = root if root is not None else (os.environ.get("FMKIT_DATA_DIR") or cache_dir() / "data")
     return Path(base).expanduser() / "qm9"
 
 
@@ -109,7 +103,8 @@ def find_source(folder: Path, prefer: str = "auto") -> Path:
         f"no QM9 data in {folder}" + (f" (it holds: {', '.join(have) or 'nothing'})" if have is not None else " (missing)"),
         where=str(folder),
         fix=f"download {QM9_TAR} from {QM9_URL} into {folder}/ (or set the dataset option `download: true`), "
-        f"or place a multi-frame XYZ file named one of {', '.join(XYZ_NAMES)} there",
+        f"or place a multi-frame XYZ file named one of {', '.join(XYZ_NAMES)} there; to read another data "
+        f"root, export FMKIT_DATA_DIR=/path/to/data (files under $FMKIT_DATA_DIR/qm9/)",
     )
 
 

@@ -13,7 +13,7 @@ from fmkit_molecules.coupling import EquivariantOTCoupling, align_pairs
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.source import ComFreeGaussian
 
-from conftest import as_batch
+from molecules_testlib import as_batch
 
 
 def independent_cost(x0, x1):

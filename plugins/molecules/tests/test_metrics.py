@@ -11,7 +11,7 @@ from fmkit_molecules import chemistry
 from fmkit_molecules.elements import INDEX
 from fmkit_molecules.metrics import MoleculeMetrics, evaluate_molecules
 
-from conftest import as_batch
+from molecules_testlib import as_batch
 
 
 def types_of(syms):
@@ -20,7 +20,8 @@ def types_of(syms):
 
 @pytest.mark.parametrize("pair,dist,order", [
     (("C", "C"), 1.53, 1), (("C", "C"), 1.33, 2), (("C", "C"), 1.20, 3), (("C", "C"), 1.64, 0),
-    (("C", "C"), 1.639, 1), (("C", "C"), 1.39, 1), (("C", "C"), 1.389, 2), (("C", "H"), 1.09, 1),
+    (("C", "C"), 1.639, 1), (("C", "C"), 1.391, 1), (("C", "C"), 1.389, 2), (("C", "C"), 1.229, 3),
+    (("C", "C"), 1.231, 2), (("C", "N"), 1.189, 3), (("C", "N"), 1.191, 2), (("C", "H"), 1.09, 1),
     (("C", "H"), 1.19, 0), (("C", "O"), 1.21, 2), (("C", "O"), 1.15, 3), (("N", "N"), 1.12, 3),
     (("O", "H"), 0.97, 1), (("H", "H"), 0.83, 1), (("C", "F"), 1.35, 1), (("O", "O"), 1.25, 2),
 ])

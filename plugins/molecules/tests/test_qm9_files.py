@@ -17,7 +17,7 @@ from fmkit_molecules import qm9
 from fmkit_molecules.data import build_qm9, build_xyz
 from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame
 
-from conftest import embed
+from molecules_testlib import embed
 
 
 def extended_xyz(idx: int, syms: list[str], pos: np.ndarray, star: bool = True) -> str:
@@ -135,9 +135,10 @@ def test_xz_root_read_only_cached_and_warned(tmp_path, cache, small_mols, monkey
 
 def test_missing_root_and_missing_files_are_data_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("FMKIT_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="FMKIT_DATA_DIR") as e:
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="FMKIT_DATA_DIR") as e:  # default root: the cache, empty
         build_qm9()
-    assert "figshare" in str(e.value) and "qm9" in str(e.value)
+    assert "figshare" in str(e.value) and str(tmp_path / "cache" / "data" / "qm9") in str(e.value)
     monkeypatch.setenv("FMKIT_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match="no QM9 data") as e:
         build_qm9()
@@ -168,3 +169,14 @@ def test_split_is_deterministic_disjoint_and_in_edm_proportions():
     test2 = {shuffled[i] for i in qm9.split_indices(shuffled, "test")}
     assert test2 == {ids[i] for i in parts["test"]}
     assert qm9.split_sizes(128_744) == (98_405, 17_465, 12_874)
+
+
+def test_download_checks_size_and_checksum_and_leaves_nothing_behind(tmp_path):
+    fake = tmp_path / "fake.tar.bz2"
+    fake.write_bytes(b"not the QM9 release")
+    folder = tmp_path / "root" / "qm9"
+    with pytest.raises(DataError, match="does not match.*expected 86,144,227 bytes"):
+        qm9.download(folder, url=fake.as_uri())
+    assert list(folder.iterdir()) == []  # neither the .part file nor a bad tarball stays
+    with pytest.raises(DataError, match="download of .* failed"):
+        qm9.download(folder, url=(tmp_path / "missing").as_uri())

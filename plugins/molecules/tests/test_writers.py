@@ -9,7 +9,7 @@ from rdkit import Chem
 from fmkit_molecules.writers import MoleculeGridWriter, SDFWriter, XYZWriter
 from fmkit_molecules.xyz import Record, iter_frames
 
-from conftest import as_batch
+from molecules_testlib import as_batch
 
 
 def samples(small_mols):
