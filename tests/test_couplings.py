@@ -10,9 +10,7 @@ import numpy as np
 import ot
 import pytest
 import torch
-
-from fmkit.couplings import (ExactOTCoupling, IndependentCoupling, SinkhornCoupling, pairwise_cost,
-                             sinkhorn_plan)
+from fmkit.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling, pairwise_cost, sinkhorn_plan
 
 D = torch.float64
 
@@ -133,7 +131,7 @@ def test_sinkhorn_cost_decreases_to_the_exact_optimum():
         P = sinkhorn_plan(cost, eps, iters=3000, tol=1e-9)
         values.append((P * c).sum().item())
     assert all(v >= exact - 1e-9 for v in values), (values, exact)
-    assert all(v2 < v1 for v1, v2 in zip(values, values[1:])), values
+    assert all(v2 < v1 for v1, v2 in itertools.pairwise(values)), values
     gaps = [v - exact for v in values]
     assert gaps[0] > 0.5 * exact  # strongly regularised: far from optimal
     assert gaps[-1] < 2e-2 * exact, (gaps, exact)
@@ -147,22 +145,26 @@ def _exact_value(C):
 
 
 def test_sinkhorn_coupling_samples_partners_from_the_plan_columns():
-    n = 4
-    x0, x1 = torch.randn(n, 2, dtype=D), torch.randn(n, 2, dtype=D)
-    cond, mask = torch.arange(n), torch.ones(n, dtype=torch.bool)
-    s1 = {"x": x1, "cond": cond, "mask": mask}
-    coupling = SinkhornCoupling(epsilon=0.3, iters=500)
-    P = sinkhorn_plan(pairwise_cost({"x": x0}, s1), 0.3, 500)
-    expect = (P / P.sum(0, keepdim=True)).T  # row j: distribution of the partner of x1_j
+    """4 source and 4 data points, each repeated r times: the batch's plan is the small plan spread
+    over blocks, so each x1 of type b draws a partner of type a with probability n P[a, b]."""
+    k, r = 4, 150
+    x0, x1 = torch.randn(k, 2, dtype=D), torch.randn(k, 2, dtype=D)
+    P = sinkhorn_plan(pairwise_cost({"x": x0}, {"x": x1}), 0.3, 1000)
+    expect = (P / P.sum(0, keepdim=True)).T  # row b: distribution of the partner type of an x1 of type b
     assert (expect - (P / P.sum(1, keepdim=True))).abs().max() > 0.1  # columns differ from rows here
-    draws = 1500
-    counts = torch.zeros(n, n, dtype=D)
-    for _ in range(draws):
-        s0 = {"x": x0, "id": torch.arange(n), "cond": cond, "mask": mask}
+    typ = torch.arange(k).repeat_interleave(r)
+    cond, mask = torch.arange(k * r), torch.ones(k * r, dtype=torch.bool)
+    s1 = {"x": x1[typ], "cond": cond, "mask": mask}
+    coupling = SinkhornCoupling(epsilon=0.3, iters=1000)
+    counts = torch.zeros(k, k, dtype=D)
+    calls = 8
+    for _ in range(calls):
+        s0 = {"x": x0[typ], "id": torch.arange(k * r), "cond": cond, "mask": mask}
         r0, r1 = coupling.pair(s0, s1)
         assert r1 is s1 and r1["cond"] is cond and r1["mask"] is mask
-        torch.testing.assert_close(r0["x"], x0[r0["id"]])
-        counts[torch.arange(n), r0["id"]] += 1
+        torch.testing.assert_close(r0["x"], s0["x"][r0["id"]])  # x0 rows are whole rows of the source batch
+        counts.index_put_((typ, typ[r0["id"]]), torch.ones(k * r, dtype=D), accumulate=True)
+    draws = calls * r
     freq = counts / draws
     se = torch.sqrt(expect * (1 - expect) / draws)
     assert ((freq - expect).abs() <= 4 * se + 1e-3).all(), (freq, expect)

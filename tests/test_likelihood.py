@@ -11,11 +11,10 @@ import math
 
 import pytest
 import torch
-from scipy.linalg import expm
-
 from fmkit.likelihood import divergence_exact, divergence_hutchinson, log_likelihood
 from fmkit.solvers import AdaptiveSolver, FixedStepSolver
 from fmkit.sources import GaussianSource, StateSource
+from scipy.linalg import expm
 
 D = torch.float64
 A3 = torch.tensor([[-0.4, 1.2, 0.3], [-0.5, 0.2, 0.8], [0.6, -0.1, -0.3]], dtype=D)

@@ -8,9 +8,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fmkit.paths import (AffinePath, CondOTScheduler, CosineScheduler, DiscretePath, PathSample,
-                         PolynomialScheduler, StatePath, VPScheduler, make_affine)
+from fmkit.paths import (
+    AffinePath,
+    CondOTScheduler,
+    CosineScheduler,
+    DiscretePath,
+    PathSample,
+    PolynomialScheduler,
+    StatePath,
+    VPScheduler,
+    make_affine,
+)
 
 D = torch.float64
 
@@ -135,7 +143,7 @@ def test_parameterisation_conversions_recover_ground_truth(name):
     t = torch.linspace(0.05, 0.95, 8, dtype=D)
     ps = path.sample(x0, x1, t)
     xt, v = ps.x_t, ps.dx_t
-    tol = dict(rtol=1e-10, atol=1e-10)
+    tol = {"rtol": 1e-10, "atol": 1e-10}
     # ground truth: the conditional velocity determines x1 and the noise x0 given x_t
     torch.testing.assert_close(path.velocity_to_x1(v, xt, t), x1, **tol)
     torch.testing.assert_close(path.velocity_to_epsilon(v, xt, t), x0, **tol)

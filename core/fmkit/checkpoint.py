@@ -129,6 +129,8 @@ def verify(ckpt: Path) -> None:
     try:
         manifest = json.loads(man_path.read_text())
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"{man_path} is corrupt", where=str(man_path),
                               fix="use an earlier checkpoint of the run") from None
@@ -163,7 +165,13 @@ def load_checkpoint(ckpt: Path) -> CheckpointData:
                 raise CheckpointError(f"checkpoint file {name} is not a valid safetensors file: {exc}",
                                       where=str(p), fix="use an earlier checkpoint of the run") from None
         elif name == "meta.json":
-            meta = json.loads(p.read_text())
+            try:
+                meta = json.loads(p.read_text())
+                if not isinstance(meta, dict):
+                    raise TypeError
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+                raise CheckpointError(f"checkpoint file {name} is corrupt (not a JSON object)", where=str(p),
+                                      fix="use an earlier checkpoint of the run") from None
     return CheckpointData(tensors, meta)
 
 
@@ -201,6 +209,9 @@ def resolve_checkpoint(path: Path) -> Path:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = find_latest(root)
     if found is None:
+        done = complete_checkpoints(root)
+        if done:
+            verify(done[-1])  # every one is damaged: name what is wrong with the newest
         raise CheckpointError(f"no usable checkpoint under {path}", where=str(root),
                               fix="train first (`fmkit train RECIPE --out DIR`), or check the run directory")
     return found

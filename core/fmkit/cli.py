@@ -382,7 +382,12 @@ def run() -> None:
     """Console-script entry point with user-friendly errors."""
     try:
         _registry_commands()
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # without standalone mode, typer *returns* the code of an Exit (130 for a Ctrl-C it caught)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            if rv == 130:
+                err_console.print("[bold red]interrupted[/]")
+            sys.exit(rv)
     except FmkitError as exc:
         if _STATE["debug"]:
             raise
@@ -405,6 +410,21 @@ def run() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
+            # click turns EOFError and KeyboardInterrupt raised anywhere into a silent Abort; fmkit has
+            # no prompts, so an EOFError is a file that ended early (a truncated data file, say)
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, KeyboardInterrupt):
+                err_console.print("[bold red]interrupted[/]")
+                sys.exit(130)
+            if not isinstance(cause, EOFError):
+                sys.exit(1)
+            if _STATE["debug"]:
+                raise cause
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] a file ended unexpectedly ({escape(f'EOFError: {cause}')})\n"
+                              "  fix:   a data or checkpoint file is probably truncated: check the files the recipe "
+                              "reads (rerun with `fmkit --debug ...` to see which one)", highlight=False, soft_wrap=True)
             sys.exit(1)
         if _STATE["debug"]:
             raise

@@ -62,20 +62,35 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def fold_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys, hashed in order (distinct key tuples give unrelated seeds,
+    unlike ``seed + step``)."""
+    z = 0
+    for k in keys:
+        z = _mix64(z ^ (int(k) & _MASK64))
+    return z >> 1
+
+
 def shard_seed(seed: int, step: int, shard: int) -> int:
-    """The seed of shard ``shard`` of optimizer step ``step`` (a 63-bit int; distinct inputs give
-    unrelated seeds, unlike ``seed + step``)."""
-    return _mix64(_mix64(_mix64(int(seed) & _MASK64) ^ int(step)) ^ int(shard)) >> 1
+    """The seed of training shard ``shard`` of optimizer step ``step``."""
+    return fold_seed(seed, step, shard)
+
+
+SAMPLING_STREAM = 0x73616D706C65  # "sample": keeps sampling streams apart from training ones
+
+
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Re-seed the global generators that ops on ``device`` draw from: the CPU one and, on CUDA, the
+    device's. (Far cheaper than ``torch.manual_seed``, which visits every device.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[idx].manual_seed(seed)
 
 
 def seed_shard(seed: int, step: int, shard: int, device: torch.device) -> None:
-    """Re-seed the global generators a training shard draws from: the CPU one and, on CUDA, the
-    training device's. (Cheaper than ``torch.manual_seed``, which touches every device.)"""
-    s = shard_seed(seed, step, shard)
-    torch.default_generator.manual_seed(s)
-    if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
-                                      ].manual_seed(s)
+    """Seed the stream of training shard ``shard`` of step ``step`` (see the module docstring)."""
+    seed_generators(shard_seed(seed, step, shard), device)
 
 
 def shard_slices(batch: list[int], accum: int, world: int, rank: int) -> list[list[int]]:

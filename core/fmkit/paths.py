@@ -196,7 +196,7 @@ class DiscretePath(ProbPath):
         """CTMC rate u_t(y | x_t) = kappa'/(1-kappa) (p(x1 = y | x_t) - delta_{x_t}(y)), over K (+1) classes."""
         k, dk = self.kappa(t)
         coef = (dk / (1.0 - k).clamp_min(1e-6)).reshape(-1, *([1] * x_t.dim()))
-        p = torch.softmax(pred.float(), dim=-1)
+        p = torch.softmax(pred if pred.dtype == torch.float64 else pred.float(), dim=-1)
         if self.source_kind == "mask":
             p = F.pad(p, (0, 1))  # the mask token is never a target
         onehot = F.one_hot(x_t.long(), p.shape[-1]).to(p.dtype)

@@ -18,6 +18,7 @@ Recipes can only name registered components, never import paths.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -102,16 +103,30 @@ class Recipe(BaseModel):
     callbacks: list[Component] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """Plain YAML-able data; unlike pydantic's JSON mode this keeps inf/nan (YAML has .inf/.nan)."""
+        return _plain(self.model_dump(mode="python"))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a recipe file into a mapping, with line/column on syntax errors."""
     p = Path(path)
+    try:
+        p.stat()
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # name too long, not a directory, permission, ...
+            raise RecipeError(f"cannot read recipe {str(p)!r}: {exc.strerror or exc}", fix="check the path") from None
     if not p.exists():
         raise RecipeError(f"recipe file {str(p)!r} does not exist", where=str(p.resolve().parent),
                           fix="check the path; shipped recipes live in recipes/ (see `fmkit recipe list`)")
@@ -184,7 +199,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 def _list_index(node: list, p: str, where: str) -> int:
     if not p.lstrip("-").isdecimal() or not -len(node) <= int(p) < len(node):
-        raise RecipeError(f"{where!r}: {p!r} is not an index of a list of {len(node)}", where="--set")
+        raise RecipeError(f"{where!r}: {p!r} is not an index of a list of {len(node)}", where="--set",
+                          fix=f"use an index from 0 to {len(node) - 1}" if node else "the list is empty: set the "
+                          "whole list, e.g. --set eval.metrics='[{name: w2}]'")
     return int(p)
 
 

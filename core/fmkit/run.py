@@ -68,6 +68,10 @@ def build_components(recipe: Recipe, registry: Registry | None = None, *, with_e
                               f"{recipe.path.fields[f].name if f in recipe.path.fields else recipe.path.name!r} "
                               f"is continuous", where=f"path.fields.{f}",
                               fix=f"add `path: {{fields: {{{f}: {{name: discrete}}}}}}` to the recipe")
+        if not fi.categorical and isinstance(p, DiscretePath):
+            raise RecipeError(f"field {f!r} is continuous but its path is the discrete (categorical) path",
+                              where=f"path.fields.{f}" if f in recipe.path.fields else "path.name",
+                              fix=f"use a continuous path (condot, vp, cosine, polynomial) for {f!r}")
     unknown = set(recipe.path.fields) - set(info.fields)
     if unknown:
         raise RecipeError(f"path.fields names fields the data does not have: {sorted(unknown)}",
@@ -128,7 +132,9 @@ def new_run_dir(recipe: Recipe, out: Path | None) -> Path:
                           fix=f"continue it with `fmkit train --resume {run_dir}`, or pick another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECIPE_FILE).write_text(recipe.to_yaml())
+        from fmkit.checkpoint import write_atomic_text
+
+        write_atomic_text(run_dir / RECIPE_FILE, recipe.to_yaml())  # a kill never leaves half a recipe
     except OSError as exc:
         raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}", where=str(run_dir),
                           fix="pass --out with a directory you can write to") from None

@@ -138,7 +138,11 @@ class ToySource(Source):
         seed = int(torch.randint(0, 2**62, ()).item())  # draws from the global RNG (resumable)
         x, _ = fn(like.shape[0], torch.Generator().manual_seed(seed), **self.params)
         if x.shape[1:] != like.shape[1:]:
-            raise ValueError(f"toy source {self.kind!r} gives shape {tuple(x.shape[1:])}, data has {tuple(like.shape[1:])}")
+            from fmkit.errors import RecipeError
+
+            raise RecipeError(f"toy source {self.kind!r} gives shape {tuple(x.shape[1:])}, data has "
+                              f"{tuple(like.shape[1:])}", where="source",
+                              fix="use a source of the data's shape, e.g. `source: {name: gaussian}`")
         return x.to(like.device, like.dtype if like.is_floating_point() else torch.float32)
 
     def log_prob(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -232,6 +232,7 @@ class Trainer:
         if o.compile:
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
         fused = self.device.type == "cuda"
+        self._params = list(self.model.parameters())  # for clipping: no module walk per step
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay, fused=fused)
         self.autocast = (self.device.type == "cuda" and o.precision in ("auto", "bf16"))
@@ -358,7 +359,7 @@ class Trainer:
                     self._non_finite(batch, check_every)
                 grad_norm = None
                 if o.grad_clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self._params, o.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:

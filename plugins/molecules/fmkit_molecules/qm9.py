@@ -236,7 +236,11 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
         except Exception as exc:  # a corrupt cache is rebuilt, not trusted
             warnings.warn(f"qm9: ignoring unreadable cache {cfile}: {exc}", stacklevel=2)
     total = 133_885 if path.name == QM9_TAR else None
-    packed = pack(iter_records(path), str(path), total=total)
+    try:
+        packed = pack(iter_records(path), str(path), total=total)
+    except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
+        raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
+                        where=str(path), fix=f"delete it and download it again ({QM9_URL}), or copy it again") from None
     if use_cache:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)

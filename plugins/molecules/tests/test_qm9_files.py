@@ -180,3 +180,17 @@ def test_download_checks_size_and_checksum_and_leaves_nothing_behind(tmp_path):
     assert list(folder.iterdir()) == []  # neither the .part file nor a bad tarball stays
     with pytest.raises(DataError, match="download of .* failed"):
         qm9.download(folder, url=(tmp_path / "missing").as_uri())
+
+
+def test_truncated_archive_is_a_data_error_naming_the_file(tmp_path, cache, monkeypatch):
+    import lzma
+
+    root = tmp_path / "data"
+    (root / "qm9").mkdir(parents=True)
+    payload = lzma.compress(("3\ndsgdb9nsd_000001\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n" * 200).encode())
+    bad = root / "qm9" / "qm9_hcno.xyz.xz"
+    bad.write_bytes(payload[: len(payload) // 2])
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(root))
+    with pytest.raises(DataError, match="truncated or corrupt") as e:
+        build_qm9(split="all")
+    assert str(bad) in str(e.value)
