@@ -207,6 +207,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.dist = dist_info()
         self.device = pick_device(self.opts.device)
+        if self.device.type == "cpu" and self.opts.cpu_threads:
+            torch.set_num_threads(self.opts.cpu_threads)  # process-wide, as torch's setting is
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.is_main = self.dist.rank == 0
