@@ -1,0 +1,299 @@
+"""Training throughput of the fmkit engine against a bare PyTorch loop and two peer libraries.
+
+Every engine trains the same velocity model (``fmkit.models.MLP``) on the same problem (8 gaussians
+-> two moons, ``fmkit.toy``), same batch size, AdamW, CPU, one process; they run in interleaved
+rounds (bare, fmkit, torchcfm, flow_matching, bare, fmkit, ...) so that machine load hits all of
+them alike. Per round each engine trains ``--steps`` steps; the figures are medians over rounds,
+and every ratio is the median of the per-round ratios (paired, same load).
+
+Engines
+  bare           a hand-written CFM loop doing exactly fmkit's math (below)
+  fmkit          ``fmkit.Trainer`` used as a library (ToyDataset, ToySource, run_dir=None)
+  torchcfm       TorchCFM ``ConditionalFlowMatcher`` / ``ExactOptimalTransportConditionalFlowMatcher``
+  flow_matching  Meta ``flow_matching`` ``AffineProbPath(CondOTScheduler())`` (independent only:
+                 the library has no minibatch-OT coupling)
+
+What is matched: model and init seed, data (the same 100k moons points, a fresh permutation per
+epoch), source (8 gaussians, radius 5, std 0.5), t ~ U(0, 1), x_t = t x1 + (1 - t) x0,
+target x1 - x0, MSE, AdamW (lr 1e-3, betas 0.9/0.999, no weight decay), gradient clipping at
+norm 1.0 in every loop (fmkit's default; ``--no-clip`` turns it off everywhere), constant lr, no
+EMA (fmkit's is switched off: ``ema_decay=None``). fmkit keeps its per-step lr update and
+NaN/Inf check and logs every 50 steps (in memory; ``run_dir=None``), as a library user gets it.
+Exact OT: bare and fmkit pair by the assignment (scipy linear_sum_assignment on the float64
+squared-distance matrix); TorchCFM solves the plan with POT ``emd`` and samples pairs from it with
+replacement (its own method; it is what a TorchCFM user gets).
+
+    python bench/bench_engine.py            # full run, writes bench/results/engine.{json,md}
+    python bench/bench_engine.py --quick    # CI size
+    python bench/bench_engine.py --profile fmkit   # cProfile of one engine instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import math
+import pstats
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Batches, median, table, timed2, write_results  # noqa: E402
+
+import fmkit  # noqa: E402
+from fmkit.models import MLP  # noqa: E402
+from fmkit.toy import ToyDataset, ToySource, eight_gaussians  # noqa: E402
+
+SEED = 0
+
+
+def make_model(a: argparse.Namespace) -> MLP:
+    torch.manual_seed(SEED)
+    return MLP(2, hidden=a.hidden, depth=a.depth, time_dim=a.time_dim)
+
+
+def make_opt(model: torch.nn.Module, a: argparse.Namespace) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
+
+
+def assignment_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """x0 re-ordered so that x0[j] is x1[j]'s partner under exact OT (what fmkit's exact_ot does)."""
+    cost = torch.cdist(x0.double(), x1.double()).pow(2)
+    rows, cols = linear_sum_assignment(cost.numpy())
+    perm = np.empty_like(rows)
+    perm[cols] = rows
+    return x0[torch.as_tensor(perm)]
+
+
+class Loop:
+    """A hand-written training loop; ``pair_and_path`` is what differs between engines."""
+
+    name = "loop"
+
+    def __init__(self, a: argparse.Namespace, data: torch.Tensor, ot: bool) -> None:
+        self.a, self.ot = a, ot
+        self.model = make_model(a)
+        self.opt = make_opt(self.model, a)
+        self.params = list(self.model.parameters())
+        self.batches = Batches(data, a.batch, seed=SEED)
+        self.g = torch.Generator().manual_seed(SEED + 1)
+        self.clip = a.clip
+
+    def pair_and_path(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def run(self, steps: int) -> None:
+        model, opt, params, clip = self.model, self.opt, self.params, self.clip
+        for _ in range(steps):
+            x1 = next(self.batches)
+            x0, _ = eight_gaussians(x1.shape[0], self.g)
+            t, x_t, u_t = self.pair_and_path(x0, x1)
+            v = model({"x": x_t}, t)["x"]
+            loss = (v - u_t).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+
+
+class Bare(Loop):
+    name = "bare"
+
+    def pair_and_path(self, x0, x1):
+        if self.ot:
+            x0 = assignment_pairing(x0, x1)
+        t = torch.rand(x1.shape[0])
+        tt = t[:, None]
+        return t, tt * x1 + (1 - tt) * x0, x1 - x0
+
+
+class TorchCFM(Loop):
+    name = "torchcfm"
+
+    def __init__(self, a, data, ot):
+        super().__init__(a, data, ot)
+        from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
+                                                        ExactOptimalTransportConditionalFlowMatcher)
+
+        self.fm = ExactOptimalTransportConditionalFlowMatcher(sigma=0.0) if ot else ConditionalFlowMatcher(sigma=0.0)
+
+    def pair_and_path(self, x0, x1):
+        return self.fm.sample_location_and_conditional_flow(x0, x1)
+
+
+class FlowMatching(Loop):
+    name = "flow_matching"
+
+    def __init__(self, a, data, ot):
+        if ot:
+            raise ValueError("flow_matching has no minibatch OT coupling")
+        super().__init__(a, data, ot)
+        from flow_matching.path import AffineProbPath
+        from flow_matching.path.scheduler import CondOTScheduler
+
+        self.path = AffineProbPath(scheduler=CondOTScheduler())
+
+    def pair_and_path(self, x0, x1):
+        t = torch.rand(x1.shape[0])
+        ps = self.path.sample(t=t, x_0=x0, x_1=x1)
+        return ps.t, ps.x_t, ps.dx_t
+
+
+class Fmkit:
+    """``fmkit.Trainer`` as a library user writes it; rounds continue the same run with ``fit(until=)``."""
+
+    name = "fmkit"
+
+    def __init__(self, a: argparse.Namespace, dataset: ToyDataset, ot: bool) -> None:
+        opts = fmkit.TrainerOptions(
+            steps=10**9, batch_size=a.batch, lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0, warmup_steps=0,
+            schedule="constant", grad_clip=a.clip or None, ema_decay=None, progress=False, device="cpu",
+            checkpoint_every=10**9)
+        self.trainer = fmkit.Trainer(make_model(a), dataset, source=ToySource("eight_gaussians"),
+                                     coupling=fmkit.ExactOTCoupling() if ot else fmkit.IndependentCoupling(),
+                                     options=opts, run_dir=None, seed=SEED)
+
+    def run(self, steps: int) -> None:
+        self.trainer.fit(until=self.trainer.step + steps)
+
+
+ENGINES = {"bare": Bare, "fmkit": Fmkit, "torchcfm": TorchCFM, "flow_matching": FlowMatching}
+
+
+def build(name: str, a: argparse.Namespace, dataset: ToyDataset, ot: bool):
+    if name == "fmkit":
+        return Fmkit(a, dataset, ot)
+    return ENGINES[name](a, dataset.x, ot)
+
+
+def available(names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        mod = {"torchcfm": "torchcfm", "flow_matching": "flow_matching"}.get(n)
+        if mod is not None:
+            try:
+                __import__(mod)
+            except ImportError:
+                print(f"[skip] {n}: not installed (pip install -e '.[bench]')")
+                continue
+        out.append(n)
+    return out
+
+
+def bench_coupling(a: argparse.Namespace, dataset: ToyDataset, coupling: str) -> dict:
+    ot = coupling == "exact_ot"
+    names = [n for n in available(a.engines) if not (ot and n == "flow_matching")]
+    engines = {n: build(n, a, dataset, ot) for n in names}
+    for e in engines.values():  # warm-up: allocator, autograd graph caches, first epoch's permutation
+        e.run(a.warmup)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(a.rounds):
+        for n, e in engines.items():
+            w, c = timed2(lambda e=e: e.run(a.steps))
+            wall[n].append(w)
+            cpu[n].append(c)
+        if not a.quiet:
+            print(f"  [{coupling}] round {r + 1}/{a.rounds} (steps/s by CPU time): " +
+                  ", ".join(f"{n} {a.steps / cpu[n][-1]:.0f}" for n in names), flush=True)
+
+    def summary(times: dict[str, list[float]]) -> dict:
+        sps = {n: a.steps / median(ts) for n, ts in times.items()}
+        # paired: speed of fmkit / speed of X within the same round (same load), median over rounds
+        ratio = {n: median([times[n][i] / times["fmkit"][i] for i in range(a.rounds)])
+                 for n in names if n != "fmkit"} if "fmkit" in names else {}
+        q = {n: _quartiles([a.steps / t for t in ts]) for n, ts in times.items()}
+        rq = {n: _quartiles([times[n][i] / times["fmkit"][i] for i in range(a.rounds)])
+              for n in names if n != "fmkit"} if "fmkit" in names else {}
+        return {"steps_per_s": sps, "steps_per_s_quartiles": q, "fmkit_speed_ratio_vs": ratio,
+                "fmkit_speed_ratio_quartiles": rq, "round_seconds": times}
+
+    return {"coupling": coupling, "engines": names, "cpu_time": summary(cpu), "wall_time": summary(wall)}
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    s = sorted(xs)
+    return s[len(s) // 4], s[(3 * len(s)) // 4]
+
+
+def profile(a: argparse.Namespace, dataset: ToyDataset) -> None:
+    ot = a.couplings[0] == "exact_ot"
+    e = build(a.profile, a, dataset, ot)
+    e.run(a.warmup)
+    pr = cProfile.Profile()
+    pr.enable()
+    e.run(a.steps)
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--time-dim", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--no-clip", dest="clip", action="store_const", const=0.0, default=1.0,
+                   help="no gradient clipping in any engine")
+    p.add_argument("--steps", type=int, default=100, help="steps per engine per round")
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 = steadier on a shared machine)")
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    p.add_argument("--couplings", nargs="+", default=["independent", "exact_ot"], choices=["independent", "exact_ot"])
+    p.add_argument("--quick", action="store_true", help="CI size: 3 rounds of 30 steps")
+    p.add_argument("--quiet", action="store_true", help="no per-round lines")
+    p.add_argument("--profile", choices=list(ENGINES), help="cProfile one engine (first coupling) and exit")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    p.add_argument("--name", default="engine", help="results file stem")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.rounds, a.warmup = 30, 3, 5
+        a.name = a.name if a.name != "engine" else "engine_quick"
+    torch.set_num_threads(a.threads)
+    dataset = ToyDataset("moons", n=100_000, seed=SEED)
+    if a.profile:
+        profile(a, dataset)
+        return {}
+
+    res = [bench_coupling(a, dataset, c) for c in a.couplings]
+    md = [f"Config: batch {a.batch}, MLP hidden {a.hidden} x depth {a.depth} (time_dim {a.time_dim}), "
+          f"AdamW lr {a.lr}, clip {a.clip or 'off'}, {a.rounds} interleaved rounds x {a.steps} steps per engine "
+          f"(+{a.warmup} warm-up), {a.threads} torch thread(s).",
+          "Speeds from CPU time of the process (steady on a shared machine); wall-clock figures are in the JSON. "
+          "Ratios are medians of per-round paired ratios, [quartiles].", ""]
+    for r in res:
+        names = r["engines"]
+        for clock in ("cpu_time", "wall_time"):
+            c = r[clock]
+            bare = c["steps_per_s"].get("bare")
+            rows = []
+            for n in names:
+                lo, hi = c["steps_per_s_quartiles"][n]
+                if n in c["fmkit_speed_ratio_vs"]:
+                    rlo, rhi = c["fmkit_speed_ratio_quartiles"][n]
+                    ratio = f"{c['fmkit_speed_ratio_vs'][n]:.3f} [{rlo:.3f}, {rhi:.3f}]"
+                else:
+                    ratio = "-"
+                rows.append([n, f"{c['steps_per_s'][n]:.1f}", f"{lo:.1f}-{hi:.1f}",
+                             f"{c['steps_per_s'][n] / bare:.3f}" if bare else "-", ratio])
+            md += [f"### coupling: {r['coupling']} ({clock.replace('_', ' ')})", "",
+                   table(["engine", "steps/s (median)", "quartiles", "speed / bare",
+                          "fmkit speed / this engine (paired)"], rows), ""]
+    text = "\n".join(md)
+    print(text)
+    if not a.quick or a.out is not None:
+        j, m = write_results(a.name, {"config": {k: v for k, v in vars(a).items() if k != "out" and
+                                                 not isinstance(v, Path)}, "results": res}, text, a.out)
+        print(f"wrote {j} and {m}")
+    return {"results": res}
+
+
+if __name__ == "__main__":
+    main()

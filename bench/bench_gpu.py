@@ -1,0 +1,242 @@
+"""GPU throughput of the fmkit Trainer: steps/s, samples/s, GPU busy fraction, peak memory, for
+fp32 / bf16 autocast and with / without torch.compile.
+
+Workloads
+  mlp        the toy MLP (8 gaussians -> moons), batch sizes --mlp-batches
+  molecules  fmkit-molecules' E(3) model (e3nn_flow, the sizes of recipes/molecules_qm9.yaml) on
+             synthetic QM9-sized molecules (10-29 atoms of H,C,N,O,F; geometry irrelevant to speed),
+             with the recipe's path (condot + discrete mask path for atoms), source and coupling;
+             skipped when fmkit_molecules (or e3nn) does not import
+
+Per variant: ``fit(until=)`` for --steps steps after --warmup steps (compile happens in warm-up);
+  steps/s     optimizer steps per second of the whole engine (data, coupling, path, model, optimizer)
+  samples/s   steps/s x global batch
+  busy        model fwd+bwd alone (fixed batch, same precision/compile) / whole step: the share of
+              the step spent in the network; the rest is data, coupling, python overhead
+  kernel      (CUDA, with --kernel-profile) summed CUDA kernel time / wall time over a few steps
+  peak MiB    torch.cuda.max_memory_allocated during the timed steps
+
+    python bench/bench_gpu.py                    # on a GPU machine: everything
+    python bench/bench_gpu.py --dry-run          # CPU, tiny sizes, 3 steps: checks the script runs
+    python bench/bench_gpu.py --workloads mlp --mlp-batches 256 4096 --no-compile
+
+No GPU figures exist yet; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write_results  # noqa: E402
+
+import fmkit  # noqa: E402
+from fmkit.state import fields, to_device  # noqa: E402
+
+
+def now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------------------
+# workloads: (model, dataset, trainer keyword arguments)
+# ------------------------------------------------------------------------------------------------
+def mlp_workload(a: argparse.Namespace):
+    from fmkit.models import MLP
+    from fmkit.toy import ToyDataset, ToySource
+
+    ds = ToyDataset("moons", n=200_000 if not a.dry_run else 4096, seed=0)
+    hidden = 8 if a.dry_run else a.mlp_hidden
+    return (lambda: MLP(2, hidden=hidden, depth=3, time_dim=16 if a.dry_run else 64)), ds, \
+        {"source": ToySource("eight_gaussians"), "coupling": fmkit.ExactOTCoupling() if a.mlp_coupling == "exact_ot"
+         else fmkit.IndependentCoupling()}
+
+
+def synthetic_molecules(n: int, seed: int = 0):
+    from fmkit_molecules.xyz import Record
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        heavy = int(rng.integers(1, 10))
+        hyd = int(rng.integers(0, 2 * heavy + 3))
+        k = max(heavy + hyd, 3)
+        k = min(k, 29)
+        syms = tuple(rng.choice(["C", "C", "C", "N", "O", "F"], heavy).tolist() + ["H"] * (k - heavy))
+        pos = rng.normal(size=(k, 3)) * (0.9 * k ** (1 / 3))
+        recs.append(Record(f"syn{i}", syms, pos))
+    return recs
+
+
+def molecules_workload(a: argparse.Namespace):
+    from fmkit_molecules.coupling import EquivariantOTCoupling
+    from fmkit_molecules.data import from_records
+    from fmkit_molecules.models.e3nn_flow import E3nnFlow
+    from fmkit_molecules.source import ComFreeGaussian
+
+    ds = from_records(synthetic_molecules(512 if a.dry_run else 20_000), atom_encoding="categorical")
+    size = dict(scalars=8, vectors=2, lmax=1, layers=1, num_basis=4, radial_hidden=8) if a.dry_run else \
+        dict(scalars=128, vectors=32, lmax=2, layers=6, num_basis=20, radial_hidden=128)
+    path = fmkit.StatePath(fmkit.AffinePath(fmkit.CondOTScheduler()), {"atoms": fmkit.DiscretePath("mask")})
+    source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
+    coupling = EquivariantOTCoupling(iters=2, max_group=64) if a.mol_coupling == "equivariant_ot" \
+        else fmkit.IndependentCoupling()
+    return (lambda: E3nnFlow(r_max=10.0, data_info=ds.info, **size)), ds, \
+        {"path": path, "source": source, "coupling": coupling}
+
+
+# ------------------------------------------------------------------------------------------------
+def model_only_step(tr: fmkit.Trainer, reps: int) -> float:
+    """Seconds of the network's fwd + loss + bwd on one fixed batch (no data, coupling, optimizer)."""
+    batch = to_device(next(tr.stream), tr.device)
+    x0 = tr.source.sample(batch)
+    x0, x1 = tr.coupling.pair(x0, batch)
+    b = next(iter(fields(x1).values())).shape[0]
+    t = torch.rand(b, device=tr.device)
+    ps = tr.path.sample(x0, x1, t)
+    x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
+    cond = x1.get("cond")
+
+    def once() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tr.autocast):
+            pred = tr.train_model(x_t, t, cond)
+        loss = sum(v.mean() for v in tr.path.losses(pred, ps, x1).values())
+        loss.backward()
+        tr.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        once()
+    ts = []
+    for _ in range(reps):
+        t0 = now(tr.device)
+        once()
+        ts.append(now(tr.device) - t0)
+    return statistics.median(ts)
+
+
+def kernel_fraction(tr: fmkit.Trainer, steps: int) -> float | None:
+    if tr.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = now(tr.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        tr.fit(until=tr.step + steps)
+        torch.cuda.synchronize(tr.device)
+    wall = now(tr.device) - t0
+    busy_us = 0.0
+    for e in prof.key_averages():
+        if e.device_type is not None and str(e.device_type).endswith("CUDA"):
+            busy_us += getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+    return busy_us * 1e-6 / wall
+
+
+def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str, compile_: bool) -> dict:
+    make_model, ds, kw = (mlp_workload if workload == "mlp" else molecules_workload)(a)
+    torch.manual_seed(0)
+    opts = fmkit.TrainerOptions(steps=10**9, batch_size=batch, lr=1e-3, schedule="constant", warmup_steps=0,
+                                grad_clip=1.0, ema_decay=0.999, progress=False, device=a.device, precision=precision,
+                                compile=compile_, checkpoint_every=10**9, log_every=50,
+                                loss_weights={"pos": 1.0, "atoms": 0.5} if workload == "molecules" else {})
+    tr = fmkit.Trainer(make_model(), ds, options=opts, run_dir=None, **kw)
+    dev = tr.device
+    t0 = now(dev)
+    tr.fit(until=a.warmup)
+    warm_s = now(dev) - t0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = now(dev)
+    tr.fit(until=tr.step + a.steps)
+    dt = now(dev) - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    sps = a.steps / dt
+    model_s = model_only_step(tr, reps=max(3, a.steps // 2))
+    kern = kernel_fraction(tr, min(a.steps, 20)) if a.kernel_profile else None
+    return {"workload": workload, "batch": batch, "precision": precision, "compile": compile_,
+            "device": str(dev), "steps_per_s": sps, "samples_per_s": sps * batch,
+            "busy_fraction": min(1.0, model_s * sps), "model_only_ms": model_s * 1e3,
+            "kernel_busy_fraction": kern, "peak_mib": peak, "warmup_s": warm_s,
+            "params": sum(p.numel() for p in tr.model.parameters())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--workloads", nargs="+", default=["mlp", "molecules"], choices=["mlp", "molecules"])
+    p.add_argument("--mlp-batches", type=int, nargs="+", default=[256, 4096])
+    p.add_argument("--mlp-hidden", type=int, default=256)
+    p.add_argument("--mlp-coupling", default="exact_ot", choices=["exact_ot", "independent"])
+    p.add_argument("--mol-batches", type=int, nargs="+", default=[256])
+    p.add_argument("--mol-coupling", default="equivariant_ot", choices=["equivariant_ot", "independent"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--kernel-profile", action="store_true", help="also measure CUDA kernel time / wall (profiler)")
+    p.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true",
+                   help="CPU-sized check: tiny models and batches, 3 steps, no compile")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--name", default=None, help="results file stem (default gpu_<device>)")
+    a = p.parse_args(argv)
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.dry_run:
+        a.mlp_batches, a.mol_batches, a.steps, a.warmup, a.no_compile = [64], [8], 3, 2, True
+    if a.device == "cpu" and not a.dry_run:
+        print("note: no CUDA device; figures are CPU figures (bf16 autocast is CUDA-only, so bf16 == fp32 here)")
+    work = []
+    for w in a.workloads:
+        if w == "molecules":
+            try:
+                import fmkit_molecules.models.e3nn_flow  # noqa: F401
+            except Exception as exc:  # noqa: BLE001 - any import problem means: skip
+                print(f"[skip] molecules: fmkit_molecules does not import ({type(exc).__name__}: {exc})")
+                continue
+        for b in (a.mlp_batches if w == "mlp" else a.mol_batches):
+            for prec in a.precisions:
+                for comp in ([False] if a.no_compile else [False, True]):
+                    work.append((w, b, prec, comp))
+    res = []
+    for w, b, prec, comp in work:
+        try:
+            r = run_variant(a, w, b, prec, comp)
+        except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. compile) must not lose the rest
+            if a.dry_run:
+                raise
+            r = {"workload": w, "batch": b, "precision": prec, "compile": comp, "error": f"{type(exc).__name__}: {exc}"}
+        res.append(r)
+        print(f"  {w} B={b} {prec} compile={comp}: " + (r.get("error") or f"{r['steps_per_s']:.1f} steps/s"), flush=True)
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    rows = [[r["workload"], r["batch"], r["precision"], "yes" if r["compile"] else "no"] +
+            ([r["error"], "", "", "", "", ""] if "error" in r else
+             [f(r["steps_per_s"], ".1f"), f(r["samples_per_s"], ",.0f"), f(r["busy_fraction"], ".0%"),
+              f(r["kernel_busy_fraction"], ".0%"), f(r["peak_mib"], ",.0f"), f"{r['params']:,}"]) for r in res]
+    dev_name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "CPU"
+    text = "\n".join([
+        f"device {a.device} ({dev_name}); {a.steps} timed steps after {a.warmup} warm-up; EMA on, clip 1; "
+        f"MLP coupling {a.mlp_coupling}, molecules coupling {a.mol_coupling}."
+        + (" DRY RUN (tiny sizes): these numbers only show that the script works." if a.dry_run else ""), "",
+        table(["workload", "batch", "precision", "compile", "steps/s", "samples/s", "busy (model/step)",
+               "kernel/wall", "peak MiB", "params"], rows)])
+    print(text)
+    name = a.name or ("gpu_dry_run" if a.dry_run else f"gpu_{a.device.split(':')[0]}")
+    if not a.dry_run or a.out is not None:
+        j, m = write_results(name, {"config": {k: v for k, v in vars(a).items() if not isinstance(v, Path)},
+                                    "results": res}, text, a.out)
+        print(f"wrote {j} and {m}")
+    return {"results": res}
+
+
+if __name__ == "__main__":
+    main()
