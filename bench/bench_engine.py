@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import pstats
 import sys
 from pathlib import Path
@@ -42,9 +41,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Batches, median, table, timed2, write_results  # noqa: E402
-
 import fmkit  # noqa: E402
+from _common import Batches, median, table, timed2, write_results  # noqa: E402
 from fmkit.models import MLP  # noqa: E402
 from fmkit.toy import ToyDataset, ToySource, eight_gaussians  # noqa: E402
 
@@ -117,8 +115,10 @@ class TorchCFM(Loop):
 
     def __init__(self, a, data, ot):
         super().__init__(a, data, ot)
-        from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
-                                                        ExactOptimalTransportConditionalFlowMatcher)
+        from torchcfm.conditional_flow_matching import (
+            ConditionalFlowMatcher,
+            ExactOptimalTransportConditionalFlowMatcher,
+        )
 
         self.fm = ExactOptimalTransportConditionalFlowMatcher(sigma=0.0) if ot else ConditionalFlowMatcher(sigma=0.0)
 

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_results  # noqa: E402
-
 import fmkit  # noqa: E402
+from _common import table, write_results  # noqa: E402
 from fmkit.couplings import pairwise_cost  # noqa: E402
 from fmkit.models import MLP  # noqa: E402
 from fmkit.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402

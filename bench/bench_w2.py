@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Batches, table, write_results  # noqa: E402
-
 import fmkit  # noqa: E402
+from _common import Batches, table, write_results  # noqa: E402
 from fmkit.metrics import wasserstein2  # noqa: E402
 from fmkit.models import MLP  # noqa: E402
-from fmkit.sampling import generate  # noqa: E402
 from fmkit.paths import StatePath  # noqa: E402
+from fmkit.sampling import generate  # noqa: E402
 from fmkit.sources import StateSource  # noqa: E402
 from fmkit.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
 from fmkit.trainer import lr_factor  # noqa: E402
@@ -157,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append(["data vs data (floor)", f"{floor:.4f}", "-"])
     text = "\n".join([
         f"8 gaussians -> moons, OT-CFM, {a.steps} steps x batch {a.batch}, MLP {a.hidden}x{a.depth}, AdamW lr {a.lr}, "
-        f"{a.schedule} lr, clip 1, no EMA; Euler {a.euler_steps} steps (NFE {a.euler_steps}); exact W2 on {a.n_eval} points; "
+        f"{a.schedule} lr, clip 1, no EMA; Euler {a.euler_steps} steps (NFE {a.euler_steps}); "
+        f"exact W2 on {a.n_eval} points; "
         f"seeds {a.seeds}.", "",
         table(["method", "W2 mean +- sd (lower is better)", "per seed"], rows)])
     print(text)

@@ -131,6 +131,10 @@ class AffinePath(ProbPath):
         return tuple(expand_t(c, like) for c in self.scheduler(t))  # type: ignore[return-value]
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
+        if type(self.scheduler) is CondOTScheduler:  # hot path: x_t = t x1 + (1 - c t) x0, dx_t = x1 - c x0
+            c = 1.0 - self.scheduler.sigma_min
+            tt = expand_t(t, x1)
+            return PathSample(t, tt * x1 + (1.0 - c * tt) * x0, x1 - c * x0 if c != 1.0 else x1 - x0)
         a, s, da, ds = self.coefficients(t, x1)
         return PathSample(t, a * x1 + s * x0, da * x1 + ds * x0)
 
