@@ -10,7 +10,15 @@ import numpy as np
 import ot
 import pytest
 import torch
-from fmkit.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling, pairwise_cost, sinkhorn_plan
+from fmkit import couplings
+from fmkit.couplings import (
+    ExactOTCoupling,
+    IndependentCoupling,
+    SinkhornCoupling,
+    assignment,
+    pairwise_cost,
+    sinkhorn_plan,
+)
 
 D = torch.float64
 
@@ -56,6 +64,37 @@ def test_exact_ot_strictly_improves_a_bad_pairing():
     r0, r1 = ExactOTCoupling()(x0, x1)
     assert isinstance(r0, torch.Tensor) and r1 is x1  # bare tensors in, bare tensors out
     torch.testing.assert_close(r0, x1 + 0.01)
+
+
+@pytest.mark.parametrize("n", [256, 300])
+def test_large_batches_use_the_network_simplex_and_stay_optimal(n, monkeypatch):
+    """From EMD_FROM rows the assignment is POT's emd: a permutation with scipy's optimal cost, on
+    well-mixed data and on clustered data (the case where the two solvers' times diverge)."""
+    g = torch.Generator().manual_seed(n)
+    calls = []
+    real_emd = ot.emd
+    monkeypatch.setattr(ot, "emd", lambda *a, **k: calls.append(1) or real_emd(*a, **k))
+    for spread in (1.0, 0.05):
+        centres = torch.randn(8, 2, generator=g, dtype=D) * 5
+        x0 = torch.randn(n, 2, generator=g, dtype=D)
+        x1 = centres[torch.randint(0, 8, (n,), generator=g)] + spread * torch.randn(n, 2, generator=g, dtype=D)
+        C = pairwise_cost({"x": x0}, {"x": x1}).numpy()
+        perm = assignment(C)
+        assert sorted(perm.tolist()) == list(range(n))
+        assert C[perm, np.arange(n)].sum() == pytest.approx(_exact_value(C), rel=1e-12)
+    assert len(calls) == 2, "emd is used from EMD_FROM rows on"
+
+
+def test_assignment_falls_back_to_scipy_when_emd_fails(monkeypatch):
+    """A plan that is not a permutation (or an emd warning) never reaches the user."""
+    n = couplings.EMD_FROM
+    C = pairwise_cost({"x": torch.randn(n, 2, dtype=D)}, {"x": torch.randn(n, 2, dtype=D)}).numpy()
+    monkeypatch.setattr(ot, "emd", lambda a, b, M, **k: (np.full(M.shape, 1.0 / n**2), {"warning": None}))
+    perm = assignment(C)
+    assert sorted(perm.tolist()) == list(range(n))
+    assert C[perm, np.arange(n)].sum() == pytest.approx(_exact_value(C), rel=1e-12)
+    monkeypatch.setattr(ot, "emd", lambda a, b, M, **k: (np.eye(n) / n, {"warning": "numItermax reached"}))
+    assert C[assignment(C), np.arange(n)].sum() == pytest.approx(_exact_value(C), rel=1e-12)
 
 
 def test_exact_ot_with_masks_pairs_only_same_masks():
@@ -114,6 +153,25 @@ def test_sinkhorn_plan_matches_pot(eps):
     torch.testing.assert_close(P.sum(0), torch.full((n,), 1.0 / n, dtype=D), rtol=0, atol=1e-9)
     torch.testing.assert_close(P.sum(1), torch.full((n,), 1.0 / n, dtype=D), rtol=0, atol=1e-8)
     assert (P >= 0).all()
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.05])
+def test_sinkhorn_scaling_and_log_forms_give_the_same_plan(eps):
+    """The fast scaling form (mat-vecs) and the log-domain form are the same iterates; where
+    exp(-C/eps) would underflow (tiny eps) the log form takes over and still matches POT."""
+    _, c = _normalised(n=40, seed=3)
+    P1 = couplings._sinkhorn_scaling(c, eps, 500, 1e-12)
+    P2 = couplings._sinkhorn_log(c, eps, 500, 1e-12)
+    torch.testing.assert_close(P1, P2, rtol=1e-9, atol=1e-15)
+    eps = float(c.max()) / 620  # just beyond the scaling form's range (C/eps < 600): the log form
+    n = c.shape[0]
+    P = sinkhorn_plan(c, eps, iters=3000, tol=1e-10)
+    assert torch.isfinite(P).all()
+    torch.testing.assert_close(P.sum(0), torch.full((n,), 1.0 / n, dtype=D), rtol=0, atol=1e-9)
+    # rows converge slowly at tiny epsilon: within 0.1% of their mass after 3000 iterations
+    torch.testing.assert_close(P.sum(1), torch.full((n,), 1.0 / n, dtype=D), rtol=0, atol=1e-3 / n)
+    exact = _exact_value(c.numpy()) / n
+    assert exact - 1e-9 <= (P * c).sum().item() < 1.02 * exact  # nearly the exact optimum
 
 
 def test_sinkhorn_is_scale_invariant():

@@ -569,7 +569,7 @@ def test_e54_sample_output_outside_the_run(tmp_path):
 def test_e55_sample_unknown_solver(tmp_path):
     tiny_run()
     msg = user_error(cli("sample", "run", "-n", "4", "--solver", "eulr"), "unknown solver 'eulr'",
-                     "fix: did you mean 'euler'?")
+                     "where: --solver\n", "fix: did you mean 'euler'?")
     record("E55", "unknown solver on the command line", "`fmkit sample run --solver eulr`", msg, tmp_path)
 
 

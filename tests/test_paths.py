@@ -173,6 +173,9 @@ def test_affine_loss_is_masked_mse():
         expect = ((pred[i, :n] - ps.dx_t[i, :n]) ** 2).mean()
         assert loss[i].item() == pytest.approx(expect.item(), rel=1e-6)
     assert path.loss(ps.dx_t, ps, x1, mask).abs().max().item() == 0.0
+    # the trainer's scalar (fast path without a mask) is the batch mean of the per-example losses
+    for m in (None, mask):
+        torch.testing.assert_close(path.batch_loss(pred, ps, x1, m), path.loss(pred, ps, x1, m).mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,3 +50,23 @@ def test_extend_finished_run_with_more_steps(tmp_path):
     longer = build_trainer(load_recipe("recipes/toy_moons.yaml", base + [f"trainer.steps={2 * n}"]), tmp_path / "b")
     longer.fit(resume=True)
     _assert_identical(_params(straight), _params(longer))
+
+
+def test_dataloader_workers_give_the_same_batches_across_epochs_and_resume():
+    """With persistent workers (trainer.num_workers > 0) the stream is the same batch sequence as in
+    the main process, over epoch boundaries and from a resumed position mid-epoch."""
+    from fmkit.data import TensorDataset
+    from fmkit.distributed import DistInfo
+    from fmkit.trainer import BatchStream
+
+    ds = TensorDataset({"x": torch.arange(40, dtype=torch.float32)[:, None]})  # 5 batches of 8 per epoch
+    one = DistInfo(rank=0, world_size=1, local_rank=0)
+    plain = BatchStream(ds, 8, seed=3, dist=one)
+    ref = [next(plain)["x"] for _ in range(13)]
+    assert not torch.equal(ref[0], ref[5]), "a fresh order per epoch"
+    workers = BatchStream(ds, 8, seed=3, dist=one, num_workers=2)
+    got = [next(workers)["x"] for _ in range(13)]
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert workers._loader is not None and workers._loader.persistent_workers
+    resumed = BatchStream(ds, 8, seed=3, dist=one, num_workers=2, epoch=1, index=2)  # = batch 7 of the run
+    assert all(torch.equal(next(resumed)["x"], r) for r in ref[7:13])

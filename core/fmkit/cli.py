@@ -229,10 +229,11 @@ def _solver(rec, solver: str | None, steps: int | None):
 
     spec = rec.solver.spec()
     if solver:
+        _registry().get("solvers", solver, where="--solver")  # an unknown name: the closest match, by option
         spec = {"name": solver}
     if steps is not None:
         spec["steps"] = steps
-    return _registry().build("solvers", Component(**spec).spec(), where="--solver/--steps")
+    return _registry().build("solvers", Component(**spec).spec(), where="solver (with --solver/--steps)")
 
 
 @app.command()

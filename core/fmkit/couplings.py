@@ -67,39 +67,96 @@ def pairwise_cost(x0: State, x1: State) -> Tensor:
     return cost
 
 
+EMD_FROM = 256  # batch size from which POT's network simplex replaces scipy's assignment (bench_ot.py)
+
+
+def assignment(cost: np.ndarray) -> np.ndarray:
+    """The exact min-cost assignment of a square cost: ``perm`` with column j paired to row ``perm[j]``.
+
+    For equal uniform marginals this is exact OT (a vertex of the Birkhoff polytope is a permutation).
+    Below ``EMD_FROM`` rows: scipy's Jonker-Volgenant; from there on POT's network simplex ``ot.emd``,
+    whose time depends far less on the data (at 1024 multimodal points 0.18 s vs 0.51 s). Any emd
+    warning, or a plan that is not a permutation, falls back to scipy: the answer is always exact.
+    """
+    n = cost.shape[0]
+    if n >= EMD_FROM:
+        try:
+            import ot
+        except ImportError:  # POT is a dependency; a broken install still gets the exact answer
+            ot = None
+        if ot is not None:
+            w = np.full(n, 1.0 / n)
+            plan, log = ot.emd(w, w, cost, numItermax=max(100_000, 50 * n * n), log=True)
+            perm = plan.argmax(axis=0)
+            if log["warning"] is None and np.unique(perm).size == n:
+                return perm
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty_like(rows)
+    perm[cols] = rows
+    return perm
+
+
 class ExactOTCoupling(Coupling):
-    """Exact minibatch OT: for equal uniform marginals the optimal plan is a permutation, found by
-    the Hungarian/Jonker-Volgenant assignment (scipy ``linear_sum_assignment``)."""
+    """Exact minibatch OT (Tong et al. 2023; Pooladian et al. 2023): for equal uniform marginals the
+    optimal plan is a permutation, found by an exact assignment (:func:`assignment`)."""
 
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
         cost = pairwise_cost(x0, x1)
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
-        perm = np.empty_like(rows)
-        perm[cols] = rows  # x1_j is paired with x0_perm[j]
+        perm = assignment(cost.cpu().numpy())  # x1_j is paired with x0_perm[j]
         return index(x0, torch.as_tensor(perm, device=cost.device)), x1
 
 
 def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1e-6) -> Tensor:
-    """Entropic OT plan between uniform marginals (Cuturi 2013), log-domain, on ``cost``'s device.
+    """Entropic OT plan between uniform marginals (Cuturi 2013), on ``cost``'s device.
 
     ``epsilon`` is relative: the cost matrix is divided by its mean before regularising, so the same
     value works whatever the data scale. Returns P [B, B] with rows and columns summing to 1/B.
+    While exp(-C/epsilon) stays far from float64's underflow the scaling form runs (two mat-vecs per
+    iteration); below that, the log-domain form (two logsumexps) — the same iterates either way.
     """
     n, m = cost.shape
-    c = cost / cost[cost < _BIG].mean().clamp_min(1e-12)
+    c = cost.double() / cost[cost < _BIG].mean().clamp_min(1e-12)
     c = c.clamp_max(1e6)
+    allowed = c < 1e6
+    if bool((c[allowed] / epsilon).max() < 600.0):  # K >= exp(-600) ~ 1e-261, so u_i v_j <= 1e261
+        plan = _sinkhorn_scaling(c, epsilon, iters, tol)
+        if bool(torch.isfinite(plan).all()):
+            return plan
+    return _sinkhorn_log(c, epsilon, iters, tol)
+
+
+def _sinkhorn_scaling(c: Tensor, epsilon: float, iters: int, tol: float) -> Tensor:
+    n, m = c.shape
+    k = torch.exp(-c / epsilon)
+    a = torch.full((n,), 1.0 / n, dtype=c.dtype, device=c.device)
+    b = torch.full((m,), 1.0 / m, dtype=c.dtype, device=c.device)
+    v = torch.ones(m, dtype=c.dtype, device=c.device)
+    for i in range(iters):
+        u = a / (k @ v)
+        v_new = b / (k.t() @ u)
+        # same stopping rule as the log form: |g_new - g| = epsilon |log v_new - log v| < tol epsilon
+        done = i % 10 == 9 and bool(torch.max(torch.abs(torch.log(v_new / v))) < tol)
+        v = v_new
+        if done:
+            break
+    return u[:, None] * k * v[None, :]
+
+
+def _sinkhorn_log(c: Tensor, epsilon: float, iters: int, tol: float) -> Tensor:
+    n, m = c.shape
+    neg = -c / epsilon
     log_a = torch.full((n,), -np.log(n), dtype=c.dtype, device=c.device)
     log_b = torch.full((m,), -np.log(m), dtype=c.dtype, device=c.device)
-    f = torch.zeros(n, dtype=c.dtype, device=c.device)
+    f = torch.zeros(n, dtype=c.dtype, device=c.device)  # potentials in units of epsilon
     g = torch.zeros(m, dtype=c.dtype, device=c.device)
     for i in range(iters):
-        f = epsilon * (log_a - torch.logsumexp((g[None, :] - c) / epsilon, dim=1))
-        g_new = epsilon * (log_b - torch.logsumexp((f[:, None] - c) / epsilon, dim=0))
-        done = i % 10 == 9 and torch.max(torch.abs(g_new - g)) < tol * epsilon
+        f = log_a - torch.logsumexp(g[None, :] + neg, dim=1)
+        g_new = log_b - torch.logsumexp(f[:, None] + neg, dim=0)
+        done = i % 10 == 9 and bool(torch.max(torch.abs(g_new - g)) < tol)
         g = g_new
         if done:
             break
-    return torch.exp((f[:, None] + g[None, :] - c) / epsilon)
+    return torch.exp(f[:, None] + g[None, :] + neg)
 
 
 class SinkhornCoupling(Coupling):

@@ -13,6 +13,7 @@ every rank's stream exactly.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def seed_shard(seed: int, step: int, shard: int, device: torch.device) -> None:
     seed_generators(shard_seed(seed, step, shard), device)
 
 
-def shard_slices(batch: list[int], accum: int, world: int, rank: int) -> list[list[int]]:
+def shard_slices(batch: Sequence[int], accum: int, world: int, rank: int) -> list[Sequence[int]]:
     """Rank ``rank``'s micro-batches of one global batch: shard ``m * world + rank`` for each
     micro-step ``m``, shard ``j`` holding every ``accum * world``-th example from ``j``. Strided (not
     contiguous) so that size-bucketed batches give every rank the same mix of sizes."""

@@ -115,6 +115,11 @@ class ProbPath(ABC):
     def loss(self, pred: Tensor, ps: PathSample, x1: Tensor, mask: Tensor | None) -> Tensor:
         """Per-example training loss [B] for the model output ``pred``."""
 
+    def batch_loss(self, pred: Tensor, ps: PathSample, x1: Tensor, mask: Tensor | None) -> Tensor:
+        """The batch mean of :meth:`loss` (a scalar), what the trainer minimises; override it only
+        with a faster way to the same number."""
+        return self.loss(pred, ps, x1, mask).mean()
+
     @abstractmethod
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """What a solver integrates, from the model output: a velocity, or for a categorical field a
@@ -131,15 +136,22 @@ class AffinePath(ProbPath):
         return tuple(expand_t(c, like) for c in self.scheduler(t))  # type: ignore[return-value]
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
-        if type(self.scheduler) is CondOTScheduler:  # hot path: x_t = t x1 + (1 - c t) x0, dx_t = x1 - c x0
-            c = 1.0 - self.scheduler.sigma_min
-            tt = expand_t(t, x1)
-            return PathSample(t, tt * x1 + (1.0 - c * tt) * x0, x1 - c * x0 if c != 1.0 else x1 - x0)
+        if type(self.scheduler) is CondOTScheduler:  # hot path, two ops: dx_t = x1 - c x0, x_t = x0 + t dx_t
+            c, tt = 1.0 - self.scheduler.sigma_min, expand_t(t, x1)
+            if c == 1.0:  # lerp is exact at both ends: x_0 = x0, x_1 = x1
+                return PathSample(t, torch.lerp(x0, x1, tt), x1 - x0)
+            dx = torch.sub(x1, x0, alpha=c)
+            return PathSample(t, torch.addcmul(x0, tt, dx), dx)
         a, s, da, ds = self.coefficients(t, x1)
         return PathSample(t, a * x1 + s * x0, da * x1 + ds * x0)
 
     def loss(self, pred: Tensor, ps: PathSample, x1: Tensor, mask: Tensor | None) -> Tensor:
-        return masked_mean_per_example((pred.float() - ps.dx_t.float()) ** 2, mask)
+        return masked_mean_per_example(F.mse_loss(pred.float(), ps.dx_t.float(), reduction="none"), mask)
+
+    def batch_loss(self, pred: Tensor, ps: PathSample, x1: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:  # every example has the same size: the mean of means is the plain mean
+            return F.mse_loss(pred.float(), ps.dx_t.float())
+        return self.loss(pred, ps, x1, mask).mean()
 
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return pred
@@ -238,15 +250,16 @@ class StatePath:
                 xt[k] = x1[k]
         return PathSample(t, xt, dxt)
 
-    def losses(self, pred: State, ps: PathSample, x1: State) -> dict[str, Tensor]:
-        """Per-field, per-example losses ``{field: [B]}``."""
+    def losses(self, pred: State, ps: PathSample, x1: State, reduce: bool = False) -> dict[str, Tensor]:
+        """Per-field losses: per example ``{field: [B]}``, or with ``reduce`` their batch means (scalars)."""
         mask = x1.get("mask")
         out = {}
         for k, v1 in fields(x1).items():
             if k not in pred:
                 raise KeyError(f"the model returned no output for field {k!r} (it returned {sorted(pred)})")
             field_ps = PathSample(ps.t, ps.x_t[k], ps.dx_t[k])
-            out[k] = self.for_field(k, v1).loss(pred[k], field_ps, v1, mask)
+            path = self.for_field(k, v1)
+            out[k] = (path.batch_loss if reduce else path.loss)(pred[k], field_ps, v1, mask)
         return out
 
     def velocity(self, pred: State, x_t: State, t: Tensor) -> State:

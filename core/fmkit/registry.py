@@ -107,7 +107,7 @@ class Registry:
                         raise RegistryError(
                             f"{kind[:-1]} {name!r} is registered twice: by plugin {found[name].plugin!r} "
                             f"and by plugin {_plugin!r}",
-                            fix=f"rename one of them, or disable one plugin with FMKIT_DISABLE_PLUGINS",
+                            fix="rename one of them, or disable one plugin with FMKIT_DISABLE_PLUGINS",
                         )
                     if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
                         raise RegistryError(

@@ -95,7 +95,7 @@ class MoleculeGridWriter:
 
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
         mols, legends = [], []
-        for mol, valid, smi in molecules(samples):
+        for mol, valid, _smi in molecules(samples):
             if not valid:
                 continue
             m = Chem.RemoveHs(chemistry.largest_fragment(mol.GetMol()))
