@@ -7,6 +7,8 @@ Workloads
              synthetic QM9-sized molecules (10-29 atoms of H,C,N,O,F; geometry irrelevant to speed),
              with the recipe's path (condot + discrete mask path for atoms), source and coupling;
              skipped when fmkit_molecules (or e3nn) does not import
+  egnn       the same molecules, path, source and coupling with the EGNN baseline (its registry
+             defaults: hidden 128, 6 layers)
 
 Per variant: ``fit(until=)`` for --steps steps after --warmup steps (compile happens in warm-up);
   steps/s     optimizer steps per second of the whole engine (data, coupling, path, model, optimizer)
@@ -76,10 +78,11 @@ def synthetic_molecules(n: int, seed: int = 0):
     return recs
 
 
-def molecules_workload(a: argparse.Namespace):
+def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
     from fmkit_molecules.coupling import EquivariantOTCoupling
     from fmkit_molecules.data import from_records
     from fmkit_molecules.models.e3nn_flow import E3nnFlow
+    from fmkit_molecules.models.egnn import EGNN
     from fmkit_molecules.source import ComFreeGaussian
 
     ds = from_records(synthetic_molecules(512 if a.dry_run else 20_000), atom_encoding="categorical")
@@ -89,6 +92,9 @@ def molecules_workload(a: argparse.Namespace):
     source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
     coupling = EquivariantOTCoupling(iters=2, max_group=64) if a.mol_coupling == "equivariant_ot" \
         else fmkit.IndependentCoupling()
+    if model == "egnn":
+        egnn = dict(hidden=8, layers=1) if a.dry_run else dict(hidden=128, layers=6)
+        return (lambda: EGNN(data_info=ds.info, **egnn)), ds, {"path": path, "source": source, "coupling": coupling}
     return (lambda: E3nnFlow(r_max=10.0, data_info=ds.info, **size)), ds, \
         {"path": path, "source": source, "coupling": coupling}
 
@@ -140,12 +146,13 @@ def kernel_fraction(tr: fmkit.Trainer, steps: int) -> float | None:
 
 
 def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str, compile_: bool) -> dict:
-    make_model, ds, kw = (mlp_workload if workload == "mlp" else molecules_workload)(a)
+    make_model, ds, kw = mlp_workload(a) if workload == "mlp" else \
+        molecules_workload(a, "egnn" if workload == "egnn" else "e3nn_flow")
     torch.manual_seed(0)
     opts = fmkit.TrainerOptions(steps=10**9, batch_size=batch, lr=1e-3, schedule="constant", warmup_steps=0,
                                 grad_clip=1.0, ema_decay=0.999, progress=False, device=a.device, precision=precision,
                                 compile=compile_, checkpoint_every=10**9, log_every=50,
-                                loss_weights={"pos": 1.0, "atoms": 0.5} if workload == "molecules" else {})
+                                loss_weights={"pos": 1.0, "atoms": 0.5} if workload != "mlp" else {})
     tr = fmkit.Trainer(make_model(), ds, options=opts, run_dir=None, **kw)
     dev = tr.device
     t0 = now(dev)
@@ -175,7 +182,7 @@ def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--workloads", nargs="+", default=["mlp", "molecules"], choices=["mlp", "molecules"])
+    p.add_argument("--workloads", nargs="+", default=["mlp", "molecules", "egnn"], choices=["mlp", "molecules", "egnn"])
     p.add_argument("--mlp-batches", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--mlp-hidden", type=int, default=256)
     p.add_argument("--mlp-coupling", default="exact_ot", choices=["exact_ot", "independent"])
@@ -203,11 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
         print("note: no CUDA device; figures are CPU figures (bf16 autocast is CUDA-only, so bf16 == fp32 here)")
     work = []
     for w in a.workloads:
-        if w == "molecules":
+        if w in ("molecules", "egnn"):
             try:
                 import fmkit_molecules.models.e3nn_flow  # noqa: F401
             except Exception as exc:  # noqa: BLE001 - any import problem means: skip
-                print(f"[skip] molecules: fmkit_molecules does not import ({type(exc).__name__}: {exc})")
+                print(f"[skip] {w}: fmkit_molecules does not import ({type(exc).__name__}: {exc})")
                 continue
         for b in (a.mlp_batches if w == "mlp" else a.mol_batches):
             for prec in a.precisions:
