@@ -161,6 +161,22 @@ def test_parameterisation_conversions_recover_ground_truth(name):
     torch.testing.assert_close(tri, w, **tol)
 
 
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_condot_fast_path_is_the_scheduler_formula(sigma_min):
+    """AffinePath's two-op CondOT sample equals alpha_t x1 + sigma_t x0 from the scheduler, also
+    with mixed dtypes (which take the general formula)."""
+    path = AffinePath(CondOTScheduler(sigma_min))
+    x0, x1 = _pair(b=16)
+    t = torch.rand(16, dtype=D)
+    a, s, da, ds = path.coefficients(t, x1)
+    ps = path.sample(x0, x1, t)
+    torch.testing.assert_close(ps.x_t, a * x1 + s * x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ps.dx_t, da * x1 + ds * x0, rtol=1e-12, atol=1e-12)
+    mixed = path.sample(x0.float(), x1, t)
+    assert mixed.x_t.dtype == D
+    torch.testing.assert_close(mixed.x_t, ps.x_t, rtol=0, atol=1e-6)
+
+
 def test_affine_loss_is_masked_mse():
     path = AffinePath(CondOTScheduler())
     x0, x1 = _pair(b=3, shape=(4, 2))

@@ -136,7 +136,8 @@ class AffinePath(ProbPath):
         return tuple(expand_t(c, like) for c in self.scheduler(t))  # type: ignore[return-value]
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
-        if type(self.scheduler) is CondOTScheduler:  # hot path, two ops: dx_t = x1 - c x0, x_t = x0 + t dx_t
+        if type(self.scheduler) is CondOTScheduler and x0.dtype == x1.dtype:  # hot path, two ops:
+            # dx_t = x1 - c x0, x_t = x0 + t dx_t
             c, tt = 1.0 - self.scheduler.sigma_min, expand_t(t, x1)
             if c == 1.0:  # lerp is exact at both ends: x_0 = x0, x_1 = x1
                 return PathSample(t, torch.lerp(x0, x1, tt), x1 - x0)
