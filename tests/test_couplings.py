@@ -163,6 +163,8 @@ def test_sinkhorn_scaling_and_log_forms_give_the_same_plan(eps):
     P1 = couplings._sinkhorn_scaling(c, eps, 500, 1e-12)
     P2 = couplings._sinkhorn_log(c, eps, 500, 1e-12)
     torch.testing.assert_close(P1, P2, rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="at least one iteration"):
+        sinkhorn_plan(c, eps, iters=0)
     eps = float(c.max()) / 620  # just beyond the scaling form's range (C/eps < 600): the log form
     n = c.shape[0]
     P = sinkhorn_plan(c, eps, iters=3000, tol=1e-10)

@@ -75,7 +75,7 @@ def assignment(cost: np.ndarray) -> np.ndarray:
 
     For equal uniform marginals this is exact OT (a vertex of the Birkhoff polytope is a permutation).
     Below ``EMD_FROM`` rows: scipy's Jonker-Volgenant; from there on POT's network simplex ``ot.emd``,
-    whose time depends far less on the data (at 1024 multimodal points 0.18 s vs 0.51 s). Any emd
+    whose time depends far less on the data (1024 clustered 2-D points: 161 vs 559 ms, bench_ot.py). Any emd
     warning, or a plan that is not a permutation, falls back to scipy: the answer is always exact.
     """
     n = cost.shape[0]
@@ -114,7 +114,8 @@ def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1
     While exp(-C/epsilon) stays far from float64's underflow the scaling form runs (two mat-vecs per
     iteration); below that, the log-domain form (two logsumexps) — the same iterates either way.
     """
-    n, m = cost.shape
+    if iters < 1:
+        raise ValueError(f"sinkhorn needs at least one iteration, got iters={iters}")
     c = cost.double() / cost[cost < _BIG].mean().clamp_min(1e-12)
     c = c.clamp_max(1e6)
     allowed = c < 1e6

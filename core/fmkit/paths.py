@@ -152,7 +152,7 @@ class AffinePath(ProbPath):
     def batch_loss(self, pred: Tensor, ps: PathSample, x1: Tensor, mask: Tensor | None) -> Tensor:
         if mask is None:  # every example has the same size: the mean of means is the plain mean
             return F.mse_loss(pred.float(), ps.dx_t.float())
-        return self.loss(pred, ps, x1, mask).mean()
+        return super().batch_loss(pred, ps, x1, mask)
 
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return pred

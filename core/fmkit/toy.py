@@ -18,7 +18,7 @@ from fmkit.data import DataInfo, Dataset, FieldInfo, Indices
 from fmkit.sources import Source
 from fmkit.state import State
 
-Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+Sampler = Callable[[int, torch.Generator | None], tuple[Tensor, Tensor]]  # None: the global RNG
 
 
 def moons(n: int, g: torch.Generator | None, noise: float = 0.05) -> tuple[Tensor, Tensor]:

@@ -78,8 +78,8 @@ class BatchStream:
         self.num_workers, self.pin_memory = min(num_workers, cores), pin_memory  # more workers than cores only thrash
         self.epoch, self.index = epoch, index
         self._it: Iterator[State] | None = None
-        self._loader: torch.utils.data.DataLoader | None = None
-        self._sampler = _EpochSampler()
+        self._loader: torch.utils.data.DataLoader | None = None  # made on first use when num_workers > 0
+        self._sampler: _EpochSampler | None = None
 
     def _epoch_batches(self) -> list[Indices]:
         try:
@@ -100,7 +100,8 @@ class BatchStream:
         batches = self._epoch_batches()[self.index:]
         if self.num_workers == 0:
             return (self.dataset.get_batch(b) for b in batches)
-        if self._loader is None:  # one loader for the run: its workers persist from epoch to epoch
+        if self._loader is None or self._sampler is None:  # one loader for the run: workers persist
+            self._sampler = _EpochSampler()
             self._loader = torch.utils.data.DataLoader(
                 _BatchView(self.dataset), sampler=self._sampler, batch_size=None, num_workers=self.num_workers,
                 pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=True)

@@ -18,10 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from fmkit.couplings import Coupling
+from fmkit.couplings import Coupling, assignment
 from fmkit.state import State
 from fmkit_molecules.geometry import kabsch
 
@@ -35,14 +34,6 @@ class EquivariantOTOptions(BaseModel):
     batch_ot: bool = Field(True, description="re-pair molecules by exact OT on the aligned costs")
     max_group: int = Field(64, ge=1, description="OT among at most this many same-size molecules at a time "
                                                  "(cost grows with its square)")
-
-
-def _assign(cost: np.ndarray) -> np.ndarray:
-    """perm with perm[j] = row matched to column j (square assignment)."""
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty_like(rows)
-    perm[cols] = rows
-    return perm
 
 
 def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True, rotate: bool = True,
@@ -67,7 +58,7 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
         c = torch.cdist(src, b).pow(2).cpu().numpy()  # [P, n(src), n(ref)]
         if penalty is not None:
             c = c + penalty
-        return torch.as_tensor(np.stack([_assign(ci) for ci in c]), device=a.device)
+        return torch.as_tensor(np.stack([assignment(ci) for ci in c]), device=a.device)
 
     def gather(perm: Tensor) -> Tensor:
         return torch.gather(a, 1, perm.unsqueeze(-1).expand(p, n, 3))
@@ -78,7 +69,7 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
         c = (ra[:, :, None] - rb[:, None, :]).pow(2).cpu().numpy()
         if penalty is not None:
             c = c + penalty
-        perm = torch.as_tensor(np.stack([_assign(ci) for ci in c]), device=a.device)
+        perm = torch.as_tensor(np.stack([assignment(ci) for ci in c]), device=a.device)
     for _ in range(iters):
         if rotate:
             rot = kabsch(gather(perm), b)
@@ -139,7 +130,7 @@ class EquivariantOTCoupling(Coupling):
             ai = a.repeat_interleave(g, 0)  # pair (i, j) at i*g + j
             bj = bb.repeat(g, 1, 1)
             perm, rot, cost = align_pairs(ai, bj, iters=self.iters, permute=self.permute, rotate=self.rotate)
-            assign = _assign(cost.reshape(g, g).cpu().numpy())  # data j <- noise assign[j]
+            assign = assignment(cost.reshape(g, g).cpu().numpy())  # data j <- noise assign[j]
             pick = torch.as_tensor(assign, device=a.device) * g + torch.arange(g, device=a.device)
             perm, rot, cost = perm[pick], rot[pick], cost[pick]
             src = torch.as_tensor(assign, device=grp.device)
