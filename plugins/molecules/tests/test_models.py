@@ -123,3 +123,26 @@ def test_registry_builds_models_from_data_info():
 
     with pytest.raises(RecipeError, match="unknown option"):
         reg.build("models", {"name": "egnn", "hiden": 16}, data_info=info)
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "egnn"])
+def test_models_compile_as_one_graph(kind):
+    """torch.compile (dynamo, ``fullgraph``: no graph break allowed) traces the model, forward and
+    backward, to the eager outputs and gradients. The ``aot_eager`` backend checks the tracing the
+    GPU run depends on without inductor's C++ build; e3nn's ``Irreps`` once broke dynamo's guards."""
+    torch._dynamo.reset()
+    m = build(kind).float()
+    x, t = inputs()
+    x = {k: (v.float() if v.is_floating_point() else v) for k, v in x.items()}
+    t = t.float()
+    eager = m(x, t)
+    (eager["pos"].square().sum() + eager["atoms"].square().sum()).backward()
+    g_eager = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out = compiled(x, t)
+    (out["pos"].square().sum() + out["atoms"].square().sum()).backward()
+    for k in ("pos", "atoms"):
+        torch.testing.assert_close(out[k], eager[k], rtol=1e-5, atol=1e-5)
+    for p, g in zip(m.parameters(), g_eager):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)

@@ -93,6 +93,8 @@ class E3nnFlow(nn.Module):
         self.encoding, self.num_classes = atom_spec(data_info, atom_encoding, num_classes)
         self.num_basis, self.r_max = num_basis, r_max
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        # the module form: its forward holds no Irreps, which torch.compile cannot guard on
+        self.sph = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.embed = AtomEmbedding(self.encoding, self.num_classes, scalars)
         self.time = TimeEmbedding(scalars)
         irreps = o3.Irreps(f"{scalars}x0e")
@@ -114,7 +116,7 @@ class E3nnFlow(nn.Module):
         rel = pos[:, :, None, :] - pos[:, None, :, :]  # r_ij = x_i - x_j
         rel = torch.where(emask[..., None], rel, torch.zeros_like(rel))
         dist = rel.norm(dim=-1)
-        sh = o3.spherical_harmonics(self.irreps_sh, rel, normalize=True, normalization="component")
+        sh = self.sph(rel)
         emb = soft_one_hot_linspace(dist, 0.0, self.r_max, self.num_basis, basis="gaussian", cutoff=False)
         emb = emb * self.num_basis**0.5
         inv_deg = 1.0 / emask.sum(-1).clamp_min(1).to(pos.dtype)
