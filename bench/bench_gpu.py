@@ -112,7 +112,7 @@ def model_only_step(tr: fmkit.Trainer, reps: int) -> float:
     cond = x1.get("cond")
 
     def once() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tr.autocast):
+        with torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=tr.autocast):
             pred = tr.train_model(x_t, t, cond)
         loss = sum(tr.path.losses(pred, ps, x1, reduce=True).values())  # the trainer's loss (unit weights)
         loss.backward()
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         a.mlp_batches, a.mol_batches, a.steps, a.warmup = [64], [8], 3, 2
         a.no_compile = a.no_compile or not a.with_compile
     if a.device == "cpu" and not a.dry_run:
-        print("note: no CUDA device; figures are CPU figures (bf16 autocast is CUDA-only, so bf16 == fp32 here)")
+        print("note: no CUDA device; figures are CPU figures (bf16 here is CPU autocast, not a GPU figure)")
     work = []
     for w in a.workloads:
         if w in ("molecules", "egnn"):

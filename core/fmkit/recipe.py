@@ -68,7 +68,7 @@ class TrainerOptions(BaseModel):
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
     compile: bool = False
     num_workers: int = Field(0, ge=0)
     checkpoint_every: int = Field(1000, ge=1)

@@ -256,7 +256,8 @@ class Trainer:
         fused = self.device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in self._params)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay, fused=fused or None)
-        self.autocast = (self.device.type == "cuda" and o.precision in ("auto", "bf16"))
+        # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
+        self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
         self.stream = BatchStream(dataset, self.micro_batch, seed, self.dist, o.num_workers,
                                   pin_memory=self.device.type == "cuda", accum=o.grad_accum)
@@ -288,7 +289,7 @@ class Trainer:
         cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
         x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
         if self.autocast:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 pred = self.train_model(x_t, t, cond)
         else:  # entering a disabled autocast context still costs a few microseconds per step
             pred = self.train_model(x_t, t, cond)
