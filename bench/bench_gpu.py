@@ -102,9 +102,11 @@ def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
 # ------------------------------------------------------------------------------------------------
 def model_only_step(tr: fmkit.Trainer, reps: int) -> float:
     """Seconds of the network's fwd + loss + bwd on one fixed batch (no data, coupling, optimizer)."""
-    batch = to_device(next(tr.stream), tr.device)
-    x0 = tr.source.sample(batch)
-    x0, x1 = tr.coupling.pair(x0, batch)
+    x0, batch = tr.next_batch()
+    if x0 is None:  # paired inside the step (trainer.pairing): pair it here, outside the timing
+        x0, x1 = tr.coupling.pair(tr.source.sample(batch), batch)
+    else:
+        x1 = batch
     b = next(iter(fields(x1).values())).shape[0]
     t = torch.rand(b, device=tr.device)
     ps = tr.path.sample(x0, x1, t)
@@ -151,7 +153,7 @@ def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str
     torch.manual_seed(0)
     opts = fmkit.TrainerOptions(steps=10**9, batch_size=batch, lr=1e-3, schedule="constant", warmup_steps=0,
                                 grad_clip=1.0, ema_decay=0.999, progress=False, device=a.device, precision=precision,
-                                compile=compile_, checkpoint_every=10**9, log_every=50,
+                                compile=compile_, checkpoint_every=10**9, log_every=50, num_workers=a.num_workers,
                                 loss_weights={"pos": 1.0, "atoms": 0.5} if workload != "mlp" else {})
     tr = fmkit.Trainer(make_model(), ds, options=opts, run_dir=None, **kw)
     dev = tr.device
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="CPU-sized check: tiny models and batches, 3 steps, no compile")
     p.add_argument("--with-compile", action="store_true", help="keep the compile variants in --dry-run (slow)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=12,
+                   help="DataLoader workers (capped at the visible cores); the molecules' equivariant OT runs in them")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None, help="results file stem (default gpu_<device>)")
     a = p.parse_args(argv)
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.dry_run:
-        a.mlp_batches, a.mol_batches, a.steps, a.warmup = [64], [8], 3, 2
+        a.mlp_batches, a.mol_batches, a.steps, a.warmup, a.num_workers = [64], [8], 3, 2, 0
         a.no_compile = a.no_compile or not a.with_compile
     if a.device == "cpu" and not a.dry_run:
         print("note: no CUDA device; figures are CPU figures (bf16 here is CPU autocast, not a GPU figure)")

@@ -25,8 +25,9 @@ import torch
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 STEPS = 12
-# name -> (coupling, grad_accum per process)
-CONFIGS = {"independent": ("independent", 1), "exact_ot": ("exact_ot", 1), "accum2": ("independent", 2)}
+# name -> (coupling, grad_accum per process, trainer.pairing); "loader_ot" pairs in the data pipeline
+CONFIGS = {"independent": ("independent", 1, "step"), "exact_ot": ("exact_ot", 1, "step"),
+           "accum2": ("independent", 2, "step"), "loader_ot": ("exact_ot", 1, "loader")}
 
 
 def make_trainer(name: str, run_dir: Path | None, processes: int):
@@ -36,12 +37,12 @@ def make_trainer(name: str, run_dir: Path | None, processes: int):
     from fmkit.models import MLP
     from fmkit.toy import ToyDataset, ToySource
 
-    coupling, accum = CONFIGS[name]
+    coupling, accum, pairing = CONFIGS[name]
     torch.manual_seed(0)
     model = MLP(2, hidden=32, depth=2, time_dim=16)
     opts = fmkit.TrainerOptions(steps=STEPS, batch_size=64, grad_accum=accum * (2 // processes), lr=1e-2,
                                 warmup_steps=2, schedule="cosine", grad_clip=1.0, ema_decay=None, progress=False,
-                                device="cpu", checkpoint_every=5, log_every=4)
+                                device="cpu", checkpoint_every=5, log_every=4, pairing=pairing)
     return fmkit.Trainer(model, ToyDataset("moons", n=2048, seed=0), source=ToySource("eight_gaussians"),
                          coupling=fmkit.ExactOTCoupling() if coupling == "exact_ot" else fmkit.IndependentCoupling(),
                          solver=fmkit.FixedStepSolver("euler", 10), options=opts,

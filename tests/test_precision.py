@@ -36,7 +36,8 @@ def test_precision_sets_the_dtype_the_network_runs_in(tmp_path, precision, expec
     assert seen and set(seen) == {expected}  # auto means fp32 on a CPU
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay fp32
     assert all(p.dtype == torch.float32 for p in tr.ema.model.parameters())
-    loss, _ = tr.loss(next(tr.stream))
+    x0, x1 = tr.next_batch()
+    loss, _ = tr.loss(x1, x0)
     assert loss.dtype == torch.float32  # the reduction runs in fp32 whatever the network's dtype
 
 

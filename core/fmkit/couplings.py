@@ -24,7 +24,14 @@ _BIG = 1e12
 
 
 class Coupling(ABC):
-    """``(x0, x1) -> (x0, x1)`` re-paired; bare tensors in, bare tensors out."""
+    """``(x0, x1) -> (x0, x1)`` re-paired; bare tensors in, bare tensors out.
+
+    ``host = True`` declares the pairing CPU work that needs nothing from the model (e.g. many small
+    scipy assignments): the trainer then draws the noise and pairs it in the data pipeline, in
+    DataLoader workers ahead of the step, so it overlaps the GPU (``trainer.pairing: auto``).
+    """
+
+    host: bool = False
 
     def __call__(self, x0: StateLike, x1: StateLike) -> tuple[StateLike, StateLike]:
         s0, bare = as_state(x0)

@@ -71,6 +71,10 @@ class TrainerOptions(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
     compile: bool = False
     num_workers: int = Field(0, ge=0)
+    pairing: Literal["auto", "step", "loader"] = Field(
+        "auto", description="where source noise is drawn and paired with the data: step = on the device inside "
+        "the step; loader = on the CPU in the data pipeline (DataLoader workers, ahead of the step); auto = loader "
+        "for couplings that declare host=True (CPU-bound, e.g. equivariant OT), else step")
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)

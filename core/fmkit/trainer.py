@@ -3,6 +3,8 @@
 One step (Lipman et al. 2022, eq. 23; Tong et al. 2023 for the coupling):
 x1 ~ data, x0 ~ p_0, (x0, x1) <- coupling, t ~ p(t), (x_t, u_t) <- path,
 loss = sum_fields w_f * masked MSE(v_theta(x_t, t, c), u_t) (cross-entropy for categorical fields).
+Couplings that are CPU work (``Coupling.host``) draw x0 and pair in the data pipeline instead
+(:mod:`fmkit.stream`), overlapping the step.
 
 Around it: AdamW with warmup + cosine, gradient clipping and accumulation, EMA of the weights, bf16
 autocast on CUDA, optional torch.compile, DDP under torchrun, crash-safe checkpoints with exact
@@ -28,9 +30,9 @@ from torch import Tensor, nn
 
 from fmkit import checkpoint as ckpt
 from fmkit.couplings import Coupling, IndependentCoupling
-from fmkit.data import Dataset, Indices
+from fmkit.data import Dataset
 from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
-                               fold_seed, seed_generators, seed_shard, shard_slices)
+                               fold_seed, seed_generators, seed_shard)
 from fmkit.errors import CheckpointError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
@@ -40,6 +42,7 @@ from fmkit.sampling import generate
 from fmkit.solvers import FixedStepSolver, Solver
 from fmkit.sources import GaussianSource, Source, StateSource
 from fmkit.state import State, fields, to_device
+from fmkit.stream import BatchStream, LoaderPairing
 from fmkit.time_sampling import sample_time
 
 Metric = Callable[[State, Dataset], Mapping[str, float]]
@@ -60,92 +63,6 @@ class Callback:
     def on_eval_end(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None: ...
     def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None: ...
     def on_train_end(self, trainer: Trainer) -> None: ...
-
-
-class BatchStream:
-    """Deterministic stream of batches: position (epoch, index) -> batch, from ``dataset.batches``.
-
-    ``batch_size`` is the micro-batch of all ranks together; each global batch (``accum`` of them) is
-    cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
-    (:func:`fmkit.distributed.shard_slices`), so the split does not depend on the process count.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, dist: DistInfo, num_workers: int = 0,
-                 pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1) -> None:
-        self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
-        self.accum = accum
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_workers, self.pin_memory = min(num_workers, cores), pin_memory  # more workers than cores only thrash
-        self.epoch, self.index = epoch, index
-        self._it: Iterator[State] | None = None
-        self._loader: torch.utils.data.DataLoader | None = None  # made on first use when num_workers > 0
-        self._sampler: _EpochSampler | None = None
-
-    def _epoch_batches(self) -> list[Indices]:
-        try:
-            batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
-        except ValueError as exc:  # e.g. fewer examples than one batch
-            raise TrainingError(f"the dataset cannot give batches of {self.batch_size * self.accum}: {exc}",
-                                where="trainer.batch_size",
-                                fix="lower trainer.batch_size (per process), or use more data") from exc
-        if not batches:
-            raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
-                                fix="lower trainer.batch_size")
-        r, w, a = self.dist.rank, self.dist.world_size, self.accum
-        if w == 1 and a == 1:
-            return batches
-        return [s for b in batches for s in shard_slices(b, a, w, r)]
-
-    def _start(self) -> Iterator[State]:
-        batches = self._epoch_batches()[self.index:]
-        if self.num_workers == 0:
-            return (self.dataset.get_batch(b) for b in batches)
-        if self._loader is None or self._sampler is None:  # one loader for the run: workers persist
-            self._sampler = _EpochSampler()
-            self._loader = torch.utils.data.DataLoader(
-                _BatchView(self.dataset), sampler=self._sampler, batch_size=None, num_workers=self.num_workers,
-                pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=True)
-        self._sampler.batches = batches  # read by the main process when the epoch's iterator starts
-        return iter(self._loader)
-
-    def __next__(self) -> State:
-        while True:
-            if self._it is None:
-                self._it = self._start()
-            try:
-                batch = next(self._it)
-                self.index += 1
-                return batch
-            except StopIteration:
-                self._it = None
-                self.epoch, self.index = self.epoch + 1, 0
-
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """The current epoch's list of batches (each a list of indices); BatchStream swaps it per epoch."""
-
-    def __init__(self) -> None:
-        self.batches: list[Indices] = []
-
-    def __iter__(self) -> Iterator[Indices]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class _BatchView(torch.utils.data.Dataset):
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-
-    def __getitem__(self, idx: Indices) -> State:
-        return self.ds.get_batch(idx)
-
-    def __len__(self) -> int:
-        return len(self.ds)
 
 
 class EMA:
@@ -259,9 +176,25 @@ class Trainer:
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
-        self.stream = BatchStream(dataset, self.micro_batch, seed, self.dist, o.num_workers,
-                                  pin_memory=self.device.type == "cuda", accum=o.grad_accum)
+        # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
+        self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
+        self.stream = self._make_stream()
         self.logger: MetricsLogger | None = None
+
+    def _make_stream(self, epoch: int = 0, index: int = 0) -> BatchStream:
+        pairing = LoaderPairing(self.source, self.coupling) if self.pair_in_loader else None
+        return BatchStream(self.dataset, self.micro_batch, self.seed, self.dist, self.opts.num_workers,
+                           pin_memory=self.device.type == "cuda", epoch=epoch, index=index,
+                           accum=self.opts.grad_accum, pairing=pairing)
+
+    def next_batch(self) -> tuple[State | None, State]:
+        """The next micro-batch on the device: ``(x0, x1)`` with x0 paired already when the data
+        pipeline pairs (``trainer.pairing``), else ``(None, x1)``."""
+        item = next(self.stream)
+        if isinstance(item, (tuple, list)):  # pinned-memory collation turns the pair into a list
+            x0, x1 = item
+            return to_device(x0, self.device, non_blocking=True), to_device(x1, self.device, non_blocking=True)
+        return None, to_device(item, self.device, non_blocking=True)
 
     # ------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -277,11 +210,13 @@ class Trainer:
                               where=str(self.run_dir),
                               fix="pass --out with a directory you can write to") from None
 
-    def loss(self, batch: State) -> tuple[Tensor, dict[str, Tensor]]:
-        """CFM loss of one (micro-)batch already on the device: total and per-field means."""
+    def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
+        the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
         x1 = batch
-        x0 = self.source.sample(x1)
-        x0, x1 = self.coupling.pair(x0, x1)
+        if x0 is None:
+            x0 = self.source.sample(x1)
+            x0, x1 = self.coupling.pair(x0, x1)
         b = next(iter(fields(x1).values())).shape[0]
         t = sample_time(b, self.opts.time_sampler, mean=self.opts.time_mean, std=self.opts.time_std,
                         device=self.device)
@@ -349,6 +284,8 @@ class Trainer:
             if self.logger is not None:
                 self.logger.close()
                 self.logger = None
+        if self.step >= self.opts.steps:
+            self.stream.close()  # the DataLoader workers are done
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self
@@ -366,14 +303,14 @@ class Trainer:
                 loss_sum: Tensor | None = None
                 batch: State = {}
                 for micro in range(o.grad_accum):
-                    batch = to_device(next(self.stream), self.device, non_blocking=True)
+                    x0, batch = self.next_batch()
                     # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
                     seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
                     sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
                     ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
                         else contextlib.nullcontext()
                     with ctx:
-                        loss, _ = self.loss(batch)
+                        loss, _ = self.loss(batch, x0)
                         (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
                     loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
                 mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
@@ -515,9 +452,8 @@ class Trainer:
         self.step = int(meta["step"])
         self.finished = bool(meta.get("finished", False))
         pos = meta.get("data", {})
-        self.stream = BatchStream(self.dataset, self.micro_batch, self.seed, self.dist, self.opts.num_workers,
-                                  self.device.type == "cuda", int(pos.get("epoch", 0)), int(pos.get("index", 0)),
-                                  accum=self.opts.grad_accum)
+        self.stream.close()
+        self.stream = self._make_stream(int(pos.get("epoch", 0)), int(pos.get("index", 0)))
 
     # ------------------------------------------------------------------------------------------
     def sampling_model(self) -> nn.Module:

@@ -1,0 +1,153 @@
+"""The trainer's data pipeline: a deterministic stream of (micro-)batches, optionally paired with
+source noise on the CPU ahead of the step.
+
+Position ``(epoch, index)`` -> batch, from ``dataset.batches(epoch, ...)``, a pure function of the
+seed; that is what makes exact resume and DDP sharding possible without pickling sampler state.
+With ``pairing`` (a :class:`LoaderPairing`), every micro-batch also gets its source sample ``x0``,
+already re-paired by the coupling, drawn from a seed of its own ``(seed, epoch, batch, shard)``: the
+result depends neither on the number of DataLoader workers nor on how shards are spread over
+processes. Workers (``num_workers > 0``) persist for the whole run and prefetch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Union
+
+import torch
+
+from fmkit.couplings import Coupling
+from fmkit.data import Dataset, Indices
+from fmkit.distributed import DistInfo, fold_seed, shard_slices
+from fmkit.errors import TrainingError
+from fmkit.sources import StateSource
+from fmkit.state import State
+
+PAIRING_STREAM = 0x70616972  # "pair": keeps the loader's noise apart from the step's streams
+
+Item = tuple[Indices, int, int, int]
+"""One micro-batch to load: (example indices, epoch, global batch number in the epoch, shard)."""
+
+Loaded = Union[State, tuple[State, State]]
+"""What the stream yields: the data batch x1, or ``(x0, x1)`` when it pairs."""
+
+
+class LoaderPairing:
+    """Draws ``x0 ~ source`` for a CPU batch ``x1`` and re-pairs it with ``coupling``, from ``seed``.
+
+    Runs in DataLoader workers (or the main process), so ``source`` and ``coupling`` must work on CPU
+    tensors; it re-seeds the process's global CPU generator, which the trainer re-seeds per step anyway.
+    """
+
+    def __init__(self, source: StateSource, coupling: Coupling) -> None:
+        self.source, self.coupling = source, coupling
+
+    def __call__(self, x1: State, seed: int) -> tuple[State, State]:
+        torch.default_generator.manual_seed(seed)
+        with torch.no_grad():
+            x0 = self.source.sample(x1)
+            return self.coupling.pair(x0, x1)
+
+
+class BatchStream:
+    """Deterministic stream of micro-batches (see the module docstring).
+
+    ``batch_size`` is the micro-batch of all ranks together; each global batch (``accum`` of them) is
+    cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
+    (:func:`fmkit.distributed.shard_slices`), so the split does not depend on the process count.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, dist: DistInfo, num_workers: int = 0,
+                 pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1,
+                 pairing: LoaderPairing | None = None) -> None:
+        self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.accum, self.pairing = accum, pairing
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.num_workers, self.pin_memory = min(num_workers, cores), pin_memory  # more workers than cores only thrash
+        self.epoch, self.index = epoch, index
+        self._it: Iterator[Loaded] | None = None
+        self._loader: torch.utils.data.DataLoader | None = None  # made on first use when num_workers > 0
+        self._sampler: _EpochSampler | None = None
+        self._load = _Load(dataset, seed, pairing)
+
+    def _epoch_items(self) -> list[Item]:
+        try:
+            batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
+        except ValueError as exc:  # e.g. fewer examples than one batch
+            raise TrainingError(f"the dataset cannot give batches of {self.batch_size * self.accum}: {exc}",
+                                where="trainer.batch_size",
+                                fix="lower trainer.batch_size (per process), or use more data") from exc
+        if not batches:
+            raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
+                                fix="lower trainer.batch_size")
+        r, w, a = self.dist.rank, self.dist.world_size, self.accum
+        if w == 1 and a == 1:
+            return [(idx, self.epoch, b, 0) for b, idx in enumerate(batches)]
+        return [(s, self.epoch, b, m * w + r) for b, idx in enumerate(batches)
+                for m, s in enumerate(shard_slices(idx, a, w, r))]
+
+    def _start(self) -> Iterator[Loaded]:
+        items = self._epoch_items()[self.index:]
+        if self.num_workers == 0:
+            return (self._load[it] for it in items)
+        if self._loader is None or self._sampler is None:  # one loader for the run: workers persist
+            self._sampler = _EpochSampler()
+            self._loader = torch.utils.data.DataLoader(
+                self._load, sampler=self._sampler, batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=True)
+        self._sampler.items = items  # read by the main process when the epoch's iterator starts
+        return iter(self._loader)
+
+    def __next__(self) -> Loaded:
+        while True:
+            if self._it is None:
+                self._it = self._start()
+            try:
+                batch = next(self._it)
+                self.index += 1
+                return batch
+            except StopIteration:
+                self._it = None
+                self.epoch, self.index = self.epoch + 1, 0
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def close(self) -> None:
+        """End the worker processes now (they persist otherwise); the stream can go on from its
+        position, restarting them when next asked."""
+        it, self._it, self._loader, self._sampler = self._it, None, None, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """The current epoch's items; BatchStream swaps them per epoch."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Load(torch.utils.data.Dataset):
+    """Item -> batch (and its paired noise): what a worker, or the main process, runs."""
+
+    def __init__(self, ds: Dataset, seed: int, pairing: LoaderPairing | None) -> None:
+        self.ds, self.seed, self.pairing = ds, seed, pairing
+
+    def __getitem__(self, item: Item) -> Loaded:
+        idx, epoch, b, shard = item
+        x1 = self.ds.get_batch(idx)
+        if self.pairing is None:
+            return x1
+        return self.pairing(x1, fold_seed(self.seed, PAIRING_STREAM, epoch, b, shard))
+
+    def __len__(self) -> int:
+        return len(self.ds)
