@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
     ("bench_w2", ["--quick"], "w2_quick"),
     ("bench_ot", ["--quick"], "ot_cpu_quick"),
     ("bench_gpu", ["--dry-run"], "gpu_dry_run"),
+    ("bench_pairing", ["--quick"], "pairing_cpu_quick"),
 ])
 def test_bench_quick(script: str, args: list[str], stem: str, tmp_path: Path) -> None:
     import torch

@@ -36,6 +36,14 @@ class EquivariantOTOptions(BaseModel):
                                                  "(cost grows with its square)")
 
 
+def radial_matching(ra: Tensor, rb: Tensor) -> Tensor:
+    """The assignment minimising sum_j (ra[perm[j]] - rb[j])^2 for each row of [P, n] radii: on a
+    line a convex cost of the difference is minimised by matching in sorted order, so one batched
+    sort replaces a Hungarian solve per pair. Returns ``perm`` [P, n] (data atom j <- noise perm[j])."""
+    perm = torch.empty_like(rb, dtype=torch.long)
+    return perm.scatter_(1, rb.argsort(dim=1), ra.argsort(dim=1))
+
+
 def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True, rotate: bool = True,
                 types0: Tensor | None = None, types1: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Align each noise cloud ``x0[p]`` [P, n, 3] to ``x1[p]`` (both centred, no padding).
@@ -66,10 +74,11 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
     perm, rot = ident, eye
     if permute:  # rotation-invariant start: match atoms by radius from the centre
         ra, rb = a.norm(dim=-1), b.norm(dim=-1)
-        c = (ra[:, :, None] - rb[:, None, :]).pow(2).cpu().numpy()
-        if penalty is not None:
-            c = c + penalty
-        perm = torch.as_tensor(np.stack([assignment(ci) for ci in c]), device=a.device)
+        if penalty is None:
+            perm = radial_matching(ra, rb)
+        else:
+            c = (ra[:, :, None] - rb[:, None, :]).pow(2).cpu().numpy() + penalty
+            perm = torch.as_tensor(np.stack([assignment(ci) for ci in c]), device=a.device)
     for _ in range(iters):
         if rotate:
             rot = kabsch(gather(perm), b)
@@ -90,7 +99,13 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
 
 class EquivariantOTCoupling(Coupling):
     """Rotation/permutation-aligned exact minibatch OT for molecules; ``pos`` is the aligned field,
-    every other per-atom field of x0 (noisy types) is permuted along with it."""
+    every other per-atom field of x0 (noisy types) is permuted along with it.
+
+    ``host``: all of it is CPU work (~3 Hungarian solves per candidate pair), so the trainer runs it in
+    its DataLoader workers, ahead of the step (``trainer.pairing: auto``).
+    """
+
+    host = True
 
     def __init__(self, iters: int = 2, permute: bool = True, rotate: bool = True, batch_ot: bool = True,
                  max_group: int = 64, pos_field: str = "pos") -> None:

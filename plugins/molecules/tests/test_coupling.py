@@ -111,3 +111,23 @@ def test_per_atom_fields_are_permuted_with_positions():
             src = tag[round(y0["pos"][b, a].norm().item(), 9)]
             assert y0["atoms"][b, a, 0].item() == float(src)
     assert np.isfinite(y0["pos"].numpy()).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_radial_matching_by_sorting_is_the_optimal_assignment(n, seed, ties):
+    """The sort-based start of the alignment reaches the Hungarian optimum of sum (ra - rb)^2."""
+    from fmkit.couplings import assignment
+    from fmkit_molecules.coupling import radial_matching
+
+    g = torch.Generator().manual_seed(seed)
+    ra, rb = torch.rand(4, n, generator=g, dtype=torch.float64), torch.rand(4, n, generator=g, dtype=torch.float64)
+    if ties:  # repeated radii (symmetric molecules)
+        ra, rb = (ra * 3).round() / 3, (rb * 3).round() / 3
+    perm = radial_matching(ra, rb)
+    for p in range(4):
+        assert sorted(perm[p].tolist()) == list(range(n))  # a permutation
+        cost = (ra[p, :, None] - rb[p, None, :]).pow(2).numpy()
+        best = assignment(cost)
+        got = float((ra[p, perm[p]] - rb[p]).pow(2).sum())
+        assert got == pytest.approx(float(cost[best, np.arange(n)].sum()), abs=1e-12)
