@@ -9,6 +9,7 @@ suite kills 10 times; `-m slow` adds a 30-kill run.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -246,3 +247,30 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_pa
     assert r.code == 0, r.text
     assert "has no checkpoint yet; training it from step 0" in squash(r.out)
     assert checkpoint_step(run) == 12
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_the_process_group_with_dataloader_workers(tmp_path, sig):
+    """A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches the DataLoader workers too; the main
+    process must still finish its step (here 2 micro-batches, pairing in the workers), save it, and
+    exit 130 without a traceback."""
+    recipe = RECIPE.format(steps=100_000, every=25).replace(
+        "progress: false}", "progress: false, num_workers: 2, grad_accum: 2, pairing: loader}")
+    (tmp_path / "r.yaml").write_text(recipe)
+    run = tmp_path / "run"
+    with open(tmp_path / "train.log", "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "fmkit.cli", "train", "r.yaml", "--out", "run"], cwd=tmp_path,
+                             env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_for(lambda: (run / "checkpoints" / ck.LATEST).exists(), p), (tmp_path / "train.log").read_text()
+        time.sleep(0.1)
+        os.killpg(p.pid, sig)  # the whole group: main process and workers
+        rc = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    out = squash((tmp_path / "train.log").read_text())
+    assert rc == 130, out
+    assert "Traceback" not in out and "exited unexpectedly" not in out, out
+    step = int(out.split(f"training stopped by {sig.name} at step ")[1].split(";")[0])
+    assert step > 25 and checkpoint_step(run) == step

@@ -12,6 +12,7 @@ processes. Workers (``num_workers > 0``) persist for the whole run and prefetch.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Union
 
@@ -95,7 +96,8 @@ class BatchStream:
             self._sampler = _EpochSampler()
             self._loader = torch.utils.data.DataLoader(
                 self._load, sampler=self._sampler, batch_size=None, num_workers=self.num_workers,
-                pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=True)
+                pin_memory=self.pin_memory, prefetch_factor=4, persistent_workers=True,
+                worker_init_fn=_ignore_stop_signals)
         self._sampler.items = items  # read by the main process when the epoch's iterator starts
         return iter(self._loader)
 
@@ -121,6 +123,14 @@ class BatchStream:
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C / SIGTERM to the main process: a terminal or a scheduler signals the
+    whole process group, and a worker that died then would fail the step the trainer is finishing
+    before it saves a checkpoint. The main process shuts the workers down; they also end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _EpochSampler(torch.utils.data.Sampler):
