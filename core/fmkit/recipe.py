@@ -79,8 +79,9 @@ class TrainerOptions(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     progress: bool = True
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads when training on CPU "
-                                    "(null: torch's default); 1 is fastest for small models and shared cores")
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on a CPU, for training, "
+                                    "sampling and evaluation (null: the cores the DataLoader workers leave free, "
+                                    "all of them without workers); 1 is fastest for small models and shared cores")
 
 
 class EvalOptions(BaseModel):

@@ -34,6 +34,11 @@ Loaded = Union[State, tuple[State, State]]
 """What the stream yields: the data batch x1, or ``(x0, x1)`` when it pairs."""
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a container's or a scheduler's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class LoaderPairing:
     """Draws ``x0 ~ source`` for a CPU batch ``x1`` and re-pairs it with ``coupling``, from ``seed``.
 
@@ -64,8 +69,8 @@ class BatchStream:
                  pairing: LoaderPairing | None = None) -> None:
         self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
         self.accum, self.pairing = accum, pairing
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_workers, self.pin_memory = min(num_workers, cores), pin_memory  # more workers than cores only thrash
+        self.num_workers = min(num_workers, usable_cores())  # more workers than cores only thrash
+        self.pin_memory = pin_memory
         self.epoch, self.index = epoch, index
         self._it: Iterator[Loaded] | None = None
         self._loader: torch.utils.data.DataLoader | None = None  # made on first use when num_workers > 0

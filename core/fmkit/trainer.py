@@ -42,7 +42,7 @@ from fmkit.sampling import generate
 from fmkit.solvers import FixedStepSolver, Solver
 from fmkit.sources import GaussianSource, Source, StateSource
 from fmkit.state import State, fields, to_device
-from fmkit.stream import BatchStream, LoaderPairing
+from fmkit.stream import BatchStream, LoaderPairing, usable_cores
 from fmkit.time_sampling import sample_time
 
 Metric = Callable[[State, Dataset], Mapping[str, float]]
@@ -142,8 +142,12 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.dist = dist_info()
         self.device = pick_device(self.opts.device)
-        if self.device.type == "cpu" and self.opts.cpu_threads:
-            torch.set_num_threads(self.opts.cpu_threads)  # process-wide, as torch's setting is
+        if self.device.type == "cpu":  # process-wide, as torch's setting is
+            threads = self.opts.cpu_threads
+            if threads is None and self.opts.num_workers:  # leave the DataLoader workers their cores:
+                threads = max(1, usable_cores() - self.opts.num_workers)  # oversubscribed ops crawl
+            if threads:
+                torch.set_num_threads(threads)
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.is_main = self.dist.rank == 0
