@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import table, write_results  # noqa: E402
-from fmkit.state import fields, to_device  # noqa: E402
+from fmkit.state import fields  # noqa: E402
 
 
 def now(device: torch.device) -> float:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
             for prec in a.precisions:
                 for comp in ([False] if a.no_compile else [False, True]):
                     work.append((w, b, prec, comp))
-    res = []
+    res: list[dict] = []
     for w, b, prec, comp in work:
         try:
             r = run_variant(a, w, b, prec, comp)
@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> dict:
         res.append(r)
         print(f"  {w} B={b} {prec} compile={comp}: " + (r.get("error") or f"{r['steps_per_s']:.1f} steps/s"),
               flush=True)
+        if len(res) < len(work):
+            report(a, res, final=False)  # a run cut short (a device call's time limit) keeps what it measured
+    return report(a, res)
+
+
+def report(a: argparse.Namespace, res: list[dict], final: bool = True) -> dict:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     rows = [[r["workload"], r["batch"], r["precision"], "yes" if r["compile"] else "no"] +
             ([r["error"], "", "", "", "", ""] if "error" in r else
@@ -244,16 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
     dev_name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "CPU"
     text = "\n".join([
         f"device {a.device} ({dev_name}); {a.steps} timed steps after {a.warmup} warm-up; EMA on, clip 1; "
-        f"MLP coupling {a.mlp_coupling}, molecules coupling {a.mol_coupling}."
-        + (" DRY RUN (tiny sizes): these numbers only show that the script works." if a.dry_run else ""), "",
+        f"MLP coupling {a.mlp_coupling}, molecules coupling {a.mol_coupling}; {a.num_workers} DataLoader workers."
+        + (" DRY RUN (tiny sizes): these numbers only show that the script works." if a.dry_run else "")
+        + ("" if final else " PARTIAL: the run had not finished when this was written."), "",
         table(["workload", "batch", "precision", "compile", "steps/s", "samples/s", "busy (model/step)",
                "kernel/wall", "peak MiB", "params"], rows)])
-    print(text)
+    if final:
+        print(text)
     name = a.name or ("gpu_dry_run" if a.dry_run else f"gpu_{a.device.split(':')[0]}")
     if not a.dry_run or a.out is not None:
         j, m = write_results(name, {"config": {k: v for k, v in vars(a).items() if not isinstance(v, Path)},
-                                    "results": res}, text, a.out)
-        print(f"wrote {j} and {m}")
+                                    "results": res, "complete": final}, text, a.out)
+        if final:
+            print(f"wrote {j} and {m}")
     return {"results": res}
 
 

@@ -6,7 +6,8 @@
 #   here, once:  bash ../shared/gpu/fetch-wheels.sh                        # .whl/ (~35 MB)
 #                mkdir -p .gpu_data/qm9 && cp ../shared/data/qm9/qm9_hcno.xyz.xz .gpu_data/qm9/
 #                grep -qx /.gpu_data/ .git/info/exclude || echo /.gpu_data/ >> .git/info/exclude
-#   call 1  carry [".whl"]       bash bench/gpu_session.sh bench        # bench_gpu + bench_ot -> $OUT
+#   call 1  carry [".whl"]       bash bench/gpu_session.sh bench mlp && bash bench/gpu_session.sh ot
+#   call 1b (no carry)           bash bench/gpu_session.sh bench molecules egnn   # e3nn model + EGNN
 #   call 2  carry [".gpu_data"]  bash bench/gpu_session.sh train 520    # QM9 recipe, SIGINT after 520 s
 #   call 3  (no carry)           bash bench/gpu_session.sh train 520    # resumes runs/qm9
 #   call 4  (no carry)           bash bench/gpu_session.sh evaluate     # metrics at 50 and 100 NFE -> $OUT
@@ -19,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 if [ "${1:-}" = "--dry" ]; then DRY=1; shift; fi
-PHASE="${1:?usage: gpu_session.sh [--dry] bench|train SECONDS|evaluate}"
+PHASE="${1:?usage: gpu_session.sh [--dry] bench [WORKLOAD ...]|ot|train SECONDS|evaluate}"
 OUT="${OUT:?set OUT (the device tool sets it) to the folder whose files come back}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 FMKIT_NO_PROGRESS="${FMKIT_NO_PROGRESS:-0}"
@@ -46,15 +47,21 @@ data_dir() {  # the carried copy of QM9, else ../shared/data (here)
 }
 
 case "$PHASE" in
-  bench)
+  bench)  # bench [WORKLOAD ...]: mlp, molecules, egnn (default: all); results after every variant
+    shift
+    workloads=("${@:-mlp molecules egnn}"); workloads=(${workloads[*]})
+    name="gpu_cuda_$(IFS=_; echo "${workloads[*]}")"
     setup
     if [ $DRY = 1 ]; then
-      python3 bench/bench_gpu.py --dry-run --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.log"
-      python3 bench/bench_ot.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench_ot.log"
+      python3 bench/bench_gpu.py --dry-run --workloads "${workloads[@]}" --name "$name" --out "$OUT" 2>&1 | tee "$OUT/$name.log"
     else
-      python3 bench/bench_gpu.py --kernel-profile --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.log"
-      python3 bench/bench_ot.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_ot.log"
+      python3 bench/bench_gpu.py --kernel-profile --workloads "${workloads[@]}" --name "$name" --out "$OUT" 2>&1 | tee "$OUT/$name.log"
     fi
+    ;;
+  ot)
+    setup
+    if [ $DRY = 1 ]; then python3 bench/bench_ot.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench_ot.log"
+    else python3 bench/bench_ot.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_ot.log"; fi
     ;;
   train)
     secs="${2:?train needs the seconds to train in this call}"
@@ -85,5 +92,5 @@ case "$PHASE" in
     done
     cp runs/qm9/metrics.csv "$OUT/metrics.csv" 2>/dev/null || true
     ;;
-  *) echo "unknown phase $PHASE (bench | train SECONDS | evaluate)" >&2; exit 2 ;;
+  *) echo "unknown phase $PHASE (bench [WORKLOAD ...] | ot | train SECONDS | evaluate)" >&2; exit 2 ;;
 esac
