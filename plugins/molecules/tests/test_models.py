@@ -146,3 +146,21 @@ def test_models_compile_as_one_graph(kind):
         torch.testing.assert_close(out[k], eager[k], rtol=1e-5, atol=1e-5)
     for p, g in zip(m.parameters(), g_eager):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_recipe_sized_e3nn_model_starts_at_unit_scale():
+    """At the QM9 recipe's size (6 layers, 128x0e + 32x1o + 32x1e) the untrained outputs are O(1):
+    the edge weights are products with the features, and without a norm each layer squared the
+    scale (output rms ~4e8 at init, a first loss of ~1e17)."""
+    torch.manual_seed(0)
+    m = E3nnFlow(scalars=128, vectors=32, lmax=2, layers=6, num_basis=20, r_max=10.0, radial_hidden=128,
+                 atom_encoding="categorical", num_classes=5).eval()
+    x, t = inputs(b=4, n=18)
+    x = {k: (v.float() if v.is_floating_point() else v) for k, v in x.items()}
+    x["pos"] = x["pos"] * 1.2  # QM9-like spread (~1.8 A rms)
+    with torch.no_grad():
+        out = m(x, t.float())
+    real = x["mask"]
+    for k in ("pos", "atoms"):
+        rms = out[k][real].pow(2).mean().sqrt().item()
+        assert 0.05 < rms < 10.0, f"{k} output rms {rms:.3g} at init"

@@ -63,6 +63,10 @@ class _Layer(nn.Module):
                                    shared_weights=False, internal_weights=False)
         n_scalar_in = sum(mul for mul, ir in irreps_in if ir.l == 0)
         self.n_scalar_in = n_scalar_in
+        # the edge weights depend on the atoms' scalars and the message is their product with h: without
+        # a norm each layer squares the scale (x1e8 after 6 layers at init); a LayerNorm of invariant
+        # scalars keeps the model equivariant
+        self.scalar_norm = nn.LayerNorm(n_scalar_in)
         self.radial = FullyConnectedNet([num_basis + 2 * n_scalar_in, radial_hidden, radial_hidden, self.tp.weight_numel],
                                         torch.nn.functional.silu)
         self.lin_msg = o3.Linear(mid_sorted, target)
@@ -71,7 +75,7 @@ class _Layer(nn.Module):
 
     def forward(self, h: Tensor, sh: Tensor, emb: Tensor, emask: Tensor, inv_deg: Tensor) -> Tensor:
         b, n, _ = h.shape
-        s = h[..., : self.n_scalar_in]
+        s = self.scalar_norm(h[..., : self.n_scalar_in])
         edge_in = torch.cat([emb, s[:, :, None, :].expand(b, n, n, -1), s[:, None, :, :].expand(b, n, n, -1)], -1)
         w = self.radial(edge_in)  # [B, N, N, weight_numel]
         hj = h[:, None, :, :].expand(b, n, n, h.shape[-1])
@@ -80,7 +84,7 @@ class _Layer(nn.Module):
         msg = torch.where(emask[..., None], msg, torch.zeros_like(msg))
         agg = msg.sum(2) * inv_deg[..., None]  # mean over real neighbours
         out = self.gate(self.self_int(h) + self.lin_msg(agg))
-        return h + out if self.residual else out
+        return (h + out) * 2**-0.5 if self.residual else out  # the sum of two unit-scale terms, rescaled
 
 
 class E3nnFlow(nn.Module):
