@@ -2,9 +2,10 @@
 NequIP, Batzner et al. 2022, over each molecule's fully connected graph).
 
 Per layer and edge j -> i: spherical harmonics Y(r_ij) (l <= lmax) and a radial MLP on a Gaussian
-embedding of |r_ij| plus the invariant scalars of both atoms give the weights of a tensor product
+embedding of |r_ij| plus the layer-normed invariant scalars of both atoms give the weights of a tensor product
 h_j (x) Y(r_ij); messages are averaged over the real neighbours, mixed by an ``o3.Linear`` together
-with a self-interaction, and passed through a gated nonlinearity (``e3nn.nn.Gate``). The position
+with a self-interaction, and passed through a gated nonlinearity (``e3nn.nn.Gate``), added to the
+layer's input and rescaled by 1/sqrt(2) (the scale stays O(1) through the layers). The position
 velocity is one ``1o`` vector per atom, made CoM-free; the type outputs are ``0e`` scalars.
 """
 
