@@ -101,7 +101,7 @@ class EquivariantOTCoupling(Coupling):
     """Rotation/permutation-aligned exact minibatch OT for molecules; ``pos`` is the aligned field,
     every other per-atom field of x0 (noisy types) is permuted along with it.
 
-    ``host``: all of it is CPU work (~3 Hungarian solves per candidate pair), so the trainer runs it in
+    ``host``: all of it is CPU work (``iters`` Hungarian solves per candidate pair), so the trainer runs it in
     its DataLoader workers, ahead of the step (``trainer.pairing: auto``).
     """
 
