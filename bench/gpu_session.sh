@@ -8,8 +8,8 @@
 #                grep -qx /.gpu_data/ .git/info/exclude || echo /.gpu_data/ >> .git/info/exclude
 #   call 1  carry [".whl"]       bash bench/gpu_session.sh bench mlp && bash bench/gpu_session.sh ot
 #   call 1b (no carry)           bash bench/gpu_session.sh bench molecules egnn   # e3nn model + EGNN
-#   call 2  carry [".gpu_data"]  bash bench/gpu_session.sh train 520    # QM9 recipe, SIGINT after 520 s
-#   call 3  (no carry)           bash bench/gpu_session.sh train 520    # resumes runs/qm9
+#   call 2  carry [".gpu_data"]  bash bench/gpu_session.sh train 540    # QM9 recipe, SIGINT after 540 s
+#   call 3  (no carry)           bash bench/gpu_session.sh train 540    # resumes runs/qm9
 #   call 4  (no carry)           bash bench/gpu_session.sh evaluate     # metrics at 50 and 100 NFE -> $OUT
 #
 # A call that finds a fresh machine (the last one went idle) must carry .whl again; `train` then
