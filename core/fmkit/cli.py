@@ -220,13 +220,11 @@ def _load_for_inference(run: Path, set_: list[str] | None):
 
 def _device(rec) -> "torch.device":  # noqa: F821
     """The recipe's device; on a CPU also its ``trainer.cpu_threads`` (sampling runs the same network)."""
-    import torch
-
-    from fmkit.trainer import pick_device
+    from fmkit.trainer import pick_device, set_cpu_threads
 
     dev = pick_device(rec.trainer.device)
-    if dev.type == "cpu" and rec.trainer.cpu_threads:
-        torch.set_num_threads(rec.trainer.cpu_threads)
+    if dev.type == "cpu":
+        set_cpu_threads(rec.trainer)
     return dev
 
 

@@ -68,7 +68,7 @@ class BatchStream:
                  pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1,
                  pairing: LoaderPairing | None = None) -> None:
         self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
-        self.accum, self.pairing = accum, pairing
+        self.accum = accum
         self.num_workers = min(num_workers, usable_cores())  # more workers than cores only thrash
         self.pin_memory = pin_memory
         self.epoch, self.index = epoch, index
