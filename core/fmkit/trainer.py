@@ -307,6 +307,7 @@ class Trainer:
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
         pending: list[Tensor] = []
         last_log_time, last_log_step = time.perf_counter(), self.step
+        wait = 0.0  # host seconds spent waiting for batches since the last log step
         with bar:
             while self.step < stop:
                 for g in self.optimizer.param_groups:
@@ -314,7 +315,9 @@ class Trainer:
                 loss_sum: Tensor | None = None
                 batch: State = {}
                 for micro in range(o.grad_accum):
+                    t_wait = time.perf_counter()
                     x0, batch = self.next_batch()
+                    wait += time.perf_counter() - t_wait
                     # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
                     seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
                     sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
@@ -343,9 +346,14 @@ class Trainer:
                         self._non_finite(batch, check_every)
                     now = time.perf_counter()
                     sps = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
-                    last_log_time, last_log_step = now, self.step
+                    # data_wait: share of the wall time the host waited for the data pipeline (its
+                    # loader workers, pairing included); near 0 means the step, not the data, sets the pace
                     scal = {"loss": float(losses.mean()), "lr": self.optimizer.param_groups[0]["lr"],
-                            "steps_per_s": sps}
+                            "steps_per_s": sps, "samples_per_s": sps * o.batch_size,
+                            "data_wait": wait / max(now - last_log_time, 1e-9)}
+                    last_log_time, last_log_step, wait = now, self.step, 0.0
+                    if self.device.type == "cuda":
+                        scal["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
                     if grad_norm is not None:
                         scal["grad_norm"] = float(grad_norm)
                     pending.clear()
