@@ -21,6 +21,10 @@ Per variant: ``fit(until=)`` for --steps steps after --warmup steps (compile hap
     python bench/bench_gpu.py                    # on a GPU machine: everything
     python bench/bench_gpu.py --dry-run          # CPU, tiny sizes, 3 steps: checks the script runs
     python bench/bench_gpu.py --workloads mlp --mlp-batches 256 4096 --no-compile
+    python bench/bench_gpu.py --budget 420       # start no variant that would end after 420 s
+
+Variants run breadth first (every workload fp32 eager, then bf16, then bf16 + compile, then fp32 +
+compile) and the result files are rewritten after each, so a run cut short keeps the most wanted.
 
 No GPU figures exist yet; see bench/README.md.
 """
@@ -97,6 +101,12 @@ def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
         return (lambda: EGNN(data_info=ds.info, **egnn)), ds, {"path": path, "source": source, "coupling": coupling}
     return (lambda: E3nnFlow(r_max=10.0, data_info=ds.info, **size)), ds, \
         {"path": path, "source": source, "coupling": coupling}
+
+
+# the order variants run in, so that a run cut short (a device call's time limit, --budget) has the
+# figures most wanted: every workload as its recipe trains it (fp32 eager), then bf16, then bf16 + compile
+# (the fast configuration), then fp32 + compile
+ORDER = [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=12,
                    help="DataLoader workers (capped at the visible cores); the molecules' equivariant OT runs in them")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds: start no variant that would not end within them (estimated by the longest "
+                        "finished variant with the same compile flag); skipped ones are listed as such")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None, help="results file stem (default gpu_<device>)")
     a = p.parse_args(argv)
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         a.no_compile = a.no_compile or not a.with_compile
     if a.device == "cpu" and not a.dry_run:
         print("note: no CUDA device; figures are CPU figures (bf16 here is CPU autocast, not a GPU figure)")
-    work = []
+    work = []  # (workload, batch, precision, compile), most wanted first: see ORDER
     for w in a.workloads:
         if w in ("molecules", "egnn"):
             try:
@@ -225,17 +238,27 @@ def main(argv: list[str] | None = None) -> dict:
             for prec in a.precisions:
                 for comp in ([False] if a.no_compile else [False, True]):
                     work.append((w, b, prec, comp))
+    work.sort(key=lambda v: ORDER.index((v[2], v[3])))  # stable: workload and batch order kept within a setting
     res: list[dict] = []
+    start = time.perf_counter()
     for w, b, prec, comp in work:
-        try:
-            r = run_variant(a, w, b, prec, comp)
-        except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. compile) must not lose the rest
-            if a.dry_run:
-                raise
-            r = {"workload": w, "batch": b, "precision": prec, "compile": comp, "error": f"{type(exc).__name__}: {exc}"}
+        key = {"workload": w, "batch": b, "precision": prec, "compile": comp}
+        # a variant costs about what the longest finished one with the same compile flag cost
+        est = max((r["wall_s"] for r in res if "wall_s" in r and r["compile"] == comp), default=0.0)
+        if a.budget is not None and time.perf_counter() - start + est > a.budget:
+            r = {**key, "error": f"skipped: would not finish within --budget {a.budget:g} s"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                r = run_variant(a, w, b, prec, comp)
+            except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. compile) must not lose the rest
+                if a.dry_run:
+                    raise
+                r = {**key, "error": f"{type(exc).__name__}: {exc}"}
+            r["wall_s"] = time.perf_counter() - t0
         res.append(r)
-        print(f"  {w} B={b} {prec} compile={comp}: " + (r.get("error") or f"{r['steps_per_s']:.1f} steps/s"),
-              flush=True)
+        print(f"  {w} B={b} {prec} compile={comp}: " + (r.get("error") or f"{r['steps_per_s']:.1f} steps/s")
+              + (f" ({r['wall_s']:.0f} s)" if "wall_s" in r else ""), flush=True)
         if len(res) < len(work):
             report(a, res, final=False)  # a run cut short (a device call's time limit) keeps what it measured
     return report(a, res)

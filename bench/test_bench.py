@@ -32,3 +32,50 @@ def test_bench_quick(script: str, args: list[str], stem: str, tmp_path: Path) ->
     data = json.loads((tmp_path / f"{stem}.json").read_text())
     assert data["command"] and data["hardware"]["torch"]
     assert (tmp_path / f"{stem}.md").read_text().count("|") > 10
+
+
+def test_bench_gpu_runs_the_most_wanted_variants_first_and_keeps_to_its_budget(tmp_path: Path, monkeypatch) -> None:
+    """A device call is cut at its time limit: every workload's recipe setting (fp32 eager) must come
+    first, and --budget must start no variant that the finished ones say would not fit."""
+    import time
+
+    import bench_gpu
+
+    calls = []
+
+    def fake(a, w, b, prec, comp):
+        calls.append((w, prec, comp))
+        time.sleep(0.3)
+        return {"workload": w, "batch": b, "precision": prec, "compile": comp, "device": "cpu", "steps_per_s": 1.0,
+                "samples_per_s": 1.0, "busy_fraction": 1.0, "model_only_ms": 1.0, "kernel_busy_fraction": None,
+                "peak_mib": None, "warmup_s": 0.0, "params": 1}
+
+    monkeypatch.setattr(bench_gpu, "run_variant", fake)
+    out = bench_gpu.main(["--dry-run", "--with-compile", "--workloads", "mlp", "egnn", "--out", str(tmp_path)])
+    assert calls == [("mlp", "fp32", False), ("egnn", "fp32", False), ("mlp", "bf16", False), ("egnn", "bf16", False),
+                     ("mlp", "bf16", True), ("egnn", "bf16", True), ("mlp", "fp32", True), ("egnn", "fp32", True)]
+    assert [(r["workload"], r["precision"], r["compile"]) for r in out["results"]] == calls
+    calls.clear()
+    out = bench_gpu.main(["--dry-run", "--workloads", "mlp", "egnn", "--budget", "0.75", "--out", str(tmp_path)])
+    assert calls == [("mlp", "fp32", False), ("egnn", "fp32", False)]  # 0.6 s spent + 0.3 s more > 0.75 s
+    skipped = [r for r in out["results"] if r.get("error", "").startswith("skipped")]
+    assert [(r["workload"], r["precision"]) for r in skipped] == [("mlp", "bf16"), ("egnn", "bf16")]
+    assert "skipped" in (tmp_path / "gpu_dry_run.md").read_text()
+
+
+def test_bench_engine_fast_engine_runs_and_is_compared(tmp_path: Path) -> None:
+    """fmkit_fast (bf16 autocast + torch.compile; the GPU comparison's engine) runs here on the CPU and
+    gets its own paired-ratio column."""
+    import torch
+
+    import bench_engine
+
+    threads = torch.get_num_threads()
+    try:
+        out = bench_engine.main(["--quick", "--quiet", "--engines", "fmkit", "fmkit_fast", "--couplings",
+                                 "independent", "--out", str(tmp_path), "--name", "engine_fast"])
+    finally:
+        torch.set_num_threads(threads)
+    wall = out["results"][0]["wall_time"]
+    assert set(wall["fmkit_fast_speed_ratio_vs"]) == {"fmkit"} and set(wall["fmkit_speed_ratio_vs"]) == {"fmkit_fast"}
+    assert "fmkit_fast speed / this engine" in (tmp_path / "engine_fast.md").read_text()
