@@ -34,8 +34,8 @@ from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame
 #: figshare file 3195389 of collection 978904 (doi:10.6084/m9.figshare.978904)
 QM9_URL = "https://springernature.figshare.com/ndownloader/files/3195389"
 QM9_TAR = "dsgdb9nsd.xyz.tar.bz2"
-#: size and MD5 of the release as listed by api.figshare.com (taken from a third-party listing; this
-#: project's sessions run offline, so they were not re-measured here -- the size check is the main one)
+#: size and MD5 of the release as listed by api.figshare.com; not re-measured here (offline), but the
+#: same pair is pinned by independent public downloaders of this file (docs/molecules.md)
 QM9_TAR_SIZE = 86_144_227
 QM9_TAR_MD5 = "ad1ebd51ee7f5b3a6e32e974e5d54012"
 XYZ_NAMES = ("qm9_hcno.xyz.xz", "qm9_hcno.xyz", "qm9.xyz.xz", "qm9.xyz")
