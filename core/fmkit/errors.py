@@ -48,5 +48,9 @@ class TrainingError(FmkitError):
     """Training cannot go on (non-finite loss, out of memory, finished run)."""
 
 
+class DependencyError(FmkitError):
+    """A package that a component needs at use time is not installed (e.g. RDKit for molecule metrics)."""
+
+
 class OutputError(FmkitError):
     """An output location cannot be written or lies outside the run directory."""

@@ -506,16 +506,17 @@ class Trainer:
         if not self.is_main:
             self._barrier()
             return {}
-        results: dict[str, float] = {}
-        for metric in self.metrics.values():
-            for k, v in metric(samples, self.dataset).items():
-                results[k] = float(v)
-        if self.run_dir is not None:
+        if self.run_dir is not None:  # the samples first: a metric or writer that fails loses nothing
             out = self.run_dir / "samples"
             out.mkdir(parents=True, exist_ok=True)
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in samples.items()}, str(out / f"samples_step{self.step:07d}.safetensors"))
+        results: dict[str, float] = {}
+        for metric in self.metrics.values():
+            for k, v in metric(samples, self.dataset).items():
+                results[k] = float(v)
+        if self.run_dir is not None:
             for writer in self.writers.values():
                 writer(samples, out, self.dataset, self.step)
         if self.logger is not None and results:

@@ -107,9 +107,9 @@ class MoleculeDataset(Dataset):
         """Canonical SMILES of the training split (EDM bond rules), computed once and cached."""
         if self._train_smiles is None:
             if self._train_smiles_fn is None:
-                from fmkit_molecules.chemistry import smiles_of_dataset
+                from fmkit_molecules.rdkit_import import load_chemistry
 
-                self._train_smiles = smiles_of_dataset(self)
+                self._train_smiles = load_chemistry("novelty (training SMILES)").smiles_of_dataset(self)
             else:
                 self._train_smiles = self._train_smiles_fn()
         return self._train_smiles
@@ -167,11 +167,12 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
         idx = idx[:limit]
 
     def train_smiles() -> set[str]:
-        from fmkit_molecules.chemistry import smiles_of_dataset
+        from fmkit_molecules.rdkit_import import load_chemistry
 
         train = MoleculeDataset(packed, qm9.split_indices(packed.ids, "train"), max_atoms=max_atoms,
                                 name="qm9[train]", source=str(path))
-        return smiles_of_dataset(train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
+        return load_chemistry("novelty (training SMILES)").smiles_of_dataset(
+            train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
 
     return MoleculeDataset(packed, idx, atom_encoding=atom_encoding, max_atoms=max_atoms, name=f"qm9[{split}]",
                            source=str(path), train_smiles_fn=train_smiles)
@@ -212,9 +213,10 @@ def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "cate
     train_idx = qm9.split_indices(packed.ids, "train")
 
     def train_smiles() -> set[str]:
-        from fmkit_molecules.chemistry import smiles_of_dataset
+        from fmkit_molecules.rdkit_import import load_chemistry
 
-        return smiles_of_dataset(MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
+        return load_chemistry("novelty (training SMILES)").smiles_of_dataset(
+            MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
 
     return MoleculeDataset(packed, qm9.split_indices(packed.ids, split), atom_encoding=atom_encoding,
                            max_atoms=max_atoms, name=f"xyz[{split}]", source=str(p), train_smiles_fn=train_smiles)

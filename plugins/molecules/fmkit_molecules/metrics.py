@@ -23,15 +23,16 @@ from collections.abc import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from rdkit import Chem
 
-from fmkit_molecules import chemistry
 from fmkit_molecules.elements import VALENCE
+from fmkit_molecules.rdkit_import import load_chemistry
 
 
 def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smiles: set[str] | None = None,
                        rdkit_protocol: bool = True) -> dict[str, float]:
     """Both tables for ``(pos [n,3] Angstrom, types [n])`` molecules (types -1 = not an element)."""
+    chemistry = load_chemistry()
+    from rdkit import Chem
     n_mol = n_atoms = stable_atoms = stable_mols = 0
     valid: list[str] = []
     connected = rd_valid = rd_connected = 0
@@ -92,4 +93,4 @@ class MoleculeMetrics:
         train = None
         if self.novelty and hasattr(dataset, "train_smiles"):
             train = dataset.train_smiles()
-        return evaluate_molecules(chemistry.unpad(samples, self.max_samples), train, self.rdkit_protocol)
+        return evaluate_molecules(load_chemistry().unpad(samples, self.max_samples), train, self.rdkit_protocol)

@@ -8,19 +8,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from rdkit import Chem
-from rdkit.Chem import AllChem, Draw
 
-from fmkit_molecules import chemistry
 from fmkit_molecules.elements import ELEMENTS
+from fmkit_molecules.rdkit_import import load_chemistry
 from fmkit_molecules.xyz import format_xyz
+
+if TYPE_CHECKING:
+    from rdkit import Chem
 
 
 def molecules(samples: dict, max_items: int | None = None) -> list[tuple[Chem.Mol, bool, str | None]]:
     """``(mol with conformer, valid, smiles)`` per sample; invalid ones keep their raw bonds."""
+    chemistry = load_chemistry()
     out = []
     for pos, types in chemistry.unpad(samples, max_items):
         if (types < 0).any():
@@ -50,10 +53,13 @@ class SDFWriter:
         self.max_items = max_items
 
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
+        items = molecules(samples, self.max_items)  # RDKit is imported here
+        from rdkit import Chem
+
         path = Path(out_dir) / f"samples_step{step:07d}.sdf"
         w = Chem.SDWriter(str(path))
         w.SetKekulize(False)
-        for i, (mol, valid, smi) in enumerate(molecules(samples, self.max_items)):
+        for i, (mol, valid, smi) in enumerate(items):
             m = mol.GetMol()
             m.SetProp("_Name", f"sample_{i}")
             m.SetProp("valid", str(int(valid)))
@@ -72,7 +78,7 @@ class XYZWriter:
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
         path = Path(out_dir) / f"samples_step{step:07d}.xyz"
         frames = []
-        for i, (pos, types) in enumerate(chemistry.unpad(samples, self.max_items)):
+        for i, (pos, types) in enumerate(load_chemistry().unpad(samples, self.max_items)):
             syms = [ELEMENTS[t] if t >= 0 else "X" for t in types.tolist()]
             frames.append(format_xyz(syms, pos, f"sample_{i}"))
         path.write_text("".join(frames))
@@ -94,6 +100,10 @@ class MoleculeGridWriter:
         self.num, self.per_row, self.size = num, per_row, size
 
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
+        chemistry = load_chemistry()
+        from rdkit import Chem
+        from rdkit.Chem import AllChem, Draw
+
         mols, legends = [], []
         for mol, valid, _smi in molecules(samples):
             if not valid:
