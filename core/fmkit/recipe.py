@@ -62,9 +62,11 @@ class TrainerOptions(BaseModel):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
     grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables")
     ema_decay: float | None = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights; null disables")
-    time_sampler: Literal["uniform", "logit_normal"] = "uniform"
+    time_sampler: Literal["uniform", "logit_normal", "beta"] = "uniform"
     time_mean: float = 0.0
     time_std: float = Field(1.0, gt=0.0)
+    time_alpha: float = Field(1.0, gt=0.0, description="beta time sampler: Beta(time_alpha, time_beta)")
+    time_beta: float = Field(1.0, gt=0.0)
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")

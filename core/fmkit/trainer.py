@@ -229,7 +229,8 @@ class Trainer:
             x0 = self.source.sample(x1)
             x0, x1 = self.coupling.pair(x0, x1)
         b = next(iter(fields(x1).values())).shape[0]
-        t = sample_time(b, self.opts.time_sampler, mean=self.opts.time_mean, std=self.opts.time_std,
+        o = self.opts
+        t = sample_time(b, o.time_sampler, mean=o.time_mean, std=o.time_std, alpha=o.time_alpha, beta=o.time_beta,
                         device=self.device)
         ps = self.path.sample(x0, x1, t)
         cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
