@@ -1,10 +1,10 @@
 """Training throughput of the fmkit engine against a bare PyTorch loop and two peer libraries.
 
 Every engine trains the same velocity model (``fmkit.models.MLP``) on the same problem (8 gaussians
--> two moons, ``fmkit.toy``), same batch size, AdamW, one process, CPU or (``--device cuda``) one GPU;
-they run in interleaved
-rounds, the order rotated every round (bare, fmkit, torchcfm, flow_matching; fmkit, torchcfm,
-flow_matching, bare; ...) so that machine load and cache state hit all of them alike. Per round
+-> two moons, ``fmkit.toy``), same batch size, AdamW, one process, on the CPU or (``--device cuda``)
+one GPU; they run in interleaved rounds, the order rotated every round (bare, fmkit, torchcfm,
+flow_matching; fmkit, torchcfm, flow_matching, bare; ...) so that machine load and cache state hit
+all of them alike. Per round
 each engine trains ``--steps`` steps; the figures are medians over rounds, and every ratio is the
 median of the per-round ratios (paired, same load).
 
