@@ -10,11 +10,17 @@ inside the step vs in the data pipeline (``trainer.pairing``).
    to a GPU's fast network: ``pairing=step`` vs ``pairing=loader`` in the main process vs
    ``pairing=loader`` with W DataLoader workers; rounds interleaved, ratios against ``step``.
 
-Molecules are synthetic with QM9's sizes (atom counts ~ N(18, 3), 3..29; geometry does not change
+3. The coupling's settings (``iters``, ``max_group``) on real QM9 training batches when
+   ``$FMKIT_DATA_DIR/qm9`` holds them (else the synthetic molecules): mean aligned cost per molecule
+   (A^2; the quantity the coupling minimises, so lower means straighter paths) against CPU time
+   per batch; the independent pairing's cost for reference.
+
+Molecules in 1 and 2 are synthetic with QM9's sizes (atom counts ~ N(18, 3), 3..29; geometry does not change
 the cost). Run:
 
     python bench/bench_pairing.py              # results/pairing_cpu.{json,md}
     python bench/bench_pairing.py --quick
+    FMKIT_DATA_DIR=../shared/data python bench/bench_pairing.py --parts settings --name pairing_settings
 """
 
 from __future__ import annotations
@@ -136,6 +142,43 @@ def throughput(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+SETTINGS = [(2, 64), (1, 64), (2, 32), (1, 32), (0, 64)]  # (iters, max_group); iters 0 = the radial match alone
+
+
+def settings(a: argparse.Namespace) -> dict:
+    from fmkit_molecules.coupling import EquivariantOTCoupling
+    from fmkit_molecules.data import build_qm9, from_records
+    from fmkit_molecules.source import ComFreeGaussian
+
+    torch.set_num_threads(1)
+    try:
+        ds, data = build_qm9("train"), "QM9 training split"
+    except Exception as exc:  # noqa: BLE001 - no QM9 here: the synthetic molecules
+        print(f"[settings] no QM9 ({type(exc).__name__}); synthetic molecules")
+        ds, data = from_records(molecules(a.molecules), atom_encoding="categorical"), "synthetic QM9-sized molecules"
+    batches = ds.batches(0, a.batch, 0)[: a.settings_batches]
+    pairs, indep = [], []
+    for i, b in enumerate(batches):
+        x1 = ds.collate([ds[j] for j in b])
+        torch.manual_seed(i)
+        x0 = {"pos": ComFreeGaussian().sample(x1["pos"], x1["mask"])}
+        pairs.append((x0, {"pos": x1["pos"], "mask": x1["mask"]}))
+        indep.append(float(((x0["pos"] - x1["pos"]) ** 2).sum()) / len(b))
+    rows = []
+    for iters, group in SETTINGS:
+        c = EquivariantOTCoupling(iters=iters, max_group=group)
+        costs, ts = [], []
+        for x0, x1 in pairs:
+            t0 = time.process_time()
+            c.pair(x0, x1)
+            ts.append(time.process_time() - t0)
+            costs.append(c.last_cost / x1["pos"].shape[0])
+        rows.append({"iters": iters, "max_group": group, "cost_per_molecule": float(np.mean(costs)),
+                     "cpu_ms_per_batch": statistics.median(ts) * 1e3})
+    return {"data": data, "batches": len(pairs), "batch": a.batch, "independent_cost_per_molecule": float(np.mean(indep)),
+            "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=256)
@@ -147,36 +190,52 @@ def main(argv: list[str] | None = None) -> dict:
                    help="timed steps per round and variant (the <= 1 batch per worker ready when timing starts "
                         "is a bias of <= workers/steps)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", nargs="+", default=["cost", "throughput", "settings"],
+                   choices=["cost", "throughput", "settings"])
+    p.add_argument("--settings-batches", type=int, default=6, help="batches per setting in part 3")
     p.add_argument("--quick", action="store_true", help="CI size: batch 32, 2 rounds")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     if a.quick:
         a.batch, a.sizes, a.reps, a.molecules, a.steps, a.rounds = 32, [9], 2, 512, 3, 2
+        a.settings_batches = 1
     threads = torch.get_num_threads()
     try:
-        cost = pair_cost(a)
-        thr = throughput(a)
-        return report(a, cost, thr)  # while torch runs one thread, which the results record
+        cost = pair_cost(a) if "cost" in a.parts else []
+        thr = throughput(a) if "throughput" in a.parts else []
+        sets = settings(a) if "settings" in a.parts else None
+        return report(a, cost, thr, sets)  # while torch runs one thread, which the results record
     finally:
         torch.set_num_threads(threads)
 
 
-def report(a: argparse.Namespace, cost: list[dict], thr: list[dict]) -> dict:
-    md = ["### Equivariant OT, one batch, CPU time on one thread",
-          table(["atoms", "batch", "sorted-radii start (ms)", "Hungarian start (ms)", "speedup"],
-                [[r["atoms"], r["batch"], f"{r['sort_ms']:.0f}", f"{r['hungarian_ms']:.0f}", f"{r['speedup']:.2f}x"]
-                 for r in cost]),
-          "", f"### Training steps/s, tiny e3nn model, batch {a.batch}, QM9-sized molecules "
-              f"({a.rounds} rounds x {a.steps} steps, paired medians [quartiles])",
-          table(["pairing", "steps/s", "vs step"],
-                [[r["variant"], f"{r['steps_per_s']:.2f}",
-                  f"{r['ratio_vs_step']:.2f}x [{r['ratio_q1']:.2f}, {r['ratio_q3']:.2f}]"] for r in thr])]
+def report(a: argparse.Namespace, cost: list[dict], thr: list[dict], sets: dict | None) -> dict:
+    md = []
+    if cost:
+        md += ["### Equivariant OT, one batch, CPU time on one thread",
+               table(["atoms", "batch", "sorted-radii start (ms)", "Hungarian start (ms)", "speedup"],
+                     [[r["atoms"], r["batch"], f"{r['sort_ms']:.0f}", f"{r['hungarian_ms']:.0f}",
+                       f"{r['speedup']:.2f}x"] for r in cost]), ""]
+    if thr:
+        md += [f"### Training steps/s, tiny e3nn model, batch {a.batch}, QM9-sized molecules "
+               f"({a.rounds} rounds x {a.steps} steps, paired medians [quartiles])",
+               table(["pairing", "steps/s", "vs step"],
+                     [[r["variant"], f"{r['steps_per_s']:.2f}",
+                       f"{r['ratio_vs_step']:.2f}x [{r['ratio_q1']:.2f}, {r['ratio_q3']:.2f}]"] for r in thr]), ""]
+    if sets:
+        md += [f"### Coupling settings: {sets['data']}, {sets['batches']} batches of {sets['batch']}, "
+               f"CPU time on one thread (median); independent pairing: "
+               f"{sets['independent_cost_per_molecule']:.1f} A^2 per molecule",
+               table(["iters", "max_group", "aligned cost per molecule (A^2)", "CPU ms per batch"],
+                     [[r["iters"], r["max_group"], f"{r['cost_per_molecule']:.2f}", f"{r['cpu_ms_per_batch']:.0f}"]
+                      for r in sets["rows"]])]
     text = "\n".join(md)
     print(text)
     stem = a.name or ("pairing_cpu_quick" if a.quick else "pairing_cpu")
-    write_results(stem, {"pair_cost": cost, "throughput": thr, "args": vars(a) | {"out": str(a.out)}}, text, a.out)
-    return {"pair_cost": cost, "throughput": thr}
+    out = {"pair_cost": cost, "throughput": thr, "settings": sets}
+    write_results(stem, out | {"args": vars(a) | {"out": str(a.out)}}, text, a.out)
+    return out
 
 
 if __name__ == "__main__":
