@@ -304,7 +304,22 @@ def main(argv: list[str] | None = None) -> dict:
         profile(a, dataset)
         return {}
 
-    res = [bench_coupling(a, dataset, c) for c in a.couplings]
+    res: list[dict] = []
+    for c in a.couplings:  # results written after each coupling: a run cut short keeps the finished ones
+        res.append(bench_coupling(a, dataset, c))
+        text = render(a, res, final=len(res) == len(a.couplings))
+        if not a.quick or a.out is not None:
+            j, m = write_results(a.name, {"config": {k: v for k, v in vars(a).items() if k != "out" and
+                                                     not isinstance(v, Path)}, "results": res,
+                                          "complete": len(res) == len(a.couplings)}, text, a.out)
+    print(text)
+    if not a.quick or a.out is not None:
+        print(f"wrote {j} and {m}")
+    return {"results": res}
+
+
+def render(a: argparse.Namespace, res: list[dict], final: bool) -> str:
+    """The markdown tables of the couplings measured so far."""
     cuda = a.device.startswith("cuda")
     where = f"device {a.device} ({torch.cuda.get_device_name(0)})" if cuda else f"CPU, {a.threads} torch thread(s)"
     md = [f"Config: batch {a.batch}, MLP hidden {a.hidden} x depth {a.depth} (time_dim {a.time_dim}), "
@@ -315,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
           ("Speeds from wall time (each round ends with torch.cuda.synchronize()); the CPU-time table only "
            "counts host work." if cuda else
            "Speeds from CPU time of the process (steady on a shared machine); wall-clock figures are in the JSON.")
-          + " Ratios are medians of per-round paired ratios, [quartiles].", ""]
+          + " Ratios are medians of per-round paired ratios, [quartiles]."
+          + ("" if final else " PARTIAL: the run had not finished when this was written."), ""]
     refs = [ref for ref in ("fmkit", "fmkit_fast") if ref in res[0]["engines"]] if res else []
     for r in res:
         names = r["engines"]
@@ -337,13 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             md += [f"### coupling: {r['coupling']} ({clock.replace('_', ' ')})", "",
                    table(["engine", "steps/s (median)", "quartiles", "speed / bare"] +
                          [f"{ref} speed / this engine (paired)" for ref in refs], rows), ""]
-    text = "\n".join(md)
-    print(text)
-    if not a.quick or a.out is not None:
-        j, m = write_results(a.name, {"config": {k: v for k, v in vars(a).items() if k != "out" and
-                                                 not isinstance(v, Path)}, "results": res}, text, a.out)
-        print(f"wrote {j} and {m}")
-    return {"results": res}
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
