@@ -94,7 +94,7 @@ def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
         dict(scalars=128, vectors=32, lmax=2, layers=6, num_basis=20, radial_hidden=128)
     path = fmkit.StatePath(fmkit.AffinePath(fmkit.CondOTScheduler()), {"atoms": fmkit.DiscretePath("mask")})
     source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
-    coupling = EquivariantOTCoupling(iters=2, max_group=64) if a.mol_coupling == "equivariant_ot" \
+    coupling = EquivariantOTCoupling(iters=1, max_group=64) if a.mol_coupling == "equivariant_ot" \
         else fmkit.IndependentCoupling()
     if model == "egnn":
         egnn = dict(hidden=8, layers=1) if a.dry_run else dict(hidden=128, layers=6)
