@@ -48,8 +48,14 @@ print(f"torch {torch.__version__} cuda {torch.cuda.is_available()} "
 EOF
 }
 
-data_dir() {  # the carried copy of QM9, else ../shared/data (here)
-  if [ -f .gpu_data/qm9/qm9_hcno.xyz.xz ]; then echo "$PWD/.gpu_data"; else echo "$(cd ../shared/data && pwd)"; fi
+data_dir() {  # QM9 carried in call 1, kept in /tmp for later calls (whatever the tool does with .gpu_data); here ../shared/data
+  local keep=/tmp/fmkit_data
+  if [ $DRY = 0 ] && [ -f .gpu_data/qm9/qm9_hcno.xyz.xz ] && [ ! -f $keep/qm9/qm9_hcno.xyz.xz ]; then
+    mkdir -p $keep/qm9 && cp -p .gpu_data/qm9/qm9_hcno.xyz.xz $keep/qm9/  # -p: same mtime, same parse cache key
+  fi
+  if [ $DRY = 0 ] && [ -f $keep/qm9/qm9_hcno.xyz.xz ]; then echo $keep
+  elif [ -f .gpu_data/qm9/qm9_hcno.xyz.xz ]; then echo "$PWD/.gpu_data"
+  else echo "$(cd ../shared/data && pwd)"; fi
 }
 
 case "$PHASE" in
