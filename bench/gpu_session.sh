@@ -97,8 +97,8 @@ case "$PHASE" in
       gpu=(--kernel-profile); engine=(--rounds 20 --warmup 30); ot=(--batches 128 256 512 1024 --reps 3 --steps 5)
       dev=cuda
     fi
-    # bench_gpu takes ~60% (it rewrites its results after every variant, so a cut keeps what it measured);
-    # the other two write at their end and get what is left, the engine first
+    # bench_gpu takes ~60% (it rewrites its results after every variant, so a cut keeps what it measured),
+    # the engine comparison up to 85% (written after each coupling), bench_ot the rest (written at its end)
     gpu_budget=$((total * 6 / 10 - 30)); [ $gpu_budget -ge 10 ] || gpu_budget=10
     timeout -s INT "$(left $((total * 6 / 10)))" python3 bench/bench_gpu.py "${gpu[@]}" --budget "$gpu_budget" \
       --workloads molecules egnn mlp --name "gpu_${dev}" --out "$OUT" 2>&1 | tee -a "$LOG" || true
