@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmarks: the toy problem (8 gaussians -> moons), the data stream the
-hand-written loops use, timing helpers and result files."""
+"""Shared pieces of the benchmarks: the data stream the hand-written loops use, synthetic QM9-sized
+molecules, timing helpers and result files."""
 
 from __future__ import annotations
 
@@ -36,6 +36,23 @@ class Batches:
         idx = self.perm[self.pos:self.pos + self.batch]
         self.pos += self.batch
         return self.data[idx]
+
+
+def synthetic_molecules(n: int, seed: int = 0, size: int | None = None) -> list:
+    """``n`` random H/C/N/O/F molecules as ``fmkit_molecules.xyz.Record``: ``size`` atoms each, or
+    QM9's sizes (atom counts ~ N(18, 3) clipped to 3..29, ~45% heavy atoms). Their geometry is noise:
+    for timing models and couplings only the atom counts and element mix matter."""
+    import numpy as np
+    from fmkit_molecules.xyz import Record
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        k = size or int(np.clip(round(rng.normal(18, 3)), 3, 29))
+        heavy = max(1, round(k * 0.45))
+        syms = tuple(rng.choice(["C", "C", "C", "N", "O", "F"], heavy).tolist() + ["H"] * (k - heavy))
+        recs.append(Record(f"syn{i}", syms, rng.normal(size=(k, 3)) * 1.6))
+    return recs
 
 
 def hardware() -> dict[str, object]:

@@ -4,7 +4,7 @@ fp32 / bf16 autocast and with / without torch.compile.
 Workloads
   mlp        the toy MLP (8 gaussians -> moons), batch sizes --mlp-batches
   molecules  fmkit-molecules' E(3) model (e3nn_flow, the sizes of recipes/molecules_qm9.yaml) on
-             synthetic QM9-sized molecules (10-29 atoms of H,C,N,O,F; geometry irrelevant to speed),
+             synthetic QM9-sized molecules (~N(18, 3) atoms of H,C,N,O,F; geometry irrelevant to speed),
              with the recipe's path (condot + discrete mask path for atoms), source and coupling;
              skipped when fmkit_molecules (or e3nn) does not import
   egnn       the same molecules, path, source and coupling with the EGNN baseline (its registry
@@ -37,12 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
-from _common import table, write_results  # noqa: E402
+from _common import synthetic_molecules, table, write_results  # noqa: E402
 from fmkit.state import fields  # noqa: E402
 
 
@@ -64,22 +63,6 @@ def mlp_workload(a: argparse.Namespace):
     return (lambda: MLP(2, hidden=hidden, depth=3, time_dim=16 if a.dry_run else 64)), ds, \
         {"source": ToySource("eight_gaussians"), "coupling": fmkit.ExactOTCoupling() if a.mlp_coupling == "exact_ot"
          else fmkit.IndependentCoupling()}
-
-
-def synthetic_molecules(n: int, seed: int = 0):
-    from fmkit_molecules.xyz import Record
-
-    rng = np.random.default_rng(seed)
-    recs = []
-    for i in range(n):
-        heavy = int(rng.integers(1, 10))
-        hyd = int(rng.integers(0, 2 * heavy + 3))
-        k = max(heavy + hyd, 3)
-        k = min(k, 29)
-        syms = tuple(rng.choice(["C", "C", "C", "N", "O", "F"], heavy).tolist() + ["H"] * (k - heavy))
-        pos = rng.normal(size=(k, 3)) * (0.9 * k ** (1 / 3))
-        recs.append(Record(f"syn{i}", syms, pos))
-    return recs
 
 
 def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):

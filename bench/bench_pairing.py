@@ -26,7 +26,6 @@ the cost). Run:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -37,21 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
-from _common import table, write_results  # noqa: E402
-
-
-def molecules(n_mols: int, seed: int = 0, size: int | None = None):
-    """Records of random H/C/N/O/F molecules: ``size`` atoms each, or QM9-like sizes."""
-    from fmkit_molecules.xyz import Record
-
-    rng = np.random.default_rng(seed)
-    recs = []
-    for i in range(n_mols):
-        k = size or int(np.clip(round(rng.normal(18, 3)), 3, 29))
-        heavy = max(1, round(k * 0.45))
-        syms = tuple(rng.choice(["C", "C", "C", "N", "O", "F"], heavy).tolist() + ["H"] * (k - heavy))
-        recs.append(Record(f"syn{i}", syms, rng.normal(size=(k, 3)) * 1.6))
-    return recs
+from _common import synthetic_molecules, table, write_results  # noqa: E402
 
 
 def pair_cost(a: argparse.Namespace) -> list[dict]:
@@ -103,9 +88,10 @@ def throughput(a: argparse.Namespace) -> list[dict]:
     from fmkit_molecules.models.e3nn_flow import E3nnFlow
     from fmkit_molecules.source import ComFreeGaussian
 
-    ds = from_records(molecules(a.molecules), atom_encoding="categorical")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = a.workers or cores
+    ds = from_records(synthetic_molecules(a.molecules), atom_encoding="categorical")
+    from fmkit.stream import usable_cores
+
+    workers = a.workers or usable_cores()
     variants = {"step": ("step", 0), "loader, main process": ("loader", 0), f"loader, {workers} workers": ("loader", workers)}
     path = fmkit.StatePath(fmkit.AffinePath(fmkit.CondOTScheduler()), {"atoms": fmkit.DiscretePath("mask")})
     source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
@@ -155,7 +141,7 @@ def settings(a: argparse.Namespace) -> dict:
         ds, data = build_qm9("train"), "QM9 training split"
     except Exception as exc:  # noqa: BLE001 - no QM9 here: the synthetic molecules
         print(f"[settings] no QM9 ({type(exc).__name__}); synthetic molecules")
-        ds, data = from_records(molecules(a.molecules), atom_encoding="categorical"), "synthetic QM9-sized molecules"
+        ds, data = from_records(synthetic_molecules(a.molecules), atom_encoding="categorical"), "synthetic QM9-sized molecules"
     batches = ds.batches(0, a.batch, 0)[: a.settings_batches]
     pairs, indep = [], []
     for i, b in enumerate(batches):
