@@ -53,3 +53,14 @@ def test_recipe_options():
     assert TrainerOptions(time_sampler="beta", time_alpha=2.0).time_beta == 1.0
     with pytest.raises(ValidationError):
         TrainerOptions(time_sampler="beta", time_alpha=0.0)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal", "beta"])
+def test_no_value_is_read_back_to_the_host(monkeypatch, kind):
+    """sample_time runs every training step: a tensor turned into a Python bool (as torch.distributions'
+    argument checks do) would be a host-device sync per step on a GPU."""
+    def no_read(self):
+        raise AssertionError("a tensor was read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_read)
+    assert sample_time(8, kind, alpha=2.0, beta=1.0).shape == (8,)

@@ -19,9 +19,9 @@ def sample_time(n: int, kind: str = "uniform", *, mean: float = 0.0, std: float 
         t = torch.rand(n, device=device)
     elif kind == "logit_normal":
         t = torch.sigmoid(torch.randn(n, device=device) * std + mean)
-    elif kind == "beta":
-        a = torch.full((n,), float(alpha), device=device)
-        t = torch.distributions.Beta(a, torch.full_like(a, float(beta))).sample()
+    elif kind == "beta":  # filled on the device (a copy from the host would wait for it); the recipe checks
+        a, b = (torch.full((), float(v), device=device) for v in (alpha, beta))  # the parameters, torch's own
+        t = torch.distributions.Beta(a, b, validate_args=False).sample((n,))     # check would read them back
     else:
         raise ValueError(f"unknown time sampler {kind!r}; use 'uniform', 'logit_normal' or 'beta'")
     if eps > 0:
