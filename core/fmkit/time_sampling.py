@@ -19,9 +19,11 @@ def sample_time(n: int, kind: str = "uniform", *, mean: float = 0.0, std: float 
         t = torch.rand(n, device=device)
     elif kind == "logit_normal":
         t = torch.sigmoid(torch.randn(n, device=device) * std + mean)
-    elif kind == "beta":  # filled on the device (a copy from the host would wait for it); the recipe checks
-        a, b = (torch.full((), float(v), device=device) for v in (alpha, beta))  # the parameters, torch's own
-        t = torch.distributions.Beta(a, b, validate_args=False).sample((n,))     # check would read them back
+    elif kind == "beta":
+        # parameters filled on the device (a copy from the host would wait for the GPU) and not re-checked
+        # (the recipe validates them; torch's argument check reads them back to the host every call)
+        a, b = (torch.full((), float(v), device=device) for v in (alpha, beta))
+        t = torch.distributions.Beta(a, b, validate_args=False).sample((n,))
     else:
         raise ValueError(f"unknown time sampler {kind!r}; use 'uniform', 'logit_normal' or 'beta'")
     if eps > 0:
