@@ -10,7 +10,9 @@ Workloads
   egnn       the same molecules, path, source and coupling with the EGNN baseline (its registry
              defaults: hidden 128, 6 layers)
 
-Per variant: ``fit(until=)`` for --steps steps after --warmup steps (compile happens in warm-up);
+Per variant: ``fit(until=)`` for --steps steps after --warmup steps (compile variants warm up until
+--compile-settle steps in a row built no new graph: molecule batches change size, and each new size
+class can recompile; "graphs built while timed" > 0 says a compile still fell inside the timing);
   steps/s     optimizer steps per second of the whole engine (data, coupling, path, model, optimizer)
   samples/s   steps/s x global batch
   busy        model fwd+bwd alone (fixed batch, same precision/compile) / whole step: the share of
@@ -140,6 +142,30 @@ def kernel_fraction(tr: fmkit.Trainer, steps: int) -> float | None:
     return busy_us * 1e-6 / wall
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built so far in this process (dynamo's counter; 0 when unavailable)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+def settle_compile(tr: fmkit.Trainer, quiet_steps: int, max_steps: int) -> int:
+    """Train until ``quiet_steps`` steps in a row built no new graph (or ``max_steps`` more steps).
+
+    Molecule batches change their atom count N from batch to batch: torch.compile recompiles on the
+    first new N (then treats N as dynamic) and again whenever a size crosses a threshold one of its
+    kernels was specialised on (e.g. N^2 <= 512 on CPU inductor), so a fixed short warm-up could leave
+    recompiles, seconds each, inside the timed steps. Returns the steps taken."""
+    start, quiet = tr.step, 0
+    while quiet < quiet_steps and tr.step - start < max_steps:
+        g = compiled_graphs()
+        tr.fit(until=tr.step + 5)
+        quiet = quiet + 5 if compiled_graphs() == g else 0
+    return tr.step - start
+
+
 def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str, compile_: bool) -> dict:
     make_model, ds, kw = mlp_workload(a) if workload == "mlp" else \
         molecules_workload(a, "egnn" if workload == "egnn" else "e3nn_flow")
@@ -152,12 +178,16 @@ def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str
     dev = tr.device
     t0 = now(dev)
     tr.fit(until=a.warmup)
-    warm_s = now(dev) - t0
+    if compile_:
+        settle_compile(tr, quiet_steps=a.compile_settle, max_steps=10 * a.compile_settle)
+    warm_s, warm_steps = now(dev) - t0, tr.step
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    graphs = compiled_graphs()
     t0 = now(dev)
     tr.fit(until=tr.step + a.steps)
     dt = now(dev) - t0
+    recompiles = compiled_graphs() - graphs if compile_ else None  # > 0: a compile happened inside the timing
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     sps = a.steps / dt
     model_s = model_only_step(tr, reps=max(3, a.steps // 2))
@@ -170,7 +200,8 @@ def run_variant(a: argparse.Namespace, workload: str, batch: int, precision: str
     return {"workload": workload, "batch": batch, "precision": precision, "compile": compile_,
             "device": str(dev), "steps_per_s": sps, "samples_per_s": sps * batch,
             "busy_fraction": min(1.0, model_s * sps), "model_only_ms": model_s * 1e3,
-            "kernel_busy_fraction": kern, "peak_mib": peak, "warmup_s": warm_s,
+            "kernel_busy_fraction": kern, "peak_mib": peak, "warmup_s": warm_s, "warmup_steps": warm_steps,
+            "recompiles_timed": recompiles,
             "params": sum(p.numel() for p in tr.model.parameters())}
 
 
@@ -188,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--compile-settle", type=int, default=20,
+                   help="compile variants: after --warmup, train until this many steps in a row built no new "
+                        "graph (at most 10x as many), so recompiles on new atom counts stay out of the timing")
     p.add_argument("--kernel-profile", action="store_true", help="also measure CUDA kernel time / wall (profiler)")
     p.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true",
                    help="CPU-sized check: tiny models and batches, 3 steps, no compile")
@@ -206,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     if a.dry_run:
         a.mlp_batches, a.mol_batches, a.steps, a.warmup, a.num_workers = [64], [8], 3, 2, 0
+        a.compile_settle = min(a.compile_settle, 5)
         a.no_compile = a.no_compile or not a.with_compile
     if a.device == "cpu" and not a.dry_run:
         print("note: no CUDA device; figures are CPU figures (bf16 here is CPU autocast, not a GPU figure)")
@@ -250,17 +285,19 @@ def main(argv: list[str] | None = None) -> dict:
 def report(a: argparse.Namespace, res: list[dict], final: bool = True) -> dict:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     rows = [[r["workload"], r["batch"], r["precision"], "yes" if r["compile"] else "no"] +
-            ([r["error"], "", "", "", "", ""] if "error" in r else
+            ([r["error"], "", "", "", "", "", ""] if "error" in r else
              [f(r["steps_per_s"], ".1f"), f(r["samples_per_s"], ",.0f"), f(r["busy_fraction"], ".0%"),
-              f(r["kernel_busy_fraction"], ".0%"), f(r["peak_mib"], ",.0f"), f"{r['params']:,}"]) for r in res]
+              f(r["kernel_busy_fraction"], ".0%"), f(r["peak_mib"], ",.0f"), f"{r['params']:,}",
+              f(r.get("recompiles_timed"), "d")]) for r in res]
     dev_name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "CPU"
     text = "\n".join([
-        f"device {a.device} ({dev_name}); {a.steps} timed steps after {a.warmup} warm-up; EMA on, clip 1; "
+        f"device {a.device} ({dev_name}); {a.steps} timed steps after {a.warmup} warm-up (compile variants: "
+        f"and until {a.compile_settle} steps in a row built no new graph); EMA on, clip 1; "
         f"MLP coupling {a.mlp_coupling}, molecules coupling {a.mol_coupling}; {a.num_workers} DataLoader workers."
         + (" DRY RUN (tiny sizes): these numbers only show that the script works." if a.dry_run else "")
         + ("" if final else " PARTIAL: the run had not finished when this was written."), "",
         table(["workload", "batch", "precision", "compile", "steps/s", "samples/s", "busy (model/step)",
-               "kernel/wall", "peak MiB", "params"], rows)])
+               "kernel/wall", "peak MiB", "params", "graphs built while timed"], rows)])
     if final:
         print(text)
     name = a.name or ("gpu_dry_run" if a.dry_run else f"gpu_{a.device.split(':')[0]}")

@@ -79,3 +79,28 @@ def test_bench_engine_fast_engine_runs_and_is_compared(tmp_path: Path) -> None:
     wall = out["results"][0]["wall_time"]
     assert set(wall["fmkit_fast_speed_ratio_vs"]) == {"fmkit"} and set(wall["fmkit_speed_ratio_vs"]) == {"fmkit_fast"}
     assert "fmkit_fast speed / this engine" in (tmp_path / "engine_fast.md").read_text()
+
+
+def test_bench_gpu_compile_variants_time_no_recompile(tmp_path: Path) -> None:
+    """Molecule batches change their atom count, so torch.compile recompiles on new sizes: the compile
+    variants must warm up until that stops, or seconds of compiling land inside the timed steps (seen
+    here before the settle loop: the compiled tiny EGNN timed at 4 steps/s against 200 eager)."""
+    pytest.importorskip("fmkit_molecules")
+    import torch
+    import torch._dynamo
+
+    import bench_gpu
+
+    threads = torch.get_num_threads()
+    torch._dynamo.reset()
+    try:
+        args = ["--dry-run", "--with-compile", "--workloads", "egnn", "--precisions", "fp32", "--out", str(tmp_path)]
+        out = bench_gpu.main(args)
+    finally:
+        torch._dynamo.reset()
+        torch.set_num_threads(threads)
+    compiled = [r for r in out["results"] if r["compile"]]
+    assert len(compiled) == 1 and "error" not in compiled[0]
+    assert compiled[0]["warmup_steps"] > 2  # the settle loop ran past the fixed warm-up
+    assert compiled[0]["recompiles_timed"] == 0
+    assert compiled[0]["warmup_steps"] <= 2 + 10 * 5  # and stopped (dry-run: --compile-settle 5)
