@@ -19,6 +19,7 @@ class can recompile; "graphs built while timed" > 0 says a compile still fell in
               the step spent in the network; the rest is data, coupling, python overhead
   kernel      (CUDA, with --kernel-profile) summed CUDA kernel time / wall time over a few steps
   peak MiB    torch.cuda.max_memory_allocated during the timed steps
+  warm-up s   wall time before the timed steps (for compile variants: compiling, to the last new graph)
 
     python bench/bench_gpu.py                    # on a GPU machine: everything
     python bench/bench_gpu.py --dry-run          # CPU, tiny sizes, 3 steps: checks the script runs
@@ -34,8 +35,10 @@ No GPU figures exist yet; see bench/README.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import synthetic_molecules, table, write_results  # noqa: E402
 from fmkit.state import fields  # noqa: E402
+from fmkit.trainer import TrainingInterrupted  # noqa: E402
 
 
 def now(device: torch.device) -> float:
@@ -92,6 +96,10 @@ def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
 # figures most wanted: every workload as its recipe trains it (fp32 eager), then bf16, then bf16 + compile
 # (the fast configuration), then fp32 + compile
 ORDER = [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True)]
+# within a compile setting, cheapest compile first, so a budget that cannot hold the e3nn model's compile
+# still gets the others' figures (cold CPU inductor compile at recipe sizes, to the last new graph: MLP 23 s,
+# EGNN 81 s, e3nn_flow 195 s; bench/results/compile_cpu.md)
+COMPILE_COST = ["mlp", "egnn", "molecules"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile-settle", type=int, default=20,
                    help="compile variants: after --warmup, train until this many steps in a row built no new "
                         "graph (at most 10x as many), so recompiles on new atom counts stay out of the timing")
+    p.add_argument("--fresh-compile-cache", action="store_true",
+                   help="compile into new, empty inductor/Triton cache folders, so 'warm-up s' is a cold compile "
+                        "(a machine that compiled these graphs before otherwise loads them from its cache)")
     p.add_argument("--kernel-profile", action="store_true", help="also measure CUDA kernel time / wall (profiler)")
     p.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true",
                    help="CPU-sized check: tiny models and batches, 3 steps, no compile")
@@ -236,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--name", default=None, help="results file stem (default gpu_<device>)")
     a = p.parse_args(argv)
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if a.fresh_compile_cache:  # inductor and Triton read these when they first touch their caches
+        fresh = tempfile.mkdtemp(prefix="fmkit_compile_cache_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(fresh, "inductor")
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(fresh, "triton")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.dry_run:
@@ -256,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
             for prec in a.precisions:
                 for comp in ([False] if a.no_compile else [False, True]):
                     work.append((w, b, prec, comp))
-    work.sort(key=lambda v: ORDER.index((v[2], v[3])))  # stable: workload and batch order kept within a setting
+    # stable: eager settings keep the given workload order, compile settings go by COMPILE_COST; batches keep theirs
+    work.sort(key=lambda v: (ORDER.index((v[2], v[3])), COMPILE_COST.index(v[0]) if v[3] else 0))
     res: list[dict] = []
     start = time.perf_counter()
     for w, b, prec, comp in work:
@@ -269,6 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             try:
                 r = run_variant(a, w, b, prec, comp)
+            except (TrainingInterrupted, KeyboardInterrupt):  # SIGINT/SIGTERM (Ctrl-C, a call's timeout): stop
+                res.append({**key, "error": "interrupted (SIGINT/SIGTERM); no variant after it ran"})
+                print(f"  {w} B={b} {prec} compile={comp}: interrupted; writing what was measured", flush=True)
+                break
             except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. compile) must not lose the rest
                 if a.dry_run:
                     raise
@@ -283,27 +303,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(a: argparse.Namespace, res: list[dict], final: bool = True) -> dict:
+    complete = final and not any(r.get("error", "").startswith("interrupted") for r in res)
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     rows = [[r["workload"], r["batch"], r["precision"], "yes" if r["compile"] else "no"] +
-            ([r["error"], "", "", "", "", "", ""] if "error" in r else
+            ([r["error"], "", "", "", "", "", "", ""] if "error" in r else
              [f(r["steps_per_s"], ".1f"), f(r["samples_per_s"], ",.0f"), f(r["busy_fraction"], ".0%"),
               f(r["kernel_busy_fraction"], ".0%"), f(r["peak_mib"], ",.0f"), f"{r['params']:,}",
-              f(r.get("recompiles_timed"), "d")]) for r in res]
+              f(r.get("warmup_s"), ".0f"), f(r.get("recompiles_timed"), "d")]) for r in res]
     dev_name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "CPU"
     text = "\n".join([
         f"device {a.device} ({dev_name}); {a.steps} timed steps after {a.warmup} warm-up (compile variants: "
         f"and until {a.compile_settle} steps in a row built no new graph); EMA on, clip 1; "
         f"MLP coupling {a.mlp_coupling}, molecules coupling {a.mol_coupling}; {a.num_workers} DataLoader workers."
         + (" DRY RUN (tiny sizes): these numbers only show that the script works." if a.dry_run else "")
-        + ("" if final else " PARTIAL: the run had not finished when this was written."), "",
+        + ("" if complete else " PARTIAL: the run had not finished when this was written."), "",
         table(["workload", "batch", "precision", "compile", "steps/s", "samples/s", "busy (model/step)",
-               "kernel/wall", "peak MiB", "params", "graphs built while timed"], rows)])
+               "kernel/wall", "peak MiB", "params", "warm-up s", "graphs built while timed"], rows)])
     if final:
         print(text)
     name = a.name or ("gpu_dry_run" if a.dry_run else f"gpu_{a.device.split(':')[0]}")
     if not a.dry_run or a.out is not None:
         j, m = write_results(name, {"config": {k: v for k, v in vars(a).items() if not isinstance(v, Path)},
-                                    "results": res, "complete": final}, text, a.out)
+                                    "results": res, "complete": complete}, text, a.out)
         if final:
             print(f"wrote {j} and {m}")
     return {"results": res}

@@ -51,8 +51,9 @@ def test_bench_gpu_runs_the_most_wanted_variants_first_and_keeps_to_its_budget(t
                 "peak_mib": None, "warmup_s": 0.0, "params": 1}
 
     monkeypatch.setattr(bench_gpu, "run_variant", fake)
-    out = bench_gpu.main(["--dry-run", "--with-compile", "--workloads", "mlp", "egnn", "--out", str(tmp_path)])
-    assert calls == [("mlp", "fp32", False), ("egnn", "fp32", False), ("mlp", "bf16", False), ("egnn", "bf16", False),
+    out = bench_gpu.main(["--dry-run", "--with-compile", "--workloads", "egnn", "mlp", "--out", str(tmp_path)])
+    # eager settings in the order asked for; compile settings cheapest compile first
+    assert calls == [("egnn", "fp32", False), ("mlp", "fp32", False), ("egnn", "bf16", False), ("mlp", "bf16", False),
                      ("mlp", "bf16", True), ("egnn", "bf16", True), ("mlp", "fp32", True), ("egnn", "fp32", True)]
     assert [(r["workload"], r["precision"], r["compile"]) for r in out["results"]] == calls
     calls.clear()
@@ -104,3 +105,29 @@ def test_bench_gpu_compile_variants_time_no_recompile(tmp_path: Path) -> None:
     assert compiled[0]["warmup_steps"] > 2  # the settle loop ran past the fixed warm-up
     assert compiled[0]["recompiles_timed"] == 0
     assert compiled[0]["warmup_steps"] <= 2 + 10 * 5  # and stopped (dry-run: --compile-settle 5)
+
+
+def test_bench_gpu_stops_when_interrupted_and_keeps_what_it_measured(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C or a timeout's signal stops the Trainer with TrainingInterrupted: bench_gpu must stop there
+    (it used to record an error and start the next variant, so a killed run kept running) and write
+    the variants measured so far, marked partial."""
+    import bench_gpu
+    from fmkit.trainer import TrainingInterrupted
+
+    calls = []
+
+    def fake(a, w, b, prec, comp):
+        calls.append((w, prec))
+        if prec == "bf16":
+            raise TrainingInterrupted("training stopped by SIGTERM at step 3")
+        return {"workload": w, "batch": b, "precision": prec, "compile": comp, "device": "cpu", "steps_per_s": 2.0,
+                "samples_per_s": 2.0, "busy_fraction": 1.0, "model_only_ms": 1.0, "kernel_busy_fraction": None,
+                "peak_mib": None, "warmup_s": 0.0, "params": 1}
+
+    monkeypatch.setattr(bench_gpu, "run_variant", fake)
+    out = bench_gpu.main(["--dry-run", "--workloads", "mlp", "egnn", "--out", str(tmp_path)])
+    assert calls == [("mlp", "fp32"), ("egnn", "fp32"), ("mlp", "bf16")]  # nothing after the interrupted one
+    assert [r.get("error", "ok")[:11] for r in out["results"]] == ["ok", "ok", "interrupted"]
+    data = json.loads((tmp_path / "gpu_dry_run.json").read_text())
+    assert data["complete"] is False and len(data["results"]) == 3
+    assert "PARTIAL" in (tmp_path / "gpu_dry_run.md").read_text()
