@@ -8,7 +8,7 @@ Bond orders follow EDM (Hoogeboom et al. 2022, ``qm9/bond_analyze.py``): a pair 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -112,27 +112,6 @@ def rdkit_perceived(types: np.ndarray, pos: np.ndarray) -> Chem.Mol | None:
     return mol
 
 
-def unpad(samples: dict, max_items: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(pos [n,3] float64, types [n] int)`` per molecule of a padded batch.
-
-    ``atoms`` may be class indices [B,N] or one-hot / scores [B,N,K] (argmax is taken); atoms with an
-    index outside the vocabulary (a leftover mask token) are kept as -1 so metrics count them invalid.
-    """
-    pos = samples["pos"].detach().cpu().double().numpy()
-    atoms = samples["atoms"].detach().cpu()
-    if atoms.is_floating_point():
-        atoms = atoms.argmax(-1)
-    atoms = atoms.long().numpy()
-    mask = samples.get("mask")
-    mask = np.ones(atoms.shape, dtype=bool) if mask is None else mask.detach().cpu().numpy().astype(bool)
-    count = pos.shape[0] if max_items is None else min(max_items, pos.shape[0])
-    for i in range(count):
-        m = mask[i]
-        t = atoms[i][m]
-        t = np.where((t >= 0) & (t < len(ELEMENTS)), t, -1)
-        yield pos[i][m], t
-
-
 def smiles_of(items: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[str | None]:
     """Whole-molecule canonical SMILES under EDM bonds (None where sanitisation fails)."""
     out: list[str | None] = []
@@ -173,4 +152,4 @@ def _types(atoms: torch.Tensor) -> np.ndarray:
 
 
 __all__ = ["bond_orders", "atom_stability", "build_molecule", "sanitized_smiles", "edm_validity", "rdkit_perceived",
-           "unpad", "smiles_of", "smiles_of_dataset"]
+           "smiles_of", "smiles_of_dataset"]

@@ -21,6 +21,7 @@ from fmkit.errors import DataError
 from fmkit.state import State
 from fmkit_molecules import qm9
 from fmkit_molecules.elements import ELEMENTS
+from fmkit_molecules.rdkit_import import load_chemistry
 
 AtomEncoding = Literal["categorical", "onehot"]
 
@@ -107,12 +108,15 @@ class MoleculeDataset(Dataset):
         """Canonical SMILES of the training split (EDM bond rules), computed once and cached."""
         if self._train_smiles is None:
             if self._train_smiles_fn is None:
-                from fmkit_molecules.rdkit_import import load_chemistry
-
-                self._train_smiles = load_chemistry("novelty (training SMILES)").smiles_of_dataset(self)
+                self._train_smiles = smiles_for_novelty(self)
             else:
                 self._train_smiles = self._train_smiles_fn()
         return self._train_smiles
+
+
+def smiles_for_novelty(dataset: MoleculeDataset, cache_name: str | None = None) -> set[str]:
+    """Canonical SMILES (EDM bonds) of ``dataset``'s molecules, the novelty reference; needs RDKit, imported here."""
+    return load_chemistry("novelty (training SMILES)").smiles_of_dataset(dataset, cache_name=cache_name)
 
 
 def collate_molecules(items: Sequence[State]) -> State:
@@ -167,12 +171,9 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
         idx = idx[:limit]
 
     def train_smiles() -> set[str]:
-        from fmkit_molecules.rdkit_import import load_chemistry
-
         train = MoleculeDataset(packed, qm9.split_indices(packed.ids, "train"), max_atoms=max_atoms,
                                 name="qm9[train]", source=str(path))
-        return load_chemistry("novelty (training SMILES)").smiles_of_dataset(
-            train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
+        return smiles_for_novelty(train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
 
     return MoleculeDataset(packed, idx, atom_encoding=atom_encoding, max_atoms=max_atoms, name=f"qm9[{split}]",
                            source=str(path), train_smiles_fn=train_smiles)
@@ -213,10 +214,7 @@ def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "cate
     train_idx = qm9.split_indices(packed.ids, "train")
 
     def train_smiles() -> set[str]:
-        from fmkit_molecules.rdkit_import import load_chemistry
-
-        return load_chemistry("novelty (training SMILES)").smiles_of_dataset(
-            MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
+        return smiles_for_novelty(MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
 
     return MoleculeDataset(packed, qm9.split_indices(packed.ids, split), atom_encoding=atom_encoding,
                            max_atoms=max_atoms, name=f"xyz[{split}]", source=str(p), train_smiles_fn=train_smiles)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules.elements import VALENCE
 from fmkit_molecules.rdkit_import import load_chemistry
+from fmkit_molecules.samples import unpad
 
 
 def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smiles: set[str] | None = None,
@@ -93,4 +94,4 @@ class MoleculeMetrics:
         train = None
         if self.novelty and hasattr(dataset, "train_smiles"):
             train = dataset.train_smiles()
-        return evaluate_molecules(load_chemistry().unpad(samples, self.max_samples), train, self.rdkit_protocol)
+        return evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol)

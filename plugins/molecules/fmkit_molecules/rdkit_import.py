@@ -15,7 +15,7 @@ def load_chemistry(what: str = "molecule metrics and files") -> ModuleType:
         from fmkit_molecules import chemistry
     except ImportError as exc:
         raise DependencyError(f"RDKit is needed for {what} and does not import here ({exc})",
-                              where="fmkit-molecules (metrics: molecules; writers: sdf, xyz, mol_grid)",
+                              where="fmkit-molecules (metric: molecules; writers: sdf, mol_grid)",
                               fix="pip install rdkit (a dependency of fmkit-molecules); or leave these "
-                                  "out of eval.metrics / eval.writers to train without it") from exc
+                                  "out of eval.metrics / eval.writers (the xyz writer needs no RDKit)") from exc
     return chemistry

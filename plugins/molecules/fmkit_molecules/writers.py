@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules.elements import ELEMENTS
 from fmkit_molecules.rdkit_import import load_chemistry
+from fmkit_molecules.samples import unpad
 from fmkit_molecules.xyz import format_xyz
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def molecules(samples: dict, max_items: int | None = None) -> list[tuple[Chem.Mo
     """``(mol with conformer, valid, smiles)`` per sample; invalid ones keep their raw bonds."""
     chemistry = load_chemistry()
     out = []
-    for pos, types in chemistry.unpad(samples, max_items):
+    for pos, types in unpad(samples, max_items):
         if (types < 0).any():
             types = np.where(types < 0, 0, types)  # a leftover mask token is drawn as H; it is not valid
             valid_types = False
@@ -78,7 +79,7 @@ class XYZWriter:
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
         path = Path(out_dir) / f"samples_step{step:07d}.xyz"
         frames = []
-        for i, (pos, types) in enumerate(load_chemistry().unpad(samples, self.max_items)):
+        for i, (pos, types) in enumerate(unpad(samples, self.max_items)):  # no RDKit needed
             syms = [ELEMENTS[t] if t >= 0 else "X" for t in types.tolist()]
             frames.append(format_xyz(syms, pos, f"sample_{i}"))
         path.write_text("".join(frames))

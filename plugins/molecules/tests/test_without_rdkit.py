@@ -1,6 +1,6 @@
-"""Training needs no RDKit (a GPU host whose image lacks it can train the recipe); metrics and molecule
-files do, and without it they stop with a DependencyError that says what to install, after the
-checkpoint and the samples are on disk."""
+"""Training needs no RDKit (a GPU host whose image lacks it can train the recipe), nor do XYZ files;
+the metrics and the SDF/PNG writers do, and without it they stop with a DependencyError that says
+what to install, after the checkpoint and the samples are on disk."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ SCRIPT = textwrap.dedent("""
         tr.fit()  # 4 steps, then the final evaluation needs RDKit
     except DependencyError as exc:
         out = {"error": str(exc), "step": tr.step}
+    # XYZ files are plain text: that writer must work without RDKit
+    from safetensors.torch import load_file
+    from fmkit_molecules.writers import XYZWriter
+    samples = load_file(f"{run}/samples/samples_step0000004.safetensors")
+    out["xyz"] = [str(p) for p in XYZWriter()(samples, f"{run}/samples", None, 4)]
     print(json.dumps(out))
 """)
 
@@ -53,3 +58,6 @@ def test_training_runs_without_rdkit_and_evaluation_says_what_is_missing(tmp_pat
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000000004"
     assert (run / "samples" / "samples_step0000004.safetensors").is_file()  # saved before the metrics ran
     assert not list((run / "samples").glob("*.sdf"))
+    (xyz,) = out["xyz"]
+    frames = (run / "samples" / "samples_step0000004.xyz").read_text().count("sample_")
+    assert xyz.endswith(".xyz") and frames == 4  # one frame per sample, written without RDKit
