@@ -13,7 +13,7 @@
 # it), the benchmarks can take whatever is left. A call that finds a fresh machine (the last one went
 # idle) must carry .whl again, and `train` starts over.
 # `--dry` (first argument) runs every phase on the CPU at toy sizes, to check this script here:
-#   OUT=/tmp/gpu_dry bash bench/gpu_session.sh --dry train 40   (then train 20, evaluate, bench 120)
+#   OUT=/tmp/gpu_dry bash bench/gpu_session.sh --dry train 40   (then train 20, evaluate, bench 240)
 # Every phase appends its output to $OUT/session.log; at most 8 files come back from a call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
