@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             except (TrainingInterrupted, KeyboardInterrupt):  # SIGINT/SIGTERM (Ctrl-C, a call's timeout): stop
                 res.append({**key, "error": "interrupted (SIGINT/SIGTERM); no variant after it ran"})
                 print(f"  {w} B={b} {prec} compile={comp}: interrupted; writing what was measured", flush=True)
-                break
+                return report(a, res, interrupted=True)
             except Exception as exc:  # noqa: BLE001 - one failing variant (e.g. compile) must not lose the rest
                 if a.dry_run:
                     raise
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     return report(a, res)
 
 
-def report(a: argparse.Namespace, res: list[dict], final: bool = True) -> dict:
-    complete = final and not any(r.get("error", "").startswith("interrupted") for r in res)
+def report(a: argparse.Namespace, res: list[dict], final: bool = True, interrupted: bool = False) -> dict:
+    complete = final and not interrupted
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     rows = [[r["workload"], r["batch"], r["precision"], "yes" if r["compile"] else "no"] +
             ([r["error"], "", "", "", "", "", "", ""] if "error" in r else
