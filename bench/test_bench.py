@@ -34,6 +34,13 @@ def test_bench_quick(script: str, args: list[str], stem: str, tmp_path: Path) ->
     assert (tmp_path / f"{stem}.md").read_text().count("|") > 10
 
 
+def fake_result(w: str, b: int, prec: str, comp: bool) -> dict:
+    """What bench_gpu.run_variant returns, with placeholder figures (the tests check order and flow only)."""
+    return {"workload": w, "batch": b, "precision": prec, "compile": comp, "device": "cpu", "steps_per_s": 1.0,
+            "samples_per_s": 1.0, "busy_fraction": 1.0, "model_only_ms": 1.0, "kernel_busy_fraction": None,
+            "peak_mib": None, "warmup_s": 0.0, "params": 1}
+
+
 def test_bench_gpu_runs_the_most_wanted_variants_first_and_keeps_to_its_budget(tmp_path: Path, monkeypatch) -> None:
     """A device call is cut at its time limit: every workload's recipe setting (fp32 eager) must come
     first, and --budget must start no variant that the finished ones say would not fit."""
@@ -46,9 +53,7 @@ def test_bench_gpu_runs_the_most_wanted_variants_first_and_keeps_to_its_budget(t
     def fake(a, w, b, prec, comp):
         calls.append((w, prec, comp))
         time.sleep(0.3)
-        return {"workload": w, "batch": b, "precision": prec, "compile": comp, "device": "cpu", "steps_per_s": 1.0,
-                "samples_per_s": 1.0, "busy_fraction": 1.0, "model_only_ms": 1.0, "kernel_busy_fraction": None,
-                "peak_mib": None, "warmup_s": 0.0, "params": 1}
+        return fake_result(w, b, prec, comp)
 
     monkeypatch.setattr(bench_gpu, "run_variant", fake)
     out = bench_gpu.main(["--dry-run", "--with-compile", "--workloads", "egnn", "mlp", "--out", str(tmp_path)])
@@ -120,9 +125,7 @@ def test_bench_gpu_stops_when_interrupted_and_keeps_what_it_measured(tmp_path: P
         calls.append((w, prec))
         if prec == "bf16":
             raise TrainingInterrupted("training stopped by SIGTERM at step 3")
-        return {"workload": w, "batch": b, "precision": prec, "compile": comp, "device": "cpu", "steps_per_s": 2.0,
-                "samples_per_s": 2.0, "busy_fraction": 1.0, "model_only_ms": 1.0, "kernel_busy_fraction": None,
-                "peak_mib": None, "warmup_s": 0.0, "params": 1}
+        return fake_result(w, b, prec, comp)
 
     monkeypatch.setattr(bench_gpu, "run_variant", fake)
     out = bench_gpu.main(["--dry-run", "--workloads", "mlp", "egnn", "--out", str(tmp_path)])
