@@ -18,16 +18,21 @@ class _Options(BaseModel):
 
 
 # -- paths ------------------------------------------------------------------------------------
-class CondOTOptions(_Options):
+class AffineOptions(_Options):
+    prediction: Literal["velocity", "x1"] = Field(
+        "velocity", description="what the model regresses: the velocity dx_t, or the data endpoint x1")
+
+
+class CondOTOptions(AffineOptions):
     sigma_min: float = Field(0.0, ge=0.0, lt=1.0, description="noise std left at t=1")
 
 
-class VPOptions(_Options):
+class VPOptions(AffineOptions):
     beta_min: float = Field(0.1, gt=0.0)
     beta_max: float = Field(20.0, gt=0.0)
 
 
-class PolynomialOptions(_Options):
+class PolynomialOptions(AffineOptions):
     exponent: float = Field(2.0, gt=0.0)
 
 
@@ -41,13 +46,14 @@ def register_paths(register):
     from fmkit.paths import (AffinePath, CondOTScheduler, CosineScheduler, DiscretePath, PolynomialScheduler,
                              VPScheduler)
 
-    register("condot", lambda sigma_min: AffinePath(CondOTScheduler(sigma_min)), CondOTOptions,
-             "conditional OT / rectified flow: x_t = t x1 + (1 - (1 - sigma_min) t) x0")
-    register("vp", lambda beta_min, beta_max: AffinePath(VPScheduler(beta_min, beta_max)), VPOptions,
-             "variance-preserving diffusion path (Lipman et al. 2022)")
-    register("cosine", lambda: AffinePath(CosineScheduler()), None, "x_t = sin(pi t/2) x1 + cos(pi t/2) x0")
-    register("polynomial", lambda exponent: AffinePath(PolynomialScheduler(exponent)), PolynomialOptions,
-             "x_t = t^n x1 + (1 - t^n) x0")
+    register("condot", lambda prediction, sigma_min: AffinePath(CondOTScheduler(sigma_min), prediction),
+             CondOTOptions, "conditional OT / rectified flow: x_t = t x1 + (1 - (1 - sigma_min) t) x0")
+    register("vp", lambda prediction, beta_min, beta_max: AffinePath(VPScheduler(beta_min, beta_max), prediction),
+             VPOptions, "variance-preserving diffusion path (Lipman et al. 2022)")
+    register("cosine", lambda prediction: AffinePath(CosineScheduler(), prediction), AffineOptions,
+             "x_t = sin(pi t/2) x1 + cos(pi t/2) x0")
+    register("polynomial", lambda prediction, exponent: AffinePath(PolynomialScheduler(exponent), prediction),
+             PolynomialOptions, "x_t = t^n x1 + (1 - t^n) x0")
     register("discrete", DiscretePath, DiscreteOptions, "mixture path for categorical fields (Gat et al. 2024)")
 
 

@@ -14,13 +14,13 @@ from fmkit_molecules.models.egnn import EGNN
 TOL = 1e-6
 
 
-def build(kind: str, encoding: str = "categorical"):
+def build(kind: str, encoding: str = "categorical", predictions: dict[str, str] | None = None):
     torch.manual_seed(0)
     if kind == "e3nn":
         m = E3nnFlow(scalars=12, vectors=4, layers=2, num_basis=8, radial_hidden=16, atom_encoding=encoding,
-                     num_classes=5)
+                     num_classes=5, predictions=predictions)
     else:
-        m = EGNN(hidden=32, layers=3, atom_encoding=encoding, num_classes=5)
+        m = EGNN(hidden=32, layers=3, atom_encoding=encoding, num_classes=5, predictions=predictions)
     return m.double().eval()
 
 
@@ -104,6 +104,41 @@ def test_velocity_is_com_free_and_batch_independent(kind):
     assert com.abs().max() < 1e-10
     single = m({k: v[1:2] for k, v in x.items()}, t[1:2])
     assert (single["pos"] - out["pos"][1:2]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "egnn"])
+def test_x1_prediction_outputs_x_t_plus_the_velocity_head(kind):
+    """When the path trains ``pos`` to x1, the same weights output x_t + (the velocity-mode output):
+    the network still predicts a displacement (EGNN: its final coordinates x_L), so the equivariance,
+    permutation and padding properties tested above carry over; the output stays CoM-free."""
+    x, t = inputs()
+    v = build(kind)(x, t)
+    x1 = build(kind, predictions={"pos": "x1"})(x, t)
+    m_ = x["mask"][..., None]
+    torch.testing.assert_close(x1["pos"], (x["pos"] + v["pos"]) * m_, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x1["atoms"], v["atoms"], rtol=0, atol=0)
+    assert (x1["pos"] * m_).sum(1).abs().max() < 1e-10
+
+
+def test_recipe_path_prediction_reaches_the_model(xyz_file):
+    """``path: {prediction: x1}`` in a recipe builds the model with ``predictions={"pos": "x1"}``."""
+    from fmkit.recipe import validate
+    from fmkit.registry import Registry
+    from fmkit.run import build_components
+
+    import fmkit_molecules.plugin as plugin
+
+    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    for prediction in ("velocity", "x1"):
+        recipe = validate({
+            "name": "x1_wiring", "data": {"name": "xyz_molecules", "path": str(xyz_file)},
+            "model": {"name": "egnn", "hidden": 8, "layers": 1},
+            "path": {"name": "condot", "prediction": prediction, "fields": {"atoms": {"name": "discrete"}}},
+            "source": {"name": "com_free_gaussian"},
+        }, reg)
+        comps = build_components(recipe, reg, with_eval=False)
+        assert comps.model.predicts_x1 == (prediction == "x1")
+        assert comps.path.for_field("pos").prediction == prediction
 
 
 def test_registry_builds_models_from_data_info():

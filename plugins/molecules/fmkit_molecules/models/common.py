@@ -72,7 +72,13 @@ def edge_mask(mask: Tensor) -> Tensor:
     return mask[:, :, None] & mask[:, None, :] & ~eye
 
 
+def predicts_x1(predictions: dict[str, str] | None) -> bool:
+    """Whether the recipe's path trains ``pos`` to the endpoint x1 (the ``predictions`` context)
+    rather than to the velocity."""
+    return (predictions or {}).get("pos", "velocity") == "x1"
+
+
 def outputs(vel: Tensor, types_out: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """CoM-free position velocity and masked type outputs."""
+    """CoM-free position output (a velocity, or the x1 estimate) and masked type outputs."""
     m = mask.unsqueeze(-1).to(vel.dtype)
     return {"pos": remove_mean(vel, mask), "atoms": types_out * m}

@@ -6,7 +6,8 @@ embedding of |r_ij| plus the layer-normed invariant scalars of both atoms give t
 h_j (x) Y(r_ij); messages are averaged over the real neighbours, mixed by an ``o3.Linear`` together
 with a self-interaction, and passed through a gated nonlinearity (``e3nn.nn.Gate``), added to the
 layer's input and rescaled by 1/sqrt(2) (the scale stays O(1) through the layers). The position
-velocity is one ``1o`` vector per atom, made CoM-free; the type outputs are ``0e`` scalars.
+velocity is one ``1o`` vector per atom, made CoM-free (when the recipe's path predicts x1, the output
+is x_t plus that vector); the type outputs are ``0e`` scalars.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from e3nn.nn import FullyConnectedNet, Gate
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from fmkit_molecules.models.common import AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs
+from fmkit_molecules.models.common import (AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs,
+                                           predicts_x1)
 
 
 class E3nnFlowOptions(BaseModel):
@@ -93,9 +95,10 @@ class E3nnFlow(nn.Module):
 
     def __init__(self, scalars: int = 64, vectors: int = 16, lmax: int = 2, layers: int = 4, num_basis: int = 16,
                  r_max: float = 10.0, radial_hidden: int = 64, atom_encoding: str | None = None,
-                 num_classes: int | None = None, data_info=None) -> None:
+                 num_classes: int | None = None, data_info=None, predictions: dict[str, str] | None = None) -> None:
         super().__init__()
         self.encoding, self.num_classes = atom_spec(data_info, atom_encoding, num_classes)
+        self.predicts_x1 = predicts_x1(predictions)
         self.num_basis, self.r_max = num_basis, r_max
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         # the module form: its forward holds no Irreps, which torch.compile cannot guard on
@@ -131,4 +134,5 @@ class E3nnFlow(nn.Module):
             h = layer(h, sh, emb, emask, inv_deg)
             h = h * mask[..., None].to(h.dtype)
         out = self.head(h)
-        return outputs(out[..., :3], out[..., 3:], mask)
+        vec = out[..., :3]
+        return outputs(pos * mask[..., None].to(pos.dtype) + vec if self.predicts_x1 else vec, out[..., 3:], mask)

@@ -3,7 +3,8 @@ with normalised coordinate differences and tanh-bounded coordinate updates).
 
 m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, |x_i^0 - x_j^0|^2);  h_i += phi_h(h_i, mean_j m_ij);
 x_i += mean_j (x_i - x_j) / (|x_i - x_j| + 1) * tanh(phi_x(m_ij)) * coords_range.
-The position velocity is the CoM-free displacement x_L - x_0; type outputs are a linear map of h.
+The position output is the CoM-free displacement x_L - x_0 (a velocity), or x_L itself when the
+recipe's path predicts x1; type outputs are a linear map of h.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from fmkit_molecules.models.common import AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs
+from fmkit_molecules.models.common import (AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs,
+                                           predicts_x1)
 
 
 class EGNNOptions(BaseModel):
@@ -57,9 +59,11 @@ class EGNN(nn.Module):
     """E(3)-equivariant EGNN: ``forward({"pos","atoms","mask"}, t) -> {"pos", "atoms"}`` (see module doc)."""
 
     def __init__(self, hidden: int = 128, layers: int = 6, coords_range: float = 15.0,
-                 atom_encoding: str | None = None, num_classes: int | None = None, data_info=None) -> None:
+                 atom_encoding: str | None = None, num_classes: int | None = None, data_info=None,
+                 predictions: dict[str, str] | None = None) -> None:
         super().__init__()
         self.encoding, self.num_classes = atom_spec(data_info, atom_encoding, num_classes)
+        self.predicts_x1 = predicts_x1(predictions)
         self.embed = AtomEmbedding(self.encoding, self.num_classes, hidden)
         self.time = TimeEmbedding(hidden)
         self.layers = nn.ModuleList(_EGCL(hidden, coords_range / layers) for _ in range(layers))
@@ -79,4 +83,4 @@ class EGNN(nn.Module):
         for layer in self.layers:
             h, x = layer(h, x, d0, emask, inv_deg)
             h, x = h * m, x * m
-        return outputs(x - pos * m, self.head(h), mask)
+        return outputs(x if self.predicts_x1 else x - pos * m, self.head(h), mask)
