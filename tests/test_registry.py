@@ -80,3 +80,68 @@ def test_plugin_allow_list_env(monkeypatch):
 def test_unknown_kind():
     with pytest.raises(RegistryError, match="unknown component kind"):
         Registry.fresh(entry_points=False).entries("widgets")
+
+
+# -- a plugin that is both installed (entry point) and added in-process ------------------------
+RING = '''
+import fmkit
+
+
+@fmkit.hookimpl
+def register_models(register):
+    register("ring_net", lambda: "ring")
+'''
+
+OTHER = '''
+import fmkit
+
+
+@fmkit.hookimpl
+def register_couplings(register):
+    register("other_coupling", lambda: "other")
+'''
+
+
+def _entry_points(monkeypatch, tmp_path, **modules: str):
+    """Installs ``name=source`` modules as entry points ``name -> fmkit_t_<name>`` of group fmkit."""
+    from importlib.metadata import EntryPoint
+
+    import fmkit.registry
+
+    eps = []
+    for name, src in modules.items():
+        if src:
+            (tmp_path / f"fmkit_t_{name}.py").write_text(src)
+        eps.append(EntryPoint(name=name, value=f"fmkit_t_{name}", group="fmkit"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fmkit.registry, "entry_points", lambda group: eps if group == "fmkit" else [])
+    monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
+    monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
+
+
+def test_plugin_added_in_process_and_installed_loads_once_with_the_rest(monkeypatch, tmp_path):
+    """Registry.fresh(plugins=[m]) where m is also an entry point (a plugin author testing their
+    installed plugin): no pluggy ValueError, and the entry points after it still load."""
+    import importlib
+
+    _entry_points(monkeypatch, tmp_path, ring=RING, other=OTHER)
+    ring = importlib.import_module("fmkit_t_ring")
+    reg = Registry.fresh(plugins=[ring])
+    assert reg.get("models", "ring_net").factory() == "ring"
+    assert reg.get("couplings", "other_coupling").factory() == "other"  # loaded although listed after ring
+    assert [p for p in reg.plugins() if "ring" in p] == ["fmkit_t_ring"]  # registered once
+    reg.add_plugin(ring)  # adding it again changes nothing
+    assert reg.get("models", "ring_net").plugin == "fmkit_t_ring"
+
+
+def test_a_failing_entry_point_leaves_the_registry_unchanged_and_fails_again(monkeypatch, tmp_path):
+    """Old code: the first plugin stayed registered, the rest were skipped, and the next lookup
+    silently went on without them."""
+    _entry_points(monkeypatch, tmp_path, other=OTHER, broken="")
+    reg = Registry.fresh()
+    for _ in range(2):
+        with pytest.raises(RegistryError, match="plugin 'broken' .* failed to import"):
+            reg.entries("couplings")
+    assert "other" not in reg.pm.list_name_plugin().__repr__()
+    monkeypatch.setenv("FMKIT_DISABLE_PLUGINS", "broken")
+    assert "other_coupling" in reg.entries("couplings")

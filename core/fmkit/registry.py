@@ -64,16 +64,25 @@ class Registry:
         return reg
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin object or module (anything with ``@hookimpl`` functions)."""
-        self.pm.register(plugin, name=name)
+        """Register a plugin object or module (anything with ``@hookimpl`` functions); one that is
+        already registered (say, also loaded from its entry point) is left as it is."""
+        if self.pm.is_registered(plugin):
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: the name is taken by another plugin object
+            raise RegistryError(f"cannot add plugin {name or _plugin_label(plugin)!r}: {exc}",
+                                fix="give it another name, e.g. add_plugin(obj, name='my_plugin')") from None
         self._cache.clear()
 
     def _ensure_entry_points(self) -> None:
+        """Import every allowed entry point, then register them all, or none: a failure leaves the
+        registry as it was (and the next lookup tries again and reports it again)."""
         if self._entry_points_loaded or not self._load_entry_points:
             return
-        self._entry_points_loaded = True
         allow = _env_list("FMKIT_PLUGINS")
         block = set(_env_list("FMKIT_DISABLE_PLUGINS") or [])
+        loaded: list[tuple[str, object]] = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if allow is not None and ep.name not in allow:
                 continue
@@ -87,7 +96,23 @@ class Registry:
                     where=f"entry point group {ENTRY_POINT_GROUP!r}",
                     fix=f"reinstall it, or skip it with FMKIT_DISABLE_PLUGINS={ep.name}",
                 ) from exc
-            self.pm.register(module, name=ep.name)
+            # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too
+            if not self.pm.is_registered(module) and all(m is not module for _, m in loaded):
+                loaded.append((ep.name, module))
+        done: list[object] = []
+        try:
+            for name, module in loaded:
+                self.pm.register(module, name=name)
+                done.append(module)
+        except Exception as exc:  # pluggy refused it (a name clash, a malformed hook implementation)
+            for module in done:
+                self.pm.unregister(module)
+            raise RegistryError(f"plugin {name!r} cannot be registered: {type(exc).__name__}: {exc}",
+                                where=f"entry point group {ENTRY_POINT_GROUP!r}",
+                                fix=f"report it to the plugin's authors, or skip it with FMKIT_DISABLE_PLUGINS={name}",
+                                ) from exc
+        self._entry_points_loaded = True
+        self._cache.clear()
 
     # -- collection ---------------------------------------------------------------------------
     def entries(self, kind: str) -> dict[str, Entry]:
@@ -233,6 +258,10 @@ def describe_options(model: type[BaseModel]) -> str:
         default = "required" if f.is_required() else f"default {f.default!r}"
         parts.append(f"{name} ({ann}, {default})")
     return ", ".join(parts) or "(none)"
+
+
+def _plugin_label(plugin: object) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
 def _doc(obj: Any) -> str:
