@@ -113,7 +113,10 @@ class Recipe(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-able data; unlike pydantic's JSON mode this keeps inf/nan (YAML has .inf/.nan)."""
-        return _plain(self.model_dump(mode="python"))
+        out = _plain(self.model_dump(mode="python"))
+        for section in ("path", "source"):  # per-field overrides after the section's own options
+            out[section]["fields"] = out[section].pop("fields")
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -230,36 +233,63 @@ def validate(data: Mapping[str, Any], registry: Registry | None = None, where: s
 
 
 def check_components(recipe: Recipe, registry: Registry) -> None:
-    """Validate each component's name and options; collect all problems into one error."""
+    """Validate each component's name and options, collecting all problems into one error; then
+    store each component's full options (every default filled in) in ``recipe``, so the resolved
+    recipe (``recipe show``, a run's recipe.yaml) says exactly what was built."""
     problems: list[str] = []
+    resolved: list[tuple[Component, dict[str, Any]]] = []
 
     def check(kind: str, comp: Component, where: str) -> None:
         try:
-            registry.validate(kind, comp.spec(), where=where)
+            resolved.append((comp, registry.resolve(kind, comp.spec(), where=where)))
         except FmkitError as exc:
             problems.append(exc.render())
 
-    check("datasets", recipe.data, "data")
-    check("models", recipe.model, "model")
-    for section, kind in (("path", "paths"), ("source", "sources")):
-        comp: FieldedComponent = getattr(recipe, section)
-        check(kind, comp, section)
-        for f, sub in comp.fields.items():
-            check(kind, sub, f"{section}.fields.{f}")
-    check("couplings", recipe.coupling, "coupling")
-    check("solvers", recipe.solver, "solver")
-    for i, m in enumerate(recipe.eval.metrics):
-        check("metrics", m, f"eval.metrics.{i}")
-    for i, w in enumerate(recipe.eval.writers):
-        check("writers", w, f"eval.writers.{i}")
-    for i, c in enumerate(recipe.callbacks):
-        check("callbacks", c, f"callbacks.{i}")
+    for kind, comp, where in components(recipe):
+        check(kind, comp, where)
     if problems:
         raise RecipeError("recipe has invalid components:\n" + "\n".join(problems))
+    for comp, spec in resolved:
+        comp.__pydantic_extra__ = {k: v for k, v in spec.items() if k != "name"}
+
+
+def components(recipe: Recipe) -> list[tuple[str, Component, str]]:
+    """Every component of ``recipe`` as (kind, component, key path), per-field overrides included."""
+    out: list[tuple[str, Component, str]] = [("datasets", recipe.data, "data"), ("models", recipe.model, "model")]
+    for section, kind in (("path", "paths"), ("source", "sources")):
+        comp: FieldedComponent = getattr(recipe, section)
+        out.append((kind, comp, section))
+        out += [(kind, sub, f"{section}.fields.{f}") for f, sub in comp.fields.items()]
+    out += [("couplings", recipe.coupling, "coupling"), ("solvers", recipe.solver, "solver")]
+    out += [("metrics", m, f"eval.metrics.{i}") for i, m in enumerate(recipe.eval.metrics)]
+    out += [("writers", w, f"eval.writers.{i}") for i, w in enumerate(recipe.eval.writers)]
+    out += [("callbacks", c, f"callbacks.{i}") for i, c in enumerate(recipe.callbacks)]
+    return out
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
-    """Read, override and fully validate a recipe file."""
+    """Read, override and fully validate a recipe file, or a recipe a plugin ships (by its name, when
+    no such file exists)."""
+    path = find_recipe(path, registry or get_registry())
     data = read_yaml(path)
     apply_overrides(data, overrides)
     return validate(data, registry, where=str(path))
+
+
+def find_recipe(path: str | Path, registry: Registry) -> Path:
+    """``path`` itself when it exists (or looks like a file path), else the recipe a plugin registered
+    under that name (``register_recipes``); a name that is neither gets the closest shipped one."""
+    p = Path(path)
+    if p.exists() or p.suffix or len(p.parts) != 1:
+        return p
+    shipped = registry.recipes()
+    if str(path) in shipped:
+        return shipped[str(path)][0]
+    import difflib
+
+    close = difflib.get_close_matches(str(path), sorted(shipped), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    names = ", ".join(sorted(shipped)) or "(none installed)"
+    raise RecipeError(f"recipe {str(path)!r} is neither a file nor a recipe shipped by a plugin", where=str(Path.cwd()),
+                      fix=f"{hint}pass a recipe file (shipped ones live in recipes/), or one of the plugins' recipes: "
+                          f"{names} (`fmkit recipe list`)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from fmkit import hookspecs
 from fmkit.errors import RecipeError, RegistryError
@@ -128,6 +128,12 @@ class Registry:
 
                 def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
                              description: str = "", _plugin: str = plugin_name) -> None:
+                    if name in found and found[name].plugin == _plugin:
+                        raise RegistryError(
+                            f"plugin {_plugin!r} registers {kind[:-1]} {name!r} twice",
+                            where=f"hook register_{kind} of plugin {_plugin!r}",
+                            fix="a bug in that plugin: report it to its authors (each name may be registered once)",
+                        )
                     if name in found:
                         raise RegistryError(
                             f"{kind[:-1]} {name!r} is registered twice: by plugin {found[name].plugin!r} "
@@ -178,6 +184,16 @@ class Registry:
                     fix="remove those keys",
                 )
             return entry, None
+        keys = option_keys(entry.options)
+        unknown = [k for k in raw if k not in keys]
+        if unknown:  # also for options models without extra="forbid", which would drop them silently
+            lines = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), sorted(keys), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                lines.append(f"  - {where}.{k}: unknown option (got {raw[k]!r}){hint}")
+            raise RecipeError(f"invalid options for {kind[:-1]} {name!r}:\n" + "\n".join(lines), where=where,
+                              fix=f"allowed options: {describe_options(entry.options)}")
         try:
             return entry, entry.options.model_validate(raw)
         except ValidationError as exc:
@@ -187,12 +203,22 @@ class Registry:
                 fix=f"allowed options: {describe_options(entry.options)}",
             ) from None
 
+    def resolve(self, kind: str, spec: Mapping[str, Any] | str, *, where: str | None = None) -> dict[str, Any]:
+        """``{name, **every option}``: ``spec`` validated, the options model's defaults filled in, as
+        plain YAML/JSON-able data (what the resolved recipe and the checkpoint fingerprint hold)."""
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        entry, opts = self.validate(kind, spec, where=where or kind)
+        return {"name": entry.name, **(dump_options(opts) if opts is not None else {})}
+
     def build(self, kind: str, spec: Mapping[str, Any] | str, *, where: str | None = None, **context: Any) -> Any:
         """Validate ``spec`` and call the factory with the options plus the context it asks for."""
         if isinstance(spec, str):
             spec = {"name": spec}
-        entry, opts = self.validate(kind, spec, where=where or kind)
+        where = where or kind
+        entry, opts = self.validate(kind, spec, where=where)
         kwargs = {k: getattr(opts, k) for k in type(opts).model_fields} if opts is not None else {}
+        check_factory(entry, kwargs, context, where)
         return call_with_context(entry.factory, kwargs, context)
 
     # -- plugin extras ------------------------------------------------------------------------
@@ -211,6 +237,95 @@ class Registry:
     def plugins(self) -> list[str]:
         self._ensure_entry_points()
         return [name for name, _ in self.pm.list_name_plugin()]
+
+    def plugin_packages(self) -> dict[str, str]:
+        """Top-level package -> plugin name, for every plugin registered so far that is not part of
+        fmkit itself (the built-in plugin is fmkit): where a frame of a traceback comes from."""
+        out: dict[str, str] = {}
+        for name, obj in self.pm.list_name_plugin():
+            module = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None) or type(obj).__module__
+            root = str(module).split(".")[0]
+            if root not in ("fmkit", "__main__", "builtins"):
+                out.setdefault(root, name)
+        return out
+
+
+def check_factory(entry: Entry, kwargs: Mapping[str, Any], context: Mapping[str, Any], where: str) -> None:
+    """Refuse a factory whose signature does not fit its options model: the plugin's fault, not the
+    recipe's (called, it would fail with a bare ``TypeError``)."""
+    try:
+        params = inspect.signature(entry.factory).parameters
+    except (TypeError, ValueError):
+        return
+    what = f"{entry.kind[:-1]} {entry.name!r} of plugin {entry.plugin!r}"
+    fix = "a bug in that plugin: report it to its authors (fmkit is not the cause)"
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        extra = [k for k in kwargs if k not in params or params[k].kind in (params[k].POSITIONAL_ONLY,
+                                                                             params[k].VAR_POSITIONAL)]
+        if extra:
+            opts = entry.options.__name__ if entry.options is not None else "options"
+            raise RegistryError(f"{what}: its options model {opts} declares option(s) {extra} that its factory "
+                                f"{_qualname(entry.factory)} does not accept", where=where, fix=fix)
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+               p.KEYWORD_ONLY) and n not in kwargs and n not in context]
+    if missing:
+        raise RegistryError(f"{what}: its factory {_qualname(entry.factory)} requires {missing}, which neither its "
+                            f"options model nor the build context ({', '.join(sorted(context)) or 'none'}) provides",
+                            where=where, fix=fix)
+
+
+def _qualname(obj: Any) -> str:
+    return getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def option_keys(model: type[BaseModel]) -> set[str]:
+    """The keys a recipe may use for ``model``'s fields: each alias, and the field name where pydantic
+    accepts it (no alias, or ``populate_by_name``/``validate_by_name``)."""
+    cfg = model.model_config
+    by_name = bool(cfg.get("populate_by_name") or cfg.get("validate_by_name"))
+    keys: set[str] = set()
+    for name, f in model.model_fields.items():
+        va = f.validation_alias
+        if isinstance(va, str):
+            aliases = {va}
+        elif isinstance(va, AliasChoices):
+            aliases = {c for c in va.choices if isinstance(c, str)}
+        else:
+            aliases = {f.alias} if f.alias else set()
+        keys |= aliases
+        if not aliases or by_name:
+            keys.add(name)
+    return keys
+
+
+def dump_options(opts: BaseModel) -> dict[str, Any]:
+    """Every option of a validated options model, keyed so that validating the result gives the
+    same options (an alias where the field name is not accepted), as plain YAML/JSON-able data."""
+    model = type(opts)
+    keys = option_keys(model)
+    py, js = opts.model_dump(mode="python"), opts.model_dump(mode="json")
+    out = {}
+    for name, f in model.model_fields.items():
+        if name not in py:  # Field(exclude=True)
+            continue
+        va = f.validation_alias
+        key = name if name in keys else (va if isinstance(va, str) else f.alias or name)
+        if isinstance(va, AliasChoices) and key not in keys:
+            key = next(c for c in va.choices if isinstance(c, str))
+        out[key] = _plain(py[name], js[name])
+    return out
+
+
+def _plain(py: Any, js: Any) -> Any:
+    """``py`` where YAML and JSON both hold it as it is (keeps inf/nan, which pydantic's JSON mode turns
+    into null), else pydantic's JSON form (paths, enums, dates as strings; tuples as lists)."""
+    if py is None or isinstance(py, (bool, int, float, str)) and type(py) in (bool, int, float, str):
+        return py
+    if isinstance(py, (list, tuple)) and isinstance(js, list) and len(py) == len(js):
+        return [_plain(a, b) for a, b in zip(py, js)]
+    if isinstance(py, dict) and isinstance(js, dict) and all(isinstance(k, str) for k in py) and set(py) == set(js):
+        return {k: _plain(v, js[k]) for k, v in py.items()}
+    return js
 
 
 def call_with_context(factory: Callable[..., Any], kwargs: dict[str, Any], context: Mapping[str, Any]) -> Any:
@@ -253,7 +368,10 @@ def _closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
 
 def describe_options(model: type[BaseModel]) -> str:
     parts = []
+    keys = option_keys(model)
     for name, f in model.model_fields.items():
+        if name not in keys:  # the key a recipe writes is the alias
+            name = next((k for k in (f.validation_alias, f.alias) if isinstance(k, str) and k in keys), name)
         ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
         default = "required" if f.is_required() else f"default {f.default!r}"
         parts.append(f"{name} ({ann}, {default})")

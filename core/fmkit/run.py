@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ from torch import nn
 
 from fmkit.couplings import Coupling
 from fmkit.data import Dataset
-from fmkit.errors import FmkitError, OutputError, RecipeError
+from fmkit.errors import CheckpointError, FmkitError, OutputError, RecipeError
 from fmkit.paths import AffinePath, DiscretePath, StatePath
-from fmkit.recipe import Recipe, read_yaml, validate
+from fmkit.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.registry import Registry, get_registry
 from fmkit.solvers import Solver
 from fmkit.sources import CategoricalSource, StateSource
@@ -36,9 +37,76 @@ class Components:
     callbacks: list[Any] = field(default_factory=list)
 
 
-def fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """What a checkpoint must match to be loaded into this recipe's model."""
-    return {"model": recipe.model.spec(), "data": recipe.data.spec()}
+def fingerprint(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into this recipe's model: every option (defaults
+    included) of the model, the data, and the path and source, per field too, since the model's
+    output means what the path's ``prediction`` and the source say. Key order plays no part."""
+    reg = registry or get_registry()
+
+    def fielded(kind: str, comp: FieldedComponent, where: str) -> dict[str, Any]:
+        return {**reg.resolve(kind, comp.spec(), where=where),
+                "fields": {f: reg.resolve(kind, c.spec(), where=f"{where}.fields.{f}") for f, c in comp.fields.items()}}
+
+    return {"model": reg.resolve("models", recipe.model.spec(), where="model"),
+            "data": reg.resolve("datasets", recipe.data.spec(), where="data"),
+            "path": fielded("paths", recipe.path, "path"), "source": fielded("sources", recipe.source, "source")}
+
+
+def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any],
+                     sections: tuple[str, ...] = ("model", "data", "path", "source")) -> list[str]:
+    """The differing key paths of a checkpoint's fingerprint and this recipe's, each as
+    ``model.hidden: 8 in the checkpoint, 16 in this recipe``. A checkpoint from before path and source
+    were recorded (no ``path`` section) is held to the options it recorded only."""
+    legacy = "path" not in theirs
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
+                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
+        elif _jsonish(a) != _jsonish(b):
+            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in this recipe")
+
+    for s in sections:
+        if s in theirs and s in ours:
+            walk(theirs[s], ours[s], s)
+    return out
+
+
+_ABSENT = object()
+
+
+def _jsonish(v: Any) -> Any:
+    """``v`` as it reads back from a checkpoint's meta.json (tuples are lists there)."""
+    return [_jsonish(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _show(v: Any) -> str:
+    return "absent" if v is _ABSENT else repr(v)
+
+
+def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
+                      sections: tuple[str, ...] = ("model", "data", "path", "source"), fix: str | None = None) -> None:
+    """Refuse a checkpoint whose recipe fingerprint differs from ``ours``, naming every difference."""
+    diff = fingerprint_diff(theirs, ours, sections)
+    if diff:
+        parts = [s for s in sections if any(d.startswith(f"{s}.") for d in diff)]
+        raise CheckpointError(
+            f"the checkpoint was written for a different {' and '.join(parts)}: " + "; ".join(diff), where=where,
+            fix=fix or "resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")
+
+
+class RecipeTrainer(Trainer):
+    """A :class:`Trainer` built from a recipe: on resume it holds the checkpoint to the recipe's whole
+    fingerprint (model, data, path, source; every option) and names each key that differs."""
+
+    def load_state(self, data: Any, where: str = "checkpoint") -> None:
+        check_fingerprint(data.meta.get("fingerprint") or {}, self.fingerprint, where)
+        mine, self.fingerprint = self.fingerprint, {}  # checked above in full; the base class checks a part
+        try:
+            super().load_state(data, where)
+        finally:
+            self.fingerprint = mine
 
 
 def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **context: Any) -> Any:
@@ -48,7 +116,8 @@ def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **co
         raise
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"cannot build {kind[:-1]} {spec.get('name')!r}: {exc}", where=where,
-                          fix="check this component's options (fmkit plugins lists them)") from None
+                          fix=f"check this component's options (`fmkit plugins --kind {kind} --options` lists "
+                              "them); if they are right, the plugin's factory rejected them: see its documentation") from None
 
 
 def build_components(recipe: Recipe, registry: Registry | None = None, *, with_eval: bool = True) -> Components:
@@ -122,21 +191,32 @@ def _key(d: dict[str, Any], name: str) -> str:
 
 def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None) -> Trainer:
     c = build_components(recipe, registry)
-    return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
-                   options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe))
+    return RecipeTrainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
+                         options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
+                         callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed,
+                         fingerprint=fingerprint(recipe, registry))
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run worth keeping: a checkpoint (complete or being written). What a
+    run that failed or was killed before its first checkpoint left (recipe.yaml, metrics.csv) does
+    not count: nothing was trained, and the same --out may be used again."""
+    ckpts = Path(run_dir) / "checkpoints"
+    return ckpts.is_dir() and any(True for _ in ckpts.iterdir())
 
 
 def new_run_dir(recipe: Recipe, out: Path | None) -> Path:
-    """``out`` or ``runs/<name>-<time>``; refuses a directory that already holds a run."""
+    """``out`` or ``runs/<name>-<time>``; refuses a directory that already holds a run (a checkpoint),
+    and replaces what a run that never reached its first checkpoint left there."""
     run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "checkpoints").exists() or (run_dir / RECIPE_FILE).exists():
+    if holds_run(run_dir):
         raise OutputError(f"{run_dir} already holds a run", where=str(run_dir),
                           fix=f"continue it with `fmkit train --resume {run_dir}`, or pick another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         from fmkit.checkpoint import write_atomic_text
 
+        (run_dir / "metrics.csv").unlink(missing_ok=True)  # a failed start's log is no part of this run
         write_atomic_text(run_dir / RECIPE_FILE, recipe.to_yaml())  # a kill never leaves half a recipe
     except OSError as exc:
         raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}", where=str(run_dir),
