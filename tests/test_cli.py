@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from fmkit import registry as fm_registry
+from reliability_helpers import TINY, cli, fresh_registry, squash
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "trainer.steps=60", "--set", "trainer.batch_size=64", "--set", "model.hidden=32",
@@ -83,3 +85,128 @@ def test_toy_moons_recipe_under_two_minutes(tmp_path):
     took = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     assert took < 120, f"took {took:.0f} s"
+
+
+# -- in-process CLI cases (the console entry point, a registry of the core + a fake plugin) -----
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fm_registry, "_DEFAULT", fresh_registry())
+    monkeypatch.delenv("FMKIT_DEBUG", raising=False)
+    (tmp_path / "tiny.yaml").write_text(TINY + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_run(here) -> Path:
+    r = cli("train", "tiny.yaml", "--out", "run")
+    assert r.code == 0, r.text
+    return Path("run")
+
+
+def test_python_dash_m_fmkit_is_the_fmkit_command(tmp_path):
+    """Old code: `python -m fmkit` had no __main__, and usage lines said `python -m fmkit.cli`."""
+    env = dict(os.environ, COLUMNS="200", FMKIT_PLUGINS="none")
+    r = subprocess.run([sys.executable, "-m", "fmkit", "train", "--bogus"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Usage: fmkit train" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "fmkit", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Usage: fmkit " in r.stdout and "train" in r.stdout
+
+
+def test_bad_estimator_is_refused_before_sampling(tiny_run, monkeypatch):
+    from fmkit import trainer
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled before checking --estimator")
+
+    monkeypatch.setattr(trainer, "sample_in_chunks", no_sampling)
+    r = cli("evaluate", "run", "--likelihood", "--estimator", "bogus")
+    assert r.code == 2 and "Traceback" not in r.text, r.text
+    msg = squash(r.err)
+    assert "unknown divergence estimator 'bogus'" in msg and "where: --estimator" in msg
+    assert "fix: use one of: exact, hutchinson" in msg
+
+
+def test_steps_with_an_adaptive_solver_says_which_flags_apply(tiny_run):
+    r = cli("sample", "run", "-n", "4", "--solver", "dopri5", "--steps", "10")
+    assert r.code == 2, r.text
+    msg = squash(r.err)
+    assert "solver 'dopri5' has no option 'steps'" in msg and "where: --steps" in msg
+    assert "--steps applies to fixed-step solvers (euler, heun, midpoint, rk4); an adaptive one such as 'dopri5' " \
+           "takes --rtol/--atol" in msg
+    r = cli("sample", "run", "-n", "4", "--rtol", "1e-3")
+    assert r.code == 2 and "--rtol applies to adaptive solvers" in squash(r.err)
+    r = cli("sample", "run", "-n", "4", "--solver", "dopri5", "--rtol", "1e-3", "--atol", "1e-3", "--out", "ad")
+    assert r.code == 0, r.text
+
+
+def test_evaluate_title_names_the_solver_and_its_settings(tiny_run):
+    """Old code printed the class name (`FixedStepSolver`)."""
+    r = cli("evaluate", "run", "-n", "32")
+    assert r.code == 0, r.text
+    assert "(32 samples, euler, 4 steps)" in " ".join(r.out.split()) and "FixedStepSolver" not in r.out  # wrapped
+    r = cli("evaluate", "run", "-n", "32", "--solver", "rk4", "--steps", "3")
+    assert "rk4, 3 steps" in " ".join(r.out.split())
+
+
+def test_resuming_a_finished_run_prints_only_the_error(tiny_run):
+    """Old code printed the "run directory ... params" line first, as if training were starting."""
+    r = cli("train", "--resume", "run")
+    assert r.code == 2 and "already finished" in r.err
+    assert "run directory" not in r.out
+
+
+def test_sample_out_refuses_a_non_empty_folder_unless_overwrite(tiny_run):
+    """Old code wrote into an existing folder, silently replacing its files."""
+    assert cli("sample", "run", "-n", "4", "--out", "mine").code == 0
+    mine = tiny_run / "samples" / "mine" / "samples.safetensors"
+    before = mine.read_bytes()
+    r = cli("sample", "run", "-n", "8", "--out", "mine")
+    assert r.code == 2 and "already exists and is not empty" in squash(r.err) and "--overwrite" in r.err
+    assert mine.read_bytes() == before
+    assert cli("sample", "run", "-n", "8", "--out", "mine", "--overwrite").code == 0
+    assert mine.read_bytes() != before
+    # default names never collide, even twice within one second
+    assert cli("sample", "run", "-n", "4").code == 0 and cli("sample", "run", "-n", "4").code == 0
+    assert len(list((tiny_run / "samples").glob("cli-*"))) == 2
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_out(here):
+    """Old code: the failed start left recipe.yaml + metrics.csv, and the same --out then "already holds a run"."""
+    Path("buggy.yaml").write_text("data: {name: moons, n: 256}\nmodel: {name: buggy}\n"
+                                  "trainer: {steps: 5, batch_size: 64, device: cpu, progress: false}\n")
+    assert cli("train", "buggy.yaml", "--out", "run").code == 1
+    r = cli("train", "tiny.yaml", "--out", "run")
+    assert r.code == 0, r.text
+    assert "name: tiny" in Path("run/recipe.yaml").read_text()
+    rows = Path("run/metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,name,value" and len(rows) > 1
+    r = cli("train", "tiny.yaml", "--out", "run")  # with a checkpoint it is a run
+    assert r.code == 2 and "already holds a run" in r.err
+
+
+def test_a_recipe_shipped_by_a_plugin_is_found_by_name(here, monkeypatch):
+    """Old code: `fmkit train ring` said "recipe file 'ring' does not exist"."""
+    from fmkit import hookimpl
+
+    shipped = here / "plugin_recipes" / "ring.yaml"
+    shipped.parent.mkdir()
+    shipped.write_text(TINY)
+
+    class Ring:
+        @hookimpl
+        def register_recipes(self, register):
+            register("ring", shipped)
+
+    fm_registry._DEFAULT.add_plugin(Ring(), name="ring")
+    assert cli("recipe", "validate", "ring").code == 0
+    assert "hidden: 8" in cli("recipe", "show", "ring").out
+    assert "ring" in cli("recipe", "list").out
+    r = cli("train", "ring", "--out", "run")
+    assert r.code == 0, r.text
+    r = cli("train", "rign")
+    assert r.code == 2 and "did you mean 'ring'?" in squash(r.err) and "fmkit recipe list" in r.err

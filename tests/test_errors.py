@@ -426,8 +426,8 @@ def test_e43_resume_with_another_model_explains_and_keeps_the_recipe(tmp_path):
     cli("train", "--resume", "run", "--set", "trainer.steps=9")  # make sure a resume works at all first
     before = (run / "recipe.yaml").read_text()
     msg = user_error(cli("train", "--resume", "run", "--set", "trainer.steps=12", "--set", "model.hidden=16"),
-                     "the checkpoint was written for a different model", "'hidden': 8", "'hidden': 16",
-                     "where: run", "fix: resume with the run's own recipe")
+                     "the checkpoint was written for a different model: model.hidden: 8 in the checkpoint, 16 in "
+                     "this recipe", "where: run", "fix: resume with the run's own recipe")
     record("E43", "checkpoint from another recipe/model (resume)", "`--resume run --set model.hidden=16`", msg,
            tmp_path)
     assert (run / "recipe.yaml").read_text() == before  # the failed resume did not rewrite the run's recipe
@@ -456,8 +456,8 @@ def test_e45_sample_after_the_recipe_was_edited(tmp_path):
     run = tiny_run()
     rec = run / "recipe.yaml"
     rec.write_text(rec.read_text().replace("hidden: 8", "hidden: 12"))
-    msg = user_error(cli("sample", "run", "-n", "4"), "was trained with model", "the run's recipe now says",
-                     "fix: restore the run's recipe.yaml")
+    msg = user_error(cli("sample", "run", "-n", "4"), "the checkpoint was written for a different model: "
+                     "model.hidden: 8 in the checkpoint, 12 in this recipe", "fix: restore the run's recipe.yaml")
     record("E45", "checkpoint from another model (sample)", "edit `model.hidden` in run/recipe.yaml, `fmkit sample`",
            msg, tmp_path)
 
@@ -681,16 +681,114 @@ def test_e64_checkpoint_meta_corrupt(tmp_path):
     record("E64", "checkpoint meta.json corrupt", "meta.json not a JSON object, checksum agrees", msg, tmp_path)
 
 
-def test_e65_a_bug_is_reported_as_internal_error(tmp_path):
+def test_e65_a_bug_in_fmkit_is_reported_as_internal_error(tmp_path, monkeypatch):
+    import fmkit.run
+
+    def broken(recipe, out):  # stands in for a bug in fmkit's own code
+        raise RuntimeError("boom [in new_run_dir]")
+
+    monkeypatch.setattr(fmkit.run, "new_run_dir", broken)
+    write("tiny.yaml", TINY)
+    r = cli("train", "tiny.yaml", "--out", "run")
+    assert r.code == 1 and "Traceback" not in r.text
+    msg = squash(r.err).strip()
+    assert msg.startswith("internal error: RuntimeError: boom [in new_run_dir]")  # brackets are not eaten as markup
+    assert "rerun with `fmkit --debug ...` for the traceback, and please report it" in msg
+    CATALOGUE["E65"] = ("a bug in fmkit (not a user error)", "fmkit code raising `RuntimeError` (exit code 1)",
+                        _norm(r.err, tmp_path))
+
+
+def test_e66_a_bug_in_a_plugin_names_the_plugin(tmp_path):
+    """Old code: "internal error ... please report it", as if fmkit were at fault."""
     write("r.yaml", "data: {name: moons, n: 256}\nmodel: {name: buggy}\n"
           "trainer: {steps: 5, batch_size: 64, device: cpu, progress: false}\n")
     r = cli("train", "r.yaml", "--out", "run")
     assert r.code == 1 and "Traceback" not in r.text
     msg = squash(r.err).strip()
-    assert msg.startswith("internal error: RuntimeError: boom [in forward]")  # brackets are not eaten as markup
-    assert "rerun with `fmkit --debug ...` for the traceback, and please report it" in msg
-    CATALOGUE["E65"] = ("a bug (not a user error)", "a component raising `RuntimeError` (exit code 1)",
-                        _norm(r.err, tmp_path))
+    assert re.match(r"error in plugin 'fake' \(reliability_helpers\.py:\d+, in forward\): RuntimeError: boom "
+                    r"\[in forward\]", msg), msg
+    assert "fix: this is a bug in that plugin or its use; report it to its authors (fmkit is not the cause)" in msg
+    assert "please report it" not in msg
+    CATALOGUE["E66"] = ("a bug in a plugin", "a plugin's model raising `RuntimeError` (exit code 1)",
+                        re.sub(r"\.py:\d+,", ".py:<line>,", _norm(r.err, tmp_path)))
+
+
+def test_a_plugin_failing_inside_torch_is_still_the_plugin(tmp_path, monkeypatch):
+    """The innermost frames are torch's; the innermost plugin frame (in a package) is named."""
+    pkg = tmp_path / "fmkit_t_shapes"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self, data_info):\n        super().__init__()\n        self.lin = nn.Linear(3, 2)\n\n"
+        "    def forward(self, x_t, t, cond=None):\n        return {'x': self.lin(x_t['x'])}\n")
+    (pkg / "plugin.py").write_text("import fmkit\n\n\n@fmkit.hookimpl\ndef register_models(register):\n"
+                                   "    from fmkit_t_shapes.net import Net\n    register('shapes', Net)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    reg = fresh_registry()
+    reg.add_plugin(importlib.import_module("fmkit_t_shapes.plugin"), name="shapes")
+    monkeypatch.setattr(fmkit.registry, "_DEFAULT", reg)
+    write("r.yaml", "data: {name: moons, n: 256}\nmodel: {name: shapes}\n"
+          "trainer: {steps: 5, batch_size: 64, device: cpu, progress: false}\n")
+    r = cli("train", "r.yaml", "--out", "run")
+    assert r.code == 1
+    assert squash(r.err).startswith("error in plugin 'shapes' (fmkit_t_shapes/net.py:11, in forward): RuntimeError:")
+
+
+def test_e67_options_model_and_factory_disagree(tmp_path, monkeypatch):
+    """Old code: a bare TypeError (`got an unexpected keyword argument 'dropout'`) with a fix that sent
+    the user to their recipe and to `fmkit plugins`, which does not list options."""
+    from fmkit import hookimpl
+    from pydantic import BaseModel
+
+    class RingOptions(BaseModel):
+        hidden: int = 8
+        dropout: float = 0.0
+
+    class RingNet(torch.nn.Module):
+        def __init__(self, hidden: int = 8) -> None:
+            super().__init__()
+
+    class Ring:
+        @hookimpl
+        def register_models(self, register):
+            register("ring_net", RingNet, RingOptions)
+
+    reg = fresh_registry()
+    reg.add_plugin(Ring(), name="ring")
+    monkeypatch.setattr(fmkit.registry, "_DEFAULT", reg)
+    write("r.yaml", "data: {name: moons, n: 256}\nmodel: {name: ring_net}\n")
+    msg = user_error(cli("train", "r.yaml", "--out", "run"), "model 'ring_net' of plugin 'ring': its options model "
+                     "RingOptions declares option(s) ['dropout'] that its factory", "where: model",
+                     "fix: a bug in that plugin: report it to its authors")
+    record("E67", "options model and factory disagree", "an options model with a field the factory lacks", msg,
+           tmp_path)
+    assert not Path("run").exists()
+    r = cli("plugins", "--kind", "models", "--options")  # the command that shows a component's options
+    assert r.code == 0 and "ring_net" in r.out and "dropout" in r.out and "(float, default" in r.out
+
+
+def test_e68_one_plugin_registers_a_name_twice(tmp_path):
+    from fmkit import hookimpl
+    from fmkit.registry import Registry
+
+    class Twice:
+        @hookimpl
+        def register_models(self, register):
+            register("ring_net", lambda: None)
+            register("ring_net", lambda: None)
+
+    reg = Registry.fresh(entry_points=False)
+    reg.add_plugin(Twice(), name="twice")
+    with pytest.raises(RegistryError) as ei:
+        reg.get("models", "ring_net")
+    msg = squash(ei.value.render())
+    assert msg.startswith("plugin 'twice' registers model 'ring_net' twice")  # not "by 'twice' and by 'twice'"
+    assert "disable one plugin" not in msg and "report it to its authors" in msg
+    record("E68", "one plugin registers a name twice", "two `register(\"ring_net\", ...)` calls in one hook", msg,
+           tmp_path)
 
 
 def test_debug_shows_the_traceback(tmp_path):

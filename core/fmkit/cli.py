@@ -26,6 +26,7 @@ console = Console()
 err_console = Console(stderr=True)
 _STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
 
+ESTIMATORS = ("exact", "hutchinson")
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
 
 
@@ -91,8 +92,14 @@ def train(
         run_dir = _on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
         trainer.run_dir = Path(run_dir)
     if dist.rank == 0:
-        console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
-                      f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
+        from fmkit.trainer import Callback
+
+        class _Announce(Callback):  # once training really starts: not before a refused resume, say
+            def on_train_start(self, trainer) -> None:
+                console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
+                              f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
+
+        trainer.callbacks.insert(0, _Announce())
     t0 = time.perf_counter()
     trainer.fit(resume=do_resume)
     if dist.rank == 0:
@@ -199,20 +206,18 @@ def _print_eval(run_dir: Path) -> None:
 
 def _load_for_inference(run: Path, set_: list[str] | None):
     from fmkit.checkpoint import load_checkpoint, resolve_checkpoint
-    from fmkit.run import build_components, fingerprint, load_run_recipe
+    from fmkit.run import build_components, check_fingerprint, fingerprint, load_run_recipe
     from fmkit.trainer import load_model_state
 
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
     ck = resolve_checkpoint(run)
     data = load_checkpoint(ck)
-    theirs = data.meta.get("fingerprint", {})
-    if theirs and theirs.get("model") != fingerprint(rec)["model"]:
-        from fmkit.errors import CheckpointError
-
-        raise CheckpointError(f"checkpoint {ck} was trained with model {theirs.get('model')}, the run's recipe "
-                              f"now says {fingerprint(rec)['model']}", where=str(ck),
-                              fix="restore the run's recipe.yaml or use a checkpoint from this recipe")
+    # the model's output means what the path's prediction and the source say: all three must match
+    check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
+                      sections=("model", "path", "source"),
+                      fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
+                          "recipe")
     weights = data.tensors.get("ema") if rec.eval.use_ema and "ema" in data.tensors else data.tensors["model"]
     load_model_state(comps.model, weights, str(ck))
     return rec, comps, ck, data
@@ -228,16 +233,45 @@ def _device(rec) -> "torch.device":  # noqa: F821
     return dev
 
 
-def _solver(rec, solver: str | None, steps: int | None):
+def _solver(rec, solver: str | None, steps: int | None, rtol: float | None = None,
+            atol: float | None = None) -> tuple:
+    """The solver to sample with: the recipe's, or ``--solver`` (with its defaults), with ``--steps``
+    or ``--rtol``/``--atol`` on top; and a short description of it for tables (``euler, 50 steps``)."""
     from fmkit.recipe import Component
 
+    reg = _registry()
     spec = rec.solver.spec()
     if solver:
-        _registry().get("solvers", solver, where="--solver")  # an unknown name: the closest match, by option
+        reg.get("solvers", solver, where="--solver")  # an unknown name: the closest match, by option
         spec = {"name": solver}
-    if steps is not None:
-        spec["steps"] = steps
-    return _registry().build("solvers", Component(**spec).spec(), where="solver (with --solver/--steps)")
+    flags = {"steps": ("--steps", steps), "rtol": ("--rtol", rtol), "atol": ("--atol", atol)}
+    entry = reg.get("solvers", spec["name"], where="solver")
+    fields = set(entry.options.model_fields) if entry.options is not None else set()
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        if key not in fields:
+            def takes(k: str) -> list[str]:
+                return sorted(n for n, e in reg.entries("solvers").items()
+                              if e.options is not None and k in e.options.model_fields)
+
+            if key == "steps":
+                fix = (f"--steps applies to fixed-step solvers ({', '.join(takes('steps'))}); an adaptive one such as "
+                       f"{spec['name']!r} takes --rtol/--atol")
+            else:
+                fix = (f"{flag} applies to adaptive solvers ({', '.join(takes(key))}); a fixed-step one such as "
+                       f"{spec['name']!r} takes --steps")
+            raise FmkitError(f"solver {spec['name']!r} has no option {key!r}", where=flag, fix=fix)
+        spec[key] = value
+    resolved = reg.resolve("solvers", Component(**spec).spec(), where="solver (with --solver/--steps/--rtol/--atol)")
+    return reg.build("solvers", resolved, where="solver"), describe_solver(resolved)
+
+
+def describe_solver(spec: dict) -> str:
+    """``euler, 50 steps`` or ``dopri5, rtol 1e-05, atol 1e-05`` (other options as key value)."""
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    parts = [spec["name"]] + [f"{v} steps" if k == "steps" else f"{k} {v}" for k, v in opts.items()]
+    return ", ".join(parts)
 
 
 @app.command()
@@ -246,7 +280,12 @@ def sample(
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="number of samples")] = 1000,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (default: a new "
+                                               "cli-<time> folder); an existing non-empty one needs --overwrite")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing --out folder, replacing "
+                                            "files of the same names")] = False,
     seed: int = 0,
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
     set_: SetOpt = None,
@@ -256,15 +295,12 @@ def sample(
     from safetensors.torch import save_file
 
     from fmkit.guidance import ClassifierFreeGuidance
-    from fmkit.run import safe_output_path
     from fmkit.trainer import sample_in_chunks
 
     rec, comps, ck, _ = _load_for_inference(run, set_)
     dev = _device(rec)
-    s = _solver(rec, solver, steps)
-    name = out or f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = safe_output_path(Path(run) / "samples", name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    s, _ = _solver(rec, solver, steps, rtol, atol)
+    out_dir = _sample_dir(Path(run), out, overwrite)
     model = comps.model.to(dev).eval()
     if guidance is not None:
         if comps.dataset.info.num_cond_classes is None:
@@ -283,15 +319,44 @@ def sample(
         console.print(f"  {f}")
 
 
+def _sample_dir(run: Path, out: str | None, overwrite: bool) -> Path:
+    """The folder to write samples into, made before sampling: ``--out`` inside RUN/samples (refused
+    when it holds files, unless ``--overwrite``), or a new ``cli-<time>[-N]`` folder."""
+    from fmkit.errors import OutputError
+    from fmkit.run import safe_output_path
+
+    base = run / "samples"
+    if out is None:
+        stem = f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir, i = safe_output_path(base, stem), 1
+        while out_dir.exists():
+            i += 1
+            out_dir = safe_output_path(base, f"{stem}-{i}")
+    else:
+        out_dir = safe_output_path(base, out)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+            raise OutputError(f"{out_dir} already exists and is not empty", where="--out",
+                              fix="pick another --out name, or pass --overwrite to write into it (files of the same "
+                                  "names are replaced)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the sample folder {out_dir}: {exc.strerror or exc}", where="--out",
+                          fix="pick another --out name") from None
+    return out_dir
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory")],
     n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, help="samples (default: eval.num_samples)")] = None,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
     likelihood: Annotated[bool, typer.Option("--likelihood", help="also exact NLL / bits per dim of data")] = False,
     likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
-    estimator: Annotated[str, typer.Option(help="divergence: exact or hutchinson")] = "exact",
+    estimator: Annotated[str, typer.Option(help="divergence (--likelihood): exact or hutchinson")] = "exact",
     seed: int = 0,
     set_: SetOpt = None,
 ) -> None:
@@ -300,9 +365,12 @@ def evaluate(
 
     from fmkit.trainer import sample_in_chunks
 
+    if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
+        raise FmkitError(f"unknown divergence estimator {estimator!r}", where="--estimator",
+                         fix=f"use one of: {', '.join(ESTIMATORS)}")
     rec, comps, ck, _ = _load_for_inference(run, set_)
     dev = _device(rec)
-    s = _solver(rec, solver, steps)
+    s, about = _solver(rec, solver, steps, rtol, atol)
     model = comps.model.to(dev).eval()
     num = n or rec.eval.num_samples
     rows: list[tuple[str, str]] = []
@@ -320,7 +388,7 @@ def evaluate(
 
         torch.manual_seed(seed)
         ref = to_device(comps.dataset.reference(likelihood_n, seed=seed + 1), dev)
-        lsolver = s if solver or steps else _registry().build("solvers", {"name": "dopri5", "rtol": 1e-5, "atol": 1e-5})
+        lsolver, labout = (s, about) if solver or any(v is not None for v in (steps, rtol, atol)) else _solver(rec, "dopri5", None, 1e-5, 1e-5)
         try:
             res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
                                  comps.source, lsolver, estimator=estimator)
@@ -330,10 +398,12 @@ def evaluate(
         rows.append(("nll (nats)", f"{-res.log_prob.mean().item():.4f}"))
         rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
         rows.append(("likelihood nfe", str(res.nfe)))
+        rows.append(("likelihood solver", labout))
     if not rows:
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
-    table = Table(title=f"{run} @ {ck.name} ({num} samples, solver {type(s).__name__})")
+    title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in rows:
@@ -342,20 +412,38 @@ def evaluate(
 
 
 @app.command()
-def plugins() -> None:
-    """Every registered component, its kind and the plugin that gave it."""
+def plugins(
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="only this kind (models, datasets, ...)")] = None,
+    options: Annotated[bool, typer.Option("--options", help="also each component's options: type and default")]
+    = False,
+) -> None:
+    """Every registered component, its kind and the plugin that gave it (with --options, its options)."""
     from fmkit.hookspecs import KINDS
+    from fmkit.registry import describe_options
 
     reg = _registry()
+    kinds = KINDS
+    if kind is not None:
+        singular = {k[:-1]: k for k in KINDS}
+        if kind not in KINDS and kind not in singular:
+            import difflib
+
+            close = difflib.get_close_matches(kind, KINDS, n=1)
+            raise FmkitError(f"unknown component kind {kind!r}", where="--kind",
+                             fix=(f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(KINDS)}")
+        kinds = (singular.get(kind, kind),)
     table = Table(title="fmkit components")
-    for col in ("kind", "name", "plugin", "description"):
+    for col in ("kind", "name", "plugin", "description") + (("options",) if options else ()):
         table.add_column(col)
-    for kind in KINDS:
-        for name, e in sorted(reg.entries(kind).items()):
-            table.add_row(kind[:-1], name, e.plugin, e.description)
+    for k in kinds:
+        for name, e in sorted(reg.entries(k).items()):
+            row = [k[:-1], name, e.plugin, e.description]
+            if options:
+                row.append(describe_options(e.options) if e.options is not None else "(none)")
+            table.add_row(*row)
     console.print(table)
     rec = reg.recipes()
-    if rec:
+    if rec and kind is None:
         console.print("recipes shipped by plugins: " + ", ".join(f"{k} ({p})" for k, (_, p) in sorted(rec.items())))
 
 
@@ -387,7 +475,7 @@ def run() -> None:
     """Console-script entry point with user-friendly errors."""
     try:
         _registry_commands()
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="fmkit")  # also under `python -m fmkit`
         # without standalone mode, typer *returns* the code of an Exit (130 for a Ctrl-C it caught)
         if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
             if rv == 130:
@@ -435,10 +523,51 @@ def run() -> None:
             raise
         from rich.markup import escape
 
+        culprit = _plugin_frame(exc)
+        if culprit is not None:  # the innermost frame of fmkit or a plugin is the plugin's: not our bug
+            plugin, place = culprit
+            err_console.print(f"[bold red]error in plugin {escape(repr(plugin))}[/] ({escape(place)}): "
+                              f"{escape(f'{type(exc).__name__}: {exc}')}\n"
+                              "  fix:   this is a bug in that plugin or its use; report it to its authors (fmkit is "
+                              "not the cause); `fmkit --debug ...` shows the traceback", highlight=False, soft_wrap=True)
+            sys.exit(1)
         err_console.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
                           "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False,
                           soft_wrap=True)
         sys.exit(1)
+
+
+def _plugin_frame(exc: BaseException) -> tuple[str, str] | None:
+    """(plugin name, ``pkg/file.py:LINE, in FUNC``) when the innermost traceback frame that belongs to
+    fmkit or to a registered plugin is the plugin's; None when it is fmkit's (or nobody's). Frames
+    of torch, numpy, the standard library and other packages are passed over: a plugin's forward
+    failing inside torch is the plugin's."""
+    import traceback
+
+    try:
+        packages = _registry().plugin_packages()
+    except Exception:  # a registry that cannot even load blames nobody
+        return None
+    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        root = str(frame.f_globals.get("__name__", "")).split(".")[0]
+        if root == "fmkit":
+            return None
+        if root in packages:
+            return packages[root], f"{_short_file(frame.f_code.co_filename, root)}:{lineno}, in {frame.f_code.co_name}"
+    return None
+
+
+def _short_file(filename: str, root: str) -> str:
+    """``filename`` from its top-level package on (``fmkit_ring/net.py``)."""
+    top = sys.modules.get(root)
+    base = getattr(top, "__file__", None)
+    if base:
+        base_dir = Path(base).parent.parent if Path(base).name == "__init__.py" else Path(base).parent
+        try:
+            return Path(filename).relative_to(base_dir).as_posix()
+        except ValueError:
+            pass
+    return Path(filename).name
 
 
 _commands_added = False
