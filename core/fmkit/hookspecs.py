@@ -8,8 +8,10 @@ A plugin implements any of these with ``@fmkit.hookimpl``::
         register("my_net", Net, options=NetOptions, description="...")
 
 ``register(name, factory, options=None, description="")``: ``factory`` is called with the validated
-options as keyword arguments plus any build-context names its signature asks for (``data_info``,
-``dataset``, ``device``); ``options`` is a pydantic model (``extra="forbid"``) or None for none.
+options as keyword arguments plus any build-context names its signature asks for: ``data_info``
+(every kind but solvers and datasets), ``predictions`` (models: ``{field: "velocity" | "x1"}``) and
+``field_info``/``field`` (sources built for one field, ``source.fields.<f>``, only). ``options`` is
+a pydantic model (``extra="forbid"``; unknown keys are refused either way) or None for none.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def register_sources(register):
 
 @hookspec
 def register_models(register):
-    """Velocity models: ``nn.Module`` with ``forward(x_t, t, cond) -> velocity state``."""
+    """Models: ``nn.Module`` with ``forward(x_t, t, cond) -> state``: per continuous field the velocity or
+    the endpoint x1 (the ``predictions`` context says which), per categorical field logits."""
 
 
 @hookspec
