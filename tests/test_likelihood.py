@@ -49,6 +49,16 @@ def test_exact_divergence_matches_analytic_density():
     assert res.nfe > 0
 
 
+def test_bare_tensors_give_the_same_likelihood():
+    """A bare x1, a tensor velocity and a per-field source (no StateSource) give the same answer."""
+    x1 = torch.randn(8, 3, dtype=D)
+    ref = log_likelihood(linear_field(A3), {"x": x1}, SRC, TIGHT)
+    bare = log_likelihood(lambda x, t: x @ A3.T, x1, GaussianSource(), TIGHT)
+    torch.testing.assert_close(bare.log_prob, ref.log_prob, rtol=0, atol=0)
+    assert isinstance(bare.x0, torch.Tensor)
+    torch.testing.assert_close(bare.x0, ref.x0["x"], rtol=0, atol=0)
+
+
 def test_exact_divergence_with_time_dependent_nonlinear_field():
     """A field with a known Jacobian trace: v(x, t) = t tanh(x) W, div = t sum_i W_ii sech^2(x_i)."""
     W = torch.tensor([[0.5, -1.0], [0.3, 0.2]], dtype=D)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fmkit.errors import ModelError
 from fmkit.paths import (
     AffinePath,
     CondOTScheduler,
@@ -354,8 +355,31 @@ def test_state_path_composes_per_field_paths():
     vel = sp.velocity(pred, ps.x_t, t)
     assert torch.equal(vel["pos"], pred["pos"])
     assert vel["atoms"].shape == (B, N, K + 1)
-    with pytest.raises(KeyError, match="atoms"):
+    with pytest.raises(ModelError, match="no output for field 'atoms'"):
         sp.losses({"pos": pred["pos"]}, ps, x1)
+
+
+def test_model_outputs_of_the_wrong_shape_or_kind_are_refused():
+    """A model output that would broadcast against the target (MSE of [B,1] vs [B,3] trains without
+    an error and samples garbage) is refused by training and sampling alike, naming the field."""
+    sp = StatePath(AffinePath(CondOTScheduler()), {"atoms": DiscretePath("mask")})
+    B, N, K = 4, 5, 3
+    x1 = {"pos": torch.randn(B, N, 3), "atoms": torch.randint(0, K, (B, N)), "mask": torch.ones(B, N, dtype=torch.bool)}
+    x0 = {"pos": torch.randn(B, N, 3), "atoms": torch.full((B, N), K)}
+    ps = sp.sample(x0, x1, torch.rand(B))
+    good = {"pos": torch.randn(B, N, 3), "atoms": torch.randn(B, N, K)}
+    sp.losses(good, ps, x1)
+    sp.velocity(good, ps.x_t, torch.rand(B))
+    bad = [({"pos": torch.randn(B, N, 1), "atoms": good["atoms"]}, r"'pos' has shape \(4, 5, 1\).*\(4, 5, 3\)"),
+           ({"pos": torch.randn(1, N, 3), "atoms": good["atoms"]}, r"'pos' has shape \(1, 5, 3\)"),
+           ({"pos": good["pos"], "atoms": torch.randn(B, K)}, r"'atoms' has shape \(4, 3\).*num_classes"),
+           ({"pos": good["pos"].numpy(), "atoms": good["atoms"]}, r"'pos' has shape ndarray"),
+           (torch.randn(B, N, 3), r"returned a Tensor, not a dict")]
+    for pred, match in bad:
+        with pytest.raises(ModelError, match=match):
+            sp.losses(pred, ps, x1)
+        with pytest.raises(ModelError, match=match):
+            sp.velocity(pred, ps.x_t, torch.rand(B))
 
 
 def test_state_path_refuses_categorical_field_on_affine_path():

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fmkit.errors import ModelError
 from fmkit.paths import DiscretePath
 from fmkit.solvers import ORDERS, AdaptiveSolver, FixedStepSolver
 from scipy.linalg import expm
@@ -157,6 +158,16 @@ def test_adaptive_solver_refuses_categorical_fields():
     state = {"x": torch.randn(4, 2, dtype=D), "atoms": torch.zeros(4, 3, dtype=torch.long)}
     with pytest.raises(ValueError, match=r"'atoms' is categorical.*fixed-step"):
         AdaptiveSolver().solve(lambda s, t: s, state)
+
+
+@pytest.mark.parametrize("solver", [FixedStepSolver("euler", 4), FixedStepSolver("rk4", 4), AdaptiveSolver()])
+def test_velocity_of_the_wrong_shape_is_refused(solver):
+    """A [B,1] velocity for a [B,2] state would broadcast into every coordinate without an error."""
+    x0 = torch.randn(5, 2, dtype=D)
+    with pytest.raises(ModelError, match=r"velocity function's output for field 'x' has shape \(5, 1\)"):
+        solver.solve(lambda x, t: x[:, :1], x0)
+    with pytest.raises(ModelError, match="no output for field 'y'"):
+        solver.solve(lambda s, t: {"x": s["x"]}, {"x": x0, "y": x0.clone()})
 
 
 def test_solver_argument_validation():

@@ -6,6 +6,7 @@ plugins fill through pluggy hooks (:mod:`fmkit.registry`), and the one :class:`T
 Everything works on bare tensors as well as on states (dicts of named fields).
 """
 
+from fmkit import metrics  # noqa: F401 - `fmkit.metrics.W2Metric()` after a plain `import fmkit`
 from fmkit.couplings import Coupling, ExactOTCoupling, IndependentCoupling, SinkhornCoupling
 from fmkit.data import DataInfo, Dataset, FieldInfo, TensorDataset
 from fmkit.errors import FmkitError

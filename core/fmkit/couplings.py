@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from fmkit.errors import NonFiniteDataError
 from fmkit.state import State, StateLike, apply_mask, as_state, fields, index, is_categorical, unwrap
 
 _BIG = 1e12
@@ -59,6 +60,10 @@ def pairwise_cost(x0: State, x1: State) -> Tensor:
     mask = x1.get("mask")
     cost = None
     for k, v1 in fields(x1).items():
+        if k not in x0 or x0[k].shape != v1.shape:
+            got = tuple(x0[k].shape) if k in x0 else "nothing"
+            raise ValueError(f"a coupling pairs equal batches: field {k!r} of x1 has shape {tuple(v1.shape)}, "
+                             f"x0 has {got}")
         if is_categorical(v1):
             continue
         a = apply_mask(x0[k], mask).reshape(v1.shape[0], -1).double()
@@ -72,6 +77,26 @@ def pairwise_cost(x0: State, x1: State) -> Tensor:
         same = (m[:, None, :] == m[None, :, :]).all(-1)
         cost = torch.where(same, cost, torch.full_like(cost, _BIG))
     return cost
+
+
+def require_finite(x0: State, x1: State, cost: Tensor | np.ndarray | None = None) -> None:
+    """Raise :class:`NonFiniteDataError` naming the fields when ``cost`` (else the continuous fields)
+    holds NaN/Inf: an assignment or Sinkhorn would fail with a bare numeric error, or pair at random.
+    For a coupling's own use; a device tensor makes this one host sync."""
+    if cost is None:
+        finite = all(bool(torch.isfinite(v).all()) for s in (x0, x1) for v in fields(s).values()
+                     if v.is_floating_point())
+    elif isinstance(cost, np.ndarray):
+        finite = bool(np.isfinite(cost).all())
+    else:
+        finite = bool(torch.isfinite(cost).all())
+    if finite:
+        return
+    bad = [f"{side}.{k}" for side, s in (("x1", x1), ("x0", x0)) for k, v in fields(s).items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    raise NonFiniteDataError(f"the batch to pair holds NaN/Inf in {', '.join(bad) or 'its costs'}: "
+                             f"an OT coupling needs finite data", fields=bad, where="coupling",
+                             fix="clean the data (x1 is the data, x0 the source sample)")
 
 
 EMD_FROM = 256  # batch size from which POT's network simplex replaces scipy's assignment (bench_ot.py)
@@ -108,9 +133,10 @@ class ExactOTCoupling(Coupling):
     optimal plan is a permutation, found by an exact assignment (:func:`assignment`)."""
 
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
-        cost = pairwise_cost(x0, x1)
-        perm = assignment(cost.cpu().numpy())  # x1_j is paired with x0_perm[j]
-        return index(x0, torch.as_tensor(perm, device=cost.device)), x1
+        cost = pairwise_cost(x0, x1).cpu().numpy()
+        require_finite(x0, x1, cost)
+        perm = assignment(cost)  # x1_j is paired with x0_perm[j]
+        return index(x0, torch.as_tensor(perm, device=next(iter(fields(x1).values())).device)), x1
 
 
 def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1e-6) -> Tensor:
@@ -171,10 +197,16 @@ class SinkhornCoupling(Coupling):
     """Entropic OT coupling: each x1_j draws its partner x0_i from the plan's column P[:, j]."""
 
     def __init__(self, epsilon: float = 0.05, iters: int = 200) -> None:
+        if not (np.isfinite(epsilon) and epsilon > 0):  # epsilon <= 0 maximises the cost or divides by 0
+            raise ValueError(f"sinkhorn epsilon must be a finite number > 0, got {epsilon}")
+        if iters < 1:
+            raise ValueError(f"sinkhorn needs at least one iteration, got iters={iters}")
         self.epsilon, self.iters = float(epsilon), int(iters)
 
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
-        plan = sinkhorn_plan(pairwise_cost(x0, x1), self.epsilon, self.iters)
+        cost = pairwise_cost(x0, x1)
+        require_finite(x0, x1, cost)
+        plan = sinkhorn_plan(cost, self.epsilon, self.iters)
         cols = plan.t().float()
         idx = torch.multinomial(cols / cols.sum(1, keepdim=True), 1).squeeze(1)
         return index(x0, idx), x1

@@ -40,12 +40,24 @@ class DataError(FmkitError):
     """A data root is missing or partial, or a record cannot be read."""
 
 
+class NonFiniteDataError(DataError):
+    """A batch holds NaN/Inf where a component needs finite numbers (e.g. an OT coupling's costs)."""
+
+    def __init__(self, what: str, *, fields: list[str], where: str | None = None, fix: str | None = None) -> None:
+        self.fields = fields
+        super().__init__(what, where=where, fix=fix)
+
+
 class CheckpointError(FmkitError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the recipe/model."""
 
 
 class TrainingError(FmkitError):
     """Training cannot go on (non-finite loss, out of memory, finished run)."""
+
+
+class ModelError(FmkitError):
+    """A model's (or velocity function's) output does not fit the state: a missing field or a wrong shape."""
 
 
 class DependencyError(FmkitError):

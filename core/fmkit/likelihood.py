@@ -10,14 +10,15 @@ small dims) or Hutchinson's estimator E[eps^T J eps] with a fixed probe per solv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from fmkit.solvers import Solver, Velocity
-from fmkit.sources import StateSource
-from fmkit.state import State, apply_mask, count_dims, fields, is_categorical
+from fmkit.solvers import Solver
+from fmkit.sources import Source, StateSource
+from fmkit.state import DEFAULT_FIELD, State, StateLike, apply_mask, as_state, count_dims, fields, is_categorical
 
 _L = "__logdet__"
 
@@ -29,7 +30,7 @@ class LikelihoodResult:
     log_prob: Tensor
     bits_per_dim: Tensor
     nfe: int
-    x0: State
+    x0: StateLike
 
 
 def divergence_exact(out: dict[str, Tensor], x: dict[str, Tensor]) -> Tensor:
@@ -64,7 +65,7 @@ def make_probes(like: dict[str, Tensor], kind: str, mask: Tensor | None) -> dict
     return {n: apply_mask(v, mask) for n, v in p.items()}
 
 
-def log_likelihood(velocity: Velocity, x1: State, source: StateSource, solver: Solver, *,
+def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Source, solver: Solver, *,
                    estimator: str = "exact", probe: str = "rademacher",
                    dequantization_offset: float = 0.0) -> LikelihoodResult:
     """log p_1(x1) of the flow ``velocity`` (which sees a state without mask/cond, and a scalar t).
@@ -72,15 +73,26 @@ def log_likelihood(velocity: Velocity, x1: State, source: StateSource, solver: S
     ``x1`` may carry ``mask`` (padding excluded from the dims) and ``cond``. Bits per dim are
     ``(-log p + offset) / (D ln 2)`` with D the real dimensions of each example; pass
     ``dequantization_offset = D log 256``-style corrections yourself for discrete data.
+    On bare tensors: ``x1`` a tensor, ``velocity(x, t) -> tensor``, ``source`` a per-field
+    :class:`Source`; the result's ``x0`` is then a tensor too.
     """
+    if estimator not in ("exact", "hutchinson"):
+        raise ValueError(f"unknown divergence estimator {estimator!r}; use 'exact' or 'hutchinson'")
+    x1, bare = as_state(x1)
+    if bare:
+        fn = velocity
+
+        def velocity(x: State, t: Tensor) -> State:  # noqa: F811 - adapt a tensor field
+            return {DEFAULT_FIELD: fn(x[DEFAULT_FIELD], t)}
+
+    if not isinstance(source, StateSource):
+        source = StateSource({}, source)
     mask = x1.get("mask")
     xf = fields(x1)
     for n, v in xf.items():
         if is_categorical(v):
             raise ValueError(f"field {n!r} is categorical: log-likelihood covers continuous fields only")
     probes = make_probes(xf, probe, mask) if estimator == "hutchinson" else None
-    if estimator not in ("exact", "hutchinson"):
-        raise ValueError(f"unknown divergence estimator {estimator!r}; use 'exact' or 'hutchinson'")
 
     def augmented(state: State, t: Tensor) -> State:
         with torch.enable_grad():
@@ -102,4 +114,4 @@ def log_likelihood(velocity: Velocity, x1: State, source: StateSource, solver: S
     logp = source.log_prob(x0) + sol.x[_L]
     dims = sum(count_dims(v, mask) for v in xf.values()).to(logp.dtype)
     bpd = (-logp + dequantization_offset) / (dims * math.log(2.0))
-    return LikelihoodResult(logp, bpd, sol.nfe, x0)
+    return LikelihoodResult(logp, bpd, sol.nfe, x0[DEFAULT_FIELD] if bare else x0)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fmkit.errors import ModelError
 from fmkit.state import State, fields, is_categorical, masked_mean_per_example
 
 
@@ -279,18 +280,42 @@ class StatePath:
 
     def losses(self, pred: State, ps: PathSample, x1: State, reduce: bool = False) -> dict[str, Tensor]:
         """Per-field losses: per example ``{field: [B]}``, or with ``reduce`` their batch means (scalars)."""
+        check_output(pred, x1)
         mask = x1.get("mask")
         out = {}
         for k, v1 in fields(x1).items():
-            if k not in pred:
-                raise KeyError(f"the model returned no output for field {k!r} (it returned {sorted(pred)})")
             field_ps = PathSample(ps.t, ps.x_t[k], ps.dx_t[k])
             path = self.for_field(k, v1)
             out[k] = (path.batch_loss if reduce else path.loss)(pred[k], field_ps, v1, mask)
         return out
 
     def velocity(self, pred: State, x_t: State, t: Tensor) -> State:
+        check_output(pred, x_t)
         return {k: self.for_field(k, v).velocity(pred[k], v, t) for k, v in fields(x_t).items()}
+
+
+def check_output(pred: Any, like: State, what: str = "the model") -> None:
+    """Fail with a :class:`ModelError` unless ``pred`` has every field of ``like``, each of its shape
+    (a categorical field, class indices [...], takes logits or rates [..., K]). Shapes only: no sync."""
+    if not isinstance(pred, Mapping):
+        raise ModelError(
+            f"{what} returned a {type(pred).__name__}, not a dict of fields {sorted(fields(like))}",
+            where="model output",
+            fix="return {field: tensor}; a network on bare tensors can be wrapped in fmkit.TensorModel(net)")
+    for k, v in fields(like).items():
+        if k not in pred:
+            raise ModelError(f"{what} returned no output for field {k!r} (it returned {sorted(pred)})",
+                             where=f"model output {k!r}", fix=f"return an entry {k!r} for every field of the data")
+        out = pred[k]
+        shape = tuple(getattr(out, "shape", ()))
+        ok = shape[:-1] == tuple(v.shape) if is_categorical(v) else shape == tuple(v.shape)
+        if not isinstance(out, Tensor) or not ok:
+            want = (f"{tuple(v.shape)} + (num_classes,), logits per class index" if is_categorical(v)
+                    else f"{tuple(v.shape)}, the shape of the field")
+            raise ModelError(
+                f"{what}'s output for field {k!r} has shape {shape if isinstance(out, Tensor) else type(out).__name__}; "
+                f"it must be {want}", where=f"model output {k!r}",
+                fix="check the model's output layer: one value per element of the field (batch dimension first)")
 
 
 def make_affine(kind: str, **opts: float) -> AffinePath:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from fmkit.paths import check_output
 from fmkit.state import State, StateLike, as_state, is_categorical, unwrap
 
 Velocity = Callable[[State, Tensor], State]
@@ -59,12 +60,18 @@ class Solver(ABC):
 
 
 class _Counter:
+    """Counts evaluations; checks the first output's fields and shapes (a velocity of the wrong shape
+    would otherwise broadcast into the state without an error)."""
+
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.n = fn, 0
 
     def __call__(self, x: State, t: Tensor) -> State:
         self.n += 1
-        return self.fn(x, t)
+        out = self.fn(x, t)
+        if self.n == 1:
+            check_output(out, x, what="the velocity function")
+        return out
 
 
 def _jump(x: Tensor, rate: Tensor, h: float) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 from fmkit.couplings import Coupling
 from fmkit.data import Dataset, Indices
 from fmkit.distributed import DistInfo, fold_seed, shard_slices
-from fmkit.errors import TrainingError
+from fmkit.errors import NonFiniteDataError, TrainingError
 from fmkit.sources import StateSource
 from fmkit.state import State
 
@@ -53,7 +53,12 @@ class LoaderPairing:
         torch.default_generator.manual_seed(seed)
         with torch.no_grad():
             x0 = self.source.sample(x1)
-            return self.coupling.pair(x0, x1)
+            try:
+                return self.coupling.pair(x0, x1)
+            except NonFiniteDataError:
+                # a batch with NaN/Inf goes on unpaired: the trainer's NaN check then names its field and
+                # saves the last good state (raised in a worker, the error would arrive as a traceback string)
+                return x0, x1
 
 
 class BatchStream:

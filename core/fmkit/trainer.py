@@ -33,7 +33,7 @@ from fmkit.couplings import Coupling, IndependentCoupling
 from fmkit.data import Dataset
 from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
                                fold_seed, seed_generators, seed_shard)
-from fmkit.errors import CheckpointError, OutputError, TrainingError
+from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
@@ -114,13 +114,29 @@ def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> None:
         torch.set_num_threads(threads)
 
 
+def _options(cls: type, value: Any, name: str) -> Any:
+    """``cls`` from None (the defaults), an instance, or a mapping of its fields (validated)."""
+    if value is None:
+        return cls()
+    if isinstance(value, Mapping):
+        return cls.model_validate(dict(value))
+    if not isinstance(value, cls):
+        raise TypeError(f"Trainer's {name} must be a {cls.__name__} or a dict of its fields, "
+                        f"got {type(value).__name__}")
+    return value
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"trainer.device {name!r} is not a device torch knows", where="trainer.device",
+                            fix="use auto, cpu, cuda or cuda:N (or mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"trainer.device is {name!r} but CUDA is not available on this machine",
-                            where="trainer.device", fix="use `--set trainer.device=auto` (or cpu)")
+                            where="trainer.device", fix="use `--set trainer.device=auto` or cpu (in Python: TrainerOptions(device=\"auto\"))")
     return dev
 
 
@@ -138,8 +154,8 @@ class Trainer:
                  eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None):
-        self.opts = options or TrainerOptions()
-        self.eval_opts = eval_options or EvalOptions()
+        self.opts = _options(TrainerOptions, options, "options")
+        self.eval_opts = _options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
         self.source = source if isinstance(source, StateSource) else StateSource({}, source or GaussianSource())
@@ -187,6 +203,14 @@ class Trainer:
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
+        if self.null_cond is None and (o.cond_dropout > 0 or self.eval_opts.guidance_scale is not None):
+            key = "trainer.cond_dropout" if o.cond_dropout > 0 else "eval.guidance_scale"
+            raise TrainingError(
+                f"{key} needs a null class for dropped conditions, and the dataset declares no number of "
+                f"condition classes (its info.num_cond_classes is None)", where=key,
+                fix="declare K condition classes (DataInfo(num_cond_classes=K), TensorDataset(data, "
+                    "num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a label embedding "
+                    "needs K + 1 rows; or drop cond_dropout/guidance_scale")
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
@@ -272,13 +296,19 @@ class Trainer:
         self._check_writable()
         if resume:
             self.resume(None if resume is True else Path(resume))
+        elif self.run_dir is not None and ckpt.complete_checkpoints(self.run_dir / "checkpoints"):
+            raise TrainingError(
+                "the run directory already holds checkpoints; training from step 0 would replace them and "
+                "its metrics.csv", where=str(self.run_dir),
+                fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")
         else:
             seed_generators(self.seed + 7919 * self.dist.rank, self.device)  # torch.manual_seed visits every GPU
         if self.step >= self.opts.steps:
             raise TrainingError(
                 f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
                 where=str(self.run_dir) if self.run_dir else None,
-                fix=f"to train longer, resume with a larger budget, e.g. --set trainer.steps={self.opts.steps * 2}")
+                fix=f"to train longer, resume with a larger budget, e.g. --set trainer.steps={self.opts.steps * 2} "
+                    f"(in Python: TrainerOptions(steps={self.opts.steps * 2}) and fit(resume=True))")
         if self.run_dir is not None and self.is_main:
             self.logger = MetricsLogger(self.run_dir, truncate_after=self.step)
         for cb in self.callbacks:
@@ -325,7 +355,10 @@ class Trainer:
                     ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
                         else contextlib.nullcontext()
                     with ctx:
-                        loss, _ = self.loss(batch, x0)
+                        try:
+                            loss, _ = self.loss(batch, x0)
+                        except NonFiniteDataError:  # the coupling met NaN/Inf in the batch: before any update
+                            self._non_finite(batch, check_every=1)
                         (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
                     loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
                 mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
@@ -376,9 +409,16 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
                         where=str(self.run_dir) if self.run_dir else None,
-                        fix=f"resume with `fmkit train --resume {self.run_dir}`" if self.run_dir else None)
+                        fix=self._resume_hint() if self.run_dir else None)
         if (self.metrics or self.writers) and self.step == o.steps:
             self.evaluate()
+
+    def _resume_hint(self) -> str:
+        """How to continue this run: the CLI's command for a run built from a recipe (it has a
+        fingerprint, or its run directory holds recipe.yaml), else the library call."""
+        if self.fingerprint or (self.run_dir is not None and (self.run_dir / "recipe.yaml").exists()):
+            return f"resume with `fmkit train --resume {self.run_dir}`"
+        return "resume with `trainer.fit(resume=True)` (same run_dir)"
 
     def _finite(self, loss: Tensor) -> bool:
         """Whether the step's loss is finite; under DDP all ranks decide on the mean, so they stop together."""
@@ -387,8 +427,11 @@ class Trainer:
         return math.isfinite(loss.item())
 
     def _non_finite(self, batch: State, check_every: int) -> None:
+        """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
         bad_fields = [k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if check_every == 1:
+        if self.run_dir is None:
+            saved = "nothing was saved (the trainer has no run_dir)"
+        elif check_every == 1:
             saved = f"the last good state (before step {self.step + 1}) was saved as a checkpoint"
             self.save_checkpoint()
         else:

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fmkit.couplings import Coupling, assignment
+from fmkit.couplings import Coupling, assignment, require_finite
 from fmkit.state import State
 from fmkit_molecules.geometry import kabsch
 
@@ -116,6 +116,7 @@ class EquivariantOTCoupling(Coupling):
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
         mask = x1.get("mask")
         pos0, pos1 = x0[self.pos_field], x1[self.pos_field]
+        require_finite({self.pos_field: pos0}, {self.pos_field: pos1})  # Kabsch/Hungarian need finite input
         b, n = pos1.shape[:2]
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=pos1.device)
