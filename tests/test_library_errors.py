@@ -137,3 +137,18 @@ def test_metrics_module_is_reachable_after_import_fmkit():
     code = "import fmkit; print(fmkit.metrics.W2Metric.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "W2Metric"
+
+
+def test_a_library_fingerprint_is_checked_key_by_key_on_resume(tmp_path):
+    """Any JSON-able fingerprint is stored in the checkpoint; a resume with another value is refused
+    and the message names the key (the recipe's model/data/path/source use the same check)."""
+    run = tmp_path / "run"
+    fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
+                  fingerprint={"net": {"width": 8}, "data": "v1"}).fit(until=3)
+    other = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
+                          fingerprint={"net": {"width": 9}, "data": "v1"})
+    with pytest.raises(fmkit.errors.CheckpointError, match="net.width: 8 in the checkpoint, 9 in this recipe"):
+        other.fit(resume=True)
+    same = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
+                         fingerprint={"data": "v1", "net": {"width": 8}})
+    assert same.fit(resume=True).step == 6

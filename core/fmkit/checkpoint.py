@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,48 @@ def load_torch_weights(path: Path) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state_dict of tensors", where=str(path))
     return obj
+
+
+# -- what a checkpoint must match ------------------------------------------------------------
+def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any],
+                     sections: tuple[str, ...] = ("model", "data", "path", "source")) -> list[str]:
+    """The differing key paths of a checkpoint's fingerprint and this recipe's, each as
+    ``model.hidden: 8 in the checkpoint, 16 in this recipe``. A checkpoint from before path and source
+    were recorded (no ``path`` section) is held to the options it recorded only."""
+    legacy = "path" not in theirs
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
+                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
+        elif _jsonish(a) != _jsonish(b):
+            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in this recipe")
+
+    for s in sections:
+        if s in theirs and s in ours:
+            walk(theirs[s], ours[s], s)
+    return out
+
+
+_ABSENT = object()
+
+
+def _jsonish(v: Any) -> Any:
+    """``v`` as it reads back from a checkpoint's meta.json (tuples are lists there)."""
+    return [_jsonish(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _show(v: Any) -> str:
+    return "absent" if v is _ABSENT else repr(v)
+
+
+def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
+                      sections: tuple[str, ...] = ("model", "data", "path", "source"), fix: str | None = None) -> None:
+    """Refuse a checkpoint whose recipe fingerprint differs from ``ours``, naming every difference."""
+    diff = fingerprint_diff(theirs, ours, sections)
+    if diff:
+        parts = [s for s in sections if any(d.startswith(f"{s}.") for d in diff)]
+        raise CheckpointError(
+            f"the checkpoint was written for a different {' and '.join(parts)}: " + "; ".join(diff), where=where,
+            fix=fix or "resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")

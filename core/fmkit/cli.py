@@ -205,8 +205,8 @@ def _print_eval(run_dir: Path) -> None:
 
 
 def _load_for_inference(run: Path, set_: list[str] | None):
-    from fmkit.checkpoint import load_checkpoint, resolve_checkpoint
-    from fmkit.run import build_components, check_fingerprint, fingerprint, load_run_recipe
+    from fmkit.checkpoint import check_fingerprint, load_checkpoint, resolve_checkpoint
+    from fmkit.run import build_components, fingerprint, load_run_recipe
     from fmkit.trainer import load_model_state
 
     rec = load_run_recipe(run, set_ or [])

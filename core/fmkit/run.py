@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 
 from fmkit.couplings import Coupling
 from fmkit.data import Dataset
-from fmkit.errors import CheckpointError, FmkitError, OutputError, RecipeError
+from fmkit.errors import FmkitError, OutputError, RecipeError
 from fmkit.paths import AffinePath, DiscretePath, StatePath
 from fmkit.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.registry import Registry, get_registry
@@ -50,63 +49,6 @@ def fingerprint(recipe: Recipe, registry: Registry | None = None) -> dict[str, A
     return {"model": reg.resolve("models", recipe.model.spec(), where="model"),
             "data": reg.resolve("datasets", recipe.data.spec(), where="data"),
             "path": fielded("paths", recipe.path, "path"), "source": fielded("sources", recipe.source, "source")}
-
-
-def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any],
-                     sections: tuple[str, ...] = ("model", "data", "path", "source")) -> list[str]:
-    """The differing key paths of a checkpoint's fingerprint and this recipe's, each as
-    ``model.hidden: 8 in the checkpoint, 16 in this recipe``. A checkpoint from before path and source
-    were recorded (no ``path`` section) is held to the options it recorded only."""
-    legacy = "path" not in theirs
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, key: str) -> None:
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
-                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
-        elif _jsonish(a) != _jsonish(b):
-            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in this recipe")
-
-    for s in sections:
-        if s in theirs and s in ours:
-            walk(theirs[s], ours[s], s)
-    return out
-
-
-_ABSENT = object()
-
-
-def _jsonish(v: Any) -> Any:
-    """``v`` as it reads back from a checkpoint's meta.json (tuples are lists there)."""
-    return [_jsonish(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
-def _show(v: Any) -> str:
-    return "absent" if v is _ABSENT else repr(v)
-
-
-def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
-                      sections: tuple[str, ...] = ("model", "data", "path", "source"), fix: str | None = None) -> None:
-    """Refuse a checkpoint whose recipe fingerprint differs from ``ours``, naming every difference."""
-    diff = fingerprint_diff(theirs, ours, sections)
-    if diff:
-        parts = [s for s in sections if any(d.startswith(f"{s}.") for d in diff)]
-        raise CheckpointError(
-            f"the checkpoint was written for a different {' and '.join(parts)}: " + "; ".join(diff), where=where,
-            fix=fix or "resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")
-
-
-class RecipeTrainer(Trainer):
-    """A :class:`Trainer` built from a recipe: on resume it holds the checkpoint to the recipe's whole
-    fingerprint (model, data, path, source; every option) and names each key that differs."""
-
-    def load_state(self, data: Any, where: str = "checkpoint") -> None:
-        check_fingerprint(data.meta.get("fingerprint") or {}, self.fingerprint, where)
-        mine, self.fingerprint = self.fingerprint, {}  # checked above in full; the base class checks a part
-        try:
-            super().load_state(data, where)
-        finally:
-            self.fingerprint = mine
 
 
 def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **context: Any) -> Any:
@@ -191,7 +133,7 @@ def _key(d: dict[str, Any], name: str) -> str:
 
 def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None) -> Trainer:
     c = build_components(recipe, registry)
-    return RecipeTrainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
+    return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                          options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                          callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed,
                          fingerprint=fingerprint(recipe, registry))

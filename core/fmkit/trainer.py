@@ -488,13 +488,9 @@ class Trainer:
 
     def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
         meta = data.meta
-        theirs = meta.get("fingerprint") or {}
-        for key in ("model", "data"):
-            if self.fingerprint.get(key) and theirs.get(key) and theirs[key] != self.fingerprint[key]:
-                raise CheckpointError(
-                    f"the checkpoint was written for a different {key}: checkpoint has {theirs[key]}, "
-                    f"this recipe has {self.fingerprint[key]}", where=where,
-                    fix="resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")
+        # every section of our fingerprint that the checkpoint recorded too (a recipe's: model, data,
+        # path and source with all their options), each differing key named
+        ckpt.check_fingerprint(meta.get("fingerprint") or {}, self.fingerprint, where, sections=tuple(self.fingerprint))
         load_model_state(self.model, data.tensors["model"], where)
         if self.ema is not None:
             load_model_state(self.ema.model, data.tensors.get("ema", data.tensors["model"]), where)
