@@ -35,6 +35,13 @@ def test_stop_and_resume_equals_straight_run(tmp_path):
     resumed = build_trainer(rec, tmp_path / "split").fit(resume=True)
     assert resumed.step == 2 * n
     _assert_identical(_params(straight), _params(resumed))
+    # so is the log: the stop at step 12 fell between log steps (every 5), and the resumed run's line
+    # at step 15 still averages steps 11-15
+    def losses(run):
+        rows = [r.split(",") for r in (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]]
+        return [(int(st), v) for st, k, v in rows if k == "loss"]
+
+    assert losses("split") == losses("straight") and len(losses("straight")) == 5
     # the optimizer moments are restored too
     s_opt, r_opt = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     for pid in s_opt:

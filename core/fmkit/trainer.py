@@ -177,6 +177,7 @@ class Trainer:
         self.step = 0
         self.finished = False
         self._stop_signal: int | None = None
+        self._pending: list[Tensor] = []  # losses of the steps since the last log line
 
         o = self.opts
         if o.batch_size % (o.grad_accum * self.dist.world_size):
@@ -336,7 +337,7 @@ class Trainer:
         o = self.opts
         check_every = 1 if self.device.type == "cpu" else o.log_every
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
-        pending: list[Tensor] = []
+        pending = self._pending  # this log window's step losses (kept in checkpoints: see load_state)
         last_log_time, last_log_step = time.perf_counter(), self.step
         wait = 0.0  # host seconds spent waiting for batches since the last log step
         with bar:
@@ -456,6 +457,8 @@ class Trainer:
                 "optimizer": opt_extra, "fingerprint": self.fingerprint, "seed": self.seed,
                 "world_size": self.dist.world_size,
                 "ema_updates": self.ema.num_updates if self.ema is not None else 0,
+                # a stop between log steps: the resumed run's next log line averages the same steps
+                "pending_losses": [float(v) for v in self._pending],
                 "params": {k: list(v.shape) for k, v in self.model.state_dict().items()}}
         return ckpt.CheckpointData(tensors, meta)
 
@@ -510,6 +513,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(meta["step"])
         self.finished = bool(meta.get("finished", False))
+        self._pending = [torch.tensor(v, dtype=torch.float32, device=self.device) for v in meta.get("pending_losses", [])]
         pos = meta.get("data", {})
         self.stream.close()
         self.stream = self._make_stream(int(pos.get("epoch", 0)), int(pos.get("index", 0)))
