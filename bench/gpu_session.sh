@@ -82,7 +82,7 @@ case "$PHASE" in
     for s in "${steps[@]}"; do
       python3 -m fmkit.cli evaluate runs/qm9 -n "$n" --steps "$s" 2>&1 | tee "$OUT/evaluate_${s}nfe.txt"
     done
-    python3 -m fmkit.cli sample runs/qm9 -n 100 --steps 100 --out gpu_samples 2>&1 | tee -a "$LOG"
+    python3 -m fmkit.cli sample runs/qm9 -n 100 --steps 100 --out gpu_samples --overwrite 2>&1 | tee -a "$LOG"
     for f in runs/qm9/samples/gpu_samples/*.sdf runs/qm9/samples/gpu_samples/*.png; do
       [ -f "$f" ] && cp "$f" "$OUT/"
     done
