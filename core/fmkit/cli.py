@@ -282,8 +282,8 @@ def sample(
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (default: a new "
-                                               "cli-<time> folder); an existing non-empty one needs --overwrite")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (default: a new cli-<time> "
+                                               "folder); an existing non-empty one needs --overwrite")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing --out folder, replacing "
                                             "files of the same names")] = False,
     seed: int = 0,
@@ -388,7 +388,10 @@ def evaluate(
 
         torch.manual_seed(seed)
         ref = to_device(comps.dataset.reference(likelihood_n, seed=seed + 1), dev)
-        lsolver, labout = (s, about) if solver or any(v is not None for v in (steps, rtol, atol)) else _solver(rec, "dopri5", None, 1e-5, 1e-5)
+        if solver or any(v is not None for v in (steps, rtol, atol)):
+            lsolver, labout = s, about
+        else:  # the likelihood needs an accurate solve, whatever the recipe samples with
+            lsolver, labout = _solver(rec, "dopri5", None, 1e-5, 1e-5)
         try:
             res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
                                  comps.source, lsolver, estimator=estimator)
@@ -529,7 +532,8 @@ def run() -> None:
             err_console.print(f"[bold red]error in plugin {escape(repr(plugin))}[/] ({escape(place)}): "
                               f"{escape(f'{type(exc).__name__}: {exc}')}\n"
                               "  fix:   this is a bug in that plugin or its use; report it to its authors (fmkit is "
-                              "not the cause); `fmkit --debug ...` shows the traceback", highlight=False, soft_wrap=True)
+                              "not the cause); `fmkit --debug ...` shows the traceback",
+                              highlight=False, soft_wrap=True)
             sys.exit(1)
         err_console.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
                           "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False,

@@ -312,9 +312,9 @@ def check_output(pred: Any, like: State, what: str = "the model") -> None:
         if not isinstance(out, Tensor) or not ok:
             want = (f"{tuple(v.shape)} + (num_classes,), logits per class index" if is_categorical(v)
                     else f"{tuple(v.shape)}, the shape of the field")
+            got = shape if isinstance(out, Tensor) else type(out).__name__
             raise ModelError(
-                f"{what}'s output for field {k!r} has shape {shape if isinstance(out, Tensor) else type(out).__name__}; "
-                f"it must be {want}", where=f"model output {k!r}",
+                f"{what}'s output for field {k!r} has shape {got}; it must be {want}", where=f"model output {k!r}",
                 fix="check the model's output layer: one value per element of the field (batch dimension first)")
 
 

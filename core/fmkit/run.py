@@ -59,7 +59,8 @@ def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **co
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"cannot build {kind[:-1]} {spec.get('name')!r}: {exc}", where=where,
                           fix=f"check this component's options (`fmkit plugins --kind {kind} --options` lists "
-                              "them); if they are right, the plugin's factory rejected them: see its documentation") from None
+                              "them); if they are right, the plugin's factory rejected them: see its "
+                              "documentation") from None
 
 
 def build_components(recipe: Recipe, registry: Registry | None = None, *, with_eval: bool = True) -> Components:

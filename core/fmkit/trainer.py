@@ -136,7 +136,8 @@ def pick_device(name: str) -> torch.device:
                             fix="use auto, cpu, cuda or cuda:N (or mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"trainer.device is {name!r} but CUDA is not available on this machine",
-                            where="trainer.device", fix="use `--set trainer.device=auto` or cpu (in Python: TrainerOptions(device=\"auto\"))")
+                            where="trainer.device",
+                            fix="use `--set trainer.device=auto` or cpu (in Python: TrainerOptions(device=\"auto\"))")
     return dev
 
 
@@ -513,7 +514,8 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(meta["step"])
         self.finished = bool(meta.get("finished", False))
-        self._pending = [torch.tensor(v, dtype=torch.float32, device=self.device) for v in meta.get("pending_losses", [])]
+        self._pending = [torch.tensor(v, dtype=torch.float32, device=self.device)
+                         for v in meta.get("pending_losses", [])]
         pos = meta.get("data", {})
         self.stream.close()
         self.stream = self._make_stream(int(pos.get("epoch", 0)), int(pos.get("index", 0)))
