@@ -135,9 +135,8 @@ def _key(d: dict[str, Any], name: str) -> str:
 def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None) -> Trainer:
     c = build_components(recipe, registry)
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
-                         options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                         callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed,
-                         fingerprint=fingerprint(recipe, registry))
+                   options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
+                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe, registry))
 
 
 def holds_run(run_dir: Path) -> bool:
