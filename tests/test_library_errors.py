@@ -122,10 +122,28 @@ def test_tensor_model_passes_cond_only_to_nets_that_take_it():
             seen["y"] = y
             return x
 
+    class OptionalLabels(nn.Module):  # a default of None: the usual optional condition
+        def forward(self, x, t, labels=None):
+            seen["labels"] = labels
+            return x
+
+    class KeywordOnly(nn.Module):
+        def forward(self, x, t, *, cond=None):
+            seen["kw"] = cond
+            return x
+
+    class Kwargs(nn.Module):
+        def forward(self, x, t, **kw):
+            seen["kwargs"] = kw
+            return x
+
     x, t, c = {"x": torch.randn(4, 2)}, torch.rand(4), torch.arange(4)
-    fmkit.TensorModel(Scaled())(x, t, c)
-    fmkit.TensorModel(Conditional())(x, t, c)
-    assert seen["scale"] == 1.0 and torch.equal(seen["y"], c)
+    with pytest.warns(UserWarning, match="trains unconditionally"):
+        fmkit.TensorModel(Scaled())(x, t, c)
+    for net in (Conditional(), OptionalLabels(), KeywordOnly(), Kwargs()):
+        fmkit.TensorModel(net)(x, t, c)
+    assert seen["scale"] == 1.0 and torch.equal(seen["y"], c) and torch.equal(seen["labels"], c)
+    assert torch.equal(seen["kw"], c) and torch.equal(seen["kwargs"]["cond"], c)
     out = fmkit.TensorModel(lambda x, t: 2 * x)(x, t)  # any callable, not only a module
     assert torch.equal(out["x"], 2 * x["x"])
     with pytest.raises(TypeError, match="wraps a network"):
@@ -147,8 +165,36 @@ def test_a_library_fingerprint_is_checked_key_by_key_on_resume(tmp_path):
                   fingerprint={"net": {"width": 8}, "data": "v1"}).fit(until=3)
     other = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
                           fingerprint={"net": {"width": 9}, "data": "v1"})
-    with pytest.raises(fmkit.errors.CheckpointError, match="net.width: 8 in the checkpoint, 9 in this recipe"):
+    with pytest.raises(fmkit.errors.CheckpointError,
+                       match=r"different net: net.width: 8 in the checkpoint, 9 in this trainer's fingerprint") as ei:
         other.fit(resume=True)
+    assert "pass the fingerprint the run was started with" in ei.value.fix
+    # flat keys, and a key only one side recorded, are named too
+    for fp, msg in (({"net": {"width": 8}, "data": "v2"}, "different data: data: 'v1' in the checkpoint, 'v2'"),
+                    ({"net": {"width": 8}}, "data: 'v1' in the checkpoint, absent in this trainer's fingerprint")):
+        t = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
+                          fingerprint=fp)
+        with pytest.raises(fmkit.errors.CheckpointError, match=msg):
+            t.fit(resume=True)
     same = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS, run_dir=run,
                          fingerprint={"data": "v1", "net": {"width": 8}})
     assert same.fit(resume=True).step == 6
+
+
+def test_a_model_without_room_for_cond_or_a_metric_returning_a_tensor_is_named():
+    """Both used to surface as bare TypeError/ValueError from inside the trainer ("internal error")."""
+
+    class NoCond(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x_t, t):
+            return {"x": self.lin(x_t["x"])}
+
+    with pytest.raises(ModelError, match=r"NoCond.forward\(x_t, t\) cannot be called as forward\(x_t, t, cond\)"):
+        fmkit.Trainer(NoCond(), fmkit.TensorDataset(data()), options=OPTS)
+    tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS,
+                       eval_options={"num_samples": 8}, metrics={"spread": lambda s, ds: {"std": s["x"].std(0)}})
+    with pytest.raises(ModelError, match=r"metric 'spread' returned 'std' = Tensor \(2,\), not a number"):
+        tr.evaluate()

@@ -262,12 +262,16 @@ def load_torch_weights(path: Path) -> dict[str, Tensor]:
 
 
 # -- what a checkpoint must match ------------------------------------------------------------
-def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any],
-                     sections: tuple[str, ...] = ("model", "data", "path", "source")) -> list[str]:
-    """The differing key paths of a checkpoint's fingerprint and this recipe's, each as
-    ``model.hidden: 8 in the checkpoint, 16 in this recipe``. A checkpoint from before path and source
-    were recorded (no ``path`` section) is held to the options it recorded only."""
-    legacy = "path" not in theirs
+RECIPE_SECTIONS = ("model", "data", "path", "source")
+
+
+def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any], sections: tuple[str, ...] = RECIPE_SECTIONS,
+                     ours_label: str = "this recipe") -> list[str]:
+    """The differing key paths of a checkpoint's fingerprint and ours, each as ``model.hidden: 8 in
+    the checkpoint, 16 in this recipe`` (a key one side lacks shows as ``absent``). A recipe
+    checkpoint from before path and source were recorded (model and data only) is held to the options
+    it recorded."""
+    legacy = "path" in ours and "path" not in theirs and "model" in theirs
     out: list[str] = []
 
     def walk(a: Any, b: Any, key: str) -> None:
@@ -275,11 +279,13 @@ def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any],
             for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
                 walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
         elif _jsonish(a) != _jsonish(b):
-            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in this recipe")
+            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in {ours_label}")
 
     for s in sections:
-        if s in theirs and s in ours:
-            walk(theirs[s], ours[s], s)
+        a, b = theirs.get(s, _ABSENT), ours.get(s, _ABSENT)
+        if legacy and a is _ABSENT:
+            continue
+        walk(a, b, s)
     return out
 
 
@@ -296,11 +302,12 @@ def _show(v: Any) -> str:
 
 
 def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
-                      sections: tuple[str, ...] = ("model", "data", "path", "source"), fix: str | None = None) -> None:
-    """Refuse a checkpoint whose recipe fingerprint differs from ``ours``, naming every difference."""
-    diff = fingerprint_diff(theirs, ours, sections)
+                      sections: tuple[str, ...] = RECIPE_SECTIONS, fix: str | None = None,
+                      ours_label: str = "this recipe") -> None:
+    """Refuse a checkpoint whose fingerprint differs from ``ours`` in ``sections``, naming every difference."""
+    diff = fingerprint_diff(theirs, ours, sections, ours_label)
     if diff:
-        parts = [s for s in sections if any(d.startswith(f"{s}.") for d in diff)]
+        parts = list(dict.fromkeys(d.split(":", 1)[0].split(".", 1)[0] for d in diff))
         raise CheckpointError(
             f"the checkpoint was written for a different {' and '.join(parts)}: " + "; ".join(diff), where=where,
             fix=fix or "resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")

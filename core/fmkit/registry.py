@@ -13,6 +13,7 @@ import difflib
 import importlib
 import inspect
 import os
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -372,7 +373,10 @@ def describe_options(model: type[BaseModel]) -> str:
     for name, f in model.model_fields.items():
         if name not in keys:  # the key a recipe writes is the alias
             name = next((k for k in (f.validation_alias, f.alias) if isinstance(k, str) and k in keys), name)
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        if typing.get_origin(f.annotation) is typing.Literal:  # the allowed values, not just "Literal"
+            ann = " | ".join(repr(a) for a in typing.get_args(f.annotation))
+        else:
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
         default = "required" if f.is_required() else f"default {f.default!r}"
         parts.append(f"{name} ({ann}, {default})")
     return ", ".join(parts) or "(none)"

@@ -136,7 +136,8 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     c = build_components(recipe, registry)
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe, registry))
+                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe, registry),
+                   from_recipe=True)
 
 
 def holds_run(run_dir: Path) -> bool:

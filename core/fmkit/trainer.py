@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 import signal
@@ -33,7 +34,7 @@ from fmkit.couplings import Coupling, IndependentCoupling
 from fmkit.data import Dataset
 from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
                                fold_seed, seed_generators, seed_shard)
-from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError, TrainingError
+from fmkit.errors import CheckpointError, ModelError, NonFiniteDataError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
@@ -114,6 +115,21 @@ def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> None:
         torch.set_num_threads(threads)
 
 
+def check_model_signature(model: nn.Module) -> None:
+    """The trainer and the samplers call ``model(x_t, t, cond)``: refuse a forward without room for
+    three positional arguments up front (it would fail inside the step with a bare TypeError)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 3 and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise ModelError(f"{type(model).__name__}.forward{inspect.signature(model.forward)} cannot be called as "
+                         f"forward(x_t, t, cond)", where="model",
+                         fix="define forward(self, x_t, t, cond=None) (it may ignore cond); a network on bare "
+                             "tensors can be wrapped in fmkit.TensorModel(net)")
+
+
 def _options(cls: type, value: Any, name: str) -> Any:
     """``cls`` from None (the defaults), an instance, or a mapping of its fields (validated)."""
     if value is None:
@@ -146,7 +162,10 @@ class Trainer:
 
     ``path``/``source`` may be per-field objects (used for every field) or composed State* objects.
     ``run_dir`` is where checkpoints, metrics and artefacts go (nothing is written when None).
-    ``fingerprint`` identifies the recipe's model and data; a checkpoint with another one is refused.
+    ``fingerprint`` (any JSON-able dict; a recipe's: every option of its model, data, path and
+    source) is stored in checkpoints, and resuming from one with another fingerprint is refused.
+    ``from_recipe`` says the trainer was built from a recipe (``fmkit.run.build_trainer``): error
+    messages then give the CLI's fixes, otherwise the library's.
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
@@ -154,7 +173,8 @@ class Trainer:
                  solver: Solver | None = None, options: TrainerOptions | None = None,
                  eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
-                 run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None):
+                 run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
+                 from_recipe: bool = False):
         self.opts = _options(TrainerOptions, options, "options")
         self.eval_opts = _options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
@@ -167,6 +187,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.seed = seed
         self.fingerprint = dict(fingerprint or {})
+        self.from_recipe = from_recipe
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.dist = dist_info()
         self.device = pick_device(self.opts.device)
@@ -187,6 +208,7 @@ class Trainer:
                 f"{o.grad_accum} x {self.dist.world_size}", where="trainer.batch_size",
                 fix="pick a batch size that is a multiple of both")
         self.micro_batch = o.batch_size // o.grad_accum
+        check_model_signature(model)
         self.model = model.to(self.device)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
         self.train_model: nn.Module = self.model
@@ -210,9 +232,9 @@ class Trainer:
             raise TrainingError(
                 f"{key} needs a null class for dropped conditions, and the dataset declares no number of "
                 f"condition classes (its info.num_cond_classes is None)", where=key,
-                fix="declare K condition classes (DataInfo(num_cond_classes=K), TensorDataset(data, "
-                    "num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a label embedding "
-                    "needs K + 1 rows; or drop cond_dropout/guidance_scale")
+                fix="if the data has class labels, declare K condition classes (DataInfo(num_cond_classes=K), "
+                    "TensorDataset(data, num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a "
+                    "label embedding needs K + 1 rows; otherwise drop cond_dropout/guidance_scale")
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
@@ -416,9 +438,8 @@ class Trainer:
             self.evaluate()
 
     def _resume_hint(self) -> str:
-        """How to continue this run: the CLI's command for a run built from a recipe (it has a
-        fingerprint, or its run directory holds recipe.yaml), else the library call."""
-        if self.fingerprint or (self.run_dir is not None and (self.run_dir / "recipe.yaml").exists()):
+        """How to continue this run: the CLI's command for a run built from a recipe, else the library call."""
+        if self.from_recipe:
             return f"resume with `fmkit train --resume {self.run_dir}`"
         return "resume with `trainer.fit(resume=True)` (same run_dir)"
 
@@ -492,12 +513,18 @@ class Trainer:
 
     def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
         meta = data.meta
-        # every section of our fingerprint that the checkpoint recorded too (a recipe's: model, data,
-        # path and source with all their options), each differing key named
-        ckpt.check_fingerprint(meta.get("fingerprint") or {}, self.fingerprint, where, sections=tuple(self.fingerprint))
-        load_model_state(self.model, data.tensors["model"], where)
+        theirs = meta.get("fingerprint") or {}
+        if self.fingerprint:  # every key either side recorded (a recipe's: model, data, path, source), each named
+            lib = not self.from_recipe
+            ckpt.check_fingerprint(theirs, self.fingerprint, where, sections=tuple(dict.fromkeys([*self.fingerprint,
+                                                                                                  *theirs])),
+                                   ours_label="this trainer's fingerprint" if lib else "this recipe",
+                                   fix="pass the fingerprint the run was started with, or use another run_dir"
+                                   if lib else None)
+        model_fix = None if self.from_recipe else "build the model the checkpoint was trained with"
+        load_model_state(self.model, data.tensors["model"], where, fix=model_fix)
         if self.ema is not None:
-            load_model_state(self.ema.model, data.tensors.get("ema", data.tensors["model"]), where)
+            load_model_state(self.ema.model, data.tensors.get("ema", data.tensors["model"]), where, fix=model_fix)
             self.ema.num_updates = int(meta.get("ema_updates", meta["step"]))
         try:
             self.optimizer.load_state_dict(ckpt.optimizer_from_flat(data.tensors.get("optimizer", {}),
@@ -559,9 +586,15 @@ class Trainer:
 
             save_file({k: v.contiguous() for k, v in samples.items()}, str(out / f"samples_step{self.step:07d}.safetensors"))
         results: dict[str, float] = {}
-        for metric in self.metrics.values():
+        for name, metric in self.metrics.items():
             for k, v in metric(samples, self.dataset).items():
-                results[k] = float(v)
+                try:
+                    results[k] = float(v)
+                except (TypeError, ValueError):
+                    raise ModelError(f"metric {name!r} returned {k!r} = {type(v).__name__} "
+                                     f"{tuple(getattr(v, 'shape', ()))}, not a number", where=f"metric {name!r}",
+                                     fix="a metric returns {name: float} (a Python float or a one-element tensor)"
+                                     ) from None
         if self.run_dir is not None:
             for writer in self.writers.values():
                 writer(samples, out, self.dataset, self.step)
@@ -573,7 +606,7 @@ class Trainer:
         return results
 
 
-def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str, fix: str | None = None) -> None:
     """Load weights, explaining any mismatch of names or shapes instead of a raw traceback."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -589,7 +622,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) 
         if unexpected:
             parts.append(f"not in this model: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
         raise CheckpointError("the checkpoint's weights do not fit this model (" + "; ".join(parts) + ")",
-                              where=where, fix="use the recipe the checkpoint was trained with (its run's recipe.yaml)")
+                              where=where,
+                              fix=fix or "use the recipe the checkpoint was trained with (its run's recipe.yaml)")
     model.load_state_dict(dict(state))
 
 
