@@ -13,7 +13,7 @@ from torch import nn
 
 import fmkit
 from fmkit import checkpoint as ck
-from fmkit.errors import ModelError, NonFiniteDataError, TrainingError
+from fmkit.errors import ContractError, ModelError, NonFiniteDataError, TrainingError
 
 OPTS = dict(steps=6, batch_size=16, lr=1e-3, device="cpu", progress=False, log_every=2, checkpoint_every=3)
 
@@ -196,5 +196,5 @@ def test_a_model_without_room_for_cond_or_a_metric_returning_a_tensor_is_named()
         fmkit.Trainer(NoCond(), fmkit.TensorDataset(data()), options=OPTS)
     tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=OPTS,
                        eval_options={"num_samples": 8}, metrics={"spread": lambda s, ds: {"std": s["x"].std(0)}})
-    with pytest.raises(ModelError, match=r"metric 'spread' returned 'std' = Tensor \(2,\), not a number"):
+    with pytest.raises(ContractError, match=r"metric 'spread' returned 'std' = Tensor \(2,\), not a number"):
         tr.evaluate()

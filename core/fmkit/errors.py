@@ -56,7 +56,11 @@ class TrainingError(FmkitError):
     """Training cannot go on (non-finite loss, out of memory, finished run)."""
 
 
-class ModelError(FmkitError):
+class ContractError(FmkitError):
+    """A component does not keep its contract: a model's forward or output, a metric's result."""
+
+
+class ModelError(ContractError):
     """A model's (or velocity function's) output does not fit the state: a missing field or a wrong shape."""
 
 

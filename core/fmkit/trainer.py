@@ -34,7 +34,7 @@ from fmkit.couplings import Coupling, IndependentCoupling
 from fmkit.data import Dataset
 from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
                                fold_seed, seed_generators, seed_shard)
-from fmkit.errors import CheckpointError, ModelError, NonFiniteDataError, OutputError, TrainingError
+from fmkit.errors import CheckpointError, ContractError, ModelError, NonFiniteDataError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
@@ -515,12 +515,13 @@ class Trainer:
         meta = data.meta
         theirs = meta.get("fingerprint") or {}
         if self.fingerprint:  # every key either side recorded (a recipe's: model, data, path, source), each named
-            lib = not self.from_recipe
-            ckpt.check_fingerprint(theirs, self.fingerprint, where, sections=tuple(dict.fromkeys([*self.fingerprint,
-                                                                                                  *theirs])),
-                                   ours_label="this trainer's fingerprint" if lib else "this recipe",
-                                   fix="pass the fingerprint the run was started with, or use another run_dir"
-                                   if lib else None)
+            keys = tuple(dict.fromkeys([*self.fingerprint, *theirs]))
+            if self.from_recipe:
+                ckpt.check_fingerprint(theirs, self.fingerprint, where, sections=keys)
+            else:
+                ckpt.check_fingerprint(theirs, self.fingerprint, where, sections=keys,
+                                       ours_label="this trainer's fingerprint",
+                                       fix="pass the fingerprint the run was started with, or use another run_dir")
         model_fix = None if self.from_recipe else "build the model the checkpoint was trained with"
         load_model_state(self.model, data.tensors["model"], where, fix=model_fix)
         if self.ema is not None:
@@ -591,7 +592,7 @@ class Trainer:
                 try:
                     results[k] = float(v)
                 except (TypeError, ValueError):
-                    raise ModelError(f"metric {name!r} returned {k!r} = {type(v).__name__} "
+                    raise ContractError(f"metric {name!r} returned {k!r} = {type(v).__name__} "
                                      f"{tuple(getattr(v, 'shape', ()))}, not a number", where=f"metric {name!r}",
                                      fix="a metric returns {name: float} (a Python float or a one-element tensor)"
                                      ) from None
