@@ -198,3 +198,9 @@ def test_a_model_without_room_for_cond_or_a_metric_returning_a_tensor_is_named()
                        eval_options={"num_samples": 8}, metrics={"spread": lambda s, ds: {"std": s["x"].std(0)}})
     with pytest.raises(ContractError, match=r"metric 'spread' returned 'std' = Tensor \(2,\), not a number"):
         tr.evaluate()
+
+
+def test_float64_data_with_a_float32_model_names_both_dtypes():
+    tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data().double()), options=OPTS)
+    with pytest.raises(ModelError, match=r"data of dtype \{'x': torch.float64\} with weights of dtype torch.float32"):
+        tr.fit()

@@ -283,11 +283,15 @@ class Trainer:
         ps = self.path.sample(x0, x1, t)
         cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
         x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
-        if self.autocast:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        try:
+            if self.autocast:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    pred = self.train_model(x_t, t, cond)
+            else:  # entering a disabled autocast context still costs a few microseconds per step
                 pred = self.train_model(x_t, t, cond)
-        else:  # entering a disabled autocast context still costs a few microseconds per step
-            pred = self.train_model(x_t, t, cond)
+        except RuntimeError as exc:
+            self._explain_dtype_mismatch(x_t, exc)
+            raise
         per_field = self.path.losses(pred, ps, x1, reduce=True)
         w = self.opts.loss_weights
         total: Tensor | None = None
@@ -295,6 +299,17 @@ class Trainer:
             wv = v if w.get(k, 1.0) == 1.0 else w[k] * v
             total = wv if total is None else total + wv
         return total, per_field  # type: ignore[return-value]
+
+    def _explain_dtype_mismatch(self, x_t: State, exc: RuntimeError) -> None:
+        """After the model failed: if the data's float dtype differs from the weights' (float64 data from
+        numpy and a float32 net, say), say so instead of torch's bare "mat1 and mat2" message."""
+        weights = next((p.dtype for p in self._params if p.is_floating_point()), None)
+        data = {k: v.dtype for k, v in fields(x_t).items() if v.is_floating_point() and v.dtype != weights}
+        if weights is not None and data:
+            raise ModelError(f"the model failed on data of dtype {data} with weights of dtype {weights}: {exc}",
+                             where="data / model dtype",
+                             fix=f"cast one to the other: the data (e.g. tensor.to({weights})) or the model "
+                                 f"(model.to({next(iter(data.values()))}))") from exc
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None and signum == signal.SIGINT:
