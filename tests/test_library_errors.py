@@ -204,3 +204,53 @@ def test_float64_data_with_a_float32_model_names_both_dtypes():
     tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data().double()), options=OPTS)
     with pytest.raises(ModelError, match=r"data of dtype \{'x': torch.float64\} with weights of dtype torch.float32"):
         tr.fit()
+
+
+def test_a_source_or_coupling_of_the_wrong_shape_is_named_before_it_trains():
+    """A [B,1] noise for [B,2] data broadcast in the path: every example got the same noise in both
+    coordinates and training finished silently (an extension trial found it)."""
+    from fmkit.errors import ContractError
+
+    class Flat(fmkit.Source):
+        def sample(self, like, mask=None):
+            return torch.randn(like.shape[0], 1)
+
+        def log_prob(self, x, mask=None):
+            return torch.zeros(x.shape[0])
+
+    class Half(fmkit.Coupling):
+        def pair(self, x0, x1):
+            return {k: v[: len(v) // 2] for k, v in x0.items()}, x1
+
+    for kw, match in (({"source": Flat()}, r"the source Flat returned field 'x' of shape \(16, 1\); the data's"),
+                      ({"coupling": Half()}, r"the coupling \(Half\), its x0 returned field 'x' of shape \(8, 2\)")):
+        for pairing in ("step", "loader"):
+            tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=dict(OPTS, pairing=pairing),
+                               **kw)
+            with pytest.raises(ContractError, match=match):
+                tr.fit()
+            assert tr.step == 0
+
+
+def test_a_callback_can_log_scalars_and_stop_training_early(tmp_path):
+    """``trainer.log`` writes to metrics.csv; ``trainer.request_stop`` ends the fit after the step with a
+    checkpoint and the final evaluation, and a resume continues to trainer.steps."""
+
+    class EarlyStop(fmkit.Callback):
+        def on_step_end(self, trainer, step):
+            trainer.log({"custom": step * 2.0})
+            if step == 4:
+                trainer.request_stop("custom criterion met")
+
+    run = tmp_path / "run"
+    tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=dict(OPTS, steps=20),
+                       eval_options={"num_samples": 8}, metrics={"n": lambda s, ds: {"n": len(s["x"])}},
+                       callbacks=[EarlyStop()], run_dir=run)
+    tr.fit()
+    assert tr.step == 4 and tr.stopped_early == "custom criterion met"
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert [(int(s), float(v)) for s, k, v in rows if k == "custom"] == [(i, 2.0 * i) for i in range(1, 5)]
+    assert [(int(s), float(v)) for s, k, v in rows if k == "eval/n"] == [(4, 8.0)]  # evaluated once, at the stop
+    assert ck.find_latest(run / "checkpoints").name == ck.step_dir_name(4)
+    tr2 = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=dict(OPTS, steps=20), run_dir=run)
+    assert tr2.fit(resume=True).step == 20 and tr2.stopped_early is None

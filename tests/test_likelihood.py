@@ -49,6 +49,16 @@ def test_exact_divergence_matches_analytic_density():
     assert res.nfe > 0
 
 
+@pytest.mark.parametrize("estimator", ["exact", "hutchinson"])
+def test_a_field_that_ignores_x_has_zero_divergence(estimator):
+    """v(x, t) = c(t) moves every point alike: log p1(x1) = log p0(x1 - int c). autograd used to refuse
+    the output (no grad_fn)."""
+    x1 = torch.randn(6, 2, dtype=D)
+    res = log_likelihood(lambda x, t: torch.ones_like(x) * t, x1, GaussianSource(), TIGHT, estimator=estimator)
+    torch.testing.assert_close(res.x0, x1 - 0.5, rtol=0, atol=1e-8)  # int_0^1 t dt = 1/2
+    torch.testing.assert_close(res.log_prob, SRC.log_prob({"x": x1 - 0.5}), rtol=0, atol=1e-8)
+
+
 def test_bare_tensors_give_the_same_likelihood():
     """A bare x1, a tensor velocity and a per-field source (no StateSource) give the same answer."""
     x1 = torch.randn(8, 3, dtype=D)

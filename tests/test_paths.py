@@ -16,6 +16,7 @@ from fmkit.paths import (
     DiscretePath,
     PathSample,
     PolynomialScheduler,
+    ProbPath,
     StatePath,
     VPScheduler,
     make_affine,
@@ -220,6 +221,50 @@ def test_x1_prediction_velocity_is_finite_at_t_equal_one():
     ones = torch.ones(5, dtype=D)
     torch.testing.assert_close(path.velocity(x1, x1, ones), x1)
     assert torch.isfinite(path.velocity(x1, x1 + 1e-3, ones)).all()
+
+
+def test_a_scheduler_that_breaks_its_contract_is_refused_when_the_path_is_built():
+    from fmkit.errors import ContractError
+    from fmkit.paths import Scheduler
+
+    class TwoValues(Scheduler):
+        def __call__(self, t):
+            return t, 1 - t
+
+    with pytest.raises(ContractError, match="scheduler TwoValues returned 2 values"):
+        AffinePath(TwoValues())
+
+
+def test_a_path_declares_its_prediction_to_the_model_through_an_attribute():
+    """Any continuous ProbPath (not only AffinePath) tells models what they predict by ``prediction``."""
+    from fmkit.recipe import load_recipe
+    from fmkit.registry import Registry
+    from fmkit.run import build_components
+    from fmkit import hookimpl
+
+    class EndpointPath(ProbPath):  # a third-party path, not an AffinePath: it delegates to one
+        prediction = "x1"
+
+        def __init__(self):
+            self.inner = AffinePath(CondOTScheduler(), prediction="x1")
+
+        def sample(self, x0, x1, t):
+            return self.inner.sample(x0, x1, t)
+
+        def loss(self, pred, ps, x1, mask):
+            return self.inner.loss(pred, ps, x1, mask)
+
+        def velocity(self, pred, x_t, t):
+            return self.inner.velocity(pred, x_t, t)
+
+    class Plugin:
+        @hookimpl
+        def register_paths(self, register):
+            register("endpoint", EndpointPath)
+
+    reg = Registry.fresh(entry_points=False, plugins=[Plugin()])
+    rec = load_recipe("recipes/toy_moons.yaml", ["path={name: endpoint}"], registry=reg)
+    assert build_components(rec, reg, with_eval=False).model.residual
 
 
 def test_affine_path_rejects_unknown_prediction():

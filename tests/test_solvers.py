@@ -170,6 +170,32 @@ def test_velocity_of_the_wrong_shape_is_refused(solver):
         solver.solve(lambda s, t: {"x": s["x"]}, {"x": x0, "y": x0.clone()})
 
 
+def test_a_solver_subclass_gets_the_same_checks():
+    """The shape check wraps the velocity before ``_solve``: a third-party solver gets it too, and a
+    ``_solve`` that returns something other than a Solution is named."""
+    from fmkit.errors import ContractError
+    from fmkit.solvers import Solution, Solver
+
+    class Heun3(Solver):  # a third-party method: two Euler half-steps
+        def _solve(self, velocity, x0, t0, t1, *, trajectory):
+            x, h = dict(x0), (t1 - t0) / 2
+            for k in range(2):
+                v = velocity(x, torch.tensor(t0 + k * h, dtype=D))
+                x = {n: x[n] + h * v[n] for n in x}
+            return Solution(x, 2)
+
+    with pytest.raises(ModelError, match=r"output for field 'x' has shape \(5, 1\)"):
+        Heun3().solve(lambda x, t: x[:, :1], torch.randn(5, 2, dtype=D))
+    assert Heun3().solve(lambda x, t: -x, torch.ones(3, 2, dtype=D)).x.shape == (3, 2)
+
+    class Broken(Solver):
+        def _solve(self, velocity, x0, t0, t1, *, trajectory):
+            return dict(x0)
+
+    with pytest.raises(ContractError, match="Broken._solve returned a dict, not a Solution"):
+        Broken().solve(lambda x, t: -x, torch.ones(3, 2, dtype=D))
+
+
 def test_solver_argument_validation():
     with pytest.raises(ValueError, match="unknown fixed-step method"):
         FixedStepSolver("rk5")

@@ -15,7 +15,7 @@ from fmkit.hookspecs import hookimpl
 from fmkit.likelihood import log_likelihood
 from fmkit.models.adapter import TensorModel
 from fmkit.paths import (AffinePath, CondOTScheduler, CosineScheduler, DiscretePath, PathSample,
-                         PolynomialScheduler, ProbPath, StatePath, VPScheduler)
+                         PolynomialScheduler, ProbPath, Scheduler, StatePath, VPScheduler)
 from fmkit.recipe import EvalOptions, Recipe, TrainerOptions, load_recipe
 from fmkit.registry import Registry, get_registry
 from fmkit.sampling import generate
@@ -29,7 +29,7 @@ __all__ = [
     "AdaptiveSolver", "AffinePath", "Callback", "CategoricalSource", "ClassifierFreeGuidance", "CondOTScheduler",
     "CosineScheduler", "Coupling", "DataInfo", "Dataset", "DiscretePath", "EvalOptions", "ExactOTCoupling",
     "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "IndependentCoupling", "PathSample",
-    "PolynomialScheduler", "ProbPath", "Recipe", "Registry", "SinkhornCoupling", "Solution", "Solver", "Source",
+    "PolynomialScheduler", "ProbPath", "Recipe", "Scheduler", "Registry", "SinkhornCoupling", "Solution", "Solver", "Source",
     "StatePath", "StateSource", "TensorDataset", "TensorModel", "Trainer", "TrainerOptions", "VPScheduler",
     "generate", "get_registry", "hookimpl", "load_recipe", "log_likelihood",
 ]

@@ -103,8 +103,9 @@ def train(
     t0 = time.perf_counter()
     trainer.fit(resume=do_resume)
     if dist.rank == 0:
-        console.print(f"trained to step {trainer.step} in {time.perf_counter() - t0:.1f} s; "
-                      f"checkpoints in {run_dir / 'checkpoints'}")
+        early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
+        console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
+                      f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
         _print_eval(run_dir)
 
 

@@ -12,6 +12,7 @@ only examples with identical masks may be paired (other pairs cost ``+inf`` in e
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from fmkit.errors import NonFiniteDataError
-from fmkit.state import State, StateLike, apply_mask, as_state, fields, index, is_categorical, unwrap
+from fmkit.state import (State, StateLike, apply_mask, as_state, check_same_fields, fields, index, is_categorical,
+                         unwrap)
 
 _BIG = 1e12
 
@@ -210,3 +212,13 @@ class SinkhornCoupling(Coupling):
         cols = plan.t().float()
         idx = torch.multinomial(cols / cols.sum(1, keepdim=True), 1).squeeze(1)
         return index(x0, idx), x1
+
+
+def draw_and_pair(source: Any, coupling: Coupling, x1: State) -> tuple[State, State]:
+    """x0 ~ ``source`` (a StateSource, which checks its samples' shapes) for the batch ``x1``,
+    re-paired by ``coupling``, whose outputs are checked to keep the data's fields and shapes."""
+    x0 = source.sample(x1)
+    p0, p1 = coupling.pair(x0, x1)
+    check_same_fields(p0, x1, f"the coupling ({type(coupling).__name__}), its x0")
+    check_same_fields(p1, x1, f"the coupling ({type(coupling).__name__}), its x1")
+    return p0, p1

@@ -39,10 +39,13 @@ def divergence_exact(out: dict[str, Tensor], x: dict[str, Tensor]) -> Tensor:
     b = x[names[0]].shape[0]
     div = torch.zeros(b, dtype=x[names[0]].dtype, device=x[names[0]].device)
     for n in names:
+        if not out[n].requires_grad:  # the field does not depend on x (e.g. v(t) only): no divergence
+            continue
         o = out[n].reshape(b, -1)
         for i in range(o.shape[1]):
-            g = torch.autograd.grad(o[:, i].sum(), x[n], retain_graph=True, create_graph=False)[0]
-            div = div + g.reshape(b, -1)[:, i]
+            g = torch.autograd.grad(o[:, i].sum(), x[n], retain_graph=True, create_graph=False, allow_unused=True)[0]
+            if g is not None:
+                div = div + g.reshape(b, -1)[:, i]
     return div
 
 
@@ -50,9 +53,15 @@ def divergence_hutchinson(out: dict[str, Tensor], x: dict[str, Tensor], probes: 
     """eps^T (d out / d x) eps with the given probes, [B] (one vector-Jacobian product)."""
     names = list(x)
     b = x[names[0]].shape[0]
+    div = torch.zeros(b, dtype=x[names[0]].dtype, device=x[names[0]].device)
     dot = sum((out[n] * probes[n]).sum() for n in names)
-    grads = torch.autograd.grad(dot, [x[n] for n in names], create_graph=False)
-    return sum((g * probes[n]).reshape(b, -1).sum(1) for g, n in zip(grads, names))  # type: ignore[return-value]
+    if not dot.requires_grad:  # the field does not depend on x: no divergence
+        return div
+    grads = torch.autograd.grad(dot, [x[n] for n in names], create_graph=False, allow_unused=True)
+    for g, n in zip(grads, names):
+        if g is not None:
+            div = div + (g * probes[n]).reshape(b, -1).sum(1)
+    return div
 
 
 def make_probes(like: dict[str, Tensor], kind: str, mask: Tensor | None) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fmkit.errors import ModelError
+from fmkit.errors import ContractError, ModelError
 from fmkit.state import State, fields, is_categorical, masked_mean_per_example
 
 
@@ -106,6 +106,19 @@ class PolynomialScheduler(Scheduler):
         return a, 1.0 - a, da, -da
 
 
+def check_scheduler(scheduler: Scheduler) -> None:
+    """A scheduler must map t [B] to four tensors (alpha_t, sigma_t, alpha'_t, sigma'_t) of t's shape;
+    probed once at two times, so a wrong one fails here, not as a bare unpacking error in training."""
+    t = torch.tensor([0.25, 0.75])
+    out = scheduler(t)
+    if not (isinstance(out, (tuple, list)) and len(out) == 4
+            and all(isinstance(c, Tensor) and c.shape == t.shape for c in out)):
+        got = (f"{len(out)} values" if isinstance(out, (tuple, list)) else f"a {type(out).__name__}")
+        raise ContractError(f"scheduler {type(scheduler).__name__} returned {got} for t of shape (2,)",
+                            where=f"scheduler {type(scheduler).__name__}",
+                            fix="return (alpha_t, sigma_t, d alpha_t/dt, d sigma_t/dt), each a tensor shaped like t")
+
+
 # --------------------------------------------------------------------------------------------
 # Per-field paths
 # --------------------------------------------------------------------------------------------
@@ -145,6 +158,7 @@ class AffinePath(ProbPath):
     def __init__(self, scheduler: Scheduler, prediction: str = "velocity") -> None:
         if prediction not in self.PREDICTIONS:
             raise ValueError(f"affine path prediction must be one of {self.PREDICTIONS}, got {prediction!r}")
+        check_scheduler(scheduler)
         self.scheduler = scheduler
         self.prediction = prediction
 

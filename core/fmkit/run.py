@@ -13,7 +13,7 @@ from torch import nn
 from fmkit.couplings import Coupling
 from fmkit.data import Dataset
 from fmkit.errors import FmkitError, OutputError, RecipeError
-from fmkit.paths import AffinePath, DiscretePath, StatePath
+from fmkit.paths import DiscretePath, StatePath
 from fmkit.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.registry import Registry, get_registry
 from fmkit.solvers import Solver
@@ -71,9 +71,10 @@ def build_components(recipe: Recipe, registry: Registry | None = None, *, with_e
     default_path = _build(reg, "paths", recipe.path.spec(), "path", data_info=info)
     per_path = {f: _build(reg, "paths", c.spec(), f"path.fields.{f}", data_info=info)
                 for f, c in recipe.path.fields.items()}
-    # what the model must output per continuous field ("velocity" or "x1"), for models that ask
-    predictions = {f: p.prediction for f in info.fields
-                   if isinstance(p := per_path.get(f, default_path), AffinePath)}
+    # what the model must output per continuous field ("velocity" or "x1"), for models that ask; a
+    # path declares it as its `prediction` attribute (velocity when it has none)
+    predictions = {f: getattr(p, "prediction", "velocity") for f in info.fields
+                   if not isinstance(p := per_path.get(f, default_path), DiscretePath)}
     model = _build(reg, "models", recipe.model.spec(), "model", data_info=info, predictions=predictions)
 
     for f, fi in info.fields.items():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from fmkit.errors import ContractError
 from fmkit.paths import check_output
 from fmkit.state import State, StateLike, as_state, is_categorical, unwrap
 
@@ -49,29 +50,49 @@ class Solver(ABC):
             def velocity(x: State, t: Tensor) -> State:  # noqa: F811 - adapt a tensor field
                 return {"x": fn(x["x"], t)}
 
-        sol = self._solve(velocity, state, float(t0), float(t1), trajectory=trajectory)
+        sol = self._solve(_Checked(velocity), state, float(t0), float(t1), trajectory=trajectory)
+        if not isinstance(sol, Solution):
+            raise ContractError(f"{type(self).__name__}._solve returned a {type(sol).__name__}, not a Solution",
+                                where=f"solver {type(self).__name__}",
+                                fix="return fmkit.solvers.Solution(x=final_state, nfe=evaluations)")
         if bare:
             sol.x = unwrap(sol.x, True)  # type: ignore[assignment]
             sol.trajectory = [unwrap(s, True) for s in sol.trajectory]  # type: ignore[misc]
         return sol
 
     @abstractmethod
-    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution: ...
+    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+        """Integrate ``velocity(x, t)`` (x a state of ``x0``'s fields; t a 0-d tensor of x0's float dtype)
+        from ``t0`` to ``t1`` (t1 < t0 runs backwards: the likelihood integrates 1 -> 0). Return a
+        :class:`Solution` with the final state, the number of velocity calls, and with ``trajectory``
+        the times and states visited. Categorical fields (integer tensors) are CTMC states whose
+        "velocity" is a rate [..., K]: jump them (see ``_jump``) or refuse them."""
+
+
+class _Checked:
+    """The velocity as ``_solve`` sees it: the first output's fields and shapes are checked (a velocity
+    of the wrong shape would broadcast into the state without an error), whatever the solver."""
+
+    def __init__(self, fn: Velocity) -> None:
+        self.fn, self.checked = fn, False
+
+    def __call__(self, x: State, t: Tensor) -> State:
+        out = self.fn(x, t)
+        if not self.checked:
+            check_output(out, x, what="the velocity function")
+            self.checked = True
+        return out
 
 
 class _Counter:
-    """Counts evaluations; checks the first output's fields and shapes (a velocity of the wrong shape
-    would otherwise broadcast into the state without an error)."""
+    """Counts evaluations (a solver's NFE)."""
 
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.n = fn, 0
 
     def __call__(self, x: State, t: Tensor) -> State:
         self.n += 1
-        out = self.fn(x, t)
-        if self.n == 1:
-            check_output(out, x, what="the velocity function")
-        return out
+        return self.fn(x, t)
 
 
 def _jump(x: Tensor, rate: Tensor, h: float) -> Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fmkit.state import State, apply_mask, broadcast_mask, count_dims, fields
+from fmkit.state import State, apply_mask, broadcast_mask, check_same_fields, count_dims, fields
 
 
 class Source(ABC):
@@ -75,8 +75,12 @@ class StateSource:
         return self.per_field.get(name, self.default)
 
     def sample(self, like: State) -> State:
+        """x0 shaped like ``like``'s fields; a per-field source that returns another shape is named
+        (it would broadcast in the path without an error)."""
         mask = like.get("mask")
         out = {k: self.for_field(k).sample(v, mask) for k, v in fields(like).items()}
+        for k, v in fields(like).items():
+            check_same_fields({k: out[k]}, {k: v}, f"the source {type(self.for_field(k)).__name__}")
         for k in ("mask", "cond"):
             if k in like:
                 out[k] = like[k]

@@ -126,3 +126,19 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return x
     return x * broadcast_mask(mask, x).to(x.dtype)
+
+
+def check_same_fields(out: object, like: Mapping[str, Tensor], what: str) -> None:
+    """Fail with a ContractError unless ``out`` is a state with every field of ``like``, each of the
+    same shape: what a source sample or a coupling's re-pairing must be (shapes only, no sync)."""
+    from fmkit.errors import ContractError
+
+    if not isinstance(out, Mapping):
+        raise ContractError(f"{what} returned a {type(out).__name__}, not a state (dict of fields)", where=what,
+                            fix="return {field: tensor} with the fields and shapes of the data")
+    for k, v in fields(like).items():
+        got = out.get(k)
+        if not isinstance(got, Tensor) or tuple(got.shape) != tuple(v.shape):
+            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+            raise ContractError(f"{what} returned field {k!r} of shape {shape}; the data's is {tuple(v.shape)}",
+                                where=what, fix="return one value per element of each data field (batch first)")

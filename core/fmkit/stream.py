@@ -18,7 +18,7 @@ from typing import Union
 
 import torch
 
-from fmkit.couplings import Coupling
+from fmkit.couplings import Coupling, draw_and_pair
 from fmkit.data import Dataset, Indices
 from fmkit.distributed import DistInfo, fold_seed, shard_slices
 from fmkit.errors import NonFiniteDataError, TrainingError
@@ -52,13 +52,12 @@ class LoaderPairing:
     def __call__(self, x1: State, seed: int) -> tuple[State, State]:
         torch.default_generator.manual_seed(seed)
         with torch.no_grad():
-            x0 = self.source.sample(x1)
             try:
-                return self.coupling.pair(x0, x1)
+                return draw_and_pair(self.source, self.coupling, x1)
             except NonFiniteDataError:
                 # a batch with NaN/Inf goes on unpaired: the trainer's NaN check then names its field and
                 # saves the last good state (raised in a worker, the error would arrive as a traceback string)
-                return x0, x1
+                return self.source.sample(x1), x1
 
 
 class BatchStream:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from fmkit import checkpoint as ckpt
-from fmkit.couplings import Coupling, IndependentCoupling
+from fmkit.couplings import Coupling, IndependentCoupling, draw_and_pair
 from fmkit.data import Dataset
 from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
                                fold_seed, seed_generators, seed_shard)
@@ -57,7 +57,11 @@ class TrainingInterrupted(TrainingError):
 
 
 class Callback:
-    """Hooks into the training loop; override what you need. ``trainer`` gives access to everything."""
+    """Hooks into the training loop; override what you need. ``trainer`` gives access to everything;
+    ``trainer.log({...})`` adds scalars to metrics.csv at the current step and
+    ``trainer.request_stop(reason)`` ends training after this step (with a checkpoint and the final
+    evaluation; a later resume continues to ``trainer.steps``). Every rank runs the hooks under DDP.
+    """
 
     def on_train_start(self, trainer: Trainer) -> None: ...
     def on_step_end(self, trainer: Trainer, step: int) -> None: ...
@@ -199,6 +203,9 @@ class Trainer:
         self.step = 0
         self.finished = False
         self._stop_signal: int | None = None
+        self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
+        self._stop_requested: str | None = None
+        self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
         self._pending: list[Tensor] = []  # losses of the steps since the last log line
 
         o = self.opts
@@ -274,8 +281,7 @@ class Trainer:
         the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
         x1 = batch
         if x0 is None:
-            x0 = self.source.sample(x1)
-            x0, x1 = self.coupling.pair(x0, x1)
+            x0, x1 = draw_and_pair(self.source, self.coupling, x1)
         b = next(iter(fields(x1).values())).shape[0]
         o = self.opts
         t = sample_time(b, o.time_sampler, mean=o.time_mean, std=o.time_std, alpha=o.time_alpha, beta=o.time_beta,
@@ -333,6 +339,7 @@ class Trainer:
         checkpoint, a path resumes from that checkpoint. ``until`` stops early at that step (with a
         checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues."""
         self._check_writable()
+        self.stopped_early = None
         if resume:
             self.resume(None if resume is True else Path(resume))
         elif self.run_dir is not None and ckpt.complete_checkpoints(self.run_dir / "checkpoints"):
@@ -441,6 +448,11 @@ class Trainer:
                     self.save_checkpoint()
                 if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
                     self.evaluate()
+                if self._stop_requested is not None and not done:
+                    if self.step % o.checkpoint_every != 0 and self.step != stop:
+                        self.save_checkpoint()
+                    self.stopped_early, self._stop_requested = self._stop_requested, None
+                    break
                 if self._stop_signal is not None:
                     if self.step % o.checkpoint_every != 0 and not done:
                         self.save_checkpoint()
@@ -449,8 +461,20 @@ class Trainer:
                         f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
                         where=str(self.run_dir) if self.run_dir else None,
                         fix=self._resume_hint() if self.run_dir else None)
-        if (self.metrics or self.writers) and self.step == o.steps:
+        if (self.metrics or self.writers) and (self.step == o.steps or self.stopped_early is not None) \
+                and self._evaluated_at != self.step:
             self.evaluate()
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """End training after the current step, as if it were the last (checkpoint, final evaluation);
+        for callbacks (early stopping). Under DDP every rank must request it at the same step."""
+        self._stop_requested = reason
+
+    def log(self, scalars: Mapping[str, float]) -> None:
+        """Add ``scalars`` to metrics.csv (and TensorBoard) at the current step; a no-op outside
+        ``fit``, without a run directory, or on ranks other than 0."""
+        if self.logger is not None:
+            self.logger.log(self.step, {k: float(v) for k, v in scalars.items()})
 
     def _resume_hint(self) -> str:
         """How to continue this run: the CLI's command for a run built from a recipe, else the library call."""
@@ -591,6 +615,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0)."""
+        self._evaluated_at = self.step
         samples = self.sample(self.eval_opts.num_samples, distributed=True)
         if not self.is_main:
             self._barrier()
