@@ -80,7 +80,8 @@ class StateSource:
         mask = like.get("mask")
         out = {k: self.for_field(k).sample(v, mask) for k, v in fields(like).items()}
         for k, v in fields(like).items():
-            check_same_fields({k: out[k]}, {k: v}, f"the source {type(self.for_field(k)).__name__}")
+            if getattr(out[k], "shape", None) != v.shape:
+                check_same_fields({k: out[k]}, {k: v}, f"the source {type(self.for_field(k)).__name__}")
         for k in ("mask", "cond"):
             if k in like:
                 out[k] = like[k]

@@ -20,6 +20,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from fmkit.errors import ContractError
+
 MASK = "mask"
 COND = "cond"
 RESERVED = frozenset({MASK, COND})
@@ -131,8 +133,6 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
 def check_same_fields(out: object, like: Mapping[str, Tensor], what: str) -> None:
     """Fail with a ContractError unless ``out`` is a state with every field of ``like``, each of the
     same shape: what a source sample or a coupling's re-pairing must be (shapes only, no sync)."""
-    from fmkit.errors import ContractError
-
     if not isinstance(out, Mapping):
         raise ContractError(f"{what} returned a {type(out).__name__}, not a state (dict of fields)", where=what,
                             fix="return {field: tensor} with the fields and shapes of the data")
