@@ -188,11 +188,7 @@ class Registry:
         keys = option_keys(entry.options)
         unknown = [k for k in raw if k not in keys]
         if unknown:  # also for options models without extra="forbid", which would drop them silently
-            lines = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), sorted(keys), n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                lines.append(f"  - {where}.{k}: unknown option (got {raw[k]!r}){hint}")
+            lines = [unknown_option_line(f"{where}.{k}", raw[k], _closest(k, keys)) for k in unknown]
             raise RecipeError(f"invalid options for {kind[:-1]} {name!r}:\n" + "\n".join(lines), where=where,
                               fix=f"allowed options: {describe_options(entry.options)}")
         try:
@@ -346,13 +342,21 @@ def format_validation_error(exc: ValidationError, where: str, model: type[BaseMo
         loc = ".".join(str(p) for p in (where, *err["loc"]))
         got = err.get("input")
         msg = err["msg"]
-        hint = ""
         if err["type"] == "extra_forbidden":
-            msg = "unknown option"
-            close = _closest_key(model, err["loc"]) if model is not None else None
-            hint = f"; did you mean {close!r}?" if close else ""
-        lines.append(f"  - {loc}: {msg} (got {got!r}){hint}" if err["type"] != "missing" else f"  - {loc}: {msg}")
+            lines.append(unknown_option_line(loc, got, _closest_key(model, err["loc"]) if model is not None else None))
+        else:
+            lines.append(f"  - {loc}: {msg} (got {got!r})" if err["type"] != "missing" else f"  - {loc}: {msg}")
     return "\n".join(lines)
+
+
+def unknown_option_line(loc: str, got: Any, close: str | None) -> str:
+    """``  - model.hiden: unknown option (got 64); did you mean 'hidden'?``"""
+    return f"  - {loc}: unknown option (got {got!r})" + (f"; did you mean {close!r}?" if close else "")
+
+
+def _closest(key: Any, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
@@ -363,8 +367,7 @@ def _closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         model = ann
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
-    return close[0] if close else None
+    return _closest(loc[-1], model.model_fields)
 
 
 def describe_options(model: type[BaseModel]) -> str:

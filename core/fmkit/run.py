@@ -36,19 +36,17 @@ class Components:
     callbacks: list[Any] = field(default_factory=list)
 
 
-def fingerprint(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:
-    """What a checkpoint must match to be loaded into this recipe's model: every option (defaults
-    included) of the model, the data, and the path and source, per field too, since the model's
-    output means what the path's ``prediction`` and the source say. Key order plays no part."""
-    reg = registry or get_registry()
+def fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into this recipe's model: every option of the model,
+    the data, and the path and source, per field too, since the model's output means what the path's
+    ``prediction`` and the source say. A validated recipe's components hold every option already
+    (``recipe.check_components`` filled in the defaults); key order plays no part."""
 
-    def fielded(kind: str, comp: FieldedComponent, where: str) -> dict[str, Any]:
-        return {**reg.resolve(kind, comp.spec(), where=where),
-                "fields": {f: reg.resolve(kind, c.spec(), where=f"{where}.fields.{f}") for f, c in comp.fields.items()}}
+    def fielded(comp: FieldedComponent) -> dict[str, Any]:
+        return {**comp.spec(), "fields": {f: c.spec() for f, c in comp.fields.items()}}
 
-    return {"model": reg.resolve("models", recipe.model.spec(), where="model"),
-            "data": reg.resolve("datasets", recipe.data.spec(), where="data"),
-            "path": fielded("paths", recipe.path, "path"), "source": fielded("sources", recipe.source, "source")}
+    return {"model": recipe.model.spec(), "data": recipe.data.spec(), "path": fielded(recipe.path),
+            "source": fielded(recipe.source)}
 
 
 def _build(registry: Registry, kind: str, spec: dict[str, Any], where: str, **context: Any) -> Any:
@@ -137,7 +135,7 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     c = build_components(recipe, registry)
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe, registry),
+                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe),
                    from_recipe=True)
 
 
