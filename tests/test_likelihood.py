@@ -171,3 +171,21 @@ def test_likelihood_rejects_categorical_fields_and_unknown_estimators():
         log_likelihood(lambda s, t: s, {"x": torch.zeros(2, 3)}, SRC, TIGHT, estimator="skilling")
     with pytest.raises(ValueError, match="probe"):
         log_likelihood(lambda s, t: s, {"x": torch.zeros(2, 3)}, SRC, TIGHT, estimator="hutchinson", probe="x")
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # torch, on s["x"] with a tensor s
+def test_a_velocity_of_the_wrong_kind_is_named():
+    """A bare x1 with a velocity of states, or a state x1 with a velocity of tensors, or a wrong shape:
+    a ModelError that says which, not a TypeError from inside the solve."""
+    from fmkit.errors import ModelError
+
+    x1 = torch.randn(4, 3, dtype=D)
+    with pytest.raises(ModelError, match=r"bare tensor.*called as velocity\(x: Tensor, t\).*TypeError") as err:
+        log_likelihood(linear_field(A3), x1, GaussianSource(), TIGHT)
+    assert "pass x1 as a state" in str(err.value) and isinstance(err.value.__cause__, TypeError)
+    with pytest.raises(ModelError, match="bare tensor.*returned a dict"):
+        log_likelihood(lambda x, t: {"x": x @ A3.T}, x1, GaussianSource(), TIGHT)
+    with pytest.raises(ModelError, match="returned a Tensor, not a dict"):
+        log_likelihood(lambda s, t: s["x"], {"x": x1}, SRC, TIGHT)
+    with pytest.raises(ModelError, match=r"shape \(4, 2\)"):
+        log_likelihood(lambda x, t: x[:, :2], x1, GaussianSource(), TIGHT)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fmkit.errors import ModelError
+from fmkit.paths import check_output
 from fmkit.solvers import Solver
 from fmkit.sources import Source, StateSource
 from fmkit.state import DEFAULT_FIELD, State, StateLike, apply_mask, as_state, count_dims, fields, is_categorical
@@ -92,7 +94,19 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
         fn = velocity
 
         def velocity(x: State, t: Tensor) -> State:  # noqa: F811 - adapt a tensor field
-            return {DEFAULT_FIELD: fn(x[DEFAULT_FIELD], t)}
+            try:
+                out = fn(x[DEFAULT_FIELD], t)
+            except (TypeError, IndexError, KeyError) as exc:  # e.g. s["x"] on a tensor: a velocity of states
+                raise ModelError(
+                    f"x1 is a bare tensor, so the velocity is called as velocity(x: Tensor, t); it failed with "
+                    f"{type(exc).__name__}: {exc}", where="velocity function",
+                    fix=f"if it takes and returns states, pass x1 as a state ({{{DEFAULT_FIELD!r}: x1}})") from exc
+            if not isinstance(out, Tensor):
+                raise ModelError(
+                    f"x1 is a bare tensor, so the velocity function must return a tensor; it returned a "
+                    f"{type(out).__name__}", where="velocity output",
+                    fix=f"return a tensor, or pass x1 as a state ({{{DEFAULT_FIELD!r}: x1}}) to a velocity of states")
+            return {DEFAULT_FIELD: out}
 
     if not isinstance(source, StateSource):
         source = StateSource({}, source)
@@ -107,6 +121,7 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
         with torch.enable_grad():
             x = {n: state[n].detach().requires_grad_(True) for n in xf}
             out = velocity(x, t)
+            check_output(out, x, what="the velocity function")  # shapes only
             out = {n: apply_mask(out[n], mask) for n in xf}  # padded dims: no motion, no divergence
             div = divergence_exact(out, x) if probes is None else divergence_hutchinson(out, x, probes)
         res = {n: out[n].detach() for n in xf}
