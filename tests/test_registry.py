@@ -129,9 +129,13 @@ def test_plugin_added_in_process_and_installed_loads_once_with_the_rest(monkeypa
     reg = Registry.fresh(plugins=[ring])
     assert reg.get("models", "ring_net").factory() == "ring"
     assert reg.get("couplings", "other_coupling").factory() == "other"  # loaded although listed after ring
-    assert [p for p in reg.plugins() if "ring" in p] == ["fmkit_t_ring"]  # registered once
+    # registered once, under its entry point's name (the name the CLI gives it in errors)
+    assert [p for p in reg.plugins() if "ring" in p] == ["ring"]
     reg.add_plugin(ring)  # adding it again changes nothing
-    assert reg.get("models", "ring_net").plugin == "fmkit_t_ring"
+    assert reg.get("models", "ring_net").plugin == "ring"
+    named = Registry.fresh(plugins=[])
+    named.add_plugin(ring, name="my_ring")  # a name given in-process is kept
+    assert named.get("models", "ring_net").plugin == "my_ring"
 
 
 def test_a_failing_entry_point_leaves_the_registry_unchanged_and_fails_again(monkeypatch, tmp_path):

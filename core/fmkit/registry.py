@@ -50,6 +50,7 @@ class Registry:
         self._load_entry_points = load_entry_points
         self._entry_points_loaded = False
         self._cache: dict[str, dict[str, Entry]] = {}
+        self._named: set[int] = set()  # plugins given a name in add_plugin: kept when also installed
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -71,6 +72,8 @@ class Registry:
             return
         try:
             self.pm.register(plugin, name=name)
+            if name is not None:
+                self._named.add(id(plugin))
         except ValueError as exc:  # pluggy: the name is taken by another plugin object
             raise RegistryError(f"cannot add plugin {name or _plugin_label(plugin)!r}: {exc}",
                                 fix="give it another name, e.g. add_plugin(obj, name='my_plugin')") from None
@@ -97,8 +100,13 @@ class Registry:
                     where=f"entry point group {ENTRY_POINT_GROUP!r}",
                     fix=f"reinstall it, or skip it with FMKIT_DISABLE_PLUGINS={ep.name}",
                 ) from exc
-            # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too
-            if not self.pm.is_registered(module) and all(m is not module for _, m in loaded):
+            # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too: it
+            # keeps its registration, under its entry point's name (as the CLI names it in errors)
+            if self.pm.is_registered(module):
+                if id(module) not in self._named and self.pm.get_name(module) != ep.name:
+                    self.pm.unregister(module)
+                    self.pm.register(module, name=ep.name)
+            elif all(m is not module for _, m in loaded):
                 loaded.append((ep.name, module))
         done: list[object] = []
         try:
