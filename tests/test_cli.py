@@ -40,6 +40,20 @@ def test_train_writes_a_complete_run(run_dir):
     assert (run_dir / "samples" / "samples_step0000060.png").stat().st_size > 1000
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,name,value" and any(",eval/w2," in r for r in rows) and any(",loss," in r for r in rows)
+    assert (run_dir / "curves.png").stat().st_size > 10_000  # the training curves, drawn when training ends
+
+
+def test_curves_draws_any_run_and_names_a_folder_that_is_not_one(run_dir, tmp_path):
+    from PIL import Image
+
+    r = fmkit("curves", str(run_dir), "--out", str(tmp_path / "c.png"), "--smoothing", "0.5")
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "c.png") as im:  # a real PNG, several panels wide
+        assert im.format == "PNG" and im.size[0] > 800
+    r = fmkit("curves", str(tmp_path))
+    assert r.returncode == 2 and "not a run directory" in r.stderr + r.stdout
+    r = fmkit("curves", str(run_dir), "--smoothing", "1")
+    assert r.returncode == 2 and "smoothing must be in [0, 1)" in r.stderr + r.stdout
 
 
 def test_evaluate_prints_w2_and_likelihood(run_dir):

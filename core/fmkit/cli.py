@@ -101,7 +101,11 @@ def train(
 
         trainer.callbacks.insert(0, _Announce())
     t0 = time.perf_counter()
-    trainer.fit(resume=do_resume)
+    try:
+        trainer.fit(resume=do_resume)
+    finally:  # finished, stopped by Ctrl-C or failed: the picture of what was trained so far
+        if dist.rank == 0:
+            _write_curves(Path(run_dir))
     if dist.rank == 0:
         early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
         console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
@@ -191,13 +195,29 @@ def _replay_args(ctx: typer.Context, skip: set[str]) -> list[str]:
     return out
 
 
+def _write_curves(run_dir: Path) -> None:
+    """``run_dir/curves.png`` from its metrics, if it has any; a failure to draw is a note, never
+    the run's error (the exception in flight, a Ctrl-C say, is the one that counts)."""
+    if not (run_dir / "metrics.csv").is_file() or os.environ.get("FMKIT_NO_CURVES"):
+        return
+    from fmkit.curves import plot_curves
+    from fmkit.logging import read_metrics
+
+    try:
+        if read_metrics(run_dir):
+            plot_curves(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth losing the run's own outcome
+        console.print(f"[yellow]note:[/] could not draw {run_dir / 'curves.png'}: {type(exc).__name__}: {exc}")
+
+
 def _print_eval(run_dir: Path) -> None:
     from fmkit.logging import read_metrics
 
     m = read_metrics(run_dir)
     ev = {k[5:]: v[-1] for k, v in m.items() if k.startswith("eval/")}
     if ev:
-        table = Table(title=f"evaluation at step {max(s for s, _ in ev.values())}")
+        title = f"evaluation at step {max(s for s, _ in ev.values())}"
+        table = Table(title=title, min_width=len(title) + 2)  # rich wraps a title wider than the table
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, (_, v) in sorted(ev.items()):
@@ -407,12 +427,25 @@ def evaluate(
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
     title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
-    table = Table(title=title)
+    table = Table(title=title, min_width=min(len(title) + 2, 120))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+@app.command()
+def curves(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="image file (default RUN/curves.png)")] = None,
+    smoothing: Annotated[float, typer.Option("--smoothing", help="EMA weight for the loss, in [0, 1)")] = 0.8,
+) -> None:
+    """Draw a run's training curves (loss, lr, grad norm, throughput, eval metrics) as a PNG."""
+    from fmkit.curves import plot_curves
+
+    path = plot_curves(run, out, smoothing=smoothing)
+    console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

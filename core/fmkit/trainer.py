@@ -385,6 +385,7 @@ class Trainer:
         pending = self._pending  # this log window's step losses (kept in checkpoints: see load_state)
         last_log_time, last_log_step = time.perf_counter(), self.step
         wait = 0.0  # host seconds spent waiting for batches since the last log step
+        aside = 0.0  # seconds of checkpoints and evaluations since then: not training, kept out of steps/s
         with bar:
             while self.step < stop:
                 for g in self.optimizer.param_groups:
@@ -425,13 +426,14 @@ class Trainer:
                     if not torch.isfinite(losses).all().item():
                         self._non_finite(batch, check_every)
                     now = time.perf_counter()
-                    sps = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                    busy = max(now - last_log_time - aside, 1e-9)  # wall time spent training
+                    sps = (self.step - last_log_step) / busy
                     # data_wait: share of the wall time the host waited for the data pipeline (its
                     # loader workers, pairing included); near 0 means the step, not the data, sets the pace
                     scal = {"loss": float(losses.mean()), "lr": self.optimizer.param_groups[0]["lr"],
                             "steps_per_s": sps, "samples_per_s": sps * o.batch_size,
-                            "data_wait": wait / max(now - last_log_time, 1e-9)}
-                    last_log_time, last_log_step, wait = now, self.step, 0.0
+                            "data_wait": wait / busy}
+                    last_log_time, last_log_step, wait, aside = now, self.step, 0.0, 0.0
                     if self.device.type == "cuda":
                         scal["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
                     if grad_norm is not None:
@@ -443,11 +445,13 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step)
                 done = self.step == o.steps
+                t_aside = time.perf_counter()
                 if self.step % o.checkpoint_every == 0 or self.step == stop:
                     self.finished = done
                     self.save_checkpoint()
                 if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
                     self.evaluate()
+                aside += time.perf_counter() - t_aside
                 if self._stop_requested is not None and not done:
                     if self.step % o.checkpoint_every != 0 and self.step != stop:
                         self.save_checkpoint()
