@@ -66,6 +66,8 @@ def plot_curves(run_dir: Path, out: Path | None = None, *, smoothing: float = 0.
             ax.plot(steps, vals, color="C1" if name.startswith("eval/") else "C0", lw=1.5, marker=marker, ms=3)
         if name in _LOG_Y and all(v > 0 and math.isfinite(v) for v in vals) and max(vals) > 10 * min(vals):
             ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)  # no "1e-9+9.9999e-4" offset over a flat lr
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
