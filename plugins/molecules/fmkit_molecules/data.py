@@ -182,14 +182,14 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
 def from_records(records: Sequence, **kwargs) -> MoleculeDataset:
     """A dataset over in-memory :class:`~fmkit_molecules.xyz.Record` objects (tests, library use)."""
     packed = qm9.pack(records, "records")
+    qm9.report_skipped(packed, "records")
     return MoleculeDataset(packed, **kwargs)
 
 
 def from_xyz(path: str | os.PathLike, **kwargs) -> MoleculeDataset:
     """A dataset over every molecule of a multi-frame XYZ file (no cache, no split)."""
     p = Path(path)
-    packed = qm9.pack(qm9.iter_records(p), str(p))
-    return MoleculeDataset(packed, source=str(p), **kwargs)
+    return MoleculeDataset(qm9.load(p, use_cache=False), source=str(p), **kwargs)
 
 
 class XYZMoleculesOptions(BaseModel):
@@ -210,7 +210,7 @@ def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "cate
     if not p.is_file():
         raise DataError(f"no such XYZ file: {p}", where="dataset xyz_molecules.path",
                         fix="give the path of a multi-frame XYZ file (count line, comment, 'El x y z' lines)")
-    packed = qm9.pack(qm9.iter_records(p), str(p))
+    packed = qm9.load(p, use_cache=False)
     train_idx = qm9.split_indices(packed.ids, "train")
 
     def train_smiles() -> set[str]:

@@ -12,6 +12,13 @@ import numpy as np
 ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
 INDEX: dict[str, int] = {e: i for i, e in enumerate(ELEMENTS)}
 ATOMIC_NUMBERS: tuple[int, ...] = (1, 6, 7, 8, 9)
+#: element symbols by atomic number (index 0 unused), to read XYZ atom lines that give ``Z x y z``
+PERIODIC: tuple[str, ...] = ("",) + tuple(
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
+    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
+    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr "
+    "Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og".split()
+)
 #: standard atomic weights (g/mol), for an optional mass-weighted centre
 MASSES: tuple[float, ...] = (1.008, 12.011, 14.007, 15.999, 18.998)
 #: valence an atom needs to be "stable" under the EDM protocol

@@ -8,7 +8,8 @@ Files are looked for under ``$FMKIT_DATA_DIR/qm9/`` (a data root that may be rea
   of 128,744 molecules).
 
 Parsed molecules are cached under ``$FMKIT_CACHE_DIR`` (default ``~/.cache/fmkit``) in
-``qm9/<key>.pt``, the key hashing the source file's path, size and mtime plus the parser version.
+``qm9/<name>-<source>-<version>.pt``: ``<source>`` hashes the source file's path, ``<version>`` its
+size and mtime plus the parser version. Writing a new version removes the older ones of that file.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import bz2
 import hashlib
 import lzma
 import os
+import re
 import tarfile
 import urllib.request
-import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from fmkit.errors import DataError
 from fmkit_molecules.elements import ELEMENTS, INDEX
+from fmkit_molecules.notes import note
 from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame
 
 #: figshare file 3195389 of collection 978904 (doi:10.6084/m9.figshare.978904)
@@ -43,7 +45,10 @@ XYZ_NAMES = ("qm9_hcno.xyz.xz", "qm9_hcno.xyz", "qm9.xyz.xz", "qm9.xyz")
 #: EDM split (Hoogeboom et al. 2022, from Anderson et al. 2019): 100,000 train, 10% test, rest valid of 130,831
 EDM_TOTAL, EDM_TRAIN = 130_831, 100_000
 SPLIT_SEED = 20_240_917
-PARSER_VERSION = 1
+#: 2: a count that does not match the atom lines fails the frame; atomic numbers read as elements
+PARSER_VERSION = 2
+#: how many unreadable records a note names
+SHOWN_FAILURES = 5
 
 
 @dataclass
@@ -51,7 +56,8 @@ class Packed:
     """All molecules of a source, concatenated.
 
     ``pos`` [A, 3] float32 Angstrom (as in the file, not centred), ``atoms`` [A] int64 class indices,
-    ``offsets`` [M + 1] int64 (molecule m is ``offsets[m]:offsets[m+1]``), ``ids`` M record ids.
+    ``offsets`` [M + 1] int64 (molecule m is ``offsets[m]:offsets[m+1]``), ``ids`` M record ids;
+    ``skipped`` counts the unreadable records, ``failures`` describes the first few.
     """
 
     ids: list[str]
@@ -59,6 +65,7 @@ class Packed:
     atoms: torch.Tensor
     pos: torch.Tensor
     skipped: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,24 +115,50 @@ def find_source(folder: Path, prefer: str = "auto") -> Path:
     )
 
 
+def _unwritable(folder: Path, reason: str) -> DataError:
+    """The error for a data root that cannot take the download (a file in the way, no permission)."""
+    return DataError(
+        f"cannot download QM9 into {folder}: {reason}",
+        where=str(folder),
+        fix=f"set FMKIT_DATA_DIR (or the dataset option `root`) to a writable folder; or put {QM9_TAR} "
+        f"(from {QM9_URL}) or one of {', '.join(XYZ_NAMES)} into {folder}/ yourself and leave `download` off",
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before downloading if ``folder`` could not be created or written (creates nothing)."""
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise _unwritable(folder, f"{p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise _unwritable(folder, f"{p} is not writable")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` for the download; an OS error becomes a DataError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+
+
 def download(folder: Path, url: str = QM9_URL) -> Path:
-    """Download the original QM9 tarball into ``folder`` (atomic; size and MD5 checked)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Download the original QM9 tarball into ``folder`` (atomic; size and MD5 checked).
+
+    ``folder`` is created only once the download has started.
+    """
     dest = folder / QM9_TAR
     if dest.is_file() and dest.stat().st_size == QM9_TAR_SIZE:
         return dest
+    _check_writable(folder)
     tmp = dest.with_suffix(dest.suffix + ".part")
     md5 = hashlib.md5()
     try:
-        from tqdm import tqdm
-
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
-            total = int(resp.headers.get("Content-Length") or QM9_TAR_SIZE)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {QM9_TAR}") as bar:
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    md5.update(chunk)
-                    bar.update(len(chunk))
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            _make_folder(folder)
+            _fetch(resp, tmp, md5)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DataError(f"download of {url} failed: {exc}", where=str(dest),
@@ -140,6 +173,18 @@ def download(folder: Path, url: str = QM9_URL) -> Path:
         )
     os.replace(tmp, dest)
     return dest
+
+
+def _fetch(resp, tmp: Path, md5) -> None:
+    """Stream an open download into ``tmp``, updating ``md5``, with a progress bar."""
+    from tqdm import tqdm
+
+    total = int(resp.headers.get("Content-Length") or QM9_TAR_SIZE)
+    with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"download {QM9_TAR}") as bar:
+        while chunk := resp.read(1 << 20):
+            f.write(chunk)
+            md5.update(chunk)
+            bar.update(len(chunk))
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -177,7 +222,7 @@ def iter_records(path: Path) -> Iterator[Record | Failure]:
 
 
 def pack(items: Iterable[Record | Failure], source: str, total: int | None = None) -> Packed:
-    """Parse-and-pack with a progress bar; failures are counted and reported in one warning.
+    """Parse-and-pack with a progress bar; failures are counted (see :func:`report_skipped`).
 
     Raises :class:`DataError` for an element outside the vocabulary (H, C, N, O, F).
     """
@@ -206,9 +251,6 @@ def pack(items: Iterable[Record | Failure], source: str, total: int | None = Non
     if not ids:
         raise DataError(f"no molecule could be read from {source} ({len(failures)} unreadable records)",
                         where=source, fix="check that the file is a QM9 tarball or a multi-frame XYZ file")
-    if failures:
-        shown = "; ".join(f"{f.id}: {f.reason}" for f in failures[:5])
-        warnings.warn(f"qm9: skipped {len(failures)} unreadable record(s) in {source} (first: {shown})", stacklevel=2)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return Packed(
@@ -217,39 +259,103 @@ def pack(items: Iterable[Record | Failure], source: str, total: int | None = Non
         atoms=torch.from_numpy(np.concatenate(atoms)),
         pos=torch.from_numpy(np.concatenate(pos).astype(np.float32)),
         skipped=len(failures),
+        failures=[f"{f.id}: {f.reason}" for f in failures[:SHOWN_FAILURES]],
     )
 
 
-def cache_key(path: Path) -> str:
+def report_skipped(packed: Packed, source: str) -> None:
+    """Note the records of ``source`` that could not be read; on every load, from the cache too."""
+    if not packed.skipped:
+        return
+    first = f"the first {len(packed.failures)}: " if packed.skipped > len(packed.failures) else ""
+    note(f"skipped {packed.skipped} unreadable record(s) of {source} and kept {len(packed)} molecule(s); "
+         f"{first}{'; '.join(packed.failures)}",
+         where=source,
+         fix="nothing to do if losing them is fine; to keep them, repair those records (a count line, a comment "
+         "line, then one 'El x y z' line per atom, as many as the count says) or get an intact copy of the file")
+
+
+def _key_parts(path: Path) -> tuple[str, str]:
+    """(``<name>-<hash of the path>``, ``<hash of size, mtime, parser version, vocabulary>``) of a source file."""
     st = path.stat()
-    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{PARSER_VERSION}|{','.join(ELEMENTS)}".encode())
-    return f"{path.name}-{h.hexdigest()[:16]}"
+    src = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    ver = hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}|v{PARSER_VERSION}|{','.join(ELEMENTS)}".encode()).hexdigest()
+    return f"{path.name}-{src}", ver[:16]
+
+
+def cache_key(path: Path) -> str:
+    """The name of ``path``'s caches: the same file changed (size, mtime) or a new parser gives a new key."""
+    return "-".join(_key_parts(path))
+
+
+def smiles_cache_name(path: Path, split: str, limit: int | None = None) -> str:
+    """The name of the SMILES cache of a split (its first ``limit`` molecules) of ``path``."""
+    return f"{cache_key(path)}-{split}" + (f"-first{limit}" if limit is not None else "")
+
+
+def remove_stale_caches(path: Path) -> list[Path]:
+    """Delete this plugin's caches (``.pt`` molecules, ``.smi`` SMILES) of ``path`` under an older key.
+
+    Only files named like the caches of this very source file (same path hash) are touched: a
+    changed mtime, size or parser version would otherwise leave a ~50 MB file behind each time.
+    """
+    prefix, ver = _key_parts(path)
+    own = re.compile(re.escape(prefix) + r"-([0-9a-f]{16})(?:\.pt|-(?:train|valid|test|all)(?:-first\d+)?\.smi)")
+    removed = []
+    folder = cache_dir() / "qm9"
+    for f in folder.iterdir() if folder.is_dir() else ():
+        m = own.fullmatch(f.name)
+        if m and m.group(1) != ver and f.is_file():
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass  # another process removed it, or the cache is read-only: harmless
+    return removed
+
+
+def _read_cache(cfile: Path) -> Packed | None:
+    """The packed molecules of a cache file; None (with a note) when it cannot be used."""
+    try:
+        d = torch.load(cfile, weights_only=True)
+        return Packed(ids=list(d["ids"]), offsets=d["offsets"], atoms=d["atoms"], pos=d["pos"],
+                      skipped=int(d["skipped"]), failures=list(d.get("failures", [])))
+    except Exception as exc:  # a corrupt cache is rebuilt, not trusted
+        note(f"ignoring an unreadable cache ({type(exc).__name__}: {exc}); parsing the source again", where=str(cfile),
+             fix="nothing to do: it is rewritten (delete it if this repeats)")
+        return None
+
+
+def _write_cache(cfile: Path, packed: Packed, path: Path) -> None:
+    """Write the cache atomically, then remove the older caches of the same source file."""
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfile.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"ids": packed.ids, "offsets": packed.offsets, "atoms": packed.atoms, "pos": packed.pos,
+                    "skipped": packed.skipped, "failures": packed.failures}, tmp)
+        os.replace(tmp, cfile)
+    except OSError as exc:
+        note(f"could not write the parse cache ({exc}); the next run parses the source again", where=str(cfile),
+             fix="set FMKIT_CACHE_DIR to a writable folder with ~50 MB free")
+        return
+    remove_stale_caches(path)
 
 
 def load(path: Path, *, use_cache: bool = True) -> Packed:
-    """Packed molecules of ``path``, parsed once and then read from the cache."""
+    """Packed molecules of ``path``, parsed once and then read from the cache; unreadable records
+    are reported on every load."""
     cfile = cache_dir() / "qm9" / f"{cache_key(path)}.pt"
-    if use_cache and cfile.is_file():
+    packed = _read_cache(cfile) if use_cache and cfile.is_file() else None
+    if packed is None:
+        total = 133_885 if path.name == QM9_TAR else None
         try:
-            d = torch.load(cfile, weights_only=True)
-            return Packed(ids=list(d["ids"]), offsets=d["offsets"], atoms=d["atoms"], pos=d["pos"], skipped=int(d["skipped"]))
-        except Exception as exc:  # a corrupt cache is rebuilt, not trusted
-            warnings.warn(f"qm9: ignoring unreadable cache {cfile}: {exc}", stacklevel=2)
-    total = 133_885 if path.name == QM9_TAR else None
-    try:
-        packed = pack(iter_records(path), str(path), total=total)
-    except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
-        raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
-                        where=str(path), fix=f"delete it and download it again ({QM9_URL}), or copy it again") from None
-    if use_cache:
-        try:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cfile.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"ids": packed.ids, "offsets": packed.offsets, "atoms": packed.atoms, "pos": packed.pos,
-                        "skipped": packed.skipped}, tmp)
-            os.replace(tmp, cfile)
-        except OSError as exc:
-            warnings.warn(f"qm9: could not write the cache {cfile}: {exc}", stacklevel=2)
+            packed = pack(iter_records(path), str(path), total=total)
+        except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
+            raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
+                            where=str(path), fix=f"delete it and download it again ({QM9_URL}), or copy it again") from None
+        if use_cache:
+            _write_cache(cfile, packed, path)
+    report_skipped(packed, str(path))
     return packed
 
 
@@ -287,5 +393,6 @@ def file_digest(path: Path, algo: str = "md5") -> str:
     return h.hexdigest()
 
 
-__all__ = ["Packed", "data_dir", "find_source", "download", "iter_records", "pack", "load", "split_indices",
-           "split_sizes", "cache_dir", "QM9_URL", "QM9_TAR"]
+__all__ = ["Packed", "data_dir", "find_source", "download", "iter_records", "pack", "report_skipped", "load",
+           "split_indices", "split_sizes", "cache_dir", "cache_key", "smiles_cache_name", "remove_stale_caches",
+           "QM9_URL", "QM9_TAR"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import re
 import stat
 import tarfile
 import warnings
@@ -67,7 +68,7 @@ def test_multi_frame_resyncs_after_bad_records():
     assert len(fails) == 2 and fails[1].id == "dsgdb9nsd_000003"
 
 
-def test_tar_bz2_of_extended_xyz(tmp_path, cache):
+def test_tar_bz2_of_extended_xyz(tmp_path, cache, capsys):
     root = tmp_path / "data"
     (root / "qm9").mkdir(parents=True)
     files = {}
@@ -77,9 +78,9 @@ def test_tar_bz2_of_extended_xyz(tmp_path, cache):
     files["dsgdb9nsd_000006.xyz"] = "3\ngdb 6\nC 0 0 0\nH 0 0"  # broken: truncated atom line
     tar = root / "qm9" / qm9.QM9_TAR
     make_tar(tar, files)
-    with pytest.warns(UserWarning, match="skipped 1 unreadable.*dsgdb9nsd_000006"):
-        packed = qm9.pack(qm9.iter_records(tar), "t")
+    packed = qm9.load(tar, use_cache=False)
     assert len(packed) == 5 and packed.skipped == 1
+    assert re.search(r"note:.*skipped 1 unreadable.*dsgdb9nsd_000006", capsys.readouterr().err)
     assert packed.ids[0] == "dsgdb9nsd_000001"
     assert packed.counts.tolist() == [5, 3, 8, 4, 6]
 
@@ -103,7 +104,7 @@ def _write_xz(path, small_mols, extra: str = "") -> None:
         f.write(text + extra)
 
 
-def test_xz_root_read_only_cached_and_warned(tmp_path, cache, small_mols, monkeypatch):
+def test_xz_root_read_only_cached_and_noted(tmp_path, cache, small_mols, monkeypatch, capsys):
     root = tmp_path / "ro"
     (root / "qm9").mkdir(parents=True)
     src = root / "qm9" / "qm9_hcno.xyz.xz"
@@ -111,8 +112,8 @@ def test_xz_root_read_only_cached_and_warned(tmp_path, cache, small_mols, monkey
     os.chmod(root / "qm9", stat.S_IRUSR | stat.S_IXUSR)  # a read-only data root
     monkeypatch.setenv("FMKIT_DATA_DIR", str(root))
     try:
-        with pytest.warns(UserWarning, match=r"skipped 1 unreadable record\(s\).*dsgdb9nsd_009999"):
-            ds = build_qm9(split="all")
+        ds = build_qm9(split="all")
+        assert re.search(r"skipped 1 unreadable record\(s\).*dsgdb9nsd_009999", capsys.readouterr().err)
         assert len(ds) == len(small_mols)
         assert list(cache.rglob("*.pt")), "processed tensors are cached under FMKIT_CACHE_DIR"
 
@@ -124,6 +125,7 @@ def test_xz_root_read_only_cached_and_warned(tmp_path, cache, small_mols, monkey
             warnings.simplefilter("error")
             ds2 = build_qm9(split="all")
         assert len(ds2) == len(ds)
+        assert "skipped 1 unreadable" in capsys.readouterr().err  # from the cache, too
         # touching the source (new mtime) invalidates the key
         os.chmod(root / "qm9", stat.S_IRWXU)
         os.utime(src, (1, 1))
@@ -194,3 +196,148 @@ def test_truncated_archive_is_a_data_error_naming_the_file(tmp_path, cache, monk
     with pytest.raises(DataError, match="truncated or corrupt") as e:
         build_qm9(split="all")
     assert str(bad) in str(e.value)
+
+
+# -- frames whose count does not match their atom lines (one failure each, reading resumes) -------
+
+def _frame(count: int | str, comment: str, syms, pos, trailer: str = "") -> str:
+    atoms = "".join(f"{s} {x:.6f} {y:.6f} {z:.6f}\n" for s, (x, y, z) in zip(syms, pos))
+    return f"{count}\n{comment}\n{atoms}{trailer}"
+
+
+@pytest.mark.parametrize("count", [3, 7])  # too few: methane cut off; too many: it would swallow NH3
+def test_wrong_count_fails_its_frame_once_and_the_next_frames_are_read(tmp_path, small_mols, count, capsys):
+    (sc, pc), (sn, pn), (so, po) = small_mols["C"], small_mols["N"], small_mols["O"]
+    text = (_frame(count, "dsgdb9nsd_000001", sc, pc) + _frame(4, "dsgdb9nsd_000002", sn, pn)
+            + _frame(3, "dsgdb9nsd_000003", so, po))
+    items = list(iter_frames(text.splitlines(), "t.xyz"))
+    fails = [i for i in items if isinstance(i, Failure)]
+    assert [(type(i).__name__, i.id) for i in items] == [
+        ("Failure", "dsgdb9nsd_000001"), ("Record", "dsgdb9nsd_000002"), ("Record", "dsgdb9nsd_000003")]
+    assert f"says {count} atoms, 5 atom lines follow" in fails[0].reason
+    path = tmp_path / "t.xyz"
+    path.write_text(text)
+    ds = build_xyz(str(path))
+    assert len(ds) == 2 and ds.packed.skipped == 1  # skipped = molecules lost
+    assert ds.packed.counts.tolist() == [4, 3]
+    assert "skipped 1 unreadable record(s)" in capsys.readouterr().err
+
+
+def test_qm9_ids_name_failures_and_extended_trailers_are_not_records(small_mols):
+    """Extended-XYZ records one after another (as in a concatenation of dsgdb9nsd_*.xyz): their
+    frequency / SMILES / InChI lines are no records; a broken count line loses only its molecule."""
+    recs = [extended_xyz(i, *small_mols[s], star=False) for i, s in enumerate(["C", "O", "CC", "CO"], start=1)]
+    recs[1] = "three" + recs[1][1:]  # water's count line broken
+    recs[2] = "9" + recs[2][1:]  # ethane has 8 atoms
+    items = list(iter_frames("".join(recs).splitlines(), "cat.xyz"))
+    assert [(type(i).__name__, i.id) for i in items] == [
+        ("Record", "dsgdb9nsd_000001"), ("Failure", "dsgdb9nsd_000002"), ("Failure", "dsgdb9nsd_000003"),
+        ("Record", "dsgdb9nsd_000004")]
+    assert items[3].symbols == tuple(small_mols["CO"][0])
+
+
+def test_tarball_member_with_a_wrong_count_is_skipped(tmp_path):
+    syms, pos = embed("C")
+    text = extended_xyz(1, syms, pos)
+    tar = tmp_path / qm9.QM9_TAR
+    make_tar(tar, {"dsgdb9nsd_000001.xyz": "3" + text[1:], "dsgdb9nsd_000002.xyz": extended_xyz(2, *embed("O"))})
+    packed = qm9.load(tar, use_cache=False)
+    assert packed.ids == ["dsgdb9nsd_000002"] and packed.skipped == 1
+    assert packed.failures[0].startswith("dsgdb9nsd_000001: line 1: the count line says 3 atoms, 5 atom lines")
+
+
+def test_atomic_numbers_are_elements(tmp_path):
+    p = tmp_path / "z.xyz"
+    p.write_text("3\ndsgdb9nsd_000001\n8 0 0 0\n1 0.96 0 0\n1 -0.24 0.93 0\n"
+                 "2\ndsgdb9nsd_000002\n6 0 0 0\n8 1.13 0 0\n")
+    ds = build_xyz(str(p))
+    assert ds.packed.skipped == 0
+    assert ds.packed.atoms.tolist() == [3, 0, 0, 1, 3]  # O H H, C O
+    for z, sym in [("16", "S"), ("17", "Cl")]:  # outside the vocabulary: the same error as the symbol
+        errors = []
+        for el in (z, sym):
+            p.write_text(f"2\ndsgdb9nsd_000003\n{el} 0 0 0\nH 0 0 1.3\n")
+            with pytest.raises(DataError, match=f"dsgdb9nsd_000003 has element '{sym}', outside the vocabulary") as e:
+                build_xyz(str(p))
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+
+
+# -- skipped records: noted on every load, in fmkit's what / where / fix form ----------------------
+
+def test_skipped_records_are_noted_on_every_load(tmp_path, cache, small_mols, monkeypatch, capsys):
+    root = tmp_path / "data"
+    (root / "qm9").mkdir(parents=True)
+    src = root / "qm9" / "qm9_hcno.xyz.xz"
+    _write_xz(src, small_mols, extra="3\ndsgdb9nsd_009999\nC 0 0 0\nH 0 0 1\n")  # 3 announced, 2 given
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(root))
+    for load in ("parsed", "cached"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a note, not a Python warning
+            ds = build_qm9(split="all")
+        err = capsys.readouterr().err
+        assert len(ds) == len(small_mols) and ds.packed.skipped == 1, load
+        assert "note: skipped 1 unreadable record(s)" in err and "dsgdb9nsd_009999" in err, load
+        assert f"where: {src}" in err and "fix:" in err, load
+        assert "UserWarning" not in err and "warnings.warn" not in err, load
+    assert len(list(cache.rglob("*.pt"))) == 1
+
+
+# -- a data root that cannot hold a download ---------------------------------------------------------
+
+def test_download_into_a_root_that_is_a_file_is_a_data_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(blocker))
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="cannot download QM9 into") as e:
+        build_qm9(download=True)
+    msg = str(e.value)
+    assert f"{blocker} is a file, not a folder" in msg and str(blocker / "qm9") in msg
+    assert "FMKIT_DATA_DIR" in e.value.fix and qm9.QM9_TAR in e.value.fix
+    assert blocker.read_text() == "not a folder"
+
+
+def test_download_into_an_unwritable_root_is_a_data_error(tmp_path, monkeypatch):
+    fake = tmp_path / "fake.tar.bz2"
+    fake.write_bytes(b"x")
+    folder = tmp_path / "root" / "qm9"
+    monkeypatch.setattr(qm9.os, "access", lambda *a, **k: False)  # as a non-root user without write permission
+    with pytest.raises(DataError, match=f"cannot download QM9 into {folder}: {tmp_path} is not writable"):
+        qm9.download(folder, url=fake.as_uri())
+    assert not (tmp_path / "root").exists()  # nothing created before the download can happen
+    monkeypatch.undo()
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(qm9.Path, "mkdir", denied)  # e.g. a root-squashed network mount
+    with pytest.raises(DataError, match="cannot download QM9 into.*PermissionError: Permission denied") as e:
+        qm9.download(folder, url=fake.as_uri())
+    assert "writable folder" in e.value.fix
+
+
+# -- parse caches: a new one replaces the older ones of the same source file ------------------------
+
+def test_new_cache_removes_the_stale_caches_of_its_source_only(tmp_path, cache, small_mols):
+    src = tmp_path / "qm9_hcno.xyz.xz"
+    _write_xz(src, small_mols)
+    other = tmp_path / "other" / "qm9_hcno.xyz.xz"  # same name, another file: its caches stay
+    other.parent.mkdir()
+    _write_xz(other, small_mols)
+    qm9.load(src)
+    qm9.load(other)
+    old_key = qm9.cache_key(src)
+    folder = cache / "qm9"
+    (folder / f"{old_key}-train.smi").write_text("C\n")  # training SMILES of the old version
+    unrelated = [folder / "notes.txt", folder / "qm9_hcno.xyz.xz-0123456789abcdef.pt"]  # e.g. an older layout
+    for f in unrelated:
+        f.write_text("keep")
+    os.utime(src, (1, 1))  # the source changes: a new key
+    qm9.load(src)
+    names = sorted(f.name for f in folder.iterdir())
+    assert not any(n.startswith(old_key) for n in names)
+    assert f"{qm9.cache_key(src)}.pt" in names and f"{qm9.cache_key(other)}.pt" in names
+    assert all(f.read_text() == "keep" for f in unrelated)
+    assert len(names) == 4
+
