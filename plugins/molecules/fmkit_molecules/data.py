@@ -31,7 +31,7 @@ class MoleculeDataset(Dataset):
 
     def __init__(self, packed: qm9.Packed, indices: Sequence[int] | np.ndarray | None = None, *,
                  atom_encoding: AtomEncoding = "categorical", max_atoms: int = 29, name: str = "molecules",
-                 source: str = "", train_smiles_fn=None) -> None:
+                 source: str = "", smiles_cache: str | None = None) -> None:
         self.packed = packed
         self.indices = np.arange(len(packed)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.atom_encoding = atom_encoding
@@ -47,7 +47,7 @@ class MoleculeDataset(Dataset):
                 fix="raise the dataset option max_atoms (and size the model for it), or filter the data",
             )
         self.source = source
-        self._train_smiles_fn = train_smiles_fn
+        self.smiles_cache = smiles_cache
         self._train_smiles: set[str] | None = None
         atoms_field = (FieldInfo((None,), num_classes=self.num_classes) if atom_encoding == "categorical"
                        else FieldInfo((None, self.num_classes)))
@@ -105,12 +105,14 @@ class MoleculeDataset(Dataset):
         return 1.0 - real / max(total, 1)
 
     def train_smiles(self) -> set[str]:
-        """Canonical SMILES of the training split (EDM bond rules), computed once and cached."""
+        """Canonical SMILES (EDM bond rules) of this dataset's own molecules, the novelty reference.
+
+        Metrics get the dataset the model trained on, so the reference is exactly the data trained
+        on (its split and limit; all molecules with ``split: all``). Computed once, and cached on
+        disk under ``smiles_cache`` when given.
+        """
         if self._train_smiles is None:
-            if self._train_smiles_fn is None:
-                self._train_smiles = smiles_for_novelty(self)
-            else:
-                self._train_smiles = self._train_smiles_fn()
+            self._train_smiles = smiles_for_novelty(self, cache_name=self.smiles_cache)
         return self._train_smiles
 
 
@@ -169,14 +171,8 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
     idx = qm9.split_indices(packed.ids, split)
     if limit is not None:
         idx = idx[:limit]
-
-    def train_smiles() -> set[str]:
-        train = MoleculeDataset(packed, qm9.split_indices(packed.ids, "train"), max_atoms=max_atoms,
-                                name="qm9[train]", source=str(path))
-        return smiles_for_novelty(train, cache_name=f"{qm9.cache_key(path)}-train" if cache else None)
-
     return MoleculeDataset(packed, idx, atom_encoding=atom_encoding, max_atoms=max_atoms, name=f"qm9[{split}]",
-                           source=str(path), train_smiles_fn=train_smiles)
+                           source=str(path), smiles_cache=qm9.smiles_cache_name(path, split, limit) if cache else None)
 
 
 def from_records(records: Sequence, **kwargs) -> MoleculeDataset:
@@ -211,10 +207,5 @@ def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "cate
         raise DataError(f"no such XYZ file: {p}", where="dataset xyz_molecules.path",
                         fix="give the path of a multi-frame XYZ file (count line, comment, 'El x y z' lines)")
     packed = qm9.load(p, use_cache=False)
-    train_idx = qm9.split_indices(packed.ids, "train")
-
-    def train_smiles() -> set[str]:
-        return smiles_for_novelty(MoleculeDataset(packed, train_idx, max_atoms=max_atoms))
-
     return MoleculeDataset(packed, qm9.split_indices(packed.ids, split), atom_encoding=atom_encoding,
-                           max_atoms=max_atoms, name=f"xyz[{split}]", source=str(p), train_smiles_fn=train_smiles)
+                           max_atoms=max_atoms, name=f"xyz[{split}]", source=str(p))

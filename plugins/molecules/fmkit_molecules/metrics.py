@@ -6,7 +6,8 @@ Table 1, the EDM protocol (Hoogeboom et al. 2022, ``qm9/analyze.py`` and ``qm9/r
 - ``mol_stable``: share of molecules whose atoms are all stable;
 - ``validity``: share of molecules that RDKit sanitises (implicit hydrogens allowed, as in EDM);
   the SMILES kept is that of the largest fragment;
-- ``uniqueness``: distinct SMILES / valid; ``novelty``: unique SMILES absent from the training set / unique.
+- ``uniqueness``: distinct SMILES / valid; ``novelty``: unique SMILES absent from the training set / unique,
+  the training set being the dataset the metric is given (``dataset.train_smiles()``: its own molecules).
 
 Table 2, connectivity and RDKit's own bond perception (in the spirit of SemlaFlow, Irwin et al. 2024):
 
@@ -79,7 +80,8 @@ def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smi
 class MoleculeMetricsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    novelty: bool = Field(True, description="compare with the training set's SMILES (computed once, cached)")
+    novelty: bool = Field(True, description="compare with the SMILES of the data trained on: the recipe's dataset, "
+                          "its split and limit (computed once, cached)")
     rdkit_protocol: bool = Field(True, description="also report RDKit-perceived validity (table 2)")
     max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
 

@@ -116,3 +116,25 @@ def test_metric_contract_on_padded_batches_with_mask_tokens(small_mols):
     onehot = dict(batch, atoms=torch.nn.functional.one_hot(batch["atoms"].clamp(max=4), 5).double())
     r2 = MoleculeMetrics(novelty=False)(onehot, DS())
     assert r2["validity"] == 1.0 and "novelty" not in r2  # with one-hot argmax the C is back
+
+
+def _novelty(samples, reference) -> float:
+    batch = samples.collate([samples[i] for i in range(len(samples))])
+    return MoleculeMetrics(rdkit_protocol=False)(batch, reference)["novelty"]
+
+
+def test_novelty_reference_is_the_data_trained_on(tmp_path, xyz_file, cache, monkeypatch):
+    from fmkit_molecules import qm9
+    from fmkit_molecules.data import build_qm9, build_xyz
+
+    ds = build_xyz(str(xyz_file))  # split: all, the default of xyz_molecules
+    assert _novelty(ds, ds) == 0.0  # was 5/20: only the 'train' part was the reference
+    (tmp_path / "data" / "qm9").mkdir(parents=True)
+    (tmp_path / "data" / "qm9" / "qm9_hcno.xyz").write_text(xyz_file.read_text())
+    monkeypatch.setenv("FMKIT_DATA_DIR", str(tmp_path / "data"))
+    everything, first5 = build_qm9(split="all"), build_qm9(split="all", limit=5)
+    assert _novelty(everything, everything) == 0.0 and _novelty(first5, first5) == 0.0
+    assert _novelty(everything, first5) == pytest.approx(15 / 20)  # the limit is what was trained on
+    names = {p.name for p in (cache / "qm9").glob("*.smi")}
+    src = tmp_path / "data" / "qm9" / "qm9_hcno.xyz"
+    assert names == {f"{qm9.smiles_cache_name(src, 'all')}.smi", f"{qm9.smiles_cache_name(src, 'all', 5)}.smi"}
