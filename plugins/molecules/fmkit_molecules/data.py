@@ -151,7 +151,8 @@ class QM9Options(BaseModel):
     prefer: Literal["auto", "tar", "xyz"] = "auto"
     download: bool = Field(False, description="download the original release into the data root if missing")
     max_atoms: int = Field(29, ge=1)
-    limit: int | None = Field(None, ge=1, description="keep only the first `limit` molecules of the split")
+    limit: int | None = Field(None, ge=1, description="keep only the first `limit` molecules of the split in id "
+                              "order; in QM9 these are the smallest molecules (mean 12.4 atoms at 512, 18.1 overall)")
     cache: bool = True
 
 
@@ -170,7 +171,7 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
     packed = qm9.load(path, use_cache=cache)
     idx = qm9.split_indices(packed.ids, split)
     if limit is not None:
-        idx = idx[:limit]
+        idx = idx[:limit]  # the split is in id order: QM9's first ids are its smallest molecules
     return MoleculeDataset(packed, idx, atom_encoding=atom_encoding, max_atoms=max_atoms, name=f"qm9[{split}]",
                            source=str(path), smiles_cache=qm9.smiles_cache_name(path, split, limit) if cache else None)
 

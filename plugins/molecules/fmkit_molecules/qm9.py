@@ -341,6 +341,15 @@ def _write_cache(cfile: Path, packed: Packed, path: Path) -> None:
     remove_stale_caches(path)
 
 
+def _unreadable_fix(path: Path) -> str:
+    """How to replace a truncated/corrupt source: only the tarball can be downloaded again."""
+    if path.name == QM9_TAR:
+        return (f"delete it and download it again: set the dataset option `download: true`, or fetch {QM9_URL} "
+                f"({QM9_TAR_SIZE:,} bytes) by hand")
+    return (f"copy {path.name} again from where it came from (fmkit cannot download it), or delete it and use the "
+            f"original release {QM9_TAR} instead (the dataset option `download: true` fetches it from {QM9_URL})")
+
+
 def load(path: Path, *, use_cache: bool = True) -> Packed:
     """Packed molecules of ``path``, parsed once and then read from the cache; unreadable records
     are reported on every load."""
@@ -352,7 +361,7 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
             packed = pack(iter_records(path), str(path), total=total)
         except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
             raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
-                            where=str(path), fix=f"delete it and download it again ({QM9_URL}), or copy it again") from None
+                            where=str(path), fix=_unreadable_fix(path)) from None
         if use_cache:
             _write_cache(cfile, packed, path)
     report_skipped(packed, str(path))
@@ -369,20 +378,18 @@ def split_sizes(n: int) -> tuple[int, int, int]:
 
 
 def split_indices(ids: list[str], split: str, seed: int = SPLIT_SEED) -> np.ndarray:
-    """Indices (into ``ids``) of ``split``: a fixed permutation of the molecules sorted by id, cut in
-    EDM proportions -- the same files give the same split on every machine."""
+    """Indices (into ``ids``) of ``split`` in id order: a fixed permutation of the molecules sorted by
+    id, cut in EDM proportions -- the same files give the same split on every machine, and with QM9
+    ids whatever the order of the records (fallback ids ``file#frameK`` follow the file's order)."""
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"unknown split {split!r}")
     order = np.argsort(np.asarray(ids), kind="stable")
     if split == "all":
         return order
-    perm = order[np.random.default_rng(seed).permutation(len(ids))]
+    ranks = np.random.default_rng(seed).permutation(len(ids))
     n_train, n_valid, _ = split_sizes(len(ids))
-    if split == "train":
-        return np.sort(perm[:n_train])
-    if split == "valid":
-        return np.sort(perm[n_train : n_train + n_valid])
-    return np.sort(perm[n_train + n_valid :])
+    part = {"train": ranks[:n_train], "valid": ranks[n_train : n_train + n_valid], "test": ranks[n_train + n_valid :]}
+    return order[np.sort(part[split])]
 
 
 def file_digest(path: Path, algo: str = "md5") -> str:

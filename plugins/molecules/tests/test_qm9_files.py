@@ -196,6 +196,9 @@ def test_truncated_archive_is_a_data_error_naming_the_file(tmp_path, cache, monk
     with pytest.raises(DataError, match="truncated or corrupt") as e:
         build_qm9(split="all")
     assert str(bad) in str(e.value)
+    # figshare serves the tarball, not this file: the fix says to copy it again or switch to the tarball
+    assert "copy qm9_hcno.xyz.xz again" in e.value.fix and "cannot download it" in e.value.fix
+    assert f"{qm9.QM9_TAR} instead" in e.value.fix
 
 
 # -- frames whose count does not match their atom lines (one failure each, reading resumes) -------
@@ -341,3 +344,10 @@ def test_new_cache_removes_the_stale_caches_of_its_source_only(tmp_path, cache, 
     assert all(f.read_text() == "keep" for f in unrelated)
     assert len(names) == 4
 
+
+def test_split_parts_are_in_id_order_whatever_the_file_order():
+    ids = [f"dsgdb9nsd_{i:06d}" for i in range(1, 2001)]
+    shuffled = list(np.random.default_rng(2).permutation(ids))
+    for split in ("train", "valid", "test", "all"):
+        got = [shuffled[i] for i in qm9.split_indices(shuffled, split)]
+        assert got == [ids[i] for i in qm9.split_indices(ids, split)]  # so `limit` keeps the same molecules
