@@ -155,9 +155,36 @@ def test_adaptive_nfe_counts_every_call_and_trajectory():
 
 
 def test_adaptive_solver_refuses_categorical_fields():
+    from fmkit.errors import FmkitError
+
     state = {"x": torch.randn(4, 2, dtype=D), "atoms": torch.zeros(4, 3, dtype=torch.long)}
-    with pytest.raises(ValueError, match=r"'atoms' is categorical.*fixed-step"):
+    with pytest.raises(FmkitError, match=r"continuous fields only.*\['atoms'\] are categorical") as err:
         AdaptiveSolver().solve(lambda s, t: s, state)
+    assert "fixed-step solver" in err.value.fix
+
+
+@pytest.mark.parametrize("method", ["midpoint", "heun", "rk4"])
+def test_categorical_fields_jump_with_the_rate_at_the_step_start(method):
+    """Every method moves class indices by a CTMC Euler jump with the rate at (x_t, t): the stages at
+    later times, which see the classes held at the step's start, must not enter. The rate below is
+    toward class 0 at the grid times and toward class 2 anywhere else, so any later stage's rate would
+    show up as 2s; the result must be Euler's, draw for draw."""
+    steps = 5
+    grid = torch.linspace(0, 1, steps + 1, dtype=D)
+
+    def velocity(s, t):
+        on_grid = bool(torch.isclose(grid, t.to(D), atol=1e-9).any())
+        rate = torch.zeros(*s["atoms"].shape, 3, dtype=D)
+        rate[..., 0 if on_grid else 2] = 50.0
+        return {"x": -s["x"], "atoms": rate}
+
+    state = {"x": torch.randn(64, 2, dtype=D), "atoms": torch.ones(64, 7, dtype=torch.long)}
+    torch.manual_seed(0)
+    ref = FixedStepSolver("euler", steps).solve(velocity, state).x["atoms"]
+    torch.manual_seed(0)
+    got = FixedStepSolver(method, steps).solve(velocity, state).x["atoms"]
+    assert torch.equal(got, ref)
+    assert (ref == 0).all() and not (got == 2).any()
 
 
 @pytest.mark.parametrize("solver", [FixedStepSolver("euler", 4), FixedStepSolver("rk4", 4), AdaptiveSolver()])
@@ -225,11 +252,11 @@ def test_certain_jump_reaches_target_class():
 
 @pytest.mark.parametrize("method", sorted(ORDERS))
 def test_mask_path_unmasking_follows_kappa(method):
-    """With the exact posterior (a point mass on the true token) a CTMC step of size h unmasks each
-    token with probability min(1, h sum_s b_s kappa'/(1-kappa)(t + c_s h)) (rates combined with the
-    method's weights, categorical fields held still within the step). For Euler this makes the fraction
-    unmasked at grid time t exactly kappa_t = t in expectation; for every method all tokens end on
-    their target at t=1, and a token only ever moves from the mask to its target."""
+    """With the exact posterior (a point mass on the true token) a CTMC Euler step of size h unmasks
+    each token with probability h kappa'/(1-kappa)(t), which every method takes for categorical fields
+    (the rate at the step's start). This makes the fraction unmasked at grid time t exactly kappa_t = t
+    in expectation; all tokens end on their target at t=1, and a token only ever moves from the mask
+    to its target."""
     K, B, N, steps = 7, 8, 500, 10
     path = DiscretePath("mask", 1.0)
     target = torch.randint(0, K, (B, N))
@@ -239,19 +266,14 @@ def test_mask_path_unmasking_follows_kappa(method):
         return {"c": path.velocity(logits, s["c"], t.reshape(1).expand(B))}
 
     sol = FixedStepSolver(method, steps).solve(velocity, {"c": torch.full((B, N), K)}, trajectory=True)
-    b = {"euler": [1.0], "midpoint": [0.0, 1.0], "heun": [0.5, 0.5], "rk4": [1 / 6, 1 / 3, 1 / 3, 1 / 6]}[method]
-    c = {"euler": [0.0], "midpoint": [0.0, 0.5], "heun": [0.0, 1.0], "rk4": [0.0, 0.5, 0.5, 1.0]}[method]
     h, masked = 1.0 / steps, 1.0
     for k, (tk, xk) in enumerate(zip(sol.times.tolist(), sol.trajectory)):
         xk = xk["c"]
         assert torch.all((xk == K) | (xk == target)), "a token may only go from mask to its target"
         frac = (xk == target).double().mean().item()
         expect = 1.0 - masked
-        if method == "euler":
-            assert expect == pytest.approx(tk, abs=1e-6)
+        assert expect == pytest.approx(tk, abs=1e-6)
         se = math.sqrt(max(expect * (1 - expect), 1e-12) / (B * N))
         assert abs(frac - expect) < 4 * se + 1e-9, (tk, frac, expect)
-        t = k * h
-        rate = sum(bs / max(1.0 - (t + cs * h), 1e-6) for bs, cs in zip(b, c))
-        masked *= 1.0 - min(1.0, h * rate)
+        masked *= 1.0 - min(1.0, h / max(1.0 - k * h, 1e-6))
     assert torch.equal(sol.x["c"], target)
