@@ -192,5 +192,152 @@ def test_cli_nproc_per_node_end_to_end(tmp_path: Path) -> None:
     assert {(10, "loss"), (20, "loss"), (20, "eval/w2")} <= names
 
 
+# ------------------------------------------------------------------------------------------------
+# stops: a signal that reaches one rank, NaN in one rank's shard, a stop between log steps
+# ------------------------------------------------------------------------------------------------
+def _stop_worker(out: Path) -> None:
+    import signal
+
+    import fmkit
+    from fmkit.distributed import init_from_env
+
+    dist = init_from_env("gloo")
+    res = out / "results"
+
+    def trainer(tag: str, steps: int, data=None, coupling="independent", **kw):
+        from fmkit.models import MLP
+        from fmkit.toy import ToyDataset, ToySource
+
+        torch.manual_seed(0)
+        opts = fmkit.TrainerOptions(steps=steps, batch_size=64, lr=1e-2, ema_decay=None, progress=False,
+                                    device="cpu", **{"checkpoint_every": 1000, "log_every": 4, **kw})
+        ds = fmkit.TensorDataset(data) if data is not None else ToyDataset("moons", n=2048, seed=0)
+        return fmkit.Trainer(MLP(2, hidden=32, depth=2, time_dim=16), ds, source=ToySource("eight_gaussians"),
+                             coupling=fmkit.ExactOTCoupling() if coupling == "exact_ot" else fmkit.IndependentCoupling(),
+                             options=opts, run_dir=out / "runs" / tag, seed=3)  # rank 0 alone writes
+
+    class SignalRank1(fmkit.Callback):  # as a launcher whose signal reaches one rank first
+        def on_step_end(self, tr, step):
+            if dist.rank == 1 and step == 7:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    tr = trainer("signal", 10_000)
+    tr.callbacks.append(SignalRank1())
+    try:
+        tr.fit()
+        outcome = "finished"
+    except fmkit.errors.FmkitError as exc:
+        outcome = type(exc).__name__
+    (res / f"signal_rank{dist.rank}.json").write_text(json.dumps({"step": tr.step, "outcome": outcome}))
+
+    data = torch.randn(1024, 2)
+    data[100] = float("nan")  # in one rank's shard of one batch only
+    tr = trainer("nan", 200, data=data, coupling="exact_ot")
+    try:
+        tr.fit()
+        msg = "finished"
+    except fmkit.errors.TrainingError as exc:
+        msg = exc.what
+    (res / f"nan_rank{dist.rank}.json").write_text(json.dumps({"step": tr.step, "msg": msg}))
+
+    trainer("whole", 8).fit()  # uninterrupted, then stopped at 6 (between the log steps 4 and 8) and resumed
+    trainer("parts", 8).fit(until=6)
+    trainer("parts", 8).fit(resume=True)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def stop_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp_stop")
+    (out / "results").mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(HERE),
+           "--stop-worker", str(out)]
+    r = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return out
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(stop_out: Path) -> None:
+    """Each rank used to act on its own signal at its own step: one waited in the checkpoint's barrier
+    while the other ran the next step's collectives (a hang, and no checkpoint)."""
+    got = [json.loads((stop_out / "results" / f"signal_rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0] == got[1] == {"step": 8, "outcome": "TrainingInterrupted"}  # agreed one step after the signal
+    ck = stop_out / "runs" / "signal" / "checkpoints"
+    assert (ck / "latest").read_text().strip() == "step_000000008"
+
+
+def test_nan_in_one_ranks_shard_under_ot_stops_every_rank_with_the_same_diagnosis(stop_out: Path) -> None:
+    """Only the rank whose shard held the NaN used to stop (and wait forever in a barrier); the others'
+    message blamed divergence."""
+    got = [json.loads((stop_out / "results" / f"nan_rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["step"] == got[1]["step"] < 200
+    for g in got:
+        assert "the batch holds NaN/Inf in field(s) ['x']: the data is broken" in g["msg"], g["msg"]
+        assert "was saved as a checkpoint" in g["msg"]
+
+
+def test_a_ddp_resume_between_log_steps_logs_the_global_loss(stop_out: Path) -> None:
+    """The checkpoint kept rank 0's own losses of the log window: the resumed log line differed."""
+    whole, parts = _losses(stop_out / "runs" / "whole"), _losses(stop_out / "runs" / "parts")
+    assert sorted(whole) == sorted(parts) == [4, 8]
+    assert parts[8] == pytest.approx(whole[8], rel=1e-6)
+
+
+def test_resuming_a_2x1_checkpoint_as_1x2_continues_the_same_training(ddp_out: Path, tmp_path: Path) -> None:
+    """8 GPUs x 1 -> 4 GPUs x grad_accum 2 (docs/scale.md): the data position counts this rank's
+    micro-batches, so it must be converted, not reused (it replayed 100 batches in the trial)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ddp_out / "runs" / "independent", run)
+    shutil.rmtree(run / "checkpoints" / "step_000000012")
+    (run / "checkpoints" / "latest").write_text("step_000000010")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = make_trainer("independent", run, processes=1)  # grad_accum 2
+        resumed.fit(resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    ddp = torch.load(ddp_out / "results" / "independent_rank0.pt")
+    for k, v in resumed.model.state_dict().items():
+        assert (v - ddp[k]).abs().max().item() <= 1e-5, k
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stopping_a_cli_ddp_run_saves_one_checkpoint_and_exits_cleanly(tmp_path: Path, sig: str) -> None:
+    """Ctrl-C (or a scheduler's SIGTERM) of `fmkit train --nproc-per-node 2`: every rank stops at the
+    same step with a checkpoint, rank 0 alone reports it, the launcher exits 128 + signal (it used to
+    hang in 2 of 5 tries, then print 'internal error: SignalException ... please report it')."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fmkit.cli", "train", str(ROOT / "recipes" / "toy_moons.yaml"),
+           "--nproc-per-node", "2", "--set", "trainer.progress=false", "--set", "trainer.device=cpu",
+           "--set", "trainer.log_every=20", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        log = out / "metrics.csv"
+        while time.time() < deadline and not (log.exists() and ",loss," in log.read_text()):
+            time.sleep(0.5)
+        os.killpg(p.pid, getattr(signal, sig))
+        stdout, stderr = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    num = getattr(signal, sig).value
+    assert p.returncode == 128 + num, f"{p.returncode}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert stderr.count(f"training stopped by {sig}") == 1, stderr
+    assert "internal error" not in stderr
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    meta = json.loads((out / "checkpoints" / latest / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] > 0 and not meta["finished"]
+
+
 if __name__ == "__main__" and "--worker" in sys.argv:
     _worker(Path(sys.argv[sys.argv.index("--worker") + 1]))
+if __name__ == "__main__" and "--stop-worker" in sys.argv:
+    _stop_worker(Path(sys.argv[sys.argv.index("--stop-worker") + 1]))

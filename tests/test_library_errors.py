@@ -86,6 +86,15 @@ def test_guidance_without_condition_classes_is_refused():
     assert fmkit.Trainer(fmkit.TensorModel(Net()), ok, options=dict(OPTS, cond_dropout=0.2)).null_cond == 3
 
 
+def test_an_adaptive_solver_for_categorical_data_is_refused_before_training():
+    """It used to train to the end and then fail at the first evaluation, as an internal error."""
+    from fmkit.errors import FmkitError
+
+    ds = fmkit.TensorDataset({"x": data(), "c": torch.randint(0, 3, (64, 4))})
+    with pytest.raises(FmkitError, match=r"adaptive solver 'dopri5' integrates continuous fields only.*\['c'\]"):
+        fmkit.Trainer(nn.Linear(2, 2), ds, solver=fmkit.AdaptiveSolver("dopri5"), options=OPTS)
+
+
 def test_options_as_a_dict_are_validated_and_a_wrong_type_or_device_is_named():
     tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options={"steps": 3, "device": "cpu"},
                        eval_options={"num_samples": 8})

@@ -49,8 +49,8 @@ def train(
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
-    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="processes (GPUs) on this node; >1 "
-                                                "hands off to torch.distributed.run (DDP)")] = 1,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this node; "
+                                                ">1 hands off to torch.distributed.run (DDP)")] = 1,
 ) -> None:
     """Train a model from a recipe (or resume a run)."""
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
@@ -60,13 +60,13 @@ def train(
     from fmkit.recipe import load_recipe
     from fmkit.run import RECIPE_FILE, build_trainer, load_run_recipe, new_run_dir
 
-    dist = init_from_env()
     do_resume = resume is not None
     if resume is not None:
         from fmkit.checkpoint import LATEST
         from fmkit.trainer import Callback
 
         rec = load_run_recipe(resume, set_ or [])
+        dist = init_from_env(device=rec.trainer.device)  # gloo for a CPU recipe, also on a GPU host
         if recipe is not None:
             console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
         run_dir = resume
@@ -88,6 +88,7 @@ def train(
         if recipe is None:
             raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
         rec = load_recipe(recipe, set_ or [])
+        dist = init_from_env(device=rec.trainer.device)
         trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
         run_dir = _on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
         trainer.run_dir = Path(run_dir)
@@ -119,6 +120,7 @@ def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume:
     (``--standalone``: a private rendezvous on a free port). Multi-node: call torchrun yourself
     (docs/scale.md); inside torchrun, ``--nproc-per-node`` is ignored."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     # check the recipe once here, so a mistake is reported once and not by every process
@@ -148,6 +150,10 @@ def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume:
                           f"code {failure.exitcode} (the error is printed above); the others were stopped",
                           highlight=False)
         raise SystemExit(code) from None
+    except SignalException as exc:  # Ctrl-C / SIGTERM reached this launcher; torchrun passed it on to the ranks
+        err_console.print(f"[bold yellow]stopped:[/] {exc.sigval.name} reached the launcher; the {n} processes "
+                          f"stopped together (their checkpoint is reported above)", highlight=False)
+        raise SystemExit(128 + int(exc.sigval)) from None
 
 
 def _on_rank0(dist, fn):
@@ -525,6 +531,8 @@ def run() -> None:
 
         from fmkit.trainer import TrainingInterrupted
 
+        if isinstance(exc, TrainingInterrupted) and os.environ.get("RANK", "0") != "0":
+            sys.exit(exc.exit_code)  # every rank stopped at the same step: rank 0 says so, once
         label = "[bold yellow]stopped:[/]" if isinstance(exc, TrainingInterrupted) else "[bold red]error:[/]"
         err_console.print(f"{label} {escape(exc.render())}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +38,22 @@ def dist_info() -> DistInfo:
     return DistInfo()
 
 
-def init_from_env(backend: str | None = None) -> DistInfo:
+def init_from_env(backend: str | None = None, device: str = "auto") -> DistInfo:
     """Initialise the default process group when launched by ``torchrun`` (WORLD_SIZE > 1).
 
-    The backend is NCCL when CUDA is available, else gloo; ``FMKIT_DIST_BACKEND`` overrides it
-    (e.g. gloo to try DDP on a CPU-only node of a GPU cluster).
+    The backend is NCCL when the run trains on CUDA (``device`` "cuda", or "auto" with CUDA
+    available), else gloo; ``FMKIT_DIST_BACKEND`` overrides it. Collectives time out after
+    ``FMKIT_DIST_TIMEOUT_MIN`` minutes (default 60: rank 0 alone computes the evaluation metrics
+    while the others wait, which can outlast torch's 10-minute NCCL default on 10k molecules).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
-        backend = backend or os.environ.get("FMKIT_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        cuda = torch.cuda.is_available() and not device.startswith("cpu")
+        backend = backend or os.environ.get("FMKIT_DIST_BACKEND") or ("nccl" if cuda else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend=backend)
+        minutes = float(os.environ.get("FMKIT_DIST_TIMEOUT_MIN", "60"))
+        torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
     return dist_info()
 
 
@@ -111,6 +116,46 @@ def all_reduce_mean(x: torch.Tensor, world_size: int) -> torch.Tensor:
         torch.distributed.all_reduce(x)
         x /= world_size
     return x
+
+
+class StopVote:
+    """Ranks agree on a stop signal (Ctrl-C, SIGTERM) at the same optimizer step.
+
+    A launcher or a scheduler signals every rank, but each notices it at whichever step it is in;
+    a rank that stops alone leaves the others waiting in the next step's collectives. So each step
+    end posts the rank's flag to a non-blocking MAX all-reduce over a CPU (gloo) group and reads the
+    one posted a step earlier: every rank reads the same value at the same step, nothing waits on
+    the GPU, and a stop comes one step after the signal. One process: the flag itself, at once.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self._group: Any = None
+        self._work: Any = None
+        self._buf: torch.Tensor | None = None
+        if world_size > 1 and torch.distributed.get_backend() != "gloo":
+            self._group = torch.distributed.new_group(backend="gloo")  # CPU tensors, off the GPU's streams
+
+    def __call__(self, flag: int) -> int:
+        """Post ``flag`` (0: go on; else a signal number) and return the agreed one (0 or the largest)."""
+        if self.world_size == 1:
+            return flag
+        agreed = self.finish()
+        if agreed:  # every rank stops here: post nothing more
+            return agreed
+        self._buf = torch.tensor([flag], dtype=torch.int64)
+        self._work = torch.distributed.all_reduce(self._buf, op=torch.distributed.ReduceOp.MAX,
+                                                  group=self._group, async_op=True)
+        return agreed
+
+    def finish(self) -> int:
+        """Wait for the vote in flight, if any, and return its result (every rank must call this as
+        often as the others: the last vote of a fit is collected when it ends)."""
+        if self._work is None or self._buf is None:
+            return 0
+        self._work.wait()
+        self._work = None
+        return int(self._buf[0])
 
 
 def all_gather_objects(obj: Any, world_size: int) -> list[Any]:

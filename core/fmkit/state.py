@@ -15,7 +15,7 @@ is accepted wherever a single field is meant and is treated as ``{"x": tensor}``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -91,6 +91,18 @@ def to_device(state: Mapping[str, Tensor], device: torch.device | str, non_block
         else:
             out[k] = v
     return out
+
+
+def pin(item: Any) -> Any:
+    """``item`` (a state, or a tuple/list of states) in page-locked host memory, for asynchronous
+    copies to a GPU."""
+    if isinstance(item, (tuple, list)):
+        return type(item)(pin(v) for v in item)
+    if isinstance(item, Tensor):
+        return item.pin_memory()
+    if isinstance(item, Mapping):
+        return {k: pin(v) for k, v in item.items()}
+    return item
 
 
 def broadcast_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:

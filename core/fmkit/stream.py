@@ -87,7 +87,8 @@ class BatchStream:
         except ValueError as exc:  # e.g. fewer examples than one batch
             raise TrainingError(f"the dataset cannot give batches of {self.batch_size * self.accum}: {exc}",
                                 where="trainer.batch_size",
-                                fix="lower trainer.batch_size (per process), or use more data") from exc
+                                fix="lower trainer.batch_size (the global batch of all processes), or use more "
+                                    "data") from exc
         if not batches:
             raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
                                 fix="lower trainer.batch_size")
@@ -123,7 +124,9 @@ class BatchStream:
                 self.epoch, self.index = self.epoch + 1, 0
 
     def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+        """Where the stream is: ``index`` counts this rank's micro-batches in the epoch, ``accum`` of
+        them per global batch (the same count on every rank, whatever the number of processes)."""
+        return {"epoch": self.epoch, "index": self.index, "accum": self.accum}
 
     def close(self) -> None:
         """End the worker processes now (they persist otherwise); the stream can go on from its
@@ -132,6 +135,15 @@ class BatchStream:
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+
+def resume_index(position: dict[str, int], accum: int) -> int:
+    """The micro-batch index to resume at with ``accum`` micro-batches per global batch, from a
+    :meth:`BatchStream.position` saved at an optimizer-step boundary, whatever its own ``accum`` (a
+    resume may trade processes for accumulation: 8 x 1 -> 4 x 2). Positions saved before ``accum``
+    was recorded are taken to have the new one."""
+    saved = int(position.get("accum", accum))
+    return int(position.get("index", 0)) // saved * accum
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -32,18 +32,18 @@ from torch import Tensor, nn
 from fmkit import checkpoint as ckpt
 from fmkit.couplings import Coupling, IndependentCoupling, draw_and_pair
 from fmkit.data import Dataset
-from fmkit.distributed import (SAMPLING_STREAM, DistInfo, all_gather_objects, all_reduce_mean, dist_info,
-                               fold_seed, seed_generators, seed_shard)
+from fmkit.distributed import (SAMPLING_STREAM, DistInfo, StopVote, all_gather_objects, all_reduce_mean,
+                               dist_info, fold_seed, init_from_env, seed_generators, seed_shard)
 from fmkit.errors import CheckpointError, ContractError, ModelError, NonFiniteDataError, OutputError, TrainingError
 from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
 from fmkit.recipe import EvalOptions, TrainerOptions
 from fmkit.sampling import generate
-from fmkit.solvers import FixedStepSolver, Solver
+from fmkit.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.sources import GaussianSource, Source, StateSource
-from fmkit.state import State, fields, to_device
-from fmkit.stream import BatchStream, LoaderPairing, usable_cores
+from fmkit.state import State, fields, pin, to_device
+from fmkit.stream import BatchStream, LoaderPairing, resume_index, usable_cores
 from fmkit.time_sampling import sample_time
 
 Metric = Callable[[State, Dataset], Mapping[str, float]]
@@ -186,6 +186,8 @@ class Trainer:
         self.source = source if isinstance(source, StateSource) else StateSource({}, source or GaussianSource())
         self.coupling = coupling or IndependentCoupling()
         self.solver = solver or FixedStepSolver("euler", 100)
+        # before any training: evaluation would otherwise fail at its first sample, hours in
+        check_continuous_only(self.solver, [k for k, f in dataset.info.fields.items() if f.categorical])
         self.metrics = dict(metrics or {})
         self.writers = dict(writers or {})
         self.callbacks = list(callbacks)
@@ -193,7 +195,8 @@ class Trainer:
         self.fingerprint = dict(fingerprint or {})
         self.from_recipe = from_recipe
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.dist = dist_info()
+        # under torchrun (WORLD_SIZE > 1) a library script need not set up the process group itself
+        self.dist = init_from_env(device=self.opts.device) if "WORLD_SIZE" in os.environ else dist_info()
         self.device = pick_device(self.opts.device)
         if self.device.type == "cpu":
             set_cpu_threads(self.opts, workers=self.opts.num_workers)
@@ -202,11 +205,13 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         self.step = 0
         self.finished = False
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # set by the handler; acted on once the ranks agree (StopVote)
+        self._vote: StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
         self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
         self._pending: list[Tensor] = []  # losses of the steps since the last log line
+        self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
 
         o = self.opts
         if o.batch_size % (o.grad_accum * self.dist.world_size):
@@ -223,7 +228,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DDP(self.model, device_ids=ids)
+            # buffers change in training only with running statistics (BatchNorm & co.); fmkit's are
+            # constants, and broadcasting them costs a collective per forward, micro-steps included
+            running = any(getattr(m, "track_running_stats", False) for m in self.model.modules())
+            self.train_model = DDP(self.model, device_ids=ids, broadcast_buffers=running)
         if o.compile:
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
         self._params = list(self.model.parameters())  # for clipping: no module walk per step
@@ -257,6 +265,10 @@ class Trainer:
         """The next micro-batch on the device: ``(x0, x1)`` with x0 paired already when the data
         pipeline pairs (``trainer.pairing``), else ``(None, x1)``."""
         item = next(self.stream)
+        if self.device.type == "cuda" and self.stream.num_workers == 0:
+            # a copy from pageable memory waits for the GPU's queue; from pinned memory it overlaps
+            # (with workers, the DataLoader pins)
+            item = pin(item)
         if isinstance(item, (tuple, list)):  # pinned-memory collation turns the pair into a list
             x0, x1 = item
             return to_device(x0, self.device, non_blocking=True), to_device(x1, self.device, non_blocking=True)
@@ -327,6 +339,7 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        self._stop_signal = None  # a signal that stopped an earlier fit is spent
         old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -386,85 +399,101 @@ class Trainer:
         last_log_time, last_log_step = time.perf_counter(), self.step
         wait = 0.0  # host seconds spent waiting for batches since the last log step
         aside = 0.0  # seconds of checkpoints and evaluations since then: not training, kept out of steps/s
-        with bar:
-            while self.step < stop:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = o.lr * lr_factor(self.step, o)
-                loss_sum: Tensor | None = None
-                batch: State = {}
-                for micro in range(o.grad_accum):
-                    t_wait = time.perf_counter()
-                    x0, batch = self.next_batch()
-                    wait += time.perf_counter() - t_wait
-                    # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
-                    seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
-                    sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
-                    ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
-                        else contextlib.nullcontext()
-                    with ctx:
-                        try:
-                            loss, _ = self.loss(batch, x0)
-                        except NonFiniteDataError:  # the coupling met NaN/Inf in the batch: before any update
-                            self._non_finite(batch, check_every=1)
-                        (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
-                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-                mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
-                if (self.step + 1) % check_every == 0 and not self._finite(mean_loss):
-                    self._non_finite(batch, check_every)
-                grad_norm = None
-                if o.grad_clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self._params, o.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update()
-                self.step += 1
-                bar.update(self.step)
-                pending.append(mean_loss)
-                if self.step % o.log_every == 0 or self.step == o.steps:
-                    losses = all_reduce_mean(torch.stack(pending).float(), self.dist.world_size)  # global mean
-                    if not torch.isfinite(losses).all().item():
+        if self._vote is None:
+            self._vote = StopVote(self.dist.world_size)
+        vote = self._vote
+        try:
+            with bar:
+                while self.step < stop:
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = o.lr * lr_factor(self.step, o)
+                    loss_sum: Tensor | None = None
+                    batch: State = {}
+                    for micro in range(o.grad_accum):
+                        t_wait = time.perf_counter()
+                        x0, batch = self.next_batch()
+                        wait += time.perf_counter() - t_wait
+                        # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
+                        seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
+                        sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
+                        ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
+                            else contextlib.nullcontext()
+                        with ctx:
+                            try:
+                                loss, _ = self.loss(batch, x0)
+                            except NonFiniteDataError as exc:  # the coupling met NaN/Inf: before any update
+                                if self.dist.world_size == 1:
+                                    self._non_finite(batch, check_every=1)
+                                # the other ranks are in this step's collectives already: go on unpaired, so the
+                                # NaN reaches the loss, whose check stops every rank at the same step
+                                self._bad_fields.update(f.removeprefix("x1.") for f in exc.fields)
+                                loss, _ = self.loss(batch, self.source.sample(batch))
+                            (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
+                        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                    mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
+                    if (self.step + 1) % check_every == 0 and not self._finite(mean_loss):
                         self._non_finite(batch, check_every)
-                    now = time.perf_counter()
-                    busy = max(now - last_log_time - aside, 1e-9)  # wall time spent training
-                    sps = (self.step - last_log_step) / busy
-                    # data_wait: share of the wall time the host waited for the data pipeline (its
-                    # loader workers, pairing included); near 0 means the step, not the data, sets the pace
-                    scal = {"loss": float(losses.mean()), "lr": self.optimizer.param_groups[0]["lr"],
-                            "steps_per_s": sps, "samples_per_s": sps * o.batch_size,
-                            "data_wait": wait / busy}
-                    last_log_time, last_log_step, wait, aside = now, self.step, 0.0, 0.0
-                    if self.device.type == "cuda":
-                        scal["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-                    if grad_norm is not None:
-                        scal["grad_norm"] = float(grad_norm)
-                    pending.clear()
-                    bar.update(self.step, scal["loss"], sps)
-                    if self.logger:
-                        self.logger.log(self.step, scal)
-                for cb in self.callbacks:
-                    cb.on_step_end(self, self.step)
-                done = self.step == o.steps
-                t_aside = time.perf_counter()
-                if self.step % o.checkpoint_every == 0 or self.step == stop:
-                    self.finished = done
-                    self.save_checkpoint()
-                if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
-                    self.evaluate()
-                aside += time.perf_counter() - t_aside
-                if self._stop_requested is not None and not done:
-                    if self.step % o.checkpoint_every != 0 and self.step != stop:
+                    grad_norm = None
+                    if o.grad_clip:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, o.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update()
+                    self.step += 1
+                    bar.update(self.step)
+                    pending.append(mean_loss)
+                    if self.step % o.log_every == 0 or self.step == o.steps:
+                        losses = all_reduce_mean(torch.stack(pending).float(), self.dist.world_size)  # global mean
+                        if not torch.isfinite(losses).all().item():
+                            self._non_finite(batch, check_every)
+                        now = time.perf_counter()
+                        busy = max(now - last_log_time - aside, 1e-9)  # wall time spent training
+                        sps = (self.step - last_log_step) / busy
+                        # data_wait: share of the wall time the host waited for the data pipeline (its
+                        # loader workers, pairing included); near 0 means the step, not the data, sets the pace
+                        scal = {"loss": float(losses.mean()), "lr": self.optimizer.param_groups[0]["lr"],
+                                "steps_per_s": sps, "samples_per_s": sps * o.batch_size,
+                                "data_wait": wait / busy}
+                        last_log_time, last_log_step, wait, aside = now, self.step, 0.0, 0.0
+                        if self.device.type == "cuda":
+                            scal["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                        if grad_norm is not None:
+                            scal["grad_norm"] = float(grad_norm)
+                        pending.clear()
+                        bar.update(self.step, scal["loss"], sps)
+                        if self.logger:
+                            self.logger.log(self.step, scal)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step)
+                    done = self.step == o.steps
+                    t_aside = time.perf_counter()
+                    if self.step % o.checkpoint_every == 0 or self.step == stop:
+                        self.finished = done
                         self.save_checkpoint()
-                    self.stopped_early, self._stop_requested = self._stop_requested, None
-                    break
-                if self._stop_signal is not None:
-                    if self.step % o.checkpoint_every != 0 and not done:
-                        self.save_checkpoint()
-                    name = signal.Signals(self._stop_signal).name
-                    raise TrainingInterrupted(
-                        f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
-                        where=str(self.run_dir) if self.run_dir else None,
-                        fix=self._resume_hint() if self.run_dir else None)
+                    if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
+                        self.evaluate()
+                    aside += time.perf_counter() - t_aside
+                    if self._stop_requested is not None and not done:
+                        if self.step % o.checkpoint_every != 0 and self.step != stop:
+                            self.save_checkpoint()
+                        self.stopped_early, self._stop_requested = self._stop_requested, None
+                        break
+                    stop_signal = vote(self._stop_signal or 0)  # under DDP: the same step on every rank
+                    if stop_signal:
+                        if self.step % o.checkpoint_every != 0 and not done:
+                            self.save_checkpoint()
+                        name = signal.Signals(stop_signal).name
+                        raise TrainingInterrupted(
+                            f"training stopped by {name} at step {self.step}; a checkpoint of this step was saved",
+                            where=str(self.run_dir) if self.run_dir else None,
+                            fix=self._resume_hint() if self.run_dir else None)
+        except TrainingInterrupted:  # agreed by every rank: no vote is in flight
+            raise
+        except BaseException:  # maybe on this rank alone: its vote in flight is abandoned with it
+            self._vote = None
+            raise
+        vote.finish()  # the last step's vote, which every rank posted
         if (self.metrics or self.writers) and (self.step == o.steps or self.stopped_early is not None) \
                 and self._evaluated_at != self.step:
             self.evaluate()
@@ -494,7 +523,11 @@ class Trainer:
 
     def _non_finite(self, batch: State, check_every: int) -> None:
         """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
-        bad_fields = [k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = {k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()}
+        bad |= self._bad_fields  # met by the coupling on this rank
+        if self.dist.world_size > 1:  # every rank is here at the same step (the NaN checks are collective):
+            bad = set().union(*all_gather_objects(sorted(bad), self.dist.world_size))  # one diagnosis for all
+        bad_fields = sorted(bad)
         if self.run_dir is None:
             saved = "nothing was saved (the trainer has no run_dir)"
         elif check_every == 1:
@@ -510,7 +543,8 @@ class Trainer:
             fix="clean the data" if bad_fields else "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
 
     # ------------------------------------------------------------------------------------------
-    def checkpoint_data(self) -> ckpt.CheckpointData:
+    def checkpoint_data(self, pending: list[float] | None = None) -> ckpt.CheckpointData:
+        """What a checkpoint holds; ``pending``: the current log window's losses (default this rank's)."""
         opt_t, opt_extra = ckpt.optimizer_to_flat(self.optimizer.state_dict())
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
@@ -523,18 +557,21 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "ema_updates": self.ema.num_updates if self.ema is not None else 0,
                 # a stop between log steps: the resumed run's next log line averages the same steps
-                "pending_losses": [float(v) for v in self._pending],
+                "pending_losses": pending if pending is not None else [float(v) for v in self._pending],
                 "params": {k: list(v.shape) for k, v in self.model.state_dict().items()}}
         return ckpt.CheckpointData(tensors, meta)
 
     def save_checkpoint(self) -> Path | None:
+        # the log window's losses so far, averaged over ranks as the log line will be (a collective:
+        # every rank saves at the same steps); each rank's RNG differs, and only rank 0's is stored:
+        # the others re-derive theirs on resume
+        pending = None
+        if self.dist.world_size > 1 and self._pending:
+            pending = all_reduce_mean(torch.stack(self._pending).float(), self.dist.world_size).tolist()
         if self.run_dir is None or not self.is_main:
             self._barrier()
             return None
-        if self.dist.world_size > 1:
-            # each rank's RNG differs; only rank 0's is stored, the others re-derive theirs on resume
-            pass
-        path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.checkpoint_data(),
+        path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.checkpoint_data(pending),
                                     keep=self.opts.keep_checkpoints)
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.step, path)
@@ -589,7 +626,7 @@ class Trainer:
                          for v in meta.get("pending_losses", [])]
         pos = meta.get("data", {})
         self.stream.close()
-        self.stream = self._make_stream(int(pos.get("epoch", 0)), int(pos.get("index", 0)))
+        self.stream = self._make_stream(int(pos.get("epoch", 0)), resume_index(pos, self.opts.grad_accum))
 
     # ------------------------------------------------------------------------------------------
     def sampling_model(self) -> nn.Module:
