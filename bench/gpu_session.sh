@@ -48,8 +48,12 @@ print(f"torch {torch.__version__} cuda {torch.cuda.is_available()} "
 EOF
 }
 
-data_dir() {  # QM9 carried in call 1, kept in /tmp for later calls (whatever the tool does with .gpu_data); here ../shared/data
+data_dir() {  # QM9 carried in call 1, kept in /tmp for later calls (whatever the tool does with .gpu_data); here
+  # $FMKIT_DATA_DIR when it holds QM9, else ../shared/data
   local keep=/tmp/fmkit_data
+  if [ $DRY = 1 ] && [ -n "${FMKIT_DATA_DIR:-}" ] && ls "$FMKIT_DATA_DIR"/qm9/* >/dev/null 2>&1; then
+    echo "$FMKIT_DATA_DIR"; return
+  fi
   if [ $DRY = 0 ] && [ -f .gpu_data/qm9/qm9_hcno.xyz.xz ] && [ ! -f $keep/qm9/qm9_hcno.xyz.xz ]; then
     mkdir -p $keep/qm9 && cp -p .gpu_data/qm9/qm9_hcno.xyz.xz $keep/qm9/  # -p: same mtime, same parse cache key
   fi
@@ -77,12 +81,12 @@ case "$PHASE" in
   evaluate)  # the EDM and RDKit tables at 50 and 100 NFE on 1000 samples; 100 samples as SDF + PNG
     setup
     export FMKIT_DATA_DIR="$(data_dir)"
-    n=1000; steps=(50 100)
-    if [ $DRY = 1 ]; then n=16; steps=(5 10); fi
+    n=1000; steps=(50 100); ns=100; ss=100  # the tables; the SDF + PNG sample
+    if [ $DRY = 1 ]; then n=16; steps=(5 10); ns=8; ss=5; fi
     for s in "${steps[@]}"; do
       python3 -m fmkit.cli evaluate runs/qm9 -n "$n" --steps "$s" 2>&1 | tee "$OUT/evaluate_${s}nfe.txt"
     done
-    python3 -m fmkit.cli sample runs/qm9 -n 100 --steps 100 --out gpu_samples --overwrite 2>&1 | tee -a "$LOG"
+    python3 -m fmkit.cli sample runs/qm9 -n "$ns" --steps "$ss" --out gpu_samples --overwrite 2>&1 | tee -a "$LOG"
     for f in runs/qm9/samples/gpu_samples/*.sdf runs/qm9/samples/gpu_samples/*.png; do
       [ -f "$f" ] && cp "$f" "$OUT/"
     done

@@ -135,6 +135,9 @@ def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume:
     else:
         raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
     t = rec.trainer
+    from fmkit.trainer import pick_device
+
+    pick_device(t.device)  # a device this machine lacks: said once here, not by every process
     if t.batch_size % (t.grad_accum * n):
         raise FmkitError(f"trainer.batch_size={t.batch_size} is not divisible by grad_accum x processes = "
                          f"{t.grad_accum} x {n}", where="trainer.batch_size / --nproc-per-node",

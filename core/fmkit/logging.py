@@ -86,7 +86,9 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            # a short bar: the counts, loss, speed and times fit 80 columns (rich cuts columns that do not fit,
+            # and "853/3000…" read as a total of 3,000 steps)
+            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(),
                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]}"),
                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
             self._p.start()

@@ -173,7 +173,8 @@ def load_run_recipe(run_dir: Path, overrides: list[str] | None = None, registry:
     run_dir = Path(run_dir)
     p = run_dir / RECIPE_FILE
     if not p.is_file():
-        raise OutputError(f"{run_dir} is not an fmkit run directory (no {RECIPE_FILE})", where=str(run_dir),
+        what = "does not exist" if not run_dir.exists() else f"is not an fmkit run directory (no {RECIPE_FILE})"
+        raise OutputError(f"{run_dir} {what}", where=str(run_dir),
                           fix="pass the directory that `fmkit train` printed (runs/<name>-<time> by default)")
     data = read_yaml(p)
     apply_overrides(data, overrides or [])
