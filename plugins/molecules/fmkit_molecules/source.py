@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from fmkit.errors import ContractError
 from fmkit.sources import Source
 from fmkit_molecules.geometry import remove_mean
 
@@ -29,6 +30,12 @@ class ComFreeGaussian(Source):
         self.std = float(std)
 
     def sample(self, like: Tensor, mask: Tensor | None = None) -> Tensor:
+        if like.dim() != 3 or like.shape[-1] != 3:  # e.g. one-hot atom types [B,N,5]: centring them means nothing
+            raise ContractError(
+                f"com_free_gaussian draws 3-D positions [B, N, 3]; it was asked for a field of shape "
+                f"{tuple(like.shape)}", where="source",
+                fix="give the other fields a source of their own, e.g. for one-hot atom types "
+                    "`source: {name: com_free_gaussian, fields: {atoms: {name: gaussian}}}`")
         dtype = like.dtype if like.is_floating_point() else torch.float32
         x = torch.randn(like.shape, dtype=dtype, device=like.device) * self.std
         return remove_mean(x, mask)

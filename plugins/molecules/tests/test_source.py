@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from fmkit_molecules.source import ComFreeGaussian
@@ -41,3 +42,14 @@ def test_log_prob_equals_gaussian_density_in_subspace_coordinates():
     assert torch.allclose(got, expected, atol=1e-9)
     d = (n - 1) * 3
     assert torch.allclose(got, -0.5 * x.pow(2).sum((1, 2)) / std**2 - d * math.log(std * math.sqrt(2 * math.pi)))
+
+
+def test_a_field_that_is_not_positions_is_refused():
+    """One-hot atom types [B,N,5] under the default source got noise centred over the atoms, per
+    channel, without a word (and a log-density counting (n-1)*5 dimensions)."""
+    from fmkit.errors import ContractError
+
+    with pytest.raises(ContractError, match=r"3-D positions \[B, N, 3\].*\(2, 4, 5\)") as err:
+        ComFreeGaussian().sample(torch.zeros(2, 4, 5))
+    assert "fields: {atoms: {name: gaussian}}" in err.value.fix
+    assert ComFreeGaussian().sample(torch.zeros(2, 4, 3)).shape == (2, 4, 3)
