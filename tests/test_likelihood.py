@@ -189,3 +189,21 @@ def test_a_velocity_of_the_wrong_kind_is_named():
         log_likelihood(lambda s, t: s["x"], {"x": x1}, SRC, TIGHT)
     with pytest.raises(ModelError, match=r"shape \(4, 2\)"):
         log_likelihood(lambda x, t: x[:, :2], x1, GaussianSource(), TIGHT)
+
+
+def test_auto_estimator_is_exact_for_small_dims_and_hutchinson_above(monkeypatch):
+    """'auto' (the CLI's default): the exact divergence up to EXACT_MAX_DIMS dims per example, else
+    Hutchinson's; each choice gives what that estimator gives by name."""
+    import fmkit.likelihood as lk
+
+    x1 = torch.randn(8, 3, dtype=D)
+    got = {}
+    for limit, name in ((3, "exact"), (2, "hutchinson")):
+        monkeypatch.setattr(lk, "EXACT_MAX_DIMS", limit)
+        torch.manual_seed(0)
+        got[name] = log_likelihood(linear_field(A3), {"x": x1}, SRC, TIGHT, estimator="auto").log_prob
+        torch.manual_seed(0)
+        named = log_likelihood(linear_field(A3), {"x": x1}, SRC, TIGHT, estimator=name)
+        torch.testing.assert_close(got[name], named.log_prob, rtol=0, atol=0)
+    torch.testing.assert_close(got["exact"], analytic_logp(x1, A3), rtol=0, atol=1e-6)
+    assert (got["hutchinson"] - got["exact"]).abs().max() > 1e-3  # one probe per solve: a noisy estimate

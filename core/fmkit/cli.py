@@ -26,7 +26,6 @@ console = Console()
 err_console = Console(stderr=True)
 _STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
 
-ESTIMATORS = ("exact", "hutchinson")
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
 
 
@@ -386,13 +385,15 @@ def evaluate(
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
     likelihood: Annotated[bool, typer.Option("--likelihood", help="also exact NLL / bits per dim of data")] = False,
     likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
-    estimator: Annotated[str, typer.Option(help="divergence (--likelihood): exact or hutchinson")] = "exact",
+    estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
+                                                "example, else hutchinson), exact or hutchinson")] = "auto",
     seed: int = 0,
     set_: SetOpt = None,
 ) -> None:
     """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
     import torch
 
+    from fmkit.likelihood import ESTIMATORS
     from fmkit.trainer import sample_in_chunks
 
     if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
@@ -423,8 +424,9 @@ def evaluate(
         else:  # the likelihood needs an accurate solve, whatever the recipe samples with
             lsolver, labout = _solver(rec, "dopri5", None, 1e-5, 1e-5)
         try:
-            res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
-                                 comps.source, lsolver, estimator=estimator)
+            with console.status(f"log-likelihood of {likelihood_n} examples ({estimator} divergence, {labout})"):
+                res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
+                                     comps.source, lsolver, estimator=estimator)
         except (NotImplementedError, ValueError) as exc:
             raise FmkitError(f"log-likelihood is not available for this run: {exc}",
                              fix="use a source with a closed-form density and continuous fields only") from None
