@@ -142,7 +142,7 @@ def test_bad_estimator_is_refused_before_sampling(tiny_run, monkeypatch):
     assert r.code == 2 and "Traceback" not in r.text, r.text
     msg = squash(r.err)
     assert "unknown divergence estimator 'bogus'" in msg and "where: --estimator" in msg
-    assert "fix: use one of: exact, hutchinson" in msg
+    assert "fix: use one of: auto, exact, hutchinson" in msg
 
 
 def test_steps_with_an_adaptive_solver_says_which_flags_apply(tiny_run):
