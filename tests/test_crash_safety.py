@@ -274,3 +274,16 @@ def test_signal_to_the_process_group_with_dataloader_workers(tmp_path, sig):
     assert "Traceback" not in out and "exited unexpectedly" not in out, out
     step = int(out.split(f"training stopped by {sig.name} at step ")[1].split(";")[0])
     assert step > 25 and checkpoint_step(run) == step
+
+
+def test_weights_and_samples_are_readable_as_the_other_files(tmp_path):
+    """safetensors creates its files 0600: a shared run directory held weights and samples only their
+    owner could read, beside meta.json and PNGs readable by the group."""
+    run = _trained(tmp_path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    want = 0o666 & ~umask
+    tensors = [*(run / "checkpoints").glob("step_*/*.safetensors"), *(run / "samples").glob("*.safetensors")]
+    assert any("samples" in str(p) for p in tensors) and any("model" in p.name for p in tensors)
+    for p in tensors:
+        assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))

@@ -76,6 +76,22 @@ def write_atomic_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """``safetensors`` file at ``path``, readable as any other file the process writes (safetensors
+    creates it 0600, so a team's shared run directory held weights only their owner could read)."""
+    save_file(dict(tensors), str(path))
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: once, at import, not while threads write files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:09d}"
 
@@ -93,7 +109,7 @@ def save_checkpoint(ckpt_root: Path, step: int, data: CheckpointData, keep: int 
     for group, tensors in data.tensors.items():
         fn = tmp / f"{group}.safetensors"
         clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(clean, str(fn))
+        save_tensors(clean, fn)
         with open(fn, "rb+") as f:
             os.fsync(f.fileno())
         files[fn.name] = _sha256(fn)

@@ -321,7 +321,7 @@ def sample(
 ) -> None:
     """Generate samples from a trained run and write them (artefacts + safetensors)."""
     import torch
-    from safetensors.torch import save_file
+    from fmkit.checkpoint import save_tensors
 
     from fmkit.guidance import ClassifierFreeGuidance
     from fmkit.trainer import sample_in_chunks
@@ -339,7 +339,7 @@ def sample(
     t0 = time.perf_counter()
     samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev, seed)
     dt = time.perf_counter() - t0
-    save_file({k: v.contiguous() for k, v in samples.items()}, str(out_dir / "samples.safetensors"))
+    save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
     for w in comps.writers.values():
         files += list(w(samples, out_dir, comps.dataset, int(ck.name.split("_")[-1])))

@@ -664,9 +664,8 @@ class Trainer:
         if self.run_dir is not None:  # the samples first: a metric or writer that fails loses nothing
             out = self.run_dir / "samples"
             out.mkdir(parents=True, exist_ok=True)
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in samples.items()}, str(out / f"samples_step{self.step:07d}.safetensors"))
+            ckpt.save_tensors({k: v.contiguous() for k, v in samples.items()},
+                              out / f"samples_step{self.step:07d}.safetensors")
         results: dict[str, float] = {}
         for name, metric in self.metrics.items():
             for k, v in metric(samples, self.dataset).items():
