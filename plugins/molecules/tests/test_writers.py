@@ -50,3 +50,14 @@ def test_png_grid(tmp_path, small_mols):
     img = Image.open(path)
     assert img.size == (360, 120)  # 3 valid molecules in one row
     assert len(np.unique(np.asarray(img.convert("L")))) > 2  # something was drawn
+
+
+def test_grid_legend_says_when_a_sample_had_several_fragments():
+    from fmkit_molecules.rdkit_import import load_chemistry
+    from fmkit_molecules.writers import grid_entry
+
+    chem = load_chemistry()
+    whole = Chem.AddHs(Chem.MolFromSmiles("CCO.O.[H][H]"))
+    m, legend = grid_entry(whole, chem)
+    assert legend == "CCO  (largest of 3 fragments)" and m.GetNumAtoms() == 3  # no H drawn
+    assert grid_entry(Chem.AddHs(Chem.MolFromSmiles("CCO")), chem)[1] == "CCO"
