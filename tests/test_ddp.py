@@ -99,15 +99,19 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def ddp_out(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun_this_file(out: Path, role: str, timeout: int) -> Path:
+    """Run this file as the ``role`` worker (``--worker``, ``--stop-worker``) on 2 gloo ranks, in ``out``."""
     (out / "results").mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(HERE),
-           "--worker", str(out)]
-    r = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=180)
+           role, str(out)]
+    r = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="module")
+def ddp_out(tmp_path_factory) -> Path:
+    return _torchrun_this_file(tmp_path_factory.mktemp("ddp"), "--worker", timeout=180)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -248,13 +252,7 @@ def _stop_worker(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stop_out(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_stop")
-    (out / "results").mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(HERE),
-           "--stop-worker", str(out)]
-    r = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    return out
+    return _torchrun_this_file(tmp_path_factory.mktemp("ddp_stop"), "--stop-worker", timeout=240)
 
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(stop_out: Path) -> None:

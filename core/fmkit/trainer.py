@@ -353,6 +353,7 @@ class Trainer:
         checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues."""
         self._check_writable()
         self.stopped_early = None
+        self._bad_fields = set()
         if resume:
             self.resume(None if resume is True else Path(resume))
         elif self.run_dir is not None and ckpt.complete_checkpoints(self.run_dir / "checkpoints"):
