@@ -133,8 +133,10 @@ class StopVote:
         self._group: Any = None
         self._work: Any = None
         self._buf: torch.Tensor | None = None
-        if world_size > 1 and torch.distributed.get_backend() != "gloo":
-            self._group = torch.distributed.new_group(backend="gloo")  # CPU tensors, off the GPU's streams
+        if world_size > 1:  # a group of its own, gloo (CPU tensors, off the GPU's streams) even under gloo:
+            # on the default gloo group, this in-flight all-reduce beside DDP's made a rank abort in about
+            # half the 2-process runs ("terminate called without an active exception")
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def __call__(self, flag: int) -> int:
         """Post ``flag`` (0: go on; else a signal number) and return the agreed one (0 or the largest)."""
