@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from fmkit.errors import ModelError
-from fmkit.paths import check_output
-from fmkit.solvers import Solver
+from fmkit.solvers import CheckedVelocity, Solver
 from fmkit.sources import Source, StateSource
 from fmkit.state import DEFAULT_FIELD, State, StateLike, apply_mask, as_state, count_dims, fields, is_categorical
 
@@ -114,6 +113,7 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
                     fix=f"return a tensor, or pass x1 as a state ({{{DEFAULT_FIELD!r}: x1}}) to a velocity of states")
             return {DEFAULT_FIELD: out}
 
+    velocity = CheckedVelocity(velocity)  # before the masking below could broadcast a wrong shape away
     if not isinstance(source, StateSource):
         source = StateSource({}, source)
     mask = x1.get("mask")
@@ -129,7 +129,6 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
         with torch.enable_grad():
             x = {n: state[n].detach().requires_grad_(True) for n in xf}
             out = velocity(x, t)
-            check_output(out, x, what="the velocity function")  # shapes only
             out = {n: apply_mask(out[n], mask) for n in xf}  # padded dims: no motion, no divergence
             div = divergence_exact(out, x) if probes is None else divergence_hutchinson(out, x, probes)
         res = {n: out[n].detach() for n in xf}

@@ -50,7 +50,7 @@ class Solver(ABC):
             def velocity(x: State, t: Tensor) -> State:  # noqa: F811 - adapt a tensor field
                 return {"x": fn(x["x"], t)}
 
-        sol = self._solve(_Checked(velocity), state, float(t0), float(t1), trajectory=trajectory)
+        sol = self._solve(CheckedVelocity(velocity), state, float(t0), float(t1), trajectory=trajectory)
         if not isinstance(sol, Solution):
             raise ContractError(f"{type(self).__name__}._solve returned a {type(sol).__name__}, not a Solution",
                                 where=f"solver {type(self).__name__}",
@@ -69,9 +69,10 @@ class Solver(ABC):
         "velocity" is a rate [..., K]: jump them (see ``_jump``) or refuse them."""
 
 
-class _Checked:
-    """The velocity as ``_solve`` sees it: the first output's fields and shapes are checked (a velocity
-    of the wrong shape would broadcast into the state without an error), whatever the solver."""
+class CheckedVelocity:
+    """A velocity whose first output's fields and shapes are checked against its input (a velocity of
+    the wrong shape would broadcast into the state without an error): what every solver's ``_solve``
+    and the likelihood's augmented ODE call."""
 
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.checked = fn, False
