@@ -408,30 +408,8 @@ class Trainer:
                 while self.step < stop:
                     for g in self.optimizer.param_groups:
                         g["lr"] = o.lr * lr_factor(self.step, o)
-                    loss_sum: Tensor | None = None
-                    batch: State = {}
-                    for micro in range(o.grad_accum):
-                        t_wait = time.perf_counter()
-                        x0, batch = self.next_batch()
-                        wait += time.perf_counter() - t_wait
-                        # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
-                        seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
-                        sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
-                        ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
-                            else contextlib.nullcontext()
-                        with ctx:
-                            try:
-                                loss, _ = self.loss(batch, x0)
-                            except NonFiniteDataError as exc:  # the coupling met NaN/Inf: before any update
-                                if self.dist.world_size == 1:
-                                    self._non_finite(batch, check_every=1)
-                                # the other ranks are in this step's collectives already: go on unpaired, so the
-                                # NaN reaches the loss, whose check stops every rank at the same step
-                                self._bad_fields.update(f.removeprefix("x1.") for f in exc.fields)
-                                loss, _ = self.loss(batch, self.source.sample(batch))
-                            (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
-                        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-                    mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
+                    mean_loss, batch, waited = self._gradients()
+                    wait += waited
                     if (self.step + 1) % check_every == 0 and not self._finite(mean_loss):
                         self._non_finite(batch, check_every)
                     grad_norm = None
@@ -498,6 +476,37 @@ class Trainer:
         if (self.metrics or self.writers) and (self.step == o.steps or self.stopped_early is not None) \
                 and self._evaluated_at != self.step:
             self.evaluate()
+
+    def _gradients(self) -> tuple[Tensor, State, float]:
+        """Forward and backward over this step's ``grad_accum`` micro-batches: their mean loss (on the
+        device, not synced), the last micro-batch and the seconds spent waiting for the data."""
+        o = self.opts
+        loss_sum: Tensor | None = None
+        batch: State = {}
+        waited = 0.0
+        for micro in range(o.grad_accum):
+            t_wait = time.perf_counter()
+            x0, batch = self.next_batch()
+            waited += time.perf_counter() - t_wait
+            # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
+            seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
+            sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
+            ctx = self.train_model.no_sync() if not sync and hasattr(self.train_model, "no_sync") \
+                else contextlib.nullcontext()
+            with ctx:
+                try:
+                    loss, _ = self.loss(batch, x0)
+                except NonFiniteDataError as exc:  # the coupling met NaN/Inf: before any update
+                    if self.dist.world_size == 1:
+                        self._non_finite(batch, check_every=1)
+                    # the other ranks are in this step's collectives already: go on unpaired, so the NaN
+                    # reaches the loss, whose check stops every rank at the same step
+                    self._bad_fields.update(f.removeprefix("x1.") for f in exc.fields)
+                    loss, _ = self.loss(batch, self.source.sample(batch))
+                (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        mean_loss = loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum
+        return mean_loss, batch, waited  # type: ignore[return-value]
 
     def request_stop(self, reason: str = "requested") -> None:
         """End training after the current step, as if it were the last (checkpoint, final evaluation);
