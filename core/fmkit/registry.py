@@ -75,7 +75,7 @@ class Registry:
             if name is not None:
                 self._named.add(id(plugin))
         except ValueError as exc:  # pluggy: the name is taken by another plugin object
-            raise RegistryError(f"cannot add plugin {name or _plugin_label(plugin)!r}: {exc}",
+            raise RegistryError(f"cannot add plugin {name or _qualname(plugin)!r}: {exc}",
                                 fix="give it another name, e.g. add_plugin(obj, name='my_plugin')") from None
         self._cache.clear()
 
@@ -280,6 +280,7 @@ def check_factory(entry: Entry, kwargs: Mapping[str, Any], context: Mapping[str,
 
 
 def _qualname(obj: Any) -> str:
+    """A function's, class's or module's name; an instance's class name."""
     return getattr(obj, "__name__", None) or type(obj).__name__
 
 
@@ -317,19 +318,19 @@ def dump_options(opts: BaseModel) -> dict[str, Any]:
         key = name if name in keys else (va if isinstance(va, str) else f.alias or name)
         if isinstance(va, AliasChoices) and key not in keys:
             key = next(c for c in va.choices if isinstance(c, str))
-        out[key] = _plain(py[name], js[name])
+        out[key] = _plain_data(py[name], js[name])
     return out
 
 
-def _plain(py: Any, js: Any) -> Any:
+def _plain_data(py: Any, js: Any) -> Any:
     """``py`` where YAML and JSON both hold it as it is (keeps inf/nan, which pydantic's JSON mode turns
     into null), else pydantic's JSON form (paths, enums, dates as strings; tuples as lists)."""
     if py is None or isinstance(py, (bool, int, float, str)) and type(py) in (bool, int, float, str):
         return py
     if isinstance(py, (list, tuple)) and isinstance(js, list) and len(py) == len(js):
-        return [_plain(a, b) for a, b in zip(py, js)]
+        return [_plain_data(a, b) for a, b in zip(py, js)]
     if isinstance(py, dict) and isinstance(js, dict) and all(isinstance(k, str) for k in py) and set(py) == set(js):
-        return {k: _plain(v, js[k]) for k, v in py.items()}
+        return {k: _plain_data(v, js[k]) for k, v in py.items()}
     return js
 
 
@@ -391,10 +392,6 @@ def describe_options(model: type[BaseModel]) -> str:
         default = "required" if f.is_required() else f"default {f.default!r}"
         parts.append(f"{name} ({ann}, {default})")
     return ", ".join(parts) or "(none)"
-
-
-def _plugin_label(plugin: object) -> str:
-    return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
 def _doc(obj: Any) -> str:
