@@ -206,14 +206,12 @@ def _replay_args(ctx: typer.Context, skip: set[str]) -> list[str]:
 def _write_curves(run_dir: Path) -> None:
     """``run_dir/curves.png`` from its metrics, if it has any; a failure to draw is a note, never
     the run's error (the exception in flight, a Ctrl-C say, is the one that counts)."""
-    if not (run_dir / "metrics.csv").is_file() or os.environ.get("FMKIT_NO_CURVES"):
-        return
     from fmkit.curves import plot_curves
-    from fmkit.logging import read_metrics
 
     try:
-        if read_metrics(run_dir):
-            plot_curves(run_dir)
+        plot_curves(run_dir)
+    except FmkitError:  # no metrics.csv or nothing logged yet (stopped before its first log step): no picture
+        pass
     except Exception as exc:  # noqa: BLE001 - a picture is never worth losing the run's own outcome
         console.print(f"[yellow]note:[/] could not draw {run_dir / 'curves.png'}: {type(exc).__name__}: {exc}")
 
