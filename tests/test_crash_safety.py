@@ -276,13 +276,13 @@ def test_signal_to_the_process_group_with_dataloader_workers(tmp_path, sig):
     assert step > 25 and checkpoint_step(run) == step
 
 
-def test_weights_and_samples_are_readable_as_the_other_files(tmp_path):
+def test_weights_and_samples_are_readable_as_the_other_files(tmp_path, monkeypatch):
     """safetensors creates its files 0600: a shared run directory held weights and samples only their
-    owner could read, beside meta.json and PNGs readable by the group."""
+    owner could read, beside meta.json and PNGs readable by the group. (The umask is fixed at 022 so
+    that the check tells 0644 from safetensors' 0600 whatever the machine's umask.)"""
+    monkeypatch.setattr(ck, "_UMASK", 0o022)
     run = _trained(tmp_path)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    want = 0o666 & ~umask
+    want = 0o644
     tensors = [*(run / "checkpoints").glob("step_*/*.safetensors"), *(run / "samples").glob("*.safetensors")]
     assert any("samples" in str(p) for p in tensors) and any("model" in p.name for p in tensors)
     for p in tensors:

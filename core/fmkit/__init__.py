@@ -29,7 +29,8 @@ __all__ = [
     "AdaptiveSolver", "AffinePath", "Callback", "CategoricalSource", "ClassifierFreeGuidance", "CondOTScheduler",
     "CosineScheduler", "Coupling", "DataInfo", "Dataset", "DiscretePath", "EvalOptions", "ExactOTCoupling",
     "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "IndependentCoupling", "PathSample",
-    "PolynomialScheduler", "ProbPath", "Recipe", "Scheduler", "Registry", "SinkhornCoupling", "Solution", "Solver", "Source",
+    "PolynomialScheduler", "ProbPath", "Recipe", "Registry", "Scheduler", "SinkhornCoupling", "Solution", "Solver",
+    "Source",
     "StatePath", "StateSource", "TensorDataset", "TensorModel", "Trainer", "TrainerOptions", "VPScheduler",
     "generate", "get_registry", "hookimpl", "load_recipe", "log_likelihood",
 ]
