@@ -224,3 +224,42 @@ def test_a_recipe_shipped_by_a_plugin_is_found_by_name(here, monkeypatch):
     assert r.code == 0, r.text
     r = cli("train", "rign")
     assert r.code == 2 and "did you mean 'ring'?" in squash(r.err) and "fmkit recipe list" in r.err
+
+
+def test_sample_and_evaluate_load_an_older_checkpoint_by_step_or_folder(tiny_run):
+    """Old code: only a run's newest checkpoint could be sampled or evaluated from the CLI."""
+    from safetensors.torch import load_file
+
+    r = cli("evaluate", "run", "-n", "32", "--checkpoint", "3")
+    assert r.code == 0, r.text
+    assert "@ step_000000003" in " ".join(r.out.split())
+    outs = {}
+    for which in ("3", "run/checkpoints/step_000000003", None):
+        extra = ["-c", which] if which else []
+        r = cli("sample", "run", "-n", "16", "--out", f"s{len(outs)}", *extra)
+        assert r.code == 0, r.text
+        outs[which] = load_file(f"run/samples/s{len(outs)}/samples.safetensors")["x"]
+    assert (outs["3"] == outs["run/checkpoints/step_000000003"]).all()  # the same weights, the same seed
+    assert not (outs["3"] == outs[None]).all()  # the newest (step 6) is another model
+
+
+def test_a_checkpoint_the_run_does_not_keep_is_named_with_the_kept_steps(tiny_run, tmp_path):
+    r = cli("sample", "run", "-n", "4", "--checkpoint", "4")
+    assert r.code == 2 and "Traceback" not in r.text, r.text
+    msg = squash(r.err)
+    assert "'4' is not a complete checkpoint of run" in msg and "where: --checkpoint" in msg
+    assert "give one of its kept steps (3, 6)" in msg
+    other = cli("train", "tiny.yaml", "--out", "other")
+    assert other.code == 0, other.text
+    r = cli("evaluate", "run", "-n", "4", "-c", "other/checkpoints/step_000000003")  # weights of another run
+    assert r.code == 2 and "is not a complete checkpoint of run" in squash(r.err), r.text
+
+
+def test_the_training_table_lists_metrics_in_the_recipe_order(tmp_path, capsys):
+    """Old code sorted the end-of-training table by name while `fmkit evaluate` kept the metric order."""
+    from fmkit import cli as fm_cli
+
+    (tmp_path / "metrics.csv").write_text("step,name,value\n5,loss,1.0\n5,eval/validity,0.5\n5,eval/atom_stable,0.9\n")
+    fm_cli._print_eval(tmp_path)
+    out = capsys.readouterr().out
+    assert out.index("validity") < out.index("atom_stable"), out

@@ -226,19 +226,43 @@ def _print_eval(run_dir: Path) -> None:
         table = Table(title=title, min_width=len(title) + 2)  # rich wraps a title wider than the table
         table.add_column("metric")
         table.add_column("value", justify="right")
-        for k, (_, v) in sorted(ev.items()):
+        for k, (_, v) in ev.items():  # in the recipe's metric order, as `fmkit evaluate` prints them
             table.add_row(k, f"{v:.4f}")
         console.print(table)
 
 
-def _load_for_inference(run: Path, set_: list[str] | None):
-    from fmkit.checkpoint import check_fingerprint, load_checkpoint, resolve_checkpoint
+CheckpointOpt = Annotated[Optional[str], typer.Option(
+    "--checkpoint", "-c", metavar="STEP|DIR",
+    help="an older checkpoint of RUN: its step (as in checkpoints/step_*) or its folder (default: the newest)")]
+
+
+def _pick_checkpoint(run: Path, which: str | None) -> Path:
+    """RUN's checkpoint to load: the newest verified one, or ``--checkpoint`` given as a step number
+    or a checkpoint folder of RUN (a folder of another run would pair weights with the wrong recipe)."""
+    from fmkit.checkpoint import complete_checkpoints, resolve_checkpoint, step_dir_name, verify
+
+    if which is None:
+        return resolve_checkpoint(run)
+    root = run / "checkpoints"
+    kept = complete_checkpoints(root)
+    have = ", ".join(str(int(p.name.split("_")[-1])) for p in kept) or "none"
+    ck = root / step_dir_name(int(which)) if which.isdigit() else Path(which)
+    if ck.resolve() not in {p.resolve() for p in kept}:
+        raise FmkitError(f"{which!r} is not a complete checkpoint of {run}", where="--checkpoint",
+                         fix=f"give one of its kept steps ({have}) or a folder under {root}; "
+                             "trainer.keep_checkpoints sets how many a run keeps")
+    verify(ck)
+    return ck
+
+
+def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = None):
+    from fmkit.checkpoint import check_fingerprint, load_checkpoint
     from fmkit.run import build_components, fingerprint, load_run_recipe
     from fmkit.trainer import load_model_state
 
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
-    ck = resolve_checkpoint(run)
+    ck = _pick_checkpoint(run, which)
     data = load_checkpoint(ck)
     # the model's output means what the path's prediction and the source say: all three must match
     check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
@@ -315,6 +339,7 @@ def sample(
                                             "files of the same names")] = False,
     seed: int = 0,
     guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Generate samples from a trained run and write them (artefacts + safetensors)."""
@@ -324,7 +349,7 @@ def sample(
     from fmkit.guidance import ClassifierFreeGuidance
     from fmkit.trainer import sample_in_chunks
 
-    rec, comps, ck, _ = _load_for_inference(run, set_)
+    rec, comps, ck, _ = _load_for_inference(run, set_, checkpoint)
     dev = _device(rec)
     s, _ = _solver(rec, solver, steps, rtol, atol)
     out_dir = _sample_dir(Path(run), out, overwrite)
@@ -386,6 +411,7 @@ def evaluate(
     estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
                                                 "example, else hutchinson), exact or hutchinson")] = "auto",
     seed: int = 0,
+    checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
@@ -397,7 +423,7 @@ def evaluate(
     if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
         raise FmkitError(f"unknown divergence estimator {estimator!r}", where="--estimator",
                          fix=f"use one of: {', '.join(ESTIMATORS)}")
-    rec, comps, ck, _ = _load_for_inference(run, set_)
+    rec, comps, ck, _ = _load_for_inference(run, set_, checkpoint)
     dev = _device(rec)
     s, about = _solver(rec, solver, steps, rtol, atol)
     model = comps.model.to(dev).eval()
