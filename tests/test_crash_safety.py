@@ -287,3 +287,36 @@ def test_weights_and_samples_are_readable_as_the_other_files(tmp_path, monkeypat
     assert any("samples" in str(p) for p in tensors) and any("model" in p.name for p in tensors)
     for p in tensors:
         assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))
+
+
+def test_a_failing_metric_or_writer_does_not_cost_the_others(tmp_path):
+    """Old code: the first metric or writer that raised (say, one needing a missing RDKit) skipped every
+    writer after it and the metrics' log line; now each runs, and the first error is raised after."""
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.metrics import W2Metric
+    from fmkit.models.mlp import MLP
+    from fmkit.recipe import EvalOptions
+    from fmkit.toy import ToyDataset
+
+    class Missing(Exception):
+        pass
+
+    def broken(*_):
+        raise Missing("needs a library that is not installed")
+
+    def text_writer(samples, out, dataset, step):
+        path = out / f"points_{step}.txt"
+        path.write_text(str(samples["x"].shape[0]))
+        return [path]
+
+    ds = ToyDataset("moons", n=256)
+    t = Trainer(MLP.from_data(ds.info, hidden=8, depth=1, time_dim=4), ds, run_dir=tmp_path / "run",
+                options=TrainerOptions(steps=4, batch_size=32, device="cpu", progress=False, log_every=2),
+                eval_options=EvalOptions(num_samples=16, batch_size=16),
+                metrics={"broken": broken, "w2": W2Metric(num_reference=16)},
+                writers={"broken": broken, "points": text_writer})
+    with pytest.raises(Missing):
+        t.fit()
+    assert (tmp_path / "run" / "samples" / "points_4.txt").read_text() == "16"
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert any(r.startswith("4,eval/w2,") for r in rows), rows

@@ -347,7 +347,7 @@ def sample(
     from fmkit.checkpoint import save_tensors
 
     from fmkit.guidance import ClassifierFreeGuidance
-    from fmkit.trainer import sample_in_chunks
+    from fmkit.trainer import each, sample_in_chunks
 
     rec, comps, ck, _ = _load_for_inference(run, set_, checkpoint)
     dev = _device(rec)
@@ -364,11 +364,13 @@ def sample(
     dt = time.perf_counter() - t0
     save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
-    for w in comps.writers.values():
-        files += list(w(samples, out_dir, comps.dataset, int(ck.name.split("_")[-1])))
+    step = int(ck.name.split("_")[-1])
+    failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
     console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
     for f in files:
         console.print(f"  {f}")
+    if failed is not None:  # after the files the other writers made are listed
+        raise failed
 
 
 def _sample_dir(run: Path, out: str | None, overwrite: bool) -> Path:

@@ -677,24 +677,41 @@ class Trainer:
             ckpt.save_tensors({k: v.contiguous() for k, v in samples.items()},
                               out / f"samples_step{self.step:07d}.safetensors")
         results: dict[str, float] = {}
-        for name, metric in self.metrics.items():
+
+        def score(name: str, metric: Metric) -> None:
             for k, v in metric(samples, self.dataset).items():
                 try:
                     results[k] = float(v)
                 except (TypeError, ValueError):
                     raise ContractError(f"metric {name!r} returned {k!r} = {type(v).__name__} "
-                                     f"{tuple(getattr(v, 'shape', ()))}, not a number", where=f"metric {name!r}",
-                                     fix="a metric returns {name: float} (a Python float or a one-element tensor)"
-                                     ) from None
+                                        f"{tuple(getattr(v, 'shape', ()))}, not a number", where=f"metric {name!r}",
+                                        fix="a metric returns {name: float} (a Python float or a one-element tensor)"
+                                        ) from None
+
+        failed = each(self.metrics, score)
         if self.run_dir is not None:
-            for writer in self.writers.values():
-                writer(samples, out, self.dataset, self.step)
+            failed = each(self.writers, lambda _, writer: writer(samples, out, self.dataset, self.step)) or failed
         if self.logger is not None and results:
             self.logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
+        if failed is not None:
+            raise failed
         for cb in self.callbacks:
             cb.on_eval_end(self, self.step, results)
         self._barrier()
         return results
+
+
+def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> BaseException | None:
+    """``call(name, component)`` for every metric or writer; one that raises does not stop the others
+    (a writer that needs a missing library must not cost the XYZ file or the metrics beside it).
+    Returns the first exception, for the caller to raise once everything else is done."""
+    first: BaseException | None = None
+    for name, component in components.items():
+        try:
+            call(name, component)
+        except Exception as exc:  # noqa: BLE001 - raised again by the caller
+            first = first or exc
+    return first
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str, fix: str | None = None) -> None:
