@@ -151,10 +151,10 @@ def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1
     """
     if iters < 1:
         raise ValueError(f"sinkhorn needs at least one iteration, got iters={iters}")
-    c = cost.double() / cost[cost < _BIG].mean().clamp_min(1e-12)
-    c = c.clamp_max(1e6)
-    allowed = c < 1e6
-    if bool((c[allowed] / epsilon).max() < 600.0):  # K >= exp(-600) ~ 1e-261, so u_i v_j <= 1e261
+    allowed = cost < _BIG  # where() rather than boolean indexing, which waits for a GPU to count the rows
+    mean = torch.where(allowed, cost, 0).sum() / allowed.sum().clamp_min(1)
+    c = (cost.double() / mean.clamp_min(1e-12)).clamp_max(1e6)
+    if bool(torch.where(c < 1e6, c, 0).max() / epsilon < 600.0):  # K >= exp(-600) ~ 1e-261: u_i v_j <= 1e261
         plan = _sinkhorn_scaling(c, epsilon, iters, tol)
         if bool(torch.isfinite(plan).all()):
             return plan
