@@ -9,8 +9,9 @@ paired with the aligned copy of its assigned noise.
 
 Rotation invariance: the first permutation matches atoms by their distance to the centre (a
 rotation-invariant quantity), so every later step is equivariant and rotating the data rotates the
-aligned noise with it. Guard: a pair whose alignment came out costlier than leaving it as it was
-keeps its unaligned form, so the coupling's total cost never exceeds the independent pairing's.
+aligned noise with it. Guard: a pair whose alignment came out costlier than its atoms as given, only
+rotated onto the data (Kabsch), takes that form instead; it is never costlier than the pair as given,
+so the coupling's total cost never exceeds the independent pairing's, and it is rotation invariant too.
 """
 
 from __future__ import annotations
@@ -88,12 +89,16 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
         rot = kabsch(gather(perm), b)
     aligned = gather(perm) @ rot.transpose(-1, -2)
     cost = (aligned - b).pow(2).sum(dim=(1, 2))
-    raw = (a - b).pow(2).sum(dim=(1, 2))
-    worse = cost > raw  # guard: never worse than the pair as given
+    # guard: the atoms as given, only rotated (Kabsch): never costlier than the pair as given, and,
+    # unlike that raw cost, rotation invariant, so whether the guard fires does not depend on the
+    # data's orientation
+    rot_given = kabsch(a, b) if rotate else eye
+    given = (a @ rot_given.transpose(-1, -2) - b).pow(2).sum(dim=(1, 2))
+    worse = cost > given
     if worse.any():
         perm = torch.where(worse[:, None], ident, perm)
-        rot = torch.where(worse[:, None, None], eye, rot)
-        cost = torch.where(worse, raw, cost)
+        rot = torch.where(worse[:, None, None], rot_given, rot)
+        cost = torch.where(worse, given, cost)
     return perm, rot, cost
 
 
