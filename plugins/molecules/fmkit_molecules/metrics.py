@@ -12,8 +12,9 @@ Table 1, the EDM protocol (Hoogeboom et al. 2022, ``qm9/analyze.py`` and ``qm9/r
 Table 2, connectivity and RDKit's own bond perception (in the spirit of SemlaFlow, Irwin et al. 2024):
 
 - ``connected_validity``: valid (EDM bonds) and a single fragment;
-- ``rdkit_validity``: RDKit's own perception (``rdDetermineBonds``: covalent-radius connectivity and the
-  xyz2mol bond orders/charges for total charge 0, hydrogens explicit, nothing implicit added) gives a
+- ``rdkit_validity``: RDKit's own perception (``rdDetermineBonds``: xyz2mol's covalent-radius
+  connectivity, d < ``rdkit_cov_factor`` (r_i + r_j), and its bond orders/charges for total charge 0,
+  hydrogens explicit, nothing implicit added) gives a
   molecule that sanitises with no radicals and charges only on N/O (+-1, zwitterions);
   ``rdkit_connected_validity``: that, and a single fragment.
 """
@@ -25,13 +26,13 @@ from collections.abc import Iterable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmkit_molecules.elements import VALENCE
+from fmkit_molecules.elements import COV_FACTOR, VALENCE
 from fmkit_molecules.rdkit_import import load_chemistry
 from fmkit_molecules.samples import unpad
 
 
 def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smiles: set[str] | None = None,
-                       rdkit_protocol: bool = True) -> dict[str, float]:
+                       rdkit_protocol: bool = True, rdkit_cov_factor: float = COV_FACTOR) -> dict[str, float]:
     """Both tables for ``(pos [n,3] Angstrom, types [n])`` molecules (types -1 = not an element)."""
     chemistry = load_chemistry()
     from rdkit import Chem
@@ -53,7 +54,7 @@ def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smi
             valid.append(smi)
             connected += int(nfrag == 1)
         if rdkit_protocol:
-            mol = chemistry.rdkit_perceived(types, pos)
+            mol = chemistry.rdkit_perceived(types, pos, rdkit_cov_factor)
             if mol is not None:
                 rd_valid += 1
                 rd_connected += int(len(Chem.GetMolFrags(mol)) == 1)
@@ -83,17 +84,21 @@ class MoleculeMetricsOptions(BaseModel):
     novelty: bool = Field(True, description="compare with the SMILES of the data trained on: the recipe's dataset, "
                           "its split and limit (computed once, cached)")
     rdkit_protocol: bool = Field(True, description="also report RDKit-perceived validity (table 2)")
+    rdkit_cov_factor: float = Field(COV_FACTOR, gt=1.0, le=1.5, description="table 2: bonded below this factor times "
+                                    "the sum of covalent radii (xyz2mol's default 1.3 rejects 5% of QM9)")
     max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
 
 
 class MoleculeMetrics:
     """``metric(samples, dataset) -> dict``: EDM stability/validity/uniqueness/novelty plus table 2."""
 
-    def __init__(self, novelty: bool = True, rdkit_protocol: bool = True, max_samples: int | None = None) -> None:
+    def __init__(self, novelty: bool = True, rdkit_protocol: bool = True, rdkit_cov_factor: float = COV_FACTOR,
+                 max_samples: int | None = None) -> None:
         self.novelty, self.rdkit_protocol, self.max_samples = novelty, rdkit_protocol, max_samples
+        self.rdkit_cov_factor = rdkit_cov_factor
 
     def __call__(self, samples: dict, dataset) -> dict[str, float]:
         train = None
         if self.novelty and hasattr(dataset, "train_smiles"):
             train = dataset.train_smiles()
-        return evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol)
+        return evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol, self.rdkit_cov_factor)
