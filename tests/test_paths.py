@@ -433,3 +433,52 @@ def test_state_path_refuses_categorical_field_on_affine_path():
     x0 = {"x": torch.randn(3, 2), "atoms": torch.randint(0, 4, (3, 5))}
     with pytest.raises(ValueError, match=r"'atoms'.*class indices.*AffinePath.*discrete"):
         sp.sample(x0, x1, torch.rand(3))
+
+
+@pytest.mark.parametrize("expo", [0.5, 2.0])
+def test_discrete_step_averaged_rate_is_the_exact_transition_of_the_path(expo):
+    """Given the solver's step h, the rate is averaged over [t, t+h]: one Euler jump leaves a masked
+    token masked with probability (1 - kappa_{t+h}) / (1 - kappa_t), the path's own law."""
+    from fmkit.solvers import FixedStepSolver
+
+    K, n = 3, 200_000
+    path = DiscretePath("mask", expo)
+    logits = torch.zeros(n, K, dtype=D)  # any posterior: only whether a token unmasks is counted
+
+    def velocity(s, t, step=None):
+        return {"c": path.velocity(logits, s["c"], t.expand(n), step)}
+
+    torch.manual_seed(0)
+    x = FixedStepSolver("euler", 1).solve(velocity, {"c": torch.full((n,), K)}, 0.3, 0.5).x["c"]
+    stay = (1 - 0.5**expo) / (1 - 0.3**expo)
+    assert abs((x == K).double().mean().item() - stay) < 0.005, ((x == K).double().mean().item(), stay)
+
+
+def test_discrete_step_averaged_rate_equals_the_instantaneous_one_for_linear_kappa():
+    path = DiscretePath("mask", 1.0)
+    logits, x = torch.randn(6, 4, dtype=D), torch.tensor([4, 0, 4, 2, 4, 1])
+    t = torch.linspace(0.0, 0.9, 6, dtype=D)
+    torch.testing.assert_close(path.velocity(logits, x, t, 0.1), path.velocity(logits, x, t), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("expo", [0.5, 2.0])
+def test_discrete_path_with_a_polynomial_schedule_samples_data_classes_only(expo):
+    """Old code: exponent 0.5 made the rate infinite at t = 0 (multinomial raised on the first step);
+    exponent 2 left 0.25% of tokens masked after 20 steps (the last jump unmasked with probability < 1).
+    With a fixed posterior q, every token ends as a class drawn from q."""
+    from fmkit.sampling import generate
+    from fmkit.solvers import FixedStepSolver
+    from fmkit.sources import CategoricalSource, StateSource
+
+    K = 4
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+
+    def model(s, t, cond=None):
+        return {"c": q.log().expand(*s["c"].shape, K)}
+
+    torch.manual_seed(0)
+    x = generate(model, StatePath(DiscretePath("mask", expo)), StateSource({"c": CategoricalSource(K, "mask")}),
+                 FixedStepSolver("euler", 20), {"c": torch.zeros(20_000, 4, dtype=torch.long)}).x["c"]
+    assert int(x.max()) < K  # no mask token left
+    freq = torch.bincount(x.flatten(), minlength=K).float() / x.numel()
+    assert (freq - q).abs().max() < 0.01, freq

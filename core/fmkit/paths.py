@@ -250,10 +250,22 @@ class DiscretePath(ProbPath):
         ce = F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), x1.reshape(-1), reduction="none")
         return masked_mean_per_example(ce.reshape(x1.shape), mask)
 
-    def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """CTMC rate u_t(y | x_t) = kappa'/(1-kappa) (p(x1 = y | x_t) - delta_{x_t}(y)), over K (+1) classes."""
+    def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor, step: float | None = None) -> Tensor:
+        """CTMC rate u_t(y | x_t) = kappa'/(1-kappa) (p(x1 = y | x_t) - delta_{x_t}(y)), over K (+1) classes.
+
+        With ``step`` = h > 0, the rate averaged over [t, t + h] with p(x1 | x_t) held: coefficient
+        (kappa_{t+h} - kappa_t) / ((1 - kappa_t) h), so that an Euler jump delta + h u is the path's
+        exact transition (1 - lambda) delta + lambda p, lambda = (kappa_{t+h} - kappa_t) / (1 - kappa_t)
+        (Gat et al. 2024). For kappa = t it equals the instantaneous rate; for t^a it stays finite at
+        t = 0 when a < 1 (kappa' is infinite there) and unmasks every token on the last step when a > 1.
+        """
         k, dk = self.kappa(t)
-        coef = (dk / (1.0 - k).clamp_min(1e-6)).reshape(-1, *([1] * x_t.dim()))
+        if step is not None and step > 0:
+            k_next, _ = self.kappa((t + step).clamp_max(1.0))
+            coef = (k_next - k) / ((1.0 - k).clamp_min(1e-12) * step)
+        else:
+            coef = dk / (1.0 - k).clamp_min(1e-6)
+        coef = coef.reshape(-1, *([1] * x_t.dim()))
         p = torch.softmax(pred if pred.dtype == torch.float64 else pred.float(), dim=-1)
         if self.source_kind == "mask":
             p = F.pad(p, (0, 1))  # the mask token is never a target
@@ -303,9 +315,16 @@ class StatePath:
             out[k] = (path.batch_loss if reduce else path.loss)(pred[k], field_ps, v1, mask)
         return out
 
-    def velocity(self, pred: State, x_t: State, t: Tensor) -> State:
+    def velocity(self, pred: State, x_t: State, t: Tensor, step: float | None = None) -> State:
+        """Per-field velocities; ``step`` (a solver's step size) reaches discrete paths only (their
+        rate averaged over the step; see :meth:`DiscretePath.velocity`)."""
         check_output(pred, x_t)
-        return {k: self.for_field(k, v).velocity(pred[k], v, t) for k, v in fields(x_t).items()}
+        out = {}
+        for k, v in fields(x_t).items():
+            path = self.for_field(k, v)
+            out[k] = path.velocity(pred[k], v, t, step) if isinstance(path, DiscretePath) else \
+                path.velocity(pred[k], v, t)
+        return out
 
 
 def check_output(pred: Any, like: State, what: str = "the model") -> None:

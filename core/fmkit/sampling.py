@@ -12,16 +12,17 @@ from fmkit.state import State, fields
 
 
 def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond: Tensor | None):
-    """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar)`` that solvers integrate."""
+    """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar[, step])`` that solvers integrate
+    (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields)."""
 
-    def velocity(x: State, t: Tensor) -> State:
+    def velocity(x: State, t: Tensor, step: float | None = None) -> State:
         b = next(iter(x.values())).shape[0]
         tb = t.reshape(()).expand(b).to(torch.float32) if t.dtype != torch.float64 else t.reshape(()).expand(b)
         inp = dict(x)
         if mask is not None:
             inp["mask"] = mask
         pred = model(inp, tb, cond)
-        return path.velocity(pred, x, tb)
+        return path.velocity(pred, x, tb, step)
 
     return velocity
 

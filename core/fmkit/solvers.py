@@ -4,12 +4,15 @@
 the same fields. Continuous (floating) fields move by explicit Runge-Kutta steps; categorical
 (integer) fields are CTMC states whose "velocity" is a rate over classes [..., K]: each step jumps
 by sampling from delta_x + h * rate (Gat et al. 2024, Euler step for discrete flows), holding the
-categorical fields still inside a step's intermediate stages. Adaptive methods go through
+categorical fields still inside a step's intermediate stages. A velocity that takes a ``step``
+keyword gets the step size at each step's start, so it may return the rate averaged over the step
+(what :func:`fmkit.sampling.model_velocity` does for discrete paths). Adaptive methods go through
 torchdiffeq (continuous fields only). Every solve counts function evaluations (NFE).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,13 +79,25 @@ class CheckedVelocity:
 
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.checked = fn, False
+        self.takes_step = takes_step(fn)
 
-    def __call__(self, x: State, t: Tensor) -> State:
-        out = self.fn(x, t)
+    def __call__(self, x: State, t: Tensor, **step: float) -> State:
+        out = self.fn(x, t, **step)
         if not self.checked:
             check_output(out, x, what="the velocity function")
             self.checked = True
         return out
+
+
+def takes_step(fn: Callable) -> bool:
+    """Whether ``fn`` accepts a ``step`` keyword (a velocity that can average a rate over a step)."""
+    if isinstance(fn, CheckedVelocity):
+        return fn.takes_step
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "step" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class _Counter:
@@ -91,9 +106,9 @@ class _Counter:
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.n = fn, 0
 
-    def __call__(self, x: State, t: Tensor) -> State:
+    def __call__(self, x: State, t: Tensor, **step: float) -> State:
         self.n += 1
-        return self.fn(x, t)
+        return self.fn(x, t, **step)
 
 
 def _jump(x: Tensor, rate: Tensor, h: float) -> Tensor:
@@ -148,6 +163,8 @@ class FixedStepSolver(Solver):
         ts = grid.to(device)
         x = dict(x0)
         traj = [dict(x)] if trajectory else []
+        # the first stage's rates move the categorical fields: a velocity that can, averages them over the step
+        jumps = any(is_categorical(v) for v in x0.values()) and takes_step(velocity)
         for i in range(len(ts) - 1):
             t, h = ts[i], hs[i]
             ks: list[State] = []
@@ -162,7 +179,7 @@ class FixedStepSolver(Solver):
                             inc = sum(a[s][j] * ks[j][name] for j in range(s) if a[s][j] != 0.0)
                             xs[name] = v + h * inc if not isinstance(inc, int) else v
                 tt = (t + c[s] * h).to(tdtype)
-                ks.append(f(xs, tt))
+                ks.append(f(xs, tt, step=h) if s == 0 and jumps else f(xs, tt))
             new = {}
             for name, v in x.items():
                 if is_categorical(v):  # a CTMC Euler jump with the rate at the step's start (see the class doc)
