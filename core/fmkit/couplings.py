@@ -145,7 +145,10 @@ def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1
     """Entropic OT plan between uniform marginals (Cuturi 2013), on ``cost``'s device.
 
     ``epsilon`` is relative: the cost matrix is divided by its mean before regularising, so the same
-    value works whatever the data scale. Returns P [B, B] with rows and columns summing to 1/B.
+    value works whatever the data scale. Returns P [B, B] whose columns sum to 1/B exactly (the last
+    update is the column scaling) and whose rows do to the tolerance reached, ``tol`` or wherever
+    ``iters`` ended (B = 256, epsilon 0.01: rows within 1.2% after 200 iterations). The coupling
+    draws from columns, so each data point is used once and the noise's marginal is near uniform.
     While exp(-C/epsilon) stays far from float64's underflow the scaling form runs (two mat-vecs per
     iteration); below that, the log-domain form (two logsumexps) — the same iterates either way.
     """

@@ -24,7 +24,9 @@ class ClassifierFreeGuidance(nn.Module):
     """``forward(x_t, t, cond)`` = v(x_t, t | null) + scale * (v(x_t, t | cond) - v(x_t, t | null)).
 
     ``scale = 1`` is the plain conditional model; ``scale = 0`` the unconditional one. Both
-    branches run as one batch of 2B.
+    branches run as one batch of 2B. The mix applies to every output as is: for a categorical field
+    the model's outputs are logits, so guidance there gives p_c^w p_null^(1-w) / Z, a posterior
+    renormalised over classes (not the unnormalised rate-level guidance of Nisonoff et al. 2024).
     """
 
     def __init__(self, model: nn.Module, scale: float, null_value: int) -> None:
