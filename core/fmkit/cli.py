@@ -110,7 +110,7 @@ def train(
         early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
         console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
                       f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
-        _print_eval(run_dir)
+        _print_eval(run_dir, trainer.metrics.values())
 
 
 def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: Optional[Path],
@@ -216,19 +216,28 @@ def _write_curves(run_dir: Path) -> None:
         console.print(f"[yellow]note:[/] could not draw {run_dir / 'curves.png'}: {type(exc).__name__}: {exc}")
 
 
-def _print_eval(run_dir: Path) -> None:
+def _print_tables(title: str, rows: list[tuple[str, str]], metrics) -> None:
+    """``rows`` as one table titled ``title``, plus a table of each protocol a metric declares."""
+    from fmkit.metrics import metric_tables
+
+    for sub, group in metric_tables(rows, metrics):
+        head = sub or title
+        table = Table(title=head, min_width=min(len(head) + 2, 120))  # rich wraps a title wider than the table
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in group:
+            table.add_row(k, v)
+        console.print(table)
+
+
+def _print_eval(run_dir: Path, metrics=()) -> None:
     from fmkit.logging import read_metrics
 
     m = read_metrics(run_dir)
     ev = {k[5:]: v[-1] for k, v in m.items() if k.startswith("eval/")}
-    if ev:
-        title = f"evaluation at step {max(s for s, _ in ev.values())}"
-        table = Table(title=title, min_width=len(title) + 2)  # rich wraps a title wider than the table
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for k, (_, v) in ev.items():  # in the recipe's metric order, as `fmkit evaluate` prints them
-            table.add_row(k, f"{v:.4f}")
-        console.print(table)
+    if ev:  # in the recipe's metric order, as `fmkit evaluate` prints them
+        _print_tables(f"evaluation at step {max(s for s, _ in ev.values())}",
+                      [(k, f"{v:.4f}") for k, (_, v) in ev.items()], metrics)
 
 
 CheckpointOpt = Annotated[Optional[str], typer.Option(
@@ -464,12 +473,7 @@ def evaluate(
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
     title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
-    table = Table(title=title, min_width=min(len(title) + 2, 120))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+    _print_tables(title, rows, comps.metrics.values())
 
 
 @app.command()

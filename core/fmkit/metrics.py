@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -11,6 +13,31 @@ from torch import Tensor
 
 from fmkit.data import Dataset
 from fmkit.state import State
+
+V = TypeVar("V")
+
+
+def metric_tables(rows: Sequence[tuple[str, V]], metrics: Iterable[object]) -> list[tuple[str | None, list[tuple[str, V]]]]:
+    """``rows`` (metric name, value) split into the tables the metrics ask to be shown in.
+
+    A metric may declare ``tables = {title: [names]}``: a protocol of its own that readers compare
+    with another paper's table (the molecules plugin's RDKit-perception table, say). Rows no metric
+    places stay in the first table (title None), in their order; a declared table follows, in the
+    order of its names, only when it has rows. Display only: metrics.csv keeps flat names.
+    """
+    where: dict[str, str] = {}
+    for m in metrics:
+        for title, names in (getattr(m, "tables", None) or {}).items():
+            for name in names:
+                where.setdefault(name, title)
+    main = [(k, v) for k, v in rows if k not in where]
+    out: list[tuple[str | None, list[tuple[str, V]]]] = [(None, main)] if main or not where else []
+    by_name = dict(rows)
+    for title in dict.fromkeys(where.values()):
+        group = [(k, by_name[k]) for k, t in where.items() if t == title and k in by_name]
+        if group:
+            out.append((title, group))
+    return out
 
 
 def wasserstein2(a: Tensor, b: Tensor) -> float:

@@ -92,6 +92,9 @@ class MoleculeMetricsOptions(BaseModel):
 class MoleculeMetrics:
     """``metric(samples, dataset) -> dict``: EDM stability/validity/uniqueness/novelty plus table 2."""
 
+    tables = {"table 2: connectivity and RDKit perception": ["connected_validity", "rdkit_validity",
+                                                            "rdkit_connected_validity"]}
+
     def __init__(self, novelty: bool = True, rdkit_protocol: bool = True, rdkit_cov_factor: float = COV_FACTOR,
                  max_samples: int | None = None) -> None:
         self.novelty, self.rdkit_protocol, self.max_samples = novelty, rdkit_protocol, max_samples
