@@ -2,7 +2,8 @@
 2023 "Equivariant flow matching with hybrid probability transport"; Irwin et al. 2024, SemlaFlow).
 
 For every (noise i, data j) pair of molecules with the same atom count, the noise is aligned to the
-data: its atoms are permuted to the data atoms (Hungarian on squared distances) and it is rotated
+data: its atoms are permuted to the data atoms (Hungarian on squared distances; over all atoms, as
+the noise has no elements yet; ``align_pairs`` takes types for same-element matching) and it is rotated
 onto the data (Kabsch), alternating a few times. The aligned squared distances form the cost matrix
 of an exact minibatch OT (assignment) among molecules of equal size; each data molecule is finally
 paired with the aligned copy of its assigned noise.
