@@ -72,6 +72,9 @@ class TrainerOptions(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
     compile: bool = False
+    channels_last: bool | None = Field(None, description="the model's 4-D weights and the batches' 4-D (image) "
+                                       "fields in channels-last memory order, for NHWC convolution kernels; null = "
+                                       "on for a CUDA model with 2-D convolutions, off otherwise")
     num_workers: int = Field(0, ge=0)
     pairing: Literal["auto", "step", "loader"] = Field(
         "auto", description="where source noise is drawn and paired with the data: step = on the device inside "

@@ -93,6 +93,13 @@ def to_device(state: Mapping[str, Tensor], device: torch.device | str, non_block
     return out
 
 
+def to_channels_last(state: Mapping[str, Tensor]) -> State:
+    """The same state with its 4-D floating fields ([B, C, H, W] images) in channels-last memory
+    order: same values and shape, NHWC strides (what NHWC convolution kernels read without a copy)."""
+    return {k: v.contiguous(memory_format=torch.channels_last)
+            if isinstance(v, Tensor) and v.dim() == 4 and v.is_floating_point() else v for k, v in state.items()}
+
+
 def pin(item: Any) -> Any:
     """``item`` (a state, or a tuple/list of states) in page-locked host memory, for asynchronous
     copies to a GPU."""

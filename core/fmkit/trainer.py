@@ -42,7 +42,7 @@ from fmkit.recipe import EvalOptions, TrainerOptions
 from fmkit.sampling import generate
 from fmkit.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.sources import GaussianSource, Source, StateSource
-from fmkit.state import State, fields, pin, to_device
+from fmkit.state import State, fields, pin, to_channels_last, to_device
 from fmkit.stream import BatchStream, LoaderPairing, resume_index, usable_cores
 from fmkit.time_sampling import sample_time
 
@@ -146,6 +146,26 @@ def _options(cls: type, value: Any, name: str) -> Any:
     return value
 
 
+def use_channels_last(model: nn.Module, device: torch.device, option: bool | None) -> bool:
+    """``trainer.channels_last``: as set, or (null) on for a CUDA model with 2-D convolutions, where
+    cuDNN's NHWC kernels feed the tensor cores without layout transposes; nothing else gains from it."""
+    if option is not None:
+        return option
+    return device.type == "cuda" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
+
+
+def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer moment its parameter's strides. ``load_state_dict`` keeps the
+    checkpoint's (contiguous) layout, and the fused AdamW kernel pairs elements by memory order: for a
+    channels-last weight it silently mixed up the moments (test_channels_last.py: resume then diverged)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +242,9 @@ class Trainer:
         self.micro_batch = o.batch_size // o.grad_accum
         check_model_signature(model)
         self.model = model.to(self.device)
+        self.channels_last = use_channels_last(self.model, self.device, o.channels_last)
+        if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
         self.train_model: nn.Module = self.model
         if self.dist.world_size > 1:
@@ -294,6 +317,8 @@ class Trainer:
         x1 = batch
         if x0 is None:
             x0, x1 = draw_and_pair(self.source, self.coupling, x1)
+        if self.channels_last:  # data, noise and OT's re-ordered rows come in NCHW order; x_t follows these
+            x0, x1 = to_channels_last(x0), to_channels_last(x1)
         b = next(iter(fields(x1).values())).shape[0]
         o = self.opts
         t = sample_time(b, o.time_sampler, mean=o.time_mean, std=o.time_std, alpha=o.time_alpha, beta=o.time_beta,
@@ -623,6 +648,7 @@ class Trainer:
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"the optimizer state does not fit this model: {exc}", where=where,
                                   fix="resume with the recipe the run was started with") from None
+        match_param_layouts(self.optimizer)
         rng = data.tensors.get("rng", {})
         if "cpu" in rng and self.dist.world_size == 1:
             torch.set_rng_state(rng["cpu"])
