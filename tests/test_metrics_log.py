@@ -46,3 +46,29 @@ def test_data_wait_tells_a_slow_pipeline_from_a_fast_one(tmp_path):
     assert len(fast) == len(slow) == 4
     assert all(0.0 <= v < 0.5 for v in fast), fast  # in-memory toy batches: the step dominates
     assert all(0.8 < v <= 1.0 for v in slow), slow  # 50 ms per batch against a ~1 ms step
+
+
+def test_progress_bar_shows_the_loss_from_the_first_step_on_a_cpu(tmp_path, monkeypatch):
+    """On a CPU the bar shows the log window's mean loss so far at every step: the GPU-sized recipe
+    runs ~30 s a step here, and the bar read `loss -` until its first log step, 50 minutes in."""
+    from fmkit.logging import ProgressBar
+
+    shown: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(ProgressBar, "update", lambda self, step, loss=None, sps=None: shown.append((step, loss)))
+    opts = fmkit.TrainerOptions(steps=4, batch_size=32, log_every=100, checkpoint_every=10**6, progress=True,
+                                device="cpu", ema_decay=None)
+    tr = fmkit.Trainer(MLP(2, hidden=16, depth=1), ToyDataset("moons", n=512, seed=0), source=ToySource("gaussian"),
+                       options=opts, run_dir=tmp_path, seed=0)
+    steps: list[float] = []
+    orig = tr._gradients
+
+    def record():
+        out = orig()
+        steps.append(float(out[0]))
+        return out
+
+    tr._gradients = record  # type: ignore[method-assign]
+    tr.fit()
+    assert [s for s, _ in shown] == [1, 2, 3, 4]
+    for k, (_, loss) in enumerate(shown):  # the running mean of steps 1..k+1 (step 4 is the log step)
+        assert loss == pytest.approx(sum(steps[: k + 1]) / (k + 1), rel=1e-6)

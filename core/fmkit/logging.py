@@ -96,14 +96,15 @@ class ProgressBar:
         return self
 
     def update(self, step: int, loss: float | None = None, steps_per_s: float | None = None) -> None:
-        """Advance to ``step``; ``loss`` and ``steps_per_s`` refresh the shown figures (at log steps)."""
+        """Advance to ``step``; a ``loss`` or ``steps_per_s`` given refreshes that figure."""
         if self._p is None:
             return
-        if loss is None:
-            self._p.update(self._task, completed=step)
-            return
-        self._p.update(self._task, completed=step, loss=f"{loss:.4f}" if math.isfinite(loss) else "nan",
-                       sps=f"{steps_per_s:.2f} steps/s" if steps_per_s else "")
+        shown = {}
+        if loss is not None:
+            shown["loss"] = f"{loss:.4f}" if math.isfinite(loss) else "nan"
+        if steps_per_s is not None:
+            shown["sps"] = f"{steps_per_s:.2f} steps/s" if steps_per_s else ""
+        self._p.update(self._task, completed=step, **shown)
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:

@@ -421,6 +421,9 @@ class Trainer:
         o = self.opts
         check_every = 1 if self.device.type == "cpu" else o.log_every
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
+        # on a CPU the step losses are on the host already (checked every step): the bar shows this log
+        # window's mean so far at every step, not only at log steps (the GPU recipe on a CPU: 30 s a step)
+        live_loss = bar.enabled and check_every == 1
         pending = self._pending  # this log window's step losses (kept in checkpoints: see load_state)
         last_log_time, last_log_step = time.perf_counter(), self.step
         wait = 0.0  # host seconds spent waiting for batches since the last log step
@@ -445,7 +448,6 @@ class Trainer:
                     if self.ema is not None:
                         self.ema.update()
                     self.step += 1
-                    bar.update(self.step)
                     pending.append(mean_loss)
                     if self.step % o.log_every == 0 or self.step == o.steps:
                         losses = all_reduce_mean(torch.stack(pending).float(), self.dist.world_size)  # global mean
@@ -468,6 +470,10 @@ class Trainer:
                         bar.update(self.step, scal["loss"], sps)
                         if self.logger:
                             self.logger.log(self.step, scal)
+                    elif live_loss:  # this rank's losses: the global mean comes at the log step
+                        bar.update(self.step, float(torch.stack(pending).mean()))
+                    else:
+                        bar.update(self.step)
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step)
                     done = self.step == o.steps
