@@ -482,3 +482,31 @@ def test_discrete_path_with_a_polynomial_schedule_samples_data_classes_only(expo
     assert int(x.max()) < K  # no mask token left
     freq = torch.bincount(x.flatten(), minlength=K).float() / x.numel()
     assert (freq - q).abs().max() < 0.01, freq
+
+
+def test_state_path_hands_the_step_to_any_path_whose_velocity_takes_it():
+    """Not only DiscretePath (old code: an isinstance check): a plugin's own ProbPath with
+    ``velocity(..., step=None)`` gets the solver's step; AffinePath, without it, is called as before."""
+    from fmkit.paths import ProbPath
+
+    class Recording(ProbPath):  # a third-party path, no relation to DiscretePath
+        seen: object = "never called"
+
+        def sample(self, x0, x1, t):
+            raise NotImplementedError
+
+        def loss(self, pred, ps, x1, mask):
+            raise NotImplementedError
+
+        def velocity(self, pred, x_t, t, step=None):
+            self.seen = step
+            return pred
+
+    rec = Recording()
+    sp = StatePath(AffinePath(CondOTScheduler()), {"y": rec})
+    x_t = {"x": torch.randn(3, 2), "y": torch.randn(3, 4)}
+    pred = {"x": torch.randn(3, 2), "y": torch.randn(3, 4)}
+    out = sp.velocity(pred, x_t, torch.full((3,), 0.5), step=0.25)
+    assert rec.seen == 0.25 and out["x"].shape == (3, 2)
+    sp.velocity(pred, x_t, torch.full((3,), 0.5))
+    assert rec.seen is None

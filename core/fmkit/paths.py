@@ -11,9 +11,11 @@ a whole state.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +143,26 @@ class ProbPath(ABC):
     @abstractmethod
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """What a solver integrates, from the model output: a velocity, or for a categorical field a
-        CTMC rate over classes [..., K]."""
+        CTMC rate over classes [..., K]. A path whose ``velocity`` also takes ``step`` gets a fixed-step
+        solver's step size h, to return the rate averaged over [t, t + h] (see DiscretePath)."""
+
+
+def takes_step(fn: Callable) -> bool:
+    """Whether ``fn`` accepts a ``step`` keyword (a path's or a sampler's velocity that can average a
+    rate over a solver's step); a wrapper may say so itself in a ``takes_step`` attribute."""
+    declared = getattr(fn, "takes_step", None)
+    if isinstance(declared, bool):
+        return declared
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "step" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+@functools.cache
+def _path_takes_step(cls: type) -> bool:  # once per path class, not per solver step
+    return takes_step(cls.velocity)
 
 
 class AffinePath(ProbPath):
@@ -316,14 +337,14 @@ class StatePath:
         return out
 
     def velocity(self, pred: State, x_t: State, t: Tensor, step: float | None = None) -> State:
-        """Per-field velocities; ``step`` (a solver's step size) reaches discrete paths only (their
-        rate averaged over the step; see :meth:`DiscretePath.velocity`)."""
+        """Per-field velocities; ``step`` (a solver's step size) reaches the paths whose velocity
+        takes it (their rate averaged over the step; see :meth:`DiscretePath.velocity`)."""
         check_output(pred, x_t)
         out = {}
         for k, v in fields(x_t).items():
             path = self.for_field(k, v)
-            out[k] = path.velocity(pred[k], v, t, step) if isinstance(path, DiscretePath) else \
-                path.velocity(pred[k], v, t)
+            out[k] = path.velocity(pred[k], v, t, step=step) if step is not None and _path_takes_step(type(path)) \
+                else path.velocity(pred[k], v, t)
         return out
 
 

@@ -12,7 +12,6 @@ torchdiffeq (continuous fields only). Every solve counts function evaluations (N
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fmkit.errors import ContractError, FmkitError
-from fmkit.paths import check_output
+from fmkit.paths import check_output, takes_step  # noqa: F401 - takes_step: solver authors use it from here
 from fmkit.state import State, StateLike, as_state, is_categorical, unwrap
 
 Velocity = Callable[[State, Tensor], State]
@@ -79,7 +78,7 @@ class CheckedVelocity:
 
     def __init__(self, fn: Velocity) -> None:
         self.fn, self.checked = fn, False
-        self.takes_step = takes_step(fn)
+        self.takes_step = takes_step(fn)  # its own **step would always say yes
 
     def __call__(self, x: State, t: Tensor, **step: float) -> State:
         out = self.fn(x, t, **step)
@@ -87,17 +86,6 @@ class CheckedVelocity:
             check_output(out, x, what="the velocity function")
             self.checked = True
         return out
-
-
-def takes_step(fn: Callable) -> bool:
-    """Whether ``fn`` accepts a ``step`` keyword (a velocity that can average a rate over a step)."""
-    if isinstance(fn, CheckedVelocity):
-        return fn.takes_step
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature
-        return False
-    return any(p.name == "step" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class _Counter:
