@@ -320,3 +320,35 @@ def test_a_failing_metric_or_writer_does_not_cost_the_others(tmp_path):
     assert (tmp_path / "run" / "samples" / "points_4.txt").read_text() == "16"
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert any(r.startswith("4,eval/w2,") for r in rows), rows
+
+
+@pytest.mark.parametrize("how", ["signal", "request_stop"])
+def test_a_stop_at_a_checkpoint_step_writes_that_checkpoint_once(tmp_path, monkeypatch, how):
+    """A Ctrl-C or request_stop on a step that was just checkpointed (here the fit's `until` step) saves
+    nothing more; old code wrote the signal's checkpoint of step 4 a second time."""
+    from fmkit import Callback, Trainer, TrainerOptions
+    from fmkit.models.mlp import MLP
+    from fmkit.toy import ToyDataset
+    from fmkit.trainer import TrainingInterrupted
+
+    class StopAt4(Callback):
+        def on_step_end(self, trainer, step):
+            if step == 4:
+                if how == "signal":
+                    trainer._stop_signal = signal.SIGINT  # what the SIGINT handler sets
+                else:
+                    trainer.request_stop("test")
+
+    ds = ToyDataset("moons", n=256)
+    t = Trainer(MLP.from_data(ds.info, hidden=8, depth=1, time_dim=4), ds, run_dir=tmp_path / "run",
+                options=TrainerOptions(steps=10, batch_size=32, device="cpu", progress=False, checkpoint_every=100),
+                callbacks=[StopAt4()])
+    saves: list[int] = []
+    save = t.save_checkpoint
+    monkeypatch.setattr(t, "save_checkpoint", lambda: saves.append(t.step) or save())
+    if how == "signal":
+        with pytest.raises(TrainingInterrupted):
+            t.fit(until=4)
+    else:
+        t.fit(until=4)
+    assert saves == [4]

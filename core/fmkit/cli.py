@@ -248,7 +248,7 @@ CheckpointOpt = Annotated[Optional[str], typer.Option(
 def _pick_checkpoint(run: Path, which: str | None) -> Path:
     """RUN's checkpoint to load: the newest verified one, or ``--checkpoint`` given as a step number
     or a checkpoint folder of RUN (a folder of another run would pair weights with the wrong recipe)."""
-    from fmkit.checkpoint import complete_checkpoints, resolve_checkpoint, step_dir_name, verify
+    from fmkit.checkpoint import complete_checkpoints, resolve_checkpoint, step_dir_name
 
     if which is None:
         return resolve_checkpoint(run)
@@ -260,8 +260,7 @@ def _pick_checkpoint(run: Path, which: str | None) -> Path:
         raise FmkitError(f"{which!r} is not a complete checkpoint of {run}", where="--checkpoint",
                          fix=f"give one of its kept steps ({have}) or a folder under {root}; "
                              "trainer.keep_checkpoints sets how many a run keeps")
-    verify(ck)
-    return ck
+    return ck  # verified when it is loaded
 
 
 def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = None):

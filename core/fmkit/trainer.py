@@ -478,20 +478,21 @@ class Trainer:
                         cb.on_step_end(self, self.step)
                     done = self.step == o.steps
                     t_aside = time.perf_counter()
-                    if self.step % o.checkpoint_every == 0 or self.step == stop:
+                    saved = self.step % o.checkpoint_every == 0 or self.step == stop  # a stop below needs no other
+                    if saved:
                         self.finished = done
                         self.save_checkpoint()
                     if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
                         self.evaluate()
                     aside += time.perf_counter() - t_aside
                     if self._stop_requested is not None and not done:
-                        if self.step % o.checkpoint_every != 0 and self.step != stop:
+                        if not saved:
                             self.save_checkpoint()
                         self.stopped_early, self._stop_requested = self._stop_requested, None
                         break
                     stop_signal = vote(self._stop_signal or 0)  # under DDP: the same step on every rank
                     if stop_signal:
-                        if self.step % o.checkpoint_every != 0 and not done:
+                        if not saved:
                             self.save_checkpoint()
                         name = signal.Signals(stop_signal).name
                         raise TrainingInterrupted(
