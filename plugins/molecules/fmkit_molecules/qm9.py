@@ -342,19 +342,23 @@ def _write_cache(cfile: Path, packed: Packed, path: Path) -> None:
 
 
 def _unreadable_fix(path: Path) -> str:
-    """How to replace a truncated/corrupt source: only the tarball can be downloaded again."""
+    """How to replace a truncated/corrupt source: only the tarball can be downloaded again, and only a
+    file the `qm9` dataset looks for has it as an alternative (``xyz_molecules`` reads any XYZ file)."""
     if path.name == QM9_TAR:
         return (f"delete it and download it again: set the dataset option `download: true`, or fetch {QM9_URL} "
                 f"({QM9_TAR_SIZE:,} bytes) by hand")
-    return (f"copy {path.name} again from where it came from (fmkit cannot download it), or delete it and use the "
-            f"original release {QM9_TAR} instead (the dataset option `download: true` fetches it from {QM9_URL})")
+    again = f"copy {path.name} again from where it came from (fmkit cannot download it)"
+    if path.name not in XYZ_NAMES:
+        return again
+    return (f"{again}, or delete it and use the original release {QM9_TAR} instead (the `qm9` dataset option "
+            f"`download: true` fetches it from {QM9_URL})")
 
 
 def load(path: Path, *, use_cache: bool = True) -> Packed:
     """Packed molecules of ``path``, parsed once and then read from the cache; unreadable records
     are reported on every load."""
-    cfile = cache_dir() / "qm9" / f"{cache_key(path)}.pt"
-    packed = _read_cache(cfile) if use_cache and cfile.is_file() else None
+    cfile = cache_dir() / "qm9" / f"{cache_key(path)}.pt" if use_cache else None
+    packed = _read_cache(cfile) if cfile is not None and cfile.is_file() else None
     if packed is None:
         total = 133_885 if path.name == QM9_TAR else None
         try:
@@ -362,7 +366,7 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
         except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
             raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
                             where=str(path), fix=_unreadable_fix(path)) from None
-        if use_cache:
+        if cfile is not None:
             _write_cache(cfile, packed, path)
     report_skipped(packed, str(path))
     return packed

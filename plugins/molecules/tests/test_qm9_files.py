@@ -201,6 +201,20 @@ def test_truncated_archive_is_a_data_error_naming_the_file(tmp_path, cache, monk
     assert f"{qm9.QM9_TAR} instead" in e.value.fix
 
 
+def test_a_corrupt_xyz_file_of_the_users_own_gets_no_qm9_advice(tmp_path):
+    """xyz_molecules reads any XYZ file: a broken one of the user's is not told to switch to QM9's
+    tarball with `download: true`, an option that dataset does not have (old code said so)."""
+    from fmkit_molecules.data import build_xyz
+
+    payload = lzma.compress(("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n" * 200).encode())
+    bad = tmp_path / "mine.xyz.xz"
+    bad.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt") as e:
+        build_xyz(str(bad))
+    assert "copy mine.xyz.xz again" in e.value.fix
+    assert "download" not in e.value.fix.replace("cannot download it", "") and qm9.QM9_TAR not in e.value.fix
+
+
 # -- frames whose count does not match their atom lines (one failure each, reading resumes) -------
 
 def _frame(count: int | str, comment: str, syms, pos, trailer: str = "") -> str:
