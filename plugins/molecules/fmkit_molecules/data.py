@@ -48,7 +48,7 @@ class MoleculeDataset(Dataset):
             )
         self.source = source
         self.smiles_cache = smiles_cache
-        self._train_smiles: set[str] | None = None
+        self._novelty_smiles: set[str] | None = None
         atoms_field = (FieldInfo((None,), num_classes=self.num_classes) if atom_encoding == "categorical"
                        else FieldInfo((None, self.num_classes)))
         self.info = DataInfo(
@@ -104,21 +104,17 @@ class MoleculeDataset(Dataset):
             real += int(c.sum())
         return 1.0 - real / max(total, 1)
 
-    def train_smiles(self) -> set[str]:
+    def novelty_smiles(self) -> set[str]:
         """Canonical SMILES (EDM bond rules) of this dataset's own molecules, the novelty reference.
 
         Metrics get the dataset the model trained on, so the reference is exactly the data trained
-        on (its split and limit; all molecules with ``split: all``). Computed once, and cached on
-        disk under ``smiles_cache`` when given.
+        on (its split and limit; all molecules with ``split: all``). Computed once (needs RDKit), and
+        cached on disk under ``smiles_cache`` when given.
         """
-        if self._train_smiles is None:
-            self._train_smiles = smiles_for_novelty(self, cache_name=self.smiles_cache)
-        return self._train_smiles
-
-
-def smiles_for_novelty(dataset: MoleculeDataset, cache_name: str | None = None) -> set[str]:
-    """Canonical SMILES (EDM bonds) of ``dataset``'s molecules, the novelty reference; needs RDKit, imported here."""
-    return load_chemistry("novelty (training SMILES)").smiles_of_dataset(dataset, cache_name=cache_name)
+        if self._novelty_smiles is None:
+            chemistry = load_chemistry("novelty (training SMILES)")
+            self._novelty_smiles = chemistry.smiles_of_dataset(self, cache_name=self.smiles_cache)
+        return self._novelty_smiles
 
 
 def collate_molecules(items: Sequence[State]) -> State:

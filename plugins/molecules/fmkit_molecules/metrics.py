@@ -7,7 +7,7 @@ Table 1, the EDM protocol (Hoogeboom et al. 2022, ``qm9/analyze.py`` and ``qm9/r
 - ``validity``: share of molecules that RDKit sanitises (implicit hydrogens allowed, as in EDM);
   the SMILES kept is that of the largest fragment;
 - ``uniqueness``: distinct SMILES / valid; ``novelty``: unique SMILES absent from the training set / unique,
-  the training set being the dataset the metric is given (``dataset.train_smiles()``: its own molecules).
+  the training set being the dataset the metric is given (``dataset.novelty_smiles()``: its own molecules).
 
 Table 2, connectivity and RDKit's own bond perception (in the spirit of SemlaFlow, Irwin et al. 2024):
 
@@ -102,6 +102,6 @@ class MoleculeMetrics:
 
     def __call__(self, samples: dict, dataset) -> dict[str, float]:
         train = None
-        if self.novelty and hasattr(dataset, "train_smiles"):
-            train = dataset.train_smiles()
+        if self.novelty and hasattr(dataset, "novelty_smiles"):
+            train = dataset.novelty_smiles()
         return evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol, self.rdkit_cov_factor)

@@ -117,7 +117,7 @@ def test_metric_contract_on_padded_batches_with_mask_tokens(small_mols):
     class DS:
         calls = 0
 
-        def train_smiles(self):
+        def novelty_smiles(self):
             DS.calls += 1
             return set(chemistry.smiles_of([(small_mols["C"][1], types_of(small_mols["C"][0]))]))
 
