@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mlp-batches", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--mlp-hidden", type=int, default=256)
     p.add_argument("--mlp-coupling", default="independent", choices=["exact_ot", "independent"],
-                   help="independent: the engine on the GPU; exact_ot adds the host assignment (2.9 s per "
+                   help="independent: the engine on the GPU; exact_ot adds the host assignment (seconds per "
                         "step at B=4096 on a CPU core), which then sets the pace (bench_ot.py measures OT)")
     p.add_argument("--mol-batches", type=int, nargs="+", default=[256])
     p.add_argument("--mol-coupling", default="equivariant_ot", choices=["equivariant_ot", "independent"])

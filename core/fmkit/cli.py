@@ -416,7 +416,7 @@ def evaluate(
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
-    likelihood: Annotated[bool, typer.Option("--likelihood", help="also exact NLL / bits per dim of data")] = False,
+    likelihood: Annotated[bool, typer.Option("--likelihood", help="also NLL / bits per dim of data (see --estimator)")] = False,
     likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
     estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
                                                 "example, else hutchinson), exact or hutchinson")] = "auto",
