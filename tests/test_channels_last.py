@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fmkit
+from fmkit.logging import read_metrics
 from fmkit.trainer import use_channels_last
 
 
@@ -40,8 +41,7 @@ def train(run_dir, channels_last: bool | None, steps: int = 8, until: int | None
 
 
 def losses(run_dir) -> list[float]:
-    rows = [r.split(",") for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    return [float(v) for _, k, v in rows if k == "loss"]
+    return [v for _, v in read_metrics(run_dir)["loss"]]
 
 
 @pytest.mark.parametrize("device,conv,option,expected", [

@@ -115,8 +115,9 @@ def ddp_out(tmp_path_factory) -> Path:
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["name"] == "loss"}
+    from fmkit.logging import read_metrics
+
+    return dict(read_metrics(run_dir)["loss"])
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -14,6 +14,7 @@ from torch import nn
 import fmkit
 from fmkit import checkpoint as ck
 from fmkit.errors import ContractError, ModelError, NonFiniteDataError, TrainingError
+from fmkit.logging import read_metrics
 
 OPTS = dict(steps=6, batch_size=16, lr=1e-3, device="cpu", progress=False, log_every=2, checkpoint_every=3)
 
@@ -257,9 +258,9 @@ def test_a_callback_can_log_scalars_and_stop_training_early(tmp_path):
                        callbacks=[EarlyStop()], run_dir=run)
     tr.fit()
     assert tr.step == 4 and tr.stopped_early == "custom criterion met"
-    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
-    assert [(int(s), float(v)) for s, k, v in rows if k == "custom"] == [(i, 2.0 * i) for i in range(1, 5)]
-    assert [(int(s), float(v)) for s, k, v in rows if k == "eval/n"] == [(4, 8.0)]  # evaluated once, at the stop
+    logged = read_metrics(run)
+    assert logged["custom"] == [(i, 2.0 * i) for i in range(1, 5)]
+    assert logged["eval/n"] == [(4, 8.0)]  # evaluated once, at the stop
     assert ck.find_latest(run / "checkpoints").name == ck.step_dir_name(4)
     tr2 = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=dict(OPTS, steps=20), run_dir=run)
     assert tr2.fit(resume=True).step == 20 and tr2.stopped_early is None
