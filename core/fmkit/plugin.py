@@ -1,0 +1,29 @@
+"""The one import for plugin authors: ``from fmkit.plugin import hookimpl, Dataset, ...``.
+
+Everything a plugin builds on — the hook marker, the component contracts (dataset, source,
+coupling, path, scheduler, solver, callback), the state helpers for masked fields, and the error
+classes whose what/where/fix the CLI prints — is re-exported here, so a plugin never depends on
+where a name lives inside the core. The library API for users of the core is ``fmkit`` itself.
+"""
+
+from __future__ import annotations
+
+from fmkit.couplings import Coupling, assignment, require_finite
+from fmkit.data import DataInfo, Dataset, FieldInfo, Indices
+from fmkit.errors import (CheckpointError, ContractError, DataError, DependencyError, FmkitError, ModelError,
+                          NonFiniteDataError, OutputError, RecipeError, RegistryError, TrainingError)
+from fmkit.hookspecs import hookimpl, hookspec
+from fmkit.paths import PathSample, ProbPath, Scheduler, expand_t
+from fmkit.solvers import Solution, Solver
+from fmkit.sources import Source
+from fmkit.state import (COND, MASK, State, apply_mask, broadcast_mask, count_dims, is_categorical,
+                         masked_mean_per_example)
+from fmkit.trainer import Callback, Metric, Writer
+
+__all__ = [
+    "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",
+    "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "Metric", "ModelError", "NonFiniteDataError",
+    "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler", "Solution", "Solver",
+    "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask", "count_dims",
+    "expand_t", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
+]
