@@ -7,6 +7,8 @@ are reserved and never flow along a path:
 - ``"mask"``: padding mask (bool, True = real). It is broadcast against each field by appending
   trailing singleton dimensions, so ``[B,N]`` masks ``[B,N,3]`` and ``[B,1,T]`` masks ``[B,M,T]``.
 - ``"cond"``: conditioning (class label, property) that travels beside the state.
+- ``"x0"``: a stored source sample paired with this example (a state of the same fields), as a
+  pairs dataset serves it for reflow and distillation; the ``given`` coupling takes x0 from here.
 
 Floating-point fields are continuous; integer fields are categorical (class indices). A plain tensor
 is accepted wherever a single field is meant and is treated as ``{"x": tensor}``.
@@ -24,7 +26,8 @@ from fmkit.errors import ContractError
 
 MASK = "mask"
 COND = "cond"
-RESERVED = frozenset({MASK, COND})
+X0 = "x0"  # a stored source sample riding with the data (fmkit.pairs); never a flowing field
+RESERVED = frozenset({MASK, COND, X0})
 DEFAULT_FIELD = "x"
 
 State = dict[str, Tensor]
