@@ -7,7 +7,7 @@ Everything works on bare tensors as well as on states (dicts of named fields).
 """
 
 from fmkit import metrics  # noqa: F401 - `fmkit.metrics.W2Metric()` after a plain `import fmkit`
-from fmkit.couplings import Coupling, ExactOTCoupling, IndependentCoupling, SinkhornCoupling
+from fmkit.couplings import Coupling, ExactOTCoupling, GivenCoupling, IndependentCoupling, SinkhornCoupling
 from fmkit.data import DataInfo, Dataset, FieldInfo, TensorDataset
 from fmkit.errors import FmkitError
 from fmkit.guidance import ClassifierFreeGuidance
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveSolver", "AffinePath", "Callback", "CategoricalSource", "ClassifierFreeGuidance", "CondOTScheduler",
     "CosineScheduler", "Coupling", "DataInfo", "Dataset", "DiscretePath", "EvalOptions", "ExactOTCoupling",
-    "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "IndependentCoupling", "PathSample",
+    "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "GivenCoupling", "IndependentCoupling", "PathSample",
     "PolynomialScheduler", "ProbPath", "Recipe", "Registry", "Scheduler", "SinkhornCoupling", "Solution", "Solver",
     "Source",
     "StatePath", "StateSource", "TensorDataset", "TensorModel", "Trainer", "TrainerOptions", "VPScheduler",

@@ -65,11 +65,12 @@ class SinkhornOptions(_Options):
 
 @hookimpl
 def register_couplings(register):
-    from fmkit.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling
+    from fmkit.couplings import ExactOTCoupling, GivenCoupling, IndependentCoupling, SinkhornCoupling
 
     register("independent", IndependentCoupling, None, "pairs as sampled")
     register("exact_ot", ExactOTCoupling, None, "exact minibatch OT (assignment)")
     register("sinkhorn", SinkhornCoupling, SinkhornOptions, "entropic minibatch OT, plan sampled")
+    register("given", GivenCoupling, None, "stored pairs kept as they are (reflow, distillation; data: pairs)")
 
 
 # -- sources ----------------------------------------------------------------------------------

@@ -46,12 +46,45 @@ class Coupling(ABC):
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
         """Re-pair states (``mask``/``cond`` ride with x1)."""
 
+    def draw(self, source: Any, x1: State) -> State:
+        """The source sample x0 for the data batch ``x1``: a fresh draw from ``source`` (a
+        StateSource); a coupling that keeps stored pairs (:class:`GivenCoupling`) takes it from x1."""
+        return source.sample(x1)
+
 
 class IndependentCoupling(Coupling):
     """The product coupling q(x0) q(x1): pairs stay as sampled (Lipman et al. 2022)."""
 
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
         return x0, x1
+
+
+class GivenCoupling(Coupling):
+    """Keeps stored pairs (x0, x1) as they are: x0 is the batch's own ``"x0"`` entry (a pairs
+    dataset, :mod:`fmkit.pairs`), not a source draw. What k-rectified flow and distillation train
+    on (Liu et al. 2022, "Flow Straight and Fast"). Called on two states, it pairs them as given."""
+
+    def draw(self, source: Any, x1: State) -> State:
+        from fmkit.errors import DataError
+        from fmkit.state import X0
+
+        stored = x1.get(X0)
+        if not isinstance(stored, dict):
+            raise DataError("the given coupling keeps stored (x0, x1) pairs, and this batch has none (no 'x0' "
+                            "entry)", where="coupling: given",
+                            fix="train on a pairs dataset (`data: {name: pairs, path: PAIRS}`, written by "
+                                "`fmkit reflow RUN --out PAIRS`), or use another coupling")
+        x0 = dict(stored)
+        check_same_fields(x0, x1, "the stored pairs' x0 (coupling: given)")
+        for k in ("mask", "cond"):
+            if k in x1:
+                x0[k] = x1[k]
+        return x0
+
+    def pair(self, x0: State, x1: State) -> tuple[State, State]:
+        from fmkit.state import X0
+
+        return x0, ({k: v for k, v in x1.items() if k != X0} if X0 in x1 else x1)
 
 
 def pairwise_cost(x0: State, x1: State) -> Tensor:
@@ -218,9 +251,10 @@ class SinkhornCoupling(Coupling):
 
 
 def draw_and_pair(source: Any, coupling: Coupling, x1: State) -> tuple[State, State]:
-    """x0 ~ ``source`` (a StateSource, which checks its samples' shapes) for the batch ``x1``,
-    re-paired by ``coupling``, whose outputs are checked to keep the data's fields and shapes."""
-    x0 = source.sample(x1)
+    """x0 ~ ``source`` (a StateSource, which checks its samples' shapes) for the batch ``x1`` — or
+    the coupling's own x0 (``Coupling.draw``: stored pairs) — re-paired by ``coupling``, whose
+    outputs are checked to keep the data's fields and shapes."""
+    x0 = coupling.draw(source, x1)
     p0, p1 = coupling.pair(x0, x1)
     if p0 is not x0:  # the independent coupling hands its inputs back: nothing to check
         check_same_fields(p0, x1, f"the coupling ({type(coupling).__name__}), its x0")
