@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fmkit.errors import FmkitError, RecipeError
 from fmkit.registry import Registry, format_validation_error, get_registry
@@ -62,11 +62,18 @@ class TrainerOptions(BaseModel):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
     grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables")
     ema_decay: float | None = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights; null disables")
-    time_sampler: Literal["uniform", "logit_normal", "beta"] = "uniform"
+    time_sampler: Literal["uniform", "logit_normal", "beta", "grid"] = "uniform"
     time_mean: float = 0.0
     time_std: float = Field(1.0, gt=0.0)
     time_alpha: float = Field(1.0, gt=0.0, description="beta time sampler: Beta(time_alpha, time_beta)")
     time_beta: float = Field(1.0, gt=0.0)
+    time_grid: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        None, min_length=1, description="grid time sampler: t drawn uniformly from these times (distillation: [0.0] "
+        "for a one-step student)")
+    init_from: str | None = Field(None, description="start from another run's weights (a run directory or one of "
+                                  "its checkpoints): reflow from the teacher, fine-tuning; recorded as the lineage")
+    init_from_ema: bool = Field(True, description="init_from takes the run's EMA weights (its model weights if false "
+                                "or if it kept no EMA)")
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
@@ -87,6 +94,13 @@ class TrainerOptions(BaseModel):
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on a CPU, for training, "
                                     "sampling and evaluation (null: the cores the DataLoader workers leave free, "
                                     "all of them without workers); 1 is fastest for small models and shared cores")
+
+
+    @model_validator(mode="after")
+    def _grid_needs_times(self) -> TrainerOptions:
+        if self.time_sampler == "grid" and not self.time_grid:
+            raise ValueError("time_sampler grid needs time_grid, e.g. time_grid: [0.0] (one-step distillation)")
+        return self
 
 
 class EvalOptions(BaseModel):

@@ -322,7 +322,7 @@ class Trainer:
         b = next(iter(fields(x1).values())).shape[0]
         o = self.opts
         t = sample_time(b, o.time_sampler, mean=o.time_mean, std=o.time_std, alpha=o.time_alpha, beta=o.time_beta,
-                        device=self.device)
+                        device=self.device, grid=o.time_grid)
         ps = self.path.sample(x0, x1, t)
         cond = drop_condition(x1.get("cond"), self.opts.cond_dropout, self.null_cond or 0)
         x_t = {k: v for k, v in ps.x_t.items() if k != "cond"}
