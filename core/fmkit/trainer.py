@@ -224,6 +224,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.is_main = self.dist.rank == 0
         self.step = 0
+        self.lineage: dict[str, Any] | None = None  # trainer.init_from: whose weights this run started from
         self.finished = False
         self._stop_signal: int | None = None  # set by the handler; acted on once the ranks agree (StopVote)
         self._vote: StopVote | None = None  # made by the first fit: under DDP it builds a process group
@@ -388,6 +389,14 @@ class Trainer:
                 fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")
         else:
             seed_generators(self.seed + 7919 * self.dist.rank, self.device)  # torch.manual_seed visits every GPU
+            if self.opts.init_from and self.lineage is None:  # a fresh run only: a resumed one has its own weights
+                from fmkit.lineage import init_from_run, write_lineage
+
+                self.lineage = init_from_run(self.model, self.opts.init_from, self.opts.init_from_ema)
+                if self.ema is not None:
+                    self.ema.model.load_state_dict(self.model.state_dict())
+                if self.run_dir is not None and self.is_main:
+                    write_lineage(self.run_dir, self.lineage)
         if self.step >= self.opts.steps:
             raise TrainingError(
                 f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
@@ -600,7 +609,8 @@ class Trainer:
                 "ema_updates": self.ema.num_updates if self.ema is not None else 0,
                 # a stop between log steps: the resumed run's next log line averages the same steps
                 "pending_losses": pending if pending is not None else [float(v) for v in self._pending],
-                "params": {k: list(v.shape) for k, v in self.model.state_dict().items()}}
+                "params": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+                "lineage": self.lineage}
         return ckpt.CheckpointData(tensors, meta)
 
     def save_checkpoint(self) -> Path | None:
@@ -665,6 +675,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(meta["step"])
         self.finished = bool(meta.get("finished", False))
+        self.lineage = meta.get("lineage", self.lineage)
         self._pending = [torch.tensor(v, dtype=torch.float32, device=self.device)
                          for v in meta.get("pending_losses", [])]
         pos = meta.get("data", {})
