@@ -163,6 +163,9 @@ def register_models(register):
 # -- solvers ----------------------------------------------------------------------------------
 class FixedStepOptions(_Options):
     steps: int = Field(100, ge=1, description="number of steps on a uniform grid")
+    sway: float | None = Field(None, ge=-1.0, le=1.0, description="a sway-sampling time grid (F5-TTS) of this "
+                               "coefficient instead of the uniform one: < 0 puts the steps near t=0 (few-step "
+                               "sampling); null = uniform")
 
 
 class AdaptiveOptions(_Options):
@@ -172,10 +175,12 @@ class AdaptiveOptions(_Options):
 
 @hookimpl
 def register_solvers(register):
-    from fmkit.solvers import AdaptiveSolver, FixedStepSolver
+    from fmkit.solvers import AdaptiveSolver, FixedStepSolver, sway_grid
 
     for m in ("euler", "midpoint", "heun", "rk4"):
-        register(m, lambda steps, _m=m: FixedStepSolver(_m, steps), FixedStepOptions, f"fixed-step {m}")
+        register(m, lambda steps, sway=None, _m=m: FixedStepSolver(_m, steps, None if sway is None else
+                                                                   sway_grid(steps, sway)),
+                 FixedStepOptions, f"fixed-step {m}")
     for m in AdaptiveSolver.METHODS:
         register(m, lambda rtol, atol, _m=m: AdaptiveSolver(_m, rtol, atol), AdaptiveOptions,
                  f"adaptive {m} (torchdiffeq)")

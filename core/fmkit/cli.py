@@ -328,7 +328,7 @@ def _solver(rec, solver: str | None, steps: int | None, rtol: float | None = Non
 
 def describe_solver(spec: dict) -> str:
     """``euler, 50 steps`` or ``dopri5, rtol 1e-05, atol 1e-05`` (other options as key value)."""
-    opts = {k: v for k, v in spec.items() if k != "name"}
+    opts = {k: v for k, v in spec.items() if k != "name" and v is not None}
     parts = [spec["name"]] + [f"{v} steps" if k == "steps" else f"{k} {v}" for k, v in opts.items()]
     return ", ".join(parts)
 

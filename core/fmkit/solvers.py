@@ -181,6 +181,19 @@ class FixedStepSolver(Solver):
         return Solution(x, f.n, ts.to(tdtype) if trajectory else None, traj)
 
 
+def sway_grid(steps: int, coef: float = -1.0) -> list[float]:
+    """``steps + 1`` times in [0, 1] by sway sampling (Chen et al. 2024, F5-TTS):
+    t = u + coef (cos(pi u / 2) - 1 + u) for u uniform on the grid. ``coef`` < 0 puts the steps
+    near t = 0, where a flow from noise decides the most; coef = 0 is the uniform grid. The map is
+    increasing for coef in [-1, 1]."""
+    if not -1.0 <= coef <= 1.0:
+        raise ValueError(f"the sway coefficient must lie in [-1, 1] (a monotone grid), got {coef}")
+    u = torch.linspace(0.0, 1.0, int(steps) + 1, dtype=torch.float64)
+    t = u + coef * (torch.cos(torch.pi / 2 * u) - 1.0 + u)
+    t[0], t[-1] = 0.0, 1.0
+    return t.tolist()
+
+
 def check_continuous_only(solver: Solver, categorical: list[str]) -> None:
     """Refuse an adaptive solver for a state with categorical fields: an error-controlled ODE step
     has no meaning for jumps between classes."""
