@@ -150,6 +150,15 @@ def register_datasets(register):
     for kind, opts in _TOY_OPTIONS.items():
         register(kind, lambda _k=kind, **p: ToyDataset(_k, **p), _toy_dataset_options(opts),
                  f"2-D toy points: {kind}")
+    from fmkit.pairs import PairsDataset
+
+    register("pairs", PairsDataset, PairsOptions, "stored (x0, x1) pairs written by `fmkit reflow` (coupling: given)")
+
+
+class PairsOptions(_Options):
+    path: str = Field(description="the pairs folder (`fmkit reflow RUN --out PAIRS`)")
+    limit: int | None = Field(None, ge=1, description="use only the first N pairs")
+    verify: bool = Field(True, description="check each shard's sha256 when loading")
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``fmkit`` command line (typer): train, sample, evaluate, plugins, recipe.
+"""The ``fmkit`` command line (typer): train, sample, evaluate, reflow, plugins, recipe.
 
 User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* without a traceback;
 ``fmkit --debug ...`` (or ``FMKIT_DEBUG=1``) shows one.
@@ -473,6 +473,37 @@ def evaluate(
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
     title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
     _print_tables(title, rows, comps.metrics.values())
+
+
+@app.command()
+def reflow(
+    run: Annotated[Path, typer.Argument(help="the teacher's run directory")],
+    pairs: Annotated[int, typer.Option("--pairs", min=1, help="number of (x0, x1) pairs to draw")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="pairs folder (new, or one this command began: it resumes)")],
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="the teacher's EMA weights (default) or its raw ones")]
+    = True,
+    shard_size: Annotated[int, typer.Option(min=1, help="pairs per safetensors shard (the unit of resuming)")] = 4096,
+    seed: int = 0,
+    checkpoint: CheckpointOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw (x0, x1 = ODE(x0)) pairs from a trained run for reflow / distillation (docs/fewstep.md)."""
+    from fmkit.reflow import reflow_run
+    from fmkit.run import load_run_recipe
+
+    rec = load_run_recipe(run, set_ or [])
+    s, about = _solver(rec, solver, steps, rtol, atol)
+    ck = _pick_checkpoint(run, checkpoint)
+    res = reflow_run(run, out, pairs, solver=s, solver_about=about, checkpoint=ck, use_ema=ema, seed=seed,
+                     shard_size=shard_size, overrides=set_ or [])
+    resumed = f" ({res.shards - res.shards_written} shard(s) were there already)" if res.shards_written < res.shards \
+        else ""
+    console.print(f"{res.num_pairs} pairs from {ck.name} ({about}) in {res.out}: {res.shards} shard(s), "
+                  f"{res.shards_written} written in {res.seconds:.1f} s{resumed}", highlight=False)
 
 
 @app.command()
