@@ -261,3 +261,29 @@ class PairsDataset(Dataset):
     def template(self, n: int, seed: int = 0) -> State:
         g = torch.Generator().manual_seed(seed)
         return self._rows(torch.randint(0, len(self), (n,), generator=g), with_x0=False)
+
+
+def save_pairs(out: str | Path, x0: State, x1: State, info: DataInfo, *, shard_size: int = 4096,
+               teacher: Mapping[str, Any] | None = None, note: str | None = None) -> Path:
+    """Store pairs made elsewhere (``x0`` fields; ``x1`` with its mask and cond, batch first) as a
+    pairs folder that :class:`PairsDataset` serves: e.g. a known map, or another library's samples.
+    Refuses a folder that holds anything already."""
+    from fmkit.errors import OutputError
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out} is not empty", where=str(out), fix="save pairs into a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    n = next(iter(fields(x1).values())).shape[0]
+    man: dict[str, Any] = {"format": FORMAT, "version": VERSION, "num_pairs": int(n), "shard_size": int(shard_size),
+                           "seed": None, "teacher": dict(teacher or {}), "solver": {"about": note or "given"},
+                           "data_info": info_to_json(info), "complete": False, "shards": []}
+    for k, start in enumerate(range(0, n, shard_size)):
+        sl = slice(start, min(start + shard_size, n))
+        part1 = {kk: ({a: b[sl] for a, b in v.items()} if isinstance(v, Mapping) else v[sl]) for kk, v in x1.items()}
+        entry = write_shard(out, k, {kk: v[sl] for kk, v in fields(x0).items()}, part1)
+        entry["start"] = start
+        man["shards"].append(entry)
+    man["complete"] = True
+    write_manifest(out, man)
+    return out
