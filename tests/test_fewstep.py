@@ -300,6 +300,16 @@ def test_cli_reflow_then_2rf_and_one_step_distillation_on_the_toy_recipe(tmp_pat
     assert lineage["parent_lineage"]["init_from"] == str(teacher.resolve())  # the chain back to the first run
     r = cli("evaluate", tmp_path / "student", "--steps", "1", "-n", "300")
     assert r.code == 0 and "euler, 1 steps" in squash(r.text) and "w2" in r.text, r.text
+    # metrics against the teacher's own data (rebuilt from its recorded options), not its samples
+    from fmkit.recipe import load_recipe
+    from fmkit.run import build_components
+
+    rec = load_recipe(ROOT / "recipes" / "toy_moons.yaml", [s for s in common[1::2] if s.startswith("data")] +
+                      ["data.reference=teacher"])
+    ds = build_components(rec, with_eval=False).dataset
+    moons = fmkit.get_registry().build("datasets", man["teacher"]["fingerprint"]["data"])
+    assert torch.equal(ds.reference(50, seed=4)["x"], moons.reference(50, seed=4)["x"])
+    assert not torch.equal(ds.reference(50, seed=4)["x"], P.PairsDataset(tmp_path / "pairs").reference(50, 4)["x"])
     # distillation's grid needs its times
     r = cli("recipe", "validate", ROOT / "recipes" / "toy_moons.yaml", "--set", "trainer.time_sampler=grid")
     assert r.code == 2 and "time_grid" in squash(r.text)

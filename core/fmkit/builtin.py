@@ -150,15 +150,32 @@ def register_datasets(register):
     for kind, opts in _TOY_OPTIONS.items():
         register(kind, lambda _k=kind, **p: ToyDataset(_k, **p), _toy_dataset_options(opts),
                  f"2-D toy points: {kind}")
-    from fmkit.pairs import PairsDataset
-
-    register("pairs", PairsDataset, PairsOptions, "stored (x0, x1) pairs written by `fmkit reflow` (coupling: given)")
+    register("pairs", _pairs_dataset, PairsOptions,
+             "stored (x0, x1) pairs written by `fmkit reflow` (coupling: given)")
 
 
 class PairsOptions(_Options):
     path: str = Field(description="the pairs folder (`fmkit reflow RUN --out PAIRS`)")
     limit: int | None = Field(None, ge=1, description="use only the first N pairs")
     verify: bool = Field(True, description="check each shard's sha256 when loading")
+    reference: Literal["pairs", "teacher"] = Field(
+        "pairs", description="what metrics compare samples with: the pairs' x1 (the teacher's samples), or the "
+        "teacher's own data, rebuilt from the data options its checkpoint recorded")
+
+
+def _pairs_dataset(path: str, limit: int | None, verify: bool, reference: str):
+    from fmkit.errors import DataError
+    from fmkit.pairs import PairsDataset
+    from fmkit.registry import get_registry
+
+    ds = PairsDataset(path, limit=limit, verify=verify)
+    if reference == "teacher":
+        spec = (ds.manifest.get("teacher") or {}).get("fingerprint", {}).get("data")
+        if not spec:
+            raise DataError(f"the pairs in {path} record no teacher data options", where="data.reference",
+                            fix="use data.reference: pairs (pairs saved by save_pairs or write_pairs name no recipe)")
+        ds.reference_data = get_registry().build("datasets", spec, where="data.reference (the teacher's data)")
+    return ds
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -205,7 +205,8 @@ class PairsDataset(Dataset):
 
     ``info`` is the teacher data's description (from the manifest), so a model built for the
     teacher's data fits this dataset too (``trainer.init_from``). ``reference`` and ``template``
-    serve x1 without x0: metrics then compare samples with the teacher's samples.
+    serve x1 without x0: metrics then compare samples with the teacher's samples, unless
+    ``reference_data`` is set (recipes: ``data.reference: teacher``), whose reference they use.
     """
 
     def __init__(self, path: str | Path, limit: int | None = None, verify: bool = True) -> None:
@@ -225,6 +226,7 @@ class PairsDataset(Dataset):
         self.path, self.manifest, self._n = Path(path), man, n
         self.x0, self.x1 = x0, x1
         self.info = info_from_json(man["data_info"])
+        self.reference_data: Dataset | None = None  # metrics' reference: the teacher's data when set
 
     def __len__(self) -> int:
         return self._n
@@ -254,6 +256,8 @@ class PairsDataset(Dataset):
         return self._rows(torch.from_numpy(np.asarray(idx, dtype=np.int64)))
 
     def reference(self, n: int, seed: int = 0) -> State:
+        if self.reference_data is not None:
+            return self.reference_data.reference(n, seed)
         n = min(n, len(self))
         g = torch.Generator().manual_seed(seed)
         return self._rows(torch.randperm(len(self), generator=g)[:n], with_x0=False)
