@@ -264,14 +264,17 @@ def _pick_checkpoint(run: Path, which: str | None) -> Path:
 
 
 def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = None):
-    from fmkit.checkpoint import check_fingerprint, load_checkpoint
+    from fmkit.checkpoint import check_fingerprint, load_checkpoint, load_resolved
     from fmkit.run import build_components, fingerprint, load_run_recipe
     from fmkit.trainer import load_model_state
 
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
-    ck = _pick_checkpoint(run, which)
-    data = load_checkpoint(ck)
+    if which is None:  # the newest that loads (a damaged one is skipped with a note)
+        ck, data = load_resolved(run)
+    else:
+        ck = _pick_checkpoint(run, which)
+        data = load_checkpoint(ck)
     # the model's output means what the path's prediction and the source say: all three must match
     check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
                       sections=("model", "path", "source"),

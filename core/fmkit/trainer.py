@@ -39,6 +39,7 @@ from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
 from fmkit.recipe import EvalOptions, TrainerOptions
+from fmkit.runlock import RunLock
 from fmkit.sampling import generate
 from fmkit.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.sources import GaussianSource, Source, StateSource
@@ -301,15 +302,23 @@ class Trainer:
     def _check_writable(self) -> None:
         if self.run_dir is None or not self.is_main:
             return
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".write-test-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputError(f"cannot write to the run directory {self.run_dir}: {exc.strerror or exc}",
-                              where=str(self.run_dir),
-                              fix="pass --out with a directory you can write to") from None
+        # every folder a fit writes into, before the first step: a read-only checkpoints/ found at the
+        # first save would cost everything trained until then
+        folders = [self.run_dir, self.run_dir / "checkpoints"]
+        if self.metrics or self.writers:
+            folders.append(self.run_dir / "samples")
+        for folder in folders:
+            what = "the run directory" if folder == self.run_dir else f"the run's {folder.name}/ folder"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                raise OutputError(f"cannot write to {what} {folder}: {exc.strerror or exc}", where=str(folder),
+                                  fix="pass --out with a directory you can write to" if folder == self.run_dir
+                                  else "make it writable (chmod -R u+w RUN) before training: nothing could be "
+                                       "saved") from None
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
@@ -375,8 +384,20 @@ class Trainer:
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
         """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest
         checkpoint, a path resumes from that checkpoint. ``until`` stops early at that step (with a
-        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues."""
+        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues.
+        The run directory is locked for the fit (:class:`fmkit.runlock.RunLock`): a second trainer of
+        the same run is refused, naming the first."""
         self._check_writable()
+        lock = RunLock(self.run_dir) if self.run_dir is not None and self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._fit(resume, until)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool | str | Path, until: int | None) -> Trainer:
         self.stopped_early = None
         self._bad_fields = set()
         if resume:
@@ -630,7 +651,7 @@ class Trainer:
             if self.run_dir is None:
                 raise CheckpointError("resume needs a run directory or a checkpoint path")
             path = self.run_dir
-        data = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path))
+        _, data = ckpt.load_resolved(path)
         self.load_state(data, where=str(path))
 
     def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
