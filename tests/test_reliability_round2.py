@@ -216,3 +216,18 @@ def test_read_only_checkpoints_folder_is_refused_before_training(tmp_path):
     assert "before training" in msg
     rows = [ln for ln in (run / "metrics.csv").read_text().splitlines()[1:] if ln.split(",")[0].isdigit()]
     assert max(int(ln.split(",")[0]) for ln in rows) == 6  # no step was trained and lost
+
+
+# -- recipes ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, key, line", [
+    ("data: {name: moons}\nmodel: {name: mlp}\nmodel: {name: mlp, hidden: 8}\n", "model", 3),
+    ("data: {name: moons, n: 300, n: 400}\nmodel: {name: mlp}\n", "n", 1),
+    ("data: {name: moons}\nmodel: {name: mlp}\ntrainer:\n  steps: 5\n  lr: 0.1\n  steps: 7\n", "steps", 6),
+])
+def test_a_key_given_twice_is_refused_naming_both_lines(text, key, line):
+    """Old code: YAML kept the last value silently (a second `model:` dropped the first)."""
+    Path("dup.yaml").write_text(text)
+    r = cli("recipe", "validate", "dup.yaml")
+    assert r.code == 2, r.text
+    msg = squash(r.err)
+    assert f"the key {key!r} appears twice in one mapping" in msg and f"where: dup.yaml, line {line}," in msg, msg

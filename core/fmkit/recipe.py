@@ -154,9 +154,37 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return parse_yaml(text, str(p))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one
+    silently, so a second ``trainer:`` section would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base constructor names it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.problem_mark = key, first, mark
+        self.problem = f"the key {key!r} appears twice in one mapping (first on line {first})"
+
+
 def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        loc = f"{where}, line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+        raise RecipeError(f"recipe is not valid: {exc.problem}", where=loc,
+                          fix=f"keep one {exc.key!r} (YAML would silently keep only the last)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{where}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else where
