@@ -231,3 +231,133 @@ def test_a_key_given_twice_is_refused_naming_both_lines(text, key, line):
     assert r.code == 2, r.text
     msg = squash(r.err)
     assert f"the key {key!r} appears twice in one mapping" in msg and f"where: dup.yaml, line {line}," in msg, msg
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("trainer: {betas: [1.5, 0.999]}", "trainer.betas.0: Input should be less than 1"),
+    ("trainer: {steps: true}", "trainer.steps: Input should be a valid integer (got True)"),
+    ("trainer: {steps: 1.0e+26}", "trainer.steps: Input should be a valid integer"),
+    ("trainer: {cpu_threads: 100000}", "trainer.cpu_threads: Input should be less than or equal to 1024"),
+    ("trainer: {loss_weights: {x: -1.0}}", "trainer.loss_weights.x: Input should be greater than or equal to 0"),
+    ("seed: 1180591620717411303424", "seed: Input should be less than 9223372036854775808"),
+])
+def test_option_values_the_validator_used_to_miss(extra, needle):
+    """Old code: betas 1.5 trained to NaN, `steps: true` trained one step, 1e26 steps and 100000 threads
+    were accepted (the latter hung), a negative weight trained away from the data, seed 2**70 crashed."""
+    Path("v.yaml").write_text(f"data: {{name: moons}}\nmodel: {{name: mlp}}\n{extra}\n")
+    r = cli("recipe", "validate", "v.yaml")
+    assert r.code == 2 and needle in squash(r.err), r.text
+
+
+@pytest.mark.parametrize("data, needle", [
+    ("{name: gaussian, mean: [0, 0], cov: [[1, 2], [2, 1]]}", "cov must be positive definite"),
+    ("{name: gaussian, mean: [0, 0, 0], cov: [[1, 0], [0, 1]]}", "cov must be 3 x 3 to match the mean of length 3"),
+    ("{name: eight_gaussians, radius: .inf}", "data.radius: Input should be a finite number"),
+])
+def test_component_options_the_validator_used_to_miss(data, needle):
+    Path("v.yaml").write_text(f"data: {data}\nmodel: {{name: mlp}}\n")
+    r = cli("recipe", "validate", "v.yaml")
+    assert r.code == 2 and needle in squash(r.err), r.text
+
+
+def test_loss_weight_for_a_field_the_data_lacks_is_refused():
+    """Old code trained with the weight ignored (a misspelt field name is silently weight 1)."""
+    text = TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2, loss_weights: {pos: 2.0}}")
+    Path("w.yaml").write_text(text)
+    r = cli("train", "w.yaml", "--out", "w")
+    assert r.code == 2, r.text
+    assert "trainer.loss_weights names ['pos'], which the data does not have" in squash(r.err), r.text
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+def test_sample_count_is_bounded():
+    """Old code: `-n 1000000000000` tried to hold 10^12 samples and ran out of memory."""
+    run = tiny_run()
+    r = cli("sample", run, "-n", 10**12)
+    assert r.code == 2 and "10000000" in r.text, r.text
+    assert not (run / "samples").exists() or not any((run / "samples").iterdir())
+
+
+def test_all_nan_samples_fail_and_leave_no_empty_folder(monkeypatch):
+    """Old code wrote the NaN samples and exited 0; a failed sample left an empty samples/cli-* folder."""
+    import fmkit.trainer
+
+    run = tiny_run()
+    real = fmkit.trainer.sample_in_chunks
+
+    def nan_samples(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {k: v * float("nan") if v.is_floating_point() else v for k, v in out.items()}
+
+    monkeypatch.setattr(fmkit.trainer, "sample_in_chunks", nan_samples)
+    r = cli("sample", run, "-n", 8)
+    assert r.code == 2, r.text
+    assert "8 of 8 samples hold NaN/Inf in field 'x'" in squash(r.err), r.text
+    assert not list((run / "samples").glob("cli-*")), list((run / "samples").iterdir())
+
+
+def _wait_for(path: Path, timeout: float = 120) -> None:
+    t = time.monotonic()
+    while not path.exists():
+        assert time.monotonic() - t < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_during_sample_says_interrupted(tmp_path):
+    """Old code: exit -15 (killed by the signal) with no message."""
+    run = tiny_run()
+    code = ("import sys, pathlib, fmkit.trainer as t, fmkit.cli as c\n"
+            "real = t.sample_in_chunks\n"
+            "def slow(*a, **k):\n"
+            "    pathlib.Path('sampling').touch()\n"
+            "    import time; time.sleep(60)\n"
+            "t.sample_in_chunks = slow\n"
+            "sys.argv = ['fmkit', 'sample', 'run', '-n', '4']\n"
+            "c.run()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "sampling")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, (p.returncode, err)
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert not list((run / "samples").glob("cli-*"))
+
+
+EVAL_RECIPE = TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2}\neval: {num_samples: 64, metrics: "
+                           "[{name: w2, num_reference: 64}]}")
+
+
+def test_sigterm_during_the_final_evaluation_stops_it_and_resume_finishes_it(tmp_path):
+    """Old code ignored SIGTERM/SIGINT during the final evaluation (a scheduler's SIGKILL then lost it) and
+    the resume said "this run already finished", so the evaluation never happened."""
+    Path("e.yaml").write_text(EVAL_RECIPE)
+    code = ("import sys, pathlib, time, fmkit.metrics as m\n"
+            "real = m.W2Metric.__call__\n"
+            "def slow(self, *a, **k):\n"
+            "    pathlib.Path('evaluating').touch(); time.sleep(60)\n"
+            "m.W2Metric.__call__ = slow\n"
+            "import fmkit.cli as c\n"
+            "sys.argv = ['fmkit', 'train', 'e.yaml', '--out', 'run']\n"
+            "c.run()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "evaluating")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, (p.returncode, err)
+    msg = squash(err)
+    assert "stopped by SIGTERM during the evaluation at step 6" in msg and "runs the evaluation" in msg, msg
+    r = cli("train", "--resume", "run")
+    assert r.code == 0, r.text
+    rows = (tmp_path / "run" / "metrics.csv").read_text()
+    assert "6,eval/w2," in rows and json.loads((tmp_path / "run" / "evaluated.json").read_text()) \
+        == {"step": 6}
+    r = cli("train", "--resume", "run")  # now it is finished
+    assert r.code == 2 and "this run already finished" in squash(r.err), r.text

@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from fmkit.errors import FmkitError, RecipeError
 from fmkit.registry import Registry, format_validation_error, get_registry
@@ -49,14 +49,20 @@ class FieldedComponent(Component):
         return {"name": self.name, **(self.model_extra or {})}
 
 
+#: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
+#: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
+MAX_STEPS = 10**9
+
+
 class TrainerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    steps: int = Field(1000, ge=1, description="optimizer steps in total")
+    steps: StrictInt = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps in total")
     batch_size: int = Field(256, ge=1, description="global batch size (all ranks, all accumulation steps)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="AdamW's moment decays, each in [0, 1)")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
@@ -68,7 +74,8 @@ class TrainerOptions(BaseModel):
     time_alpha: float = Field(1.0, gt=0.0, description="beta time sampler: Beta(time_alpha, time_beta)")
     time_beta: float = Field(1.0, gt=0.0)
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
-    loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
+    loss_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description="per-field loss weights (>= 0; fields the data has)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
     compile: bool = False
@@ -84,7 +91,7 @@ class TrainerOptions(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     progress: bool = True
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on a CPU, for training, "
+    cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
                                     "sampling and evaluation (null: the cores the DataLoader workers leave free, "
                                     "all of them without workers); 1 is fastest for small models and shared cores")
 
@@ -103,7 +110,7 @@ class EvalOptions(BaseModel):
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of everything random in the run (a 64-bit integer)")
     data: Component
     model: Component
     path: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="condot"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import math
 import os
 import signal
@@ -46,6 +47,9 @@ from fmkit.sources import GaussianSource, Source, StateSource
 from fmkit.state import State, fields, pin, to_channels_last, to_device
 from fmkit.stream import BatchStream, LoaderPairing, resume_index, usable_cores
 from fmkit.time_sampling import sample_time
+
+#: the step of the last evaluation that ran to its end, so a resume can finish one a signal ended
+EVALUATED_FILE = "evaluated.json"
 
 Metric = Callable[[State, Dataset], Mapping[str, float]]
 Writer = Callable[[State, Path, Dataset, int], Sequence[Path]]
@@ -230,6 +234,7 @@ class Trainer:
         self._vote: StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
+        self._evaluating = False  # a stop signal during an evaluation ends it at once (see _signal_handler)
         self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
         self._pending: list[Tensor] = []  # losses of the steps since the last log line
         self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
@@ -241,6 +246,11 @@ class Trainer:
                 f"{o.grad_accum} x {self.dist.world_size}", where="trainer.batch_size",
                 fix="pick a batch size that is a multiple of both")
         self.micro_batch = o.batch_size // o.grad_accum
+        unknown = sorted(set(o.loss_weights) - set(dataset.info.fields))
+        if unknown:  # a misspelt field would otherwise train with every weight at 1, silently
+            raise TrainingError(f"trainer.loss_weights names {unknown}, which the data does not have",
+                                where="trainer.loss_weights",
+                                fix=f"weigh the data's fields: {sorted(dataset.info.fields)}")
         check_model_signature(model)
         self.model = model.to(self.device)
         self.channels_last = use_channels_last(self.model, self.device, o.channels_last)
@@ -364,6 +374,13 @@ class Trainer:
                                  f"(model.to({next(iter(data.values()))}))") from exc
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
+        if self._evaluating:  # sampling can take minutes: a scheduler's SIGTERM is followed by SIGKILL
+            self._evaluating = False
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(signum).name} during the evaluation at step {self.step}; the "
+                "checkpoint of this step is kept and the evaluation was not finished",
+                where=str(self.run_dir) if self.run_dir else None,
+                fix=(self._resume_hint() + " runs the evaluation") if self.run_dir else None)
         if self._stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
         self._stop_signal = signum
@@ -374,7 +391,8 @@ class Trainer:
             yield
             return
         self._stop_signal = None  # a signal that stopped an earlier fit is spent
-        old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP: the terminal of an interactive run closed (it killed the run without a checkpoint)
+        old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield
         finally:
@@ -409,6 +427,17 @@ class Trainer:
                 fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")
         else:
             seed_generators(self.seed + 7919 * self.dist.rank, self.device)  # torch.manual_seed visits every GPU
+        if self.step >= self.opts.steps and self._evaluation_pending():  # stopped during its final evaluation
+            if self.run_dir is not None and self.is_main:
+                self.logger = MetricsLogger(self.run_dir, truncate_after=self.step)
+            try:
+                with self._signals():
+                    self.evaluate()
+            finally:
+                if self.logger is not None:
+                    self.logger.close()
+                    self.logger = None
+            return self
         if self.step >= self.opts.steps:
             raise TrainingError(
                 f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
@@ -718,8 +747,29 @@ class Trainer:
             torch.set_rng_state(rng)
             model.train(was_training)
 
+    def _evaluation_pending(self) -> bool:
+        """Whether this finished run's final evaluation never completed (a stop signal ended it)."""
+        if self.run_dir is None or not (self.metrics or self.writers):
+            return False
+        try:
+            done = json.loads((self.run_dir / EVALUATED_FILE).read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            done = None
+        return done != self.step
+
     def evaluate(self) -> dict[str, float]:
-        """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0)."""
+        """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0).
+        On one process a stop signal ends it at once (:class:`TrainingInterrupted`)."""
+        self._evaluating = self.dist.world_size == 1  # under DDP the other ranks are in its collectives
+        try:
+            results = self._evaluate()
+        finally:
+            self._evaluating = False
+        if self.run_dir is not None and self.is_main:
+            ckpt.write_atomic_text(self.run_dir / EVALUATED_FILE, json.dumps({"step": self.step}) + "\n")
+        return results
+
+    def _evaluate(self) -> dict[str, float]:
         self._evaluated_at = self.step
         samples = self.sample(self.eval_opts.num_samples, distributed=True)
         if not self.is_main:
