@@ -472,10 +472,13 @@ def test_e46_checkpoint_with_a_flipped_byte(tmp_path):
     run = tiny_run()
     for c in ck.complete_checkpoints(run / "checkpoints"):
         _flip_byte(c / "model.safetensors")
-    with pytest.warns(UserWarning, match="skipping checkpoint"):
-        r = cli("sample", "run", "-n", "4")
-    msg = user_error(r, "checkpoint file model.safetensors is corrupt or truncated (checksum mismatch)",
-                     "where: run/checkpoints/step_000000006/model.safetensors", "fix: use an earlier checkpoint")
+    r = cli("sample", "run", "-n", "4")
+    assert "note: skipping checkpoint step_000000006" in squash(r.err)  # a note, not a Python warning
+    r = Result(r.code, r.out, r.err[r.err.index("error: "):])
+    msg = user_error(r, "every checkpoint under run/checkpoints is damaged; the newest, step_000000006: checkpoint "
+                     "file model.safetensors is corrupt or truncated (checksum mismatch)",
+                     "where: run/checkpoints/step_000000006/model.safetensors",
+                     "fix: restore checkpoints/ from a backup, or start a new run")
     record("E46", "checkpoint corrupted (a byte flipped)", "every checkpoint's model.safetensors damaged", msg,
            tmp_path)
 
@@ -502,10 +505,13 @@ def test_e48_truncated_safetensors_with_a_matching_manifest(tmp_path):
     man = json.loads((last / ck.MANIFEST).read_text())
     man["files"]["model.safetensors"] = ck._sha256(f)
     (last / ck.MANIFEST).write_text(json.dumps(man))
-    msg = user_error(cli("sample", "run", "-n", "4"), "checkpoint file model.safetensors is not a valid safetensors file",
-                     "fix: use an earlier checkpoint")
-    record("E48", "truncated safetensors, manifest agrees", "model.safetensors cut, its checksum rewritten", msg,
-           tmp_path)
+    r = cli("sample", "run", "-n", "4")  # the newest that loads: step 3, with a note
+    assert r.code == 0 and "note: skipping checkpoint step_000000006" in squash(r.err), r.text
+    msg = user_error(cli("sample", "run", "-c", "6", "-n", "4"),
+                     "checkpoint file model.safetensors is not a valid safetensors file",
+                     "fix: an older intact checkpoint of the run is used automatically")
+    record("E48", "truncated safetensors, manifest agrees", "model.safetensors cut, its checksum rewritten; "
+           "`--checkpoint 6`", msg, tmp_path)
 
 
 def test_e49_checkpoint_file_missing(tmp_path):
@@ -515,7 +521,7 @@ def test_e49_checkpoint_file_missing(tmp_path):
     with pytest.raises(CheckpointError) as ei:
         ck.load_checkpoint(last)
     msg = squash(ei.value.render())
-    assert "checkpoint file optimizer.safetensors is missing" in msg and "fix: the checkpoint is incomplete" in msg
+    assert "checkpoint file optimizer.safetensors is missing" in msg and "fix: an older intact checkpoint of the run is used automatically" in msg
     record("E49", "checkpoint file missing", "optimizer.safetensors deleted", msg, tmp_path)
 
 
@@ -526,7 +532,7 @@ def test_e50_checkpoint_manifest_corrupt(tmp_path):
     with pytest.raises(CheckpointError) as ei:
         ck.load_checkpoint(last)
     msg = squash(ei.value.render())
-    assert "MANIFEST.json is corrupt" in msg and "fix: use an earlier checkpoint" in msg
+    assert "MANIFEST.json is corrupt" in msg and "fix: an older intact checkpoint of the run is used automatically" in msg
     record("E50", "checkpoint manifest corrupt", "MANIFEST.json not JSON", msg, tmp_path)
 
 
@@ -676,9 +682,11 @@ def test_e64_checkpoint_meta_corrupt(tmp_path):
     man = json.loads((last / ck.MANIFEST).read_text())
     man["files"]["meta.json"] = ck._sha256(last / "meta.json")
     (last / ck.MANIFEST).write_text(json.dumps(man))
-    msg = user_error(cli("sample", "run", "-n", "4"), "checkpoint file meta.json is corrupt (not a JSON object)",
-                     "fix: use an earlier checkpoint")
-    record("E64", "checkpoint meta.json corrupt", "meta.json not a JSON object, checksum agrees", msg, tmp_path)
+    msg = user_error(cli("sample", "run", "-c", "6", "-n", "4"),
+                     "checkpoint file meta.json is corrupt (not a JSON object)",
+                     "fix: an older intact checkpoint of the run is used automatically by `fmkit train --resume`")
+    record("E64", "checkpoint meta.json corrupt", "meta.json not a JSON object, checksum agrees; `--checkpoint 6`",
+           msg, tmp_path)
 
 
 def test_e65_a_bug_in_fmkit_is_reported_as_internal_error(tmp_path, monkeypatch):

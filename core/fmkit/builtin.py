@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fmkit.hookspecs import hookimpl
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # `radius: .inf` is no option value
 
 
 # -- paths ------------------------------------------------------------------------------------
@@ -88,8 +88,28 @@ class EightGaussiansOptions(_Options):
 
 
 class GaussianToyOptions(_Options):
-    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0])
-    cov: list[list[float]] | None = None
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0], min_length=1, description="the mean (its length "
+                              "is the dimension)")
+    cov: list[list[float]] | None = Field(None, description="covariance, d x d symmetric positive definite "
+                                          "(null: the identity)")
+
+    @model_validator(mode="after")
+    def _covariance_fits_the_mean(self) -> GaussianToyOptions:
+        if self.cov is None:
+            return self
+        import numpy as np
+
+        d = len(self.mean)
+        c = np.asarray(self.cov, dtype=np.float64) if all(len(r) == d for r in self.cov) else None
+        if c is None or c.shape != (d, d):
+            raise ValueError(f"cov must be {d} x {d} to match the mean of length {d}, got "
+                             f"{len(self.cov)} rows of lengths {[len(r) for r in self.cov]}")
+        if not np.allclose(c, c.T):
+            raise ValueError("cov must be symmetric")
+        if np.linalg.eigvalsh(c).min() <= 0:
+            raise ValueError(f"cov must be positive definite; its smallest eigenvalue is "
+                             f"{np.linalg.eigvalsh(c).min():.3g}")
+        return self
 
 
 class MoonsOptions(_Options):

@@ -7,7 +7,9 @@ User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* wit
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +27,10 @@ app.add_typer(recipe_app, name="recipe")
 console = Console()
 err_console = Console(stderr=True)
 _STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
+
+#: the most samples one `fmkit sample` makes (they are held in memory to be written): 10^7 2-D points
+#: are 80 MB; more is a typo such as -n 1000000000000
+MAX_SAMPLES = 10_000_000
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
 
@@ -264,14 +270,17 @@ def _pick_checkpoint(run: Path, which: str | None) -> Path:
 
 
 def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = None):
-    from fmkit.checkpoint import check_fingerprint, load_checkpoint
+    from fmkit.checkpoint import check_fingerprint, load_checkpoint, load_resolved
     from fmkit.run import build_components, fingerprint, load_run_recipe
     from fmkit.trainer import load_model_state
 
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
-    ck = _pick_checkpoint(run, which)
-    data = load_checkpoint(ck)
+    if which is None:  # the newest that loads (a damaged one is skipped with a note)
+        ck, data = load_resolved(run)
+    else:
+        ck = _pick_checkpoint(run, which)
+        data = load_checkpoint(ck)
     # the model's output means what the path's prediction and the source say: all three must match
     check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
                       sections=("model", "path", "source"),
@@ -336,7 +345,8 @@ def describe_solver(spec: dict) -> str:
 @app.command()
 def sample(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="number of samples")] = 1000,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples (generated "
+                                   "in chunks of eval.batch_size)")] = 1000,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
@@ -368,7 +378,19 @@ def sample(
         model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev, seed)
+    try:
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev,
+                                   seed)
+        _check_finite(samples)
+    except BaseException as exc:
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty samples/cli-* folder behind
+        if isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+            raise FmkitError(f"ran out of memory while sampling chunks of {rec.eval.batch_size} on {dev}",
+                             where="eval.batch_size",
+                             fix=f"sample in smaller chunks: --set eval.batch_size={max(1, rec.eval.batch_size // 4)}"
+                             ) from None
+        raise
     dt = time.perf_counter() - t0
     save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
@@ -379,6 +401,19 @@ def sample(
         console.print(f"  {f}")
     if failed is not None:  # after the files the other writers made are listed
         raise failed
+
+
+def _check_finite(samples: dict) -> None:
+    """Refuse samples holding NaN/Inf: a diverged model's output is no result to write (exit 0 said it was)."""
+    for k, v in samples.items():
+        if k in ("mask", "cond") or not v.is_floating_point():
+            continue
+        bad = (~v.isfinite()).reshape(v.shape[0], -1).any(1)
+        if bad.any():
+            raise FmkitError(f"{int(bad.sum())} of {v.shape[0]} samples hold NaN/Inf in field {k!r}",
+                             where="the model's velocity / the solver",
+                             fix="the checkpoint's weights or the solver diverged: try another checkpoint "
+                                 "(--checkpoint), more --steps, or check the run's loss curve (fmkit curves RUN)")
 
 
 def _sample_dir(run: Path, out: str | None, overwrite: bool) -> Path:
@@ -579,8 +614,25 @@ def recipe_list() -> None:
         console.print(f"{name}\t{p}\t({plugin})")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Console-script entry point with user-friendly errors."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler) and SIGHUP (a closed terminal) end any command as Ctrl-C does: a message
+        # and exit 130, not a silent -15; `fmkit train` installs its own handlers, which save first
+        old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _run()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run() -> None:
     try:
         _registry_commands()
         rv = app(standalone_mode=False, prog_name="fmkit")  # also under `python -m fmkit`

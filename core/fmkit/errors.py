@@ -7,6 +7,8 @@ traceback (``--debug`` shows one).
 
 from __future__ import annotations
 
+import sys
+
 
 class FmkitError(Exception):
     """Base class: an error caused by input, configuration or environment, not by a bug."""
@@ -70,3 +72,13 @@ class DependencyError(FmkitError):
 
 class OutputError(FmkitError):
     """An output location cannot be written or lies outside the run directory."""
+
+
+def note(what: str, *, where: str | None = None, fix: str | None = None) -> None:
+    """Print a non-fatal note to stderr the way the CLI prints errors: ``note: what`` with its where /
+    fix lines (a damaged checkpoint skipped, records dropped), not a Python warning with a source line."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    text = FmkitError(what, where=where, fix=fix).render()
+    Console(stderr=True, file=sys.stderr).print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from fmkit.errors import FmkitError, RecipeError
 from fmkit.registry import Registry, format_validation_error, get_registry
@@ -49,14 +49,20 @@ class FieldedComponent(Component):
         return {"name": self.name, **(self.model_extra or {})}
 
 
+#: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
+#: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
+MAX_STEPS = 10**9
+
+
 class TrainerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    steps: int = Field(1000, ge=1, description="optimizer steps in total")
+    steps: StrictInt = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps in total")
     batch_size: int = Field(256, ge=1, description="global batch size (all ranks, all accumulation steps)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="AdamW's moment decays, each in [0, 1)")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
@@ -75,7 +81,8 @@ class TrainerOptions(BaseModel):
     init_from_ema: bool = Field(True, description="init_from takes the run's EMA weights (its model weights if false "
                                 "or if it kept no EMA)")
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
-    loss_weights: dict[str, float] = Field(default_factory=dict, description="per-field loss weights")
+    loss_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description="per-field loss weights (>= 0; fields the data has)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
     compile: bool = False
@@ -91,7 +98,7 @@ class TrainerOptions(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     progress: bool = True
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on a CPU, for training, "
+    cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
                                     "sampling and evaluation (null: the cores the DataLoader workers leave free, "
                                     "all of them without workers); 1 is fastest for small models and shared cores")
 
@@ -117,7 +124,7 @@ class EvalOptions(BaseModel):
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of everything random in the run (a 64-bit integer)")
     data: Component
     model: Component
     path: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="condot"))
@@ -168,9 +175,37 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return parse_yaml(text, str(p))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one
+    silently, so a second ``trainer:`` section would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base constructor names it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.problem_mark = key, first, mark
+        self.problem = f"the key {key!r} appears twice in one mapping (first on line {first})"
+
+
 def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        loc = f"{where}, line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+        raise RecipeError(f"recipe is not valid: {exc.problem}", where=loc,
+                          fix=f"keep one {exc.key!r} (YAML would silently keep only the last)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{where}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else where

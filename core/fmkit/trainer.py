@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import math
 import os
 import signal
@@ -39,12 +40,16 @@ from fmkit.guidance import ClassifierFreeGuidance, drop_condition
 from fmkit.logging import MetricsLogger, ProgressBar
 from fmkit.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
 from fmkit.recipe import EvalOptions, TrainerOptions
+from fmkit.runlock import RunLock
 from fmkit.sampling import generate
 from fmkit.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.sources import GaussianSource, Source, StateSource
 from fmkit.state import State, fields, pin, to_channels_last, to_device
 from fmkit.stream import BatchStream, LoaderPairing, resume_index, usable_cores
 from fmkit.time_sampling import sample_time
+
+#: the step of the last evaluation that ran to its end, so a resume can finish one a signal ended
+EVALUATED_FILE = "evaluated.json"
 
 Metric = Callable[[State, Dataset], Mapping[str, float]]
 Writer = Callable[[State, Path, Dataset, int], Sequence[Path]]
@@ -230,6 +235,7 @@ class Trainer:
         self._vote: StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
+        self._evaluating = False  # a stop signal during an evaluation ends it at once (see _signal_handler)
         self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
         self._pending: list[Tensor] = []  # losses of the steps since the last log line
         self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
@@ -241,6 +247,11 @@ class Trainer:
                 f"{o.grad_accum} x {self.dist.world_size}", where="trainer.batch_size",
                 fix="pick a batch size that is a multiple of both")
         self.micro_batch = o.batch_size // o.grad_accum
+        unknown = sorted(set(o.loss_weights) - set(dataset.info.fields))
+        if unknown:  # a misspelt field would otherwise train with every weight at 1, silently
+            raise TrainingError(f"trainer.loss_weights names {unknown}, which the data does not have",
+                                where="trainer.loss_weights",
+                                fix=f"weigh the data's fields: {sorted(dataset.info.fields)}")
         check_model_signature(model)
         self.model = model.to(self.device)
         self.channels_last = use_channels_last(self.model, self.device, o.channels_last)
@@ -302,15 +313,22 @@ class Trainer:
     def _check_writable(self) -> None:
         if self.run_dir is None or not self.is_main:
             return
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".write-test-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputError(f"cannot write to the run directory {self.run_dir}: {exc.strerror or exc}",
-                              where=str(self.run_dir),
-                              fix="pass --out with a directory you can write to") from None
+        # every folder a fit writes into, before the first step: a read-only checkpoints/ found at the
+        # first save would cost everything trained until then
+        # (a folder not made yet is as writable as the run directory it will be made in)
+        folders = [self.run_dir] + [f for f in (self.run_dir / "checkpoints", self.run_dir / "samples") if f.is_dir()]
+        for folder in folders:
+            what = "the run directory" if folder == self.run_dir else f"the run's {folder.name}/ folder"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)  # the run directory itself
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                raise OutputError(f"cannot write to {what} {folder}: {exc.strerror or exc}", where=str(folder),
+                                  fix="pass --out with a directory you can write to" if folder == self.run_dir
+                                  else "make it writable (chmod -R u+w RUN) before training: nothing could be "
+                                       "saved") from None
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
@@ -356,6 +374,13 @@ class Trainer:
                                  f"(model.to({next(iter(data.values()))}))") from exc
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
+        if self._evaluating:  # sampling can take minutes: a scheduler's SIGTERM is followed by SIGKILL
+            self._evaluating = False
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(signum).name} during the evaluation at step {self.step}; the "
+                "checkpoint of this step is kept and the evaluation was not finished",
+                where=str(self.run_dir) if self.run_dir else None,
+                fix=(self._resume_hint() + " runs the evaluation") if self.run_dir else None)
         if self._stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
         self._stop_signal = signum
@@ -366,7 +391,8 @@ class Trainer:
             yield
             return
         self._stop_signal = None  # a signal that stopped an earlier fit is spent
-        old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP: the terminal of an interactive run closed (it killed the run without a checkpoint)
+        old = {s: signal.signal(s, self._signal_handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield
         finally:
@@ -376,8 +402,20 @@ class Trainer:
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
         """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest
         checkpoint, a path resumes from that checkpoint. ``until`` stops early at that step (with a
-        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues."""
+        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues.
+        The run directory is locked for the fit (:class:`fmkit.runlock.RunLock`): a second trainer of
+        the same run is refused, naming the first."""
         self._check_writable()
+        lock = RunLock(self.run_dir) if self.run_dir is not None and self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._fit(resume, until)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool | str | Path, until: int | None) -> Trainer:
         self.stopped_early = None
         self._bad_fields = set()
         if resume:
@@ -397,6 +435,17 @@ class Trainer:
                     self.ema.model.load_state_dict(self.model.state_dict())
                 if self.run_dir is not None and self.is_main:
                     write_lineage(self.run_dir, self.lineage)
+        if self.step >= self.opts.steps and self._evaluation_pending():  # stopped during its final evaluation
+            if self.run_dir is not None and self.is_main:
+                self.logger = MetricsLogger(self.run_dir, truncate_after=self.step)
+            try:
+                with self._signals():
+                    self.evaluate()
+            finally:
+                if self.logger is not None:
+                    self.logger.close()
+                    self.logger = None
+            return self
         if self.step >= self.opts.steps:
             raise TrainingError(
                 f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
@@ -640,7 +689,7 @@ class Trainer:
             if self.run_dir is None:
                 raise CheckpointError("resume needs a run directory or a checkpoint path")
             path = self.run_dir
-        data = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path))
+        _, data = ckpt.load_resolved(path)
         self.load_state(data, where=str(path))
 
     def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
@@ -708,8 +757,29 @@ class Trainer:
             torch.set_rng_state(rng)
             model.train(was_training)
 
+    def _evaluation_pending(self) -> bool:
+        """Whether this finished run's final evaluation never completed (a stop signal ended it)."""
+        if self.run_dir is None or not (self.metrics or self.writers):
+            return False
+        try:
+            done = json.loads((self.run_dir / EVALUATED_FILE).read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            done = None
+        return done != self.step
+
     def evaluate(self) -> dict[str, float]:
-        """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0)."""
+        """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0).
+        On one process a stop signal ends it at once (:class:`TrainingInterrupted`)."""
+        self._evaluating = self.dist.world_size == 1  # under DDP the other ranks are in its collectives
+        try:
+            results = self._evaluate()
+        finally:
+            self._evaluating = False
+        if self.run_dir is not None and self.is_main:
+            ckpt.write_atomic_text(self.run_dir / EVALUATED_FILE, json.dumps({"step": self.step}) + "\n")
+        return results
+
+    def _evaluate(self) -> dict[str, float]:
         self._evaluated_at = self.step
         samples = self.sample(self.eval_opts.num_samples, distributed=True)
         if not self.is_main:

@@ -46,7 +46,7 @@ XYZ_NAMES = ("qm9_hcno.xyz.xz", "qm9_hcno.xyz", "qm9.xyz.xz", "qm9.xyz")
 EDM_TOTAL, EDM_TRAIN = 130_831, 100_000
 SPLIT_SEED = 20_240_917
 #: 2: a count that does not match the atom lines fails the frame; atomic numbers read as elements
-PARSER_VERSION = 2
+PARSER_VERSION = 3  # 3: coordinates beyond 1e4 Å and atoms on one point are refused
 #: how many unreadable records a note names
 SHOWN_FAILURES = 5
 
@@ -363,6 +363,10 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
         total = 133_885 if path.name == QM9_TAR else None
         try:
             packed = pack(iter_records(path), str(path), total=total)
+        except PermissionError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or 'permission denied'}", where=str(path),
+                            fix="give this user read permission on the file (chmod u+r FILE), or copy it somewhere "
+                                "readable") from None
         except (EOFError, lzma.LZMAError, OSError, tarfile.TarError) as exc:  # truncated/corrupt archive
             raise DataError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc})",
                             where=str(path), fix=_unreadable_fix(path)) from None

@@ -105,7 +105,26 @@ def _atoms(rows: Sequence[list[str]], rid: str, first_line: int) -> Record | Fai
         except ValueError as exc:
             return Failure(rid, f"line {first_line + k}: {exc}")
         symbols.append(_symbol(toks[0]))
+    far = np.abs(pos).max(initial=0.0)
+    if far > MAX_COORD:
+        k = int(np.abs(pos).max(axis=1).argmax())
+        return Failure(rid, f"line {first_line + k}: coordinate {far:.3g} Å is beyond {MAX_COORD:g} Å (XYZ "
+                            "coordinates are in Ångström: a unit or format error)")
+    if len(rows) > 1:
+        d = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+        d[np.diag_indices(len(rows))] = np.inf
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        if d[i, j] < MIN_DISTANCE:
+            return Failure(rid, f"lines {first_line + min(i, j)} and {first_line + max(i, j)}: two atoms "
+                                f"{d[i, j]:.3g} Å apart (below {MIN_DISTANCE:g} Å: atoms on one point)")
     return Record(rid, tuple(symbols), pos)
+
+
+#: |coordinate| in Å beyond which a record is refused: the largest QM9 molecule spans ~20 Å, and a
+#: number like 1e30 is a unit or format error that would poison every batch it lands in
+MAX_COORD = 1e4
+#: the closest two atoms may be, in Å (the shortest bond, H-H, is 0.74 Å): closer is atoms on one point
+MIN_DISTANCE = 0.1
 
 
 def parse_frame(lines: Sequence[str], start: int, fallback_id: str) -> tuple[Record | Failure, int]:

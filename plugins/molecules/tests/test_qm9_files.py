@@ -365,3 +365,37 @@ def test_split_parts_are_in_id_order_whatever_the_file_order():
     for split in ("train", "valid", "test", "all"):
         got = [shuffled[i] for i in qm9.split_indices(shuffled, split)]
         assert got == [ids[i] for i in qm9.split_indices(ids, split)]  # so `limit` keeps the same molecules
+
+
+# -- implausible geometry, unreadable files (reliability round two) --------------------------------------
+def test_an_atom_at_1e30_angstrom_is_refused_naming_its_line():
+    """Old code kept the record: one 1e30 coordinate makes every loss of its batches Inf."""
+    lines = ["2", "x", "C 0.0 0.0 0.0", "H 1e30 0.0 0.0"]
+    item, _ = parse_frame(lines, 0, "m")
+    assert isinstance(item, Failure), item
+    assert item.reason.startswith("line 4: coordinate 1e+30 Å is beyond 10000 Å"), item.reason
+
+
+def test_atoms_on_one_point_are_refused():
+    """Old code kept a molecule whose atoms all sit at the origin (zero distances: no bonds, NaN angles)."""
+    lines = ["3", "x", "C 0 0 0", "H 0 0 0", "H 0 0 0"]
+    item, _ = parse_frame(lines, 0, "m")
+    assert isinstance(item, Failure) and "two atoms 0 Å apart" in item.reason, item
+    ok, _ = parse_frame(["2", "x", "H 0 0 0", "H 0.74 0 0"], 0, "h2")  # the shortest real bond is kept
+    assert isinstance(ok, Record)
+
+
+def test_unreadable_xyz_is_a_permission_error_not_corruption(tmp_path, monkeypatch):
+    """Old code: "the file is truncated or corrupt (PermissionError ...)" for a file it may not read.
+    Root reads any file, so the open is denied the way it is for a user without read permission."""
+    f = tmp_path / "mine.xyz"
+    f.write_text("1\nx\nC 0 0 0\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(f))
+
+    monkeypatch.setattr(qm9, "iter_records", denied)
+    with pytest.raises(DataError) as exc:
+        qm9.load(f, use_cache=False)
+    assert exc.value.what == f"cannot read {f}: Permission denied"
+    assert "truncated" not in exc.value.render() and "chmod" in exc.value.fix
