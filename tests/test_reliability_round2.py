@@ -361,3 +361,13 @@ def test_sigterm_during_the_final_evaluation_stops_it_and_resume_finishes_it(tmp
         == {"step": 6}
     r = cli("train", "--resume", "run")  # now it is finished
     assert r.code == 2 and "this run already finished" in squash(r.err), r.text
+
+
+def test_the_new_errors_are_listed_in_docs_errors_md():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    for needle in ("another fmkit process is training this run", "every checkpoint under RUN/checkpoints is damaged",
+                   "cannot read the checkpoint file", "cannot write to the run's checkpoints/ folder",
+                   "during the evaluation at step N", "samples hold NaN/Inf", "ran out of memory while sampling",
+                   "appears twice in one mapping", "which the data does not have", "cov must be positive definite",
+                   "is beyond 10000 Å", "note: skipping checkpoint"):
+        assert needle in doc, needle
