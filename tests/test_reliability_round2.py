@@ -371,3 +371,23 @@ def test_the_new_errors_are_listed_in_docs_errors_md():
                    "appears twice in one mapping", "which the data does not have", "cov must be positive definite",
                    "is beyond 10000 Å", "note: skipping checkpoint"):
         assert needle in doc, needle
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for machines without a GPU")
+def test_a_gpu_sized_recipe_says_so_up_front_on_a_cpu():
+    """Old code: the README's main job started on a CPU with an ETA of ~2,240 hours and no word why."""
+    Path("g.yaml").write_text(TINY.replace("device: cpu", "device: auto")
+                              + "cpu_alternative: recipes/toy_moons.yaml\n")
+    r = cli("train", "g.yaml", "--out", "g")
+    assert r.code == 0, r.text
+    first = squash(r.out).replace("\n", " ")
+    assert "note: no GPU here: this recipe is sized for one" in first and "fmkit train recipes/toy_moons.yaml" in first
+    assert first.index("no GPU here") < first.index("run directory")
+
+
+def test_the_main_job_names_its_cpu_alternative():
+    from fmkit.recipe import read_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    alt = read_yaml(root / "recipes" / "molecules_qm9.yaml")["cpu_alternative"]
+    assert (root / alt).is_file()

@@ -97,6 +97,9 @@ def train(
         trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
         run_dir = _on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
         trainer.run_dir = Path(run_dir)
+    if dist.rank == 0 and rec.cpu_alternative and trainer.device.type == "cpu" and rec.trainer.device == "auto":
+        console.print(f"[yellow]note:[/] no GPU here: this recipe is sized for one and runs very slowly on a CPU; "
+                      f"on a CPU train `fmkit train {rec.cpu_alternative}` instead", highlight=False)
     if dist.rank == 0:
         from fmkit.trainer import Callback
 

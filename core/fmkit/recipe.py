@@ -125,6 +125,9 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
     seed: int = Field(0, ge=0, lt=2**63, description="seed of everything random in the run (a 64-bit integer)")
+    cpu_alternative: str | None = Field(None, description="for a GPU-sized recipe: the recipe to train instead on a "
+                                        "machine without a GPU (a shipped recipe's name or a path); `fmkit train` "
+                                        "says so up front there")
     data: Component
     model: Component
     path: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="condot"))
