@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+from importlib import resources
 import lzma
 import os
 import re
@@ -46,7 +47,7 @@ XYZ_NAMES = ("qm9_hcno.xyz.xz", "qm9_hcno.xyz", "qm9.xyz.xz", "qm9.xyz")
 EDM_TOTAL, EDM_TRAIN = 130_831, 100_000
 SPLIT_SEED = 20_240_917
 #: 2: a count that does not match the atom lines fails the frame; atomic numbers read as elements
-PARSER_VERSION = 3  # 3: coordinates beyond 1e4 Å and atoms on one point are refused
+PARSER_VERSION = 4  # 4: QM9's uncharacterised molecules are dropped  # 3: coordinates beyond 1e4 Å and atoms on one point are refused
 #: how many unreadable records a note names
 SHOWN_FAILURES = 5
 
@@ -66,6 +67,7 @@ class Packed:
     pos: torch.Tensor
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    excluded: int = 0  # molecules QM9's authors list as uncharacterised, dropped (see uncharacterised_ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -221,7 +223,19 @@ def iter_records(path: Path) -> Iterator[Record | Failure]:
     yield from iter_frames(lines, name)
 
 
-def pack(items: Iterable[Record | Failure], source: str, total: int | None = None) -> Packed:
+UNCHARACTERISED_FILE = "qm9_uncharacterized.txt"
+
+
+def uncharacterised_ids() -> frozenset[str]:
+    """The 3,054 QM9 records (``dsgdb9nsd_NNNNNN``) that failed the consistency check of Ramakrishnan
+    et al. 2014 (figshare file 3195404, ``uncharacterized.txt``): their relaxed geometry no longer
+    matches the molecule's SMILES. EDM's protocol drops them; the list ships with the plugin."""
+    text = resources.files("fmkit_molecules").joinpath(UNCHARACTERISED_FILE).read_text()
+    return frozenset(f"dsgdb9nsd_{int(ln):06d}" for ln in text.splitlines() if ln.strip() and ln[0] != "#")
+
+
+def pack(items: Iterable[Record | Failure], source: str, total: int | None = None,
+         exclude: frozenset[str] = frozenset()) -> Packed:
     """Parse-and-pack with a progress bar; failures are counted (see :func:`report_skipped`).
 
     Raises :class:`DataError` for an element outside the vocabulary (H, C, N, O, F).
@@ -231,9 +245,13 @@ def pack(items: Iterable[Record | Failure], source: str, total: int | None = Non
     atoms: list[np.ndarray] = []
     pos: list[np.ndarray] = []
     failures: list[Failure] = []
+    excluded = 0
     with _progress(total, f"parse {source}") as bar:
         for item in items:
             bar.update(1)
+            if item.id in exclude:
+                excluded += 1
+                continue
             if isinstance(item, Failure):
                 failures.append(item)
                 continue
@@ -260,11 +278,17 @@ def pack(items: Iterable[Record | Failure], source: str, total: int | None = Non
         pos=torch.from_numpy(np.concatenate(pos).astype(np.float32)),
         skipped=len(failures),
         failures=[f"{f.id}: {f.reason}" for f in failures[:SHOWN_FAILURES]],
+        excluded=excluded,
     )
 
 
 def report_skipped(packed: Packed, source: str) -> None:
-    """Note the records of ``source`` that could not be read; on every load, from the cache too."""
+    """Note the records of ``source`` that could not be read, and those dropped as uncharacterised;
+    on every load, from the cache too."""
+    if packed.excluded:
+        note(f"dropped {packed.excluded:,} molecules of {source} that QM9's authors list as uncharacterised "
+             f"(they failed the consistency check; EDM drops them too), kept {len(packed):,}", where=source,
+             fix=f"nothing to do: the list is fmkit_molecules/{UNCHARACTERISED_FILE} (figshare file 3195404)")
     if not packed.skipped:
         return
     first = f"the first {len(packed.failures)}: " if packed.skipped > len(packed.failures) else ""
@@ -319,7 +343,8 @@ def _read_cache(cfile: Path) -> Packed | None:
     try:
         d = torch.load(cfile, weights_only=True)
         return Packed(ids=list(d["ids"]), offsets=d["offsets"], atoms=d["atoms"], pos=d["pos"],
-                      skipped=int(d["skipped"]), failures=list(d.get("failures", [])))
+                      skipped=int(d["skipped"]), failures=list(d.get("failures", [])),
+                      excluded=int(d.get("excluded", 0)))
     except Exception as exc:  # a corrupt cache is rebuilt, not trusted
         note(f"ignoring an unreadable cache ({type(exc).__name__}: {exc}); parsing the source again", where=str(cfile),
              fix="nothing to do: it is rewritten (delete it if this repeats)")
@@ -332,7 +357,8 @@ def _write_cache(cfile: Path, packed: Packed, path: Path) -> None:
         cfile.parent.mkdir(parents=True, exist_ok=True)
         tmp = cfile.with_suffix(f".tmp{os.getpid()}")
         torch.save({"ids": packed.ids, "offsets": packed.offsets, "atoms": packed.atoms, "pos": packed.pos,
-                    "skipped": packed.skipped, "failures": packed.failures}, tmp)
+                    "skipped": packed.skipped, "failures": packed.failures,
+                    "excluded": packed.excluded}, tmp)
         os.replace(tmp, cfile)
     except OSError as exc:
         note(f"could not write the parse cache ({exc}); the next run parses the source again", where=str(cfile),
@@ -362,7 +388,9 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
     if packed is None:
         total = 133_885 if path.name == QM9_TAR else None
         try:
-            packed = pack(iter_records(path), str(path), total=total)
+            # QM9's own files: EDM's protocol without the uncharacterised molecules
+            exclude = uncharacterised_ids() if path.name == QM9_TAR or path.name in XYZ_NAMES else frozenset()
+            packed = pack(iter_records(path), str(path), total=total, exclude=exclude)
         except PermissionError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or 'permission denied'}", where=str(path),
                             fix="give this user read permission on the file (chmod u+r FILE), or copy it somewhere "

@@ -399,3 +399,22 @@ def test_unreadable_xyz_is_a_permission_error_not_corruption(tmp_path, monkeypat
         qm9.load(f, use_cache=False)
     assert exc.value.what == f"cannot read {f}: Permission denied"
     assert "truncated" not in exc.value.render() and "chmod" in exc.value.fix
+
+
+def test_uncharacterised_molecules_are_dropped_and_counted(tmp_path, capsys):
+    """Old code kept the 3,054 molecules QM9's authors list as uncharacterised; EDM drops them."""
+    ids = qm9.uncharacterised_ids()
+    assert len(ids) == 3054 and {"dsgdb9nsd_000058", "dsgdb9nsd_133866"} <= ids and "dsgdb9nsd_000001" not in ids
+    files = {}
+    for i in (1, 58, 61, 2):  # 58 and 61 are on the list
+        syms, pos = embed("C")
+        files[f"dsgdb9nsd_{i:06d}.xyz"] = extended_xyz(i, syms, pos)
+    tar = tmp_path / qm9.QM9_TAR
+    make_tar(tar, files)
+    packed = qm9.load(tar, use_cache=False)
+    assert packed.ids == ["dsgdb9nsd_000001", "dsgdb9nsd_000002"] and packed.excluded == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dropped 2 molecules" in err and "uncharacterised" in err and "kept 2" in err
+    own = tmp_path / "mine.xyz"  # a user's own XYZ file keeps every record
+    own.write_text("".join(f"1\ndsgdb9nsd_{i:06d}\nC 0 0 0\n" for i in (1, 58)))
+    assert len(qm9.load(own, use_cache=False)) == 2
