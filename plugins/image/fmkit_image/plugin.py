@@ -36,3 +36,26 @@ def register_models(register):
 def register_recipes(register):
     for p in sorted((_HERE / "recipes").glob("*.yaml")):
         register(p.stem, p)
+
+
+@fmkit.hookimpl
+def register_metrics(register):
+    from fmkit_image.metrics import ClassifierMetric, ClassifierMetricOptions
+
+    register("image_classifier", ClassifierMetric, options=ClassifierMetricOptions,
+             description="accuracy of class-conditional samples + classifier-Fréchet distance (and its real floor)")
+
+
+@fmkit.hookimpl
+def register_writers(register):
+    from fmkit_image.writers import GridOptions, GridWriter
+
+    register("image_grid", GridWriter, options=GridOptions,
+             description="PNG grid of samples (torchvision make_grid), one row per class")
+
+
+@fmkit.hookimpl
+def register_commands(app):
+    from fmkit_image.cli import app as image_app
+
+    app.add_typer(image_app, name="image")
