@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+import fmkit
+from fmkit_image.unet import UNet
+
+SMALL = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8, 14, 16], num_heads=2,
+             dropout=0.0, norm_groups=8)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_shapes_and_conditioning(c, size):
+    torch.manual_seed(0)
+    m = UNet(image_shape=(c, size, size), num_classes=10, **SMALL)
+    for p in m.out.parameters():  # the zero-init head would hide the condition's effect
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(3, c, size, size)
+    t = torch.rand(3)
+    a = m({"x": x}, t, torch.tensor([0, 1, 2]))["x"]
+    b = m({"x": x}, t, torch.tensor([5, 6, 7]))["x"]
+    assert a.shape == x.shape
+    assert not torch.allclose(a, b)  # the label changes the velocity
+
+
+def test_null_class_and_guidance_zero_is_unconditional():
+    torch.manual_seed(0)
+    m = UNet(image_shape=(1, 28, 28), num_classes=10, **SMALL).eval()
+    for p in m.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(4, 1, 28, 28), torch.rand(4)
+    cond = torch.tensor([1, 3, 5, 7])
+    uncond = m({"x": x}, t, torch.full((4,), 10))["x"]
+    assert torch.allclose(m({"x": x}, t, None)["x"], uncond)
+    g0 = fmkit.ClassifierFreeGuidance(m, 0.0, 10)({"x": x}, t, cond)["x"]
+    torch.testing.assert_close(g0, uncond, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(m({"x": x}, t, cond)["x"], uncond)
+
+
+def test_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    m = UNet(image_shape=(1, 28, 28), num_classes=10, **SMALL).eval()
+    x, t, c = torch.randn(2, 1, 28, 28), torch.rand(2), torch.tensor([1, 2])
+    explained = torch._dynamo.explain(m)({"x": x}, t, c)
+    assert explained.graph_break_count == 0
+    cm = torch.compile(m)
+    torch.testing.assert_close(cm({"x": x}, t, c)["x"], m({"x": x}, t, c)["x"], rtol=1e-4, atol=1e-5)
+
+
+def test_reference_size_cifar():
+    m = UNet(image_shape=(3, 32, 32), num_classes=10, channels=128, channel_mult=[1, 2, 2, 2], num_res_blocks=2,
+             attention_resolutions=[16], dropout=0.1)
+    n = sum(p.numel() for p in m.parameters())
+    assert 30e6 < n < 40e6  # TorchCFM's 35.7M; ours has a scale-shift embedding and a class embedding
