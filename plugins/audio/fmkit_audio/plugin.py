@@ -55,3 +55,21 @@ def register_vocoders(register):
 
     register("griffin_lim", GriffinLim, options=GriffinLimOptions,
              description="Griffin-Lim phase reconstruction via torchaudio InverseMelScale + GriffinLim (built in)")
+
+
+@hookimpl
+def register_metrics(register):
+    from fmkit_audio.metrics import AudioDigitsMetric, AudioDigitsOptions
+
+    register("audio_digits", AudioDigitsMetric, options=AudioDigitsOptions,
+             description="classifier accuracy, Fréchet distance, inception score, mel stats (real floors beside)")
+
+
+@hookimpl
+def register_writers(register):
+    from fmkit_audio.writers import MelPngWriter, MelSafetensorsWriter, PngOptions, WavOptions, WavWriter
+
+    register("wav", WavWriter, options=WavOptions, description="WAV files through a selectable vocoder (soundfile)")
+    register("mel_png", MelPngWriter, options=PngOptions, description="PNG of sample log-mel spectrograms")
+    register("mel_safetensors", MelSafetensorsWriter, options=None,
+             description="samples' log-mels, mask and labels as safetensors")
