@@ -1,0 +1,1 @@
+"""fmkit-audio: flow matching on log-mel spectrograms."""

@@ -1,0 +1,30 @@
+"""Trainer callbacks of the audio plugin."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmkit.plugin import Callback
+
+
+class WallClockOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    minutes: float = Field(..., gt=0.0, description="stop training (checkpoint + final evaluation) after this long")
+
+
+class WallClockLimit(Callback):
+    """Ends training once ``minutes`` of wall-clock time have passed since ``fit`` started: a CPU
+    budget ("<= 60 minutes on 2 cores") that holds even when shared cores run slower than the pilot."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes = float(minutes)
+        self.start: float | None = None
+
+    def on_train_start(self, trainer) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, trainer, step: int) -> None:
+        if self.start is not None and time.monotonic() - self.start > 60.0 * self.minutes:
+            trainer.request_stop(f"wall-clock limit of {self.minutes:g} minutes")

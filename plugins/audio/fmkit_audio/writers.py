@@ -1,0 +1,124 @@
+"""Writers: WAV files (soundfile, through a selectable vocoder), a spectrogram PNG, samples as safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmkit.plugin import State
+
+from fmkit_audio.mel import FrontEndOptions
+
+
+def _front_end(dataset) -> FrontEndOptions:
+    return FrontEndOptions(**dataset.info.meta["front_end"])
+
+
+def denormalised(samples: State, dataset) -> list[torch.Tensor]:
+    """Each sample's log-mel ``[M, T_i]`` cut to its real frames, back in log units."""
+    meta = dataset.info.meta
+    out = []
+    for i in range(samples["mel"].shape[0]):
+        n = int(samples["mask"][i].sum())
+        out.append(samples["mel"][i, :, :n].float() * meta["mel_std"] + meta["mel_mean"])
+    return out
+
+
+def _label(samples: State, dataset, i: int) -> str:
+    if "cond" not in samples:
+        return "x"
+    names = dataset.info.meta.get("class_names") or []
+    c = int(samples["cond"][i])
+    return names[c] if c < len(names) else str(c)
+
+
+def _stats_file(dataset, out_dir: Path) -> Path:
+    p = out_dir / "mel_stats.json"
+    meta = dataset.info.meta
+    p.write_text(json.dumps({"mean": meta["mel_mean"], "std": meta["mel_std"], "front_end": meta["front_end"]}))
+    return p
+
+
+class WavOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vocoder: str | dict[str, Any] = Field("griffin_lim", description="a registered vocoder: name or {name, ...}")
+    num: int = Field(10, ge=1, description="how many samples to write")
+
+
+class WavWriter:
+    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples."""
+
+    def __init__(self, vocoder: str | dict[str, Any] = "griffin_lim", num: int = 10) -> None:
+        self.vocoder_spec, self.num = vocoder, num
+        self._vocoder = None
+
+    def __call__(self, samples: State, out_dir: Path, dataset, step: int) -> list[Path]:
+        import soundfile as sf
+
+        from fmkit_audio.vocoders import build_vocoder
+
+        fe = _front_end(dataset)
+        if self._vocoder is None:
+            self._vocoder = build_vocoder(self.vocoder_spec, fe, where="eval.writers.wav.vocoder")
+        paths = [_stats_file(dataset, out_dir)]
+        for i, mel in enumerate(denormalised(samples, dataset)[: self.num]):
+            wav = self._vocoder(mel[None])[0].clamp(-1, 1).cpu().numpy()
+            p = out_dir / f"step{step:07d}_{i:03d}_{_label(samples, dataset, i)}.wav"
+            sf.write(str(p), wav, fe.sample_rate, subtype="PCM_16")
+            paths.append(p)
+        return paths
+
+
+class PngOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num: int = Field(10, ge=1)
+
+
+class MelPngWriter:
+    """One PNG with the first ``num`` log-mel spectrograms, each titled with its label."""
+
+    def __init__(self, num: int = 10) -> None:
+        self.num = num
+
+    def __call__(self, samples: State, out_dir: Path, dataset, step: int) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        mels = denormalised(samples, dataset)[: self.num]
+        cols = min(5, len(mels))
+        rows = -(-len(mels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.2 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for i, mel in enumerate(mels):
+            ax = axes.flat[i]
+            ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
+            ax.set_title(f"{_label(samples, dataset, i)} ({mel.shape[-1]} fr)", fontsize=8)
+        fig.tight_layout()
+        p = out_dir / f"mels_step{step:07d}.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        return [p]
+
+
+class MelSafetensorsWriter:
+    """``mels_step{S}.safetensors``: log-mels (log units, padded), mask, cond; front end + stats in metadata."""
+
+    def __call__(self, samples: State, out_dir: Path, dataset, step: int) -> list[Path]:
+        from safetensors.torch import save_file
+
+        meta = dataset.info.meta
+        t = {"log_mel": (samples["mel"].float() * meta["mel_std"] + meta["mel_mean"]).contiguous(),
+             "mask": samples["mask"].contiguous()}
+        if "cond" in samples:
+            t["cond"] = samples["cond"].contiguous()
+        p = out_dir / f"mels_step{step:07d}.safetensors"
+        save_file(t, str(p), metadata={"front_end": json.dumps(meta["front_end"]), "mel_mean": str(meta["mel_mean"]),
+                                       "mel_std": str(meta["mel_std"])})
+        return [p]
