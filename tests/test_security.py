@@ -97,11 +97,12 @@ def test_pickle_disguised_as_safetensors_in_a_valid_checkpoint_is_refused(tmp_pa
     with pytest.raises(CheckpointError) as ei:
         ck.load_checkpoint(last)
     assert "model.safetensors is not a valid safetensors file" in str(ei.value)
-    r = cli("sample", "run", "-n", "4")
+    r = cli("sample", "run", "-c", str(ck._step_of(last)), "-n", "4")  # that checkpoint, by name
     assert r.code == 2 and "Traceback" not in r.text
     assert "model.safetensors is not a valid safetensors file" in squash(r.err)
-    r = cli("train", "--resume", "run", "--set", "trainer.steps=9")
-    assert r.code == 2 and "not a valid safetensors file" in squash(r.err)
+    r = cli("train", "--resume", "run", "--set", "trainer.steps=9")  # the newest that loads: the older one
+    assert r.code == 0 and f"skipping checkpoint {last.name}" in squash(r.err) and "not a valid safetensors file" \
+        in squash(r.err), r.text
     assert not marker.exists()
 
 
@@ -112,8 +113,10 @@ def test_meta_json_is_data_not_code(tmp_path):
     _plant(last, "meta.json", b"!!python/object/apply:os.system ['touch PWNED']")
     with pytest.raises(CheckpointError, match="meta.json is corrupt"):
         ck.load_checkpoint(last)
-    r = cli("sample", "run", "-n", "4")
+    r = cli("sample", "run", "-c", str(ck._step_of(last)), "-n", "4")
     assert r.code == 2 and "meta.json is corrupt" in r.err and "Traceback" not in r.text
+    r = cli("sample", "run", "-n", "4")  # the newest intact one instead, with a note
+    assert r.code == 0 and f"skipping checkpoint {last.name}" in squash(r.err), r.text
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -204,7 +204,11 @@ class _DuplicateKey(yaml.YAMLError):
 
 def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _UniqueKeyLoader(text)  # a SafeLoader: no tags that build objects
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except _DuplicateKey as exc:
         loc = f"{where}, line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
         raise RecipeError(f"recipe is not valid: {exc.problem}", where=loc,

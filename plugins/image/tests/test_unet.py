@@ -4,6 +4,16 @@ import torch
 import fmkit
 from fmkit_image.unet import UNet
 
+def _wake(m: torch.nn.Module) -> None:
+    """Give the zero-initialised layers (each residual block's last conv, the attention projections,
+    the output head) random weights: at init they make every block an identity, which hides the
+    condition's effect on the output."""
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.05)
+
+
 SMALL = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8, 14, 16], num_heads=2,
              dropout=0.0, norm_groups=8)
 
@@ -13,8 +23,7 @@ SMALL = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resol
 def test_shapes_and_conditioning(c, size):
     torch.manual_seed(0)
     m = UNet(image_shape=(c, size, size), num_classes=10, **SMALL)
-    for p in m.out.parameters():  # the zero-init head would hide the condition's effect
-        torch.nn.init.normal_(p, std=0.1)
+    _wake(m)
     x = torch.randn(3, c, size, size)
     t = torch.rand(3)
     a = m({"x": x}, t, torch.tensor([0, 1, 2]))["x"]
@@ -26,8 +35,7 @@ def test_shapes_and_conditioning(c, size):
 def test_null_class_and_guidance_zero_is_unconditional():
     torch.manual_seed(0)
     m = UNet(image_shape=(1, 28, 28), num_classes=10, **SMALL).eval()
-    for p in m.out.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    _wake(m)
     x, t = torch.randn(4, 1, 28, 28), torch.rand(4)
     cond = torch.tensor([1, 3, 5, 7])
     uncond = m({"x": x}, t, torch.full((4,), 10))["x"]
