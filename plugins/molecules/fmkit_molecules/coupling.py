@@ -22,8 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fmkit.couplings import Coupling, assignment, require_finite
-from fmkit.state import State
+from fmkit.plugin import Coupling, State, assignment, require_finite
 from fmkit_molecules.geometry import kabsch
 
 

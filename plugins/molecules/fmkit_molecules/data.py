@@ -16,9 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmkit.data import DataInfo, Dataset, FieldInfo
-from fmkit.errors import DataError
-from fmkit.state import State
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
 from fmkit_molecules import qm9
 from fmkit_molecules.elements import ELEMENTS
 from fmkit_molecules.rdkit_import import load_chemistry

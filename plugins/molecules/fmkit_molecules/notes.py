@@ -1,5 +1,5 @@
 """Non-fatal data notes, printed the way fmkit's CLI prints its own: a yellow ``note:`` followed by
-the what / where / fix lines of :class:`fmkit.errors.FmkitError` (not a Python warning with a
+the what / where / fix lines of :class:`fmkit.plugin.FmkitError` (not a Python warning with a
 source line). They go to stderr, so they never mix with a command's output."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from fmkit.errors import DataError
+from fmkit.plugin import DataError
 
 _console = Console(stderr=True)
 

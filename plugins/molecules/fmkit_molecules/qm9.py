@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmkit.errors import DataError
+from fmkit.plugin import DataError
 from fmkit_molecules.elements import ELEMENTS, INDEX
 from fmkit_molecules.notes import note
 from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame

@@ -12,8 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fmkit.errors import ContractError
-from fmkit.sources import Source
+from fmkit.plugin import ContractError, Source
 from fmkit_molecules.geometry import remove_mean
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmkit.data import DataInfo, FieldInfo
+from fmkit.plugin import DataInfo, FieldInfo
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.models.e3nn_flow import E3nnFlow
 from fmkit_molecules.models.egnn import EGNN
@@ -122,9 +122,9 @@ def test_x1_prediction_outputs_x_t_plus_the_velocity_head(kind):
 
 def test_recipe_path_prediction_reaches_the_model(xyz_file):
     """``path: {prediction: x1}`` in a recipe builds the model with ``predictions={"pos": "x1"}``."""
-    from fmkit.recipe import validate
-    from fmkit.registry import Registry
-    from fmkit.run import build_components
+    from fmkit.app.recipe import validate
+    from fmkit.app.registry import Registry
+    from fmkit.app.run import build_components
 
     import fmkit_molecules.plugin as plugin
 
@@ -142,7 +142,7 @@ def test_recipe_path_prediction_reaches_the_model(xyz_file):
 
 
 def test_registry_builds_models_from_data_info():
-    from fmkit.registry import Registry
+    from fmkit.app.registry import Registry
 
     import fmkit_molecules.plugin as plugin
 

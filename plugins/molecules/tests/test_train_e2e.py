@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from fmkit.recipe import validate
-from fmkit.registry import Registry
-from fmkit.run import build_trainer
+from fmkit.app.recipe import validate
+from fmkit.app.registry import Registry
+from fmkit.app.run import build_trainer
 
 import fmkit_molecules.plugin as plugin
 
