@@ -16,7 +16,6 @@ their stored source sample under the reserved key ``"x0"``; the ``given`` coupli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fmkit.checkpoint import save_tensors, write_atomic_text
+from fmkit.checkpoint import _sha256, save_tensors, write_atomic_text
 from fmkit.data import DataInfo, Dataset, FieldInfo, Indices
 from fmkit.errors import DataError
 from fmkit.state import COND, MASK, X0, State, fields
@@ -95,14 +94,6 @@ def unpack(tensors: Mapping[str, Tensor]) -> tuple[State, State]:
     if cond:
         x1[COND] = cond  # type: ignore[assignment]
     return x0, x1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shard(folder: Path, k: int, x0: State, x1: State) -> dict[str, Any]:
