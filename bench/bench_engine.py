@@ -1,7 +1,7 @@
 """Training throughput of the fmkit engine against a bare PyTorch loop and two peer libraries.
 
-Every engine trains the same velocity model (``fmkit.models.MLP``) on the same problem (8 gaussians
--> two moons, ``fmkit.toy``), same batch size, AdamW, one process, on the CPU or (``--device cuda``)
+Every engine trains the same velocity model (``fmkit.MLP``) on the same problem (8 gaussians
+-> two moons, ``fmkit.app.builtin.toy``), same batch size, AdamW, one process, on the CPU or (``--device cuda``)
 one GPU; they run in interleaved rounds, the order rotated every round (bare, fmkit, torchcfm,
 flow_matching; fmkit, torchcfm, flow_matching, bare; ...) so that machine load and cache state hit
 all of them alike. Per round
@@ -27,7 +27,7 @@ NaN/Inf check and logs every 50 steps (in memory; ``run_dir=None``), as a librar
 Optimizer implementation: fmkit's Trainer uses torch's fused AdamW kernel (CPU and CUDA); the bare
 loop uses the same kernel, so bare vs fmkit measures the engine's overhead alone. The peers' loops
 use torch's default AdamW, as their examples do (``--peer-fused`` gives them the fused kernel too).
-Exact OT: bare and fmkit pair by ``fmkit.couplings.assignment`` on the float64 squared-distance
+Exact OT: bare and fmkit pair by ``fmkit.flow.couplings.assignment`` on the float64 squared-distance
 matrix (scipy's assignment below 256 rows, POT ``emd`` from 256); TorchCFM solves the plan with
 POT ``emd`` and samples pairs from it with replacement (its own method; it is what a TorchCFM
 user gets).
@@ -57,9 +57,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import Batches, median, table, timed2, write_results  # noqa: E402
-from fmkit.couplings import assignment  # noqa: E402
-from fmkit.models import MLP  # noqa: E402
-from fmkit.toy import ToyDataset, ToySource, eight_gaussians  # noqa: E402
+from fmkit import MLP  # noqa: E402
+from fmkit.app.builtin.toy import ToyDataset, ToySource, eight_gaussians  # noqa: E402
+from fmkit.flow.couplings import assignment  # noqa: E402
 
 SEED = 0
 

@@ -5,7 +5,7 @@ Per seed, all through fmkit's library:
 
   1-RF     ``fmkit.Trainer`` from the 8-gaussian source to moons with the independent coupling
            (rectified flow's first flow), MLP, AdamW, cosine lr; a run directory in a temp folder
-  reflow   ``fmkit.reflow.write_pairs``: N pairs (x0 ~ 8 gaussians, x1 = Euler-100 solve of 1-RF)
+  reflow   ``fmkit.app.reflow.write_pairs``: N pairs (x0 ~ 8 gaussians, x1 = Euler-100 solve of 1-RF)
            into a pairs folder (safetensors shards + manifest)
   2-RF     ``Trainer`` on ``PairsDataset`` with the ``given`` coupling (x0 from the pairs, not the
            source), uniform t, ``init_from`` the 1-RF run (as in the paper)
@@ -14,7 +14,7 @@ Per seed, all through fmkit's library:
 
 Sampling: Euler with 1, 2, 4 and 100 steps (NFE = steps) from the same 8-gaussian draws for every
 model; columns "sway c" use the sway-sampling grid of coefficient c (F5-TTS; -1 puts the steps near
-the source, +1 near the data) instead of the uniform one at 2 and 4 NFE. W2 by ``fmkit.metrics.wasserstein2`` (exact assignment) against a held-out moons
+the source, +1 near the data) instead of the uniform one at 2 and 4 NFE. W2 by ``fmkit.app.builtin.metrics.wasserstein2`` (exact assignment) against a held-out moons
 sample; the floor is W2 between two independent moons samples of the same size.
 
 Bar (issue 17): 2-RF + distillation at 1 NFE within 1.5x of 1-RF's 100-NFE W2 (mean over seeds),
@@ -38,15 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import table, write_results  # noqa: E402
-from fmkit.metrics import wasserstein2  # noqa: E402
-from fmkit.models import MLP  # noqa: E402
-from fmkit.pairs import PairsDataset  # noqa: E402
-from fmkit.paths import StatePath  # noqa: E402
-from fmkit.reflow import write_pairs  # noqa: E402
-from fmkit.sampling import generate  # noqa: E402
-from fmkit.solvers import sway_grid  # noqa: E402
-from fmkit.sources import StateSource  # noqa: E402
-from fmkit.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
+from fmkit import MLP  # noqa: E402
+from fmkit.app.builtin.metrics import wasserstein2  # noqa: E402
+from fmkit.app.builtin.pairs import PairsDataset  # noqa: E402
+from fmkit.app.builtin.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
+from fmkit.app.reflow import write_pairs  # noqa: E402
+from fmkit.flow.paths import StatePath  # noqa: E402
+from fmkit.flow.sampling import generate  # noqa: E402
+from fmkit.flow.solvers import sway_grid  # noqa: E402
+from fmkit.flow.sources import StateSource  # noqa: E402
 
 NFES = (1, 2, 4, 100)
 

@@ -48,8 +48,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import synthetic_molecules, table, write_results  # noqa: E402
-from fmkit.state import fields  # noqa: E402
-from fmkit.trainer import TrainingInterrupted  # noqa: E402
+from fmkit.engine.trainer import TrainingInterrupted  # noqa: E402
+from fmkit.flow.state import fields  # noqa: E402
 
 
 def now(device: torch.device) -> float:
@@ -62,8 +62,8 @@ def now(device: torch.device) -> float:
 # workloads: (model, dataset, trainer keyword arguments)
 # ------------------------------------------------------------------------------------------------
 def mlp_workload(a: argparse.Namespace):
-    from fmkit.models import MLP
-    from fmkit.toy import ToyDataset, ToySource
+    from fmkit import MLP
+    from fmkit.app.builtin.toy import ToyDataset, ToySource
 
     ds = ToyDataset("moons", n=200_000 if not a.dry_run else 4096, seed=0)
     hidden = 8 if a.dry_run else a.mlp_hidden

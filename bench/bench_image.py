@@ -13,9 +13,8 @@ import json
 import statistics
 import time
 
-import torch
-
 import fmkit
+import torch
 from fmkit_image.data import ImageDataset
 from fmkit_image.unet import UNet
 

@@ -30,9 +30,9 @@ from scipy.optimize import linear_sum_assignment
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import table, write_results  # noqa: E402
-from fmkit.couplings import pairwise_cost  # noqa: E402
-from fmkit.models import MLP  # noqa: E402
-from fmkit.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
+from fmkit import MLP  # noqa: E402
+from fmkit.app.builtin.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
+from fmkit.flow.couplings import pairwise_cost  # noqa: E402
 
 
 def clock(device: torch.device):

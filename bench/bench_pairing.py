@@ -89,7 +89,7 @@ def throughput(a: argparse.Namespace) -> list[dict]:
     from fmkit_molecules.source import ComFreeGaussian
 
     ds = from_records(synthetic_molecules(a.molecules), atom_encoding="categorical")
-    from fmkit.stream import usable_cores
+    from fmkit.engine.stream import usable_cores
 
     workers = a.workers or usable_cores()
     variants = {"step": ("step", 0), "loader, main process": ("loader", 0), f"loader, {workers} workers": ("loader", workers)}

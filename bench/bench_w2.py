@@ -1,6 +1,6 @@
 """Sample quality: fmkit OT-CFM vs TorchCFM OT-CFM on 8 gaussians -> two moons, exact W2.
 
-Both train the same MLP (``fmkit.models.MLP``, same init per seed) on the same data (100k moons
+Both train the same MLP (``fmkit.MLP``, same init per seed) on the same data (100k moons
 points, fresh permutation per epoch) from the same source (8 gaussians, radius 5, std 0.5), with
 equal steps, batch, AdamW lr and schedule (cosine to 0 by default, computed by fmkit's
 ``lr_factor`` for both), gradient clipping (norm 1) and no EMA. They differ only
@@ -13,7 +13,7 @@ in what each library does for a training pair:
             value of TorchCFM's own 2-D examples) is shown as well
 
 Sampling is identical for all: the same 8-gaussian draws integrated by Euler with 100 steps
-(NFE 100, fmkit's FixedStepSolver), W2 by ``fmkit.metrics.wasserstein2`` (exact assignment)
+(NFE 100, fmkit's FixedStepSolver), W2 by ``fmkit.app.builtin.metrics.wasserstein2`` (exact assignment)
 against the same held-out moons sample. The floor is W2 between two independent moons samples
 of the same size (what a perfect model would score).
 
@@ -33,13 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import Batches, table, write_results  # noqa: E402
-from fmkit.metrics import wasserstein2  # noqa: E402
-from fmkit.models import MLP  # noqa: E402
-from fmkit.paths import StatePath  # noqa: E402
-from fmkit.sampling import generate  # noqa: E402
-from fmkit.sources import StateSource  # noqa: E402
-from fmkit.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
-from fmkit.trainer import lr_factor  # noqa: E402
+from fmkit import MLP  # noqa: E402
+from fmkit.app.builtin.metrics import wasserstein2  # noqa: E402
+from fmkit.app.builtin.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
+from fmkit.engine.trainer import lr_factor  # noqa: E402
+from fmkit.flow.paths import StatePath  # noqa: E402
+from fmkit.flow.sampling import generate  # noqa: E402
+from fmkit.flow.sources import StateSource  # noqa: E402
 
 
 def make_model(a: argparse.Namespace, seed: int) -> MLP:

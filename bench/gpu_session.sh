@@ -73,7 +73,7 @@ case "$PHASE" in
     fi
     if [ -f runs/qm9/checkpoints/latest ]; then args=(--resume runs/qm9); fi
     # SIGINT saves a checkpoint of the step reached and exits 130: a planned stop, not a failure
-    rc=0; timeout -s INT "$(left "$secs")" python3 -m fmkit.cli train "${args[@]}" 2>&1 | tee -a "$LOG" || rc=$?
+    rc=0; timeout -s INT "$(left "$secs")" python3 -m fmkit train "${args[@]}" 2>&1 | tee -a "$LOG" || rc=$?
     cp runs/qm9/metrics.csv runs/qm9/curves.png "$OUT/" 2>/dev/null || true
     du -sh runs/qm9/checkpoints 2>/dev/null | tee -a "$LOG" || true
     [ "$rc" = 0 ] || [ "$rc" = 130 ] || [ "$rc" = 124 ] || exit "$rc"
@@ -84,9 +84,9 @@ case "$PHASE" in
     n=1000; steps=(50 100); ns=100; ss=100  # the tables; the SDF + PNG sample
     if [ $DRY = 1 ]; then n=16; steps=(5 10); ns=8; ss=5; fi
     for s in "${steps[@]}"; do
-      python3 -m fmkit.cli evaluate runs/qm9 -n "$n" --steps "$s" 2>&1 | tee "$OUT/evaluate_${s}nfe.txt"
+      python3 -m fmkit evaluate runs/qm9 -n "$n" --steps "$s" 2>&1 | tee "$OUT/evaluate_${s}nfe.txt"
     done
-    python3 -m fmkit.cli sample runs/qm9 -n "$ns" --steps "$ss" --out gpu_samples --overwrite 2>&1 | tee -a "$LOG"
+    python3 -m fmkit sample runs/qm9 -n "$ns" --steps "$ss" --out gpu_samples --overwrite 2>&1 | tee -a "$LOG"
     for f in runs/qm9/samples/gpu_samples/*.sdf runs/qm9/samples/gpu_samples/*.png; do
       [ -f "$f" ] && cp "$f" "$OUT/"
     done

@@ -15,14 +15,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import fmkit
-from fmkit.checkpoint import load_checkpoint
-from fmkit.run import build_components, load_run_recipe
-from fmkit.sampling import model_velocity
-from fmkit.solvers import AdaptiveSolver, FixedStepSolver
-from fmkit.trainer import load_model_state, sample_in_chunks
+import torch
+from fmkit.app.run import build_components, load_run_recipe
+from fmkit.engine.checkpoint import load_checkpoint
+from fmkit.engine.trainer import load_model_state, sample_in_chunks
+from fmkit.flow.sampling import model_velocity
+from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver
 
 
 def main() -> None:

@@ -73,9 +73,8 @@ def test_bench_gpu_runs_the_most_wanted_variants_first_and_keeps_to_its_budget(t
 def test_bench_engine_fast_engine_runs_and_is_compared(tmp_path: Path) -> None:
     """fmkit_fast (bf16 autocast + torch.compile; the GPU comparison's engine) runs here on the CPU and
     gets its own paired-ratio column."""
-    import torch
-
     import bench_engine
+    import torch
 
     threads = torch.get_num_threads()
     try:
@@ -93,10 +92,9 @@ def test_bench_gpu_compile_variants_time_no_recompile(tmp_path: Path) -> None:
     variants must warm up until that stops, or seconds of compiling land inside the timed steps (seen
     here before the settle loop: the compiled tiny EGNN timed at 4 steps/s against 200 eager)."""
     pytest.importorskip("fmkit_molecules")
+    import bench_gpu
     import torch
     import torch._dynamo
-
-    import bench_gpu
 
     threads = torch.get_num_threads()
     torch._dynamo.reset()
@@ -118,7 +116,7 @@ def test_bench_gpu_stops_when_interrupted_and_keeps_what_it_measured(tmp_path: P
     (it used to record an error and start the next variant, so a killed run kept running) and write
     the variants measured so far, marked partial."""
     import bench_gpu
-    from fmkit.trainer import TrainingInterrupted
+    from fmkit.engine.trainer import TrainingInterrupted
 
     calls = []
 

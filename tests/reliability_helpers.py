@@ -1,8 +1,8 @@
 """Helpers shared by the reliability and security tests (test_errors, test_crash_safety, test_security).
 
-``cli(...)`` runs the real console entry point ``fmkit.cli.run`` in-process (argv patched, stdout and
+``cli(...)`` runs the real console entry point ``fmkit.app.cli.run`` in-process (argv patched, stdout and
 stderr captured, ``SystemExit`` caught), which is what a user's shell sees minus process start-up;
-``fmkit_subprocess(...)`` runs ``python -m fmkit.cli`` for the cases that need a real process.
+``fmkit_subprocess(...)`` runs ``python -m fmkit`` for the cases that need a real process.
 ``fake_registry`` is a fresh registry (built-in plugin + :class:`FakePlugin`, no entry points), so
 messages that list component names do not depend on which plugins are installed.
 """
@@ -18,12 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import fmkit.cli
+import fmkit.app.cli
 import torch
 from fmkit import hookimpl
-from fmkit.data import TensorDataset
+from fmkit.app.builtin.mlp import MLP
 from fmkit.errors import DataError
-from fmkit.models.mlp import MLP
+from fmkit.flow.data import TensorDataset
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -56,13 +56,13 @@ def cli(*args: object) -> Result:
     """Run ``fmkit ARGS`` in-process through the console-script entry point."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    fmkit.cli._STATE["debug"] = False
+    fmkit.app.cli._STATE["debug"] = False
     argv = sys.argv
     sys.argv = ["fmkit", *(str(a) for a in args)]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                fmkit.cli.run()
+                fmkit.app.cli.run()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
@@ -78,10 +78,10 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def fmkit_subprocess(*args: object, cwd: Path, timeout: float = 120, script: bool = False) -> Result:
-    """Run ``python -m fmkit.cli ARGS`` (core only: FMKIT_PLUGINS=none, one thread); ``script`` runs
+    """Run ``python -m fmkit ARGS`` (core only: FMKIT_PLUGINS=none, one thread); ``script`` runs
     the installed ``fmkit`` console script instead, when there is one beside the interpreter."""
     exe = Path(sys.executable).with_name("fmkit")
-    cmd = [str(exe)] if script and exe.is_file() else [sys.executable, "-m", "fmkit.cli"]
+    cmd = [str(exe)] if script and exe.is_file() else [sys.executable, "-m", "fmkit"]
     r = subprocess.run([*cmd, *(str(a) for a in args)], cwd=cwd, env=subprocess_env(),
                        capture_output=True, text=True, timeout=timeout, check=False)
     return Result(r.returncode, r.stdout, r.stderr)
@@ -210,7 +210,7 @@ class FakePlugin:
 
 
 def fresh_registry():
-    from fmkit.registry import Registry
+    from fmkit.app.registry import Registry
 
     reg = Registry.fresh(entry_points=False)
     reg.add_plugin(FakePlugin(), name="fake")

@@ -8,17 +8,36 @@ where a name lives inside the core. The library API for users of the core is ``f
 
 from __future__ import annotations
 
-from fmkit.couplings import Coupling, assignment, require_finite
-from fmkit.data import DataInfo, Dataset, FieldInfo, Indices
-from fmkit.errors import (CheckpointError, ContractError, DataError, DependencyError, FmkitError, ModelError,
-                          NonFiniteDataError, OutputError, RecipeError, RegistryError, TrainingError)
-from fmkit.hookspecs import hookimpl, hookspec
-from fmkit.paths import PathSample, ProbPath, Scheduler, expand_t
-from fmkit.solvers import Solution, Solver
-from fmkit.sources import Source
-from fmkit.state import (COND, MASK, State, apply_mask, broadcast_mask, count_dims, is_categorical,
-                         masked_mean_per_example)
-from fmkit.trainer import Callback, Metric, Writer
+from fmkit.app.hookspecs import hookimpl, hookspec
+from fmkit.engine.trainer import Callback, Metric, Writer
+from fmkit.errors import (
+                          CheckpointError,
+                          ContractError,
+                          DataError,
+                          DependencyError,
+                          FmkitError,
+                          ModelError,
+                          NonFiniteDataError,
+                          OutputError,
+                          RecipeError,
+                          RegistryError,
+                          TrainingError,
+)
+from fmkit.flow.couplings import Coupling, assignment, require_finite
+from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices
+from fmkit.flow.paths import PathSample, ProbPath, Scheduler, expand_t
+from fmkit.flow.solvers import Solution, Solver
+from fmkit.flow.sources import Source
+from fmkit.flow.state import (
+                          COND,
+                          MASK,
+                          State,
+                          apply_mask,
+                          broadcast_mask,
+                          count_dims,
+                          is_categorical,
+                          masked_mean_per_example,
+)
 
 __all__ = [
     "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",

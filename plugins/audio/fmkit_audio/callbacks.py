@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from fmkit.plugin import Callback
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class WallClockOptions(BaseModel):

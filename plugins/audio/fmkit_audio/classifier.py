@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from fmkit.plugin import DataError, State
+from torch import Tensor, nn
 
 from fmkit_audio.mel import settings_key
 

@@ -28,10 +28,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-
-from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
 
 from fmkit_audio.mel import FrontEndOptions, MelFrontEnd, MelStats, settings_key
 

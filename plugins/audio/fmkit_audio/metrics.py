@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fmkit.plugin import State
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import linalg
 from torch import Tensor
-
-from fmkit.plugin import State
 
 
 class AudioDigitsOptions(BaseModel):

@@ -18,10 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from fmkit.plugin import DataInfo, ModelError, State
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-
-from fmkit.plugin import DataInfo, ModelError, State
 
 
 class MelUNetOptions(BaseModel):

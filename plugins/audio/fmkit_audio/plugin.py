@@ -16,7 +16,14 @@ _HERE = Path(__file__).parent
 
 @hookimpl
 def register_datasets(register):
-    from fmkit_audio.data import FolderOptions, FSDDOptions, SpeechCommandsOptions, build_folder, build_fsdd, build_speechcommands
+    from fmkit_audio.data import (
+        FolderOptions,
+        FSDDOptions,
+        SpeechCommandsOptions,
+        build_folder,
+        build_fsdd,
+        build_speechcommands,
+    )
 
     register("fsdd", build_fsdd, options=FSDDOptions,
              description="Free Spoken Digit Dataset as log-mels (8 kHz; official split 0-4 test, 5-49 train)")

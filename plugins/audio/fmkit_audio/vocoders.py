@@ -24,12 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fmkit
 import torch
+from fmkit.plugin import RecipeError, RegistryError, hookspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
-
-import fmkit
-from fmkit.plugin import RecipeError, RegistryError, hookspec
 
 from fmkit_audio.mel import FrontEndOptions
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
 from fmkit.plugin import State
+from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_audio.mel import FrontEndOptions
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fmkit.plugin import DataError
 from scipy import linalg
 from torch import Tensor, nn
-
-from fmkit.plugin import DataError
 
 
 class SmallCNN(nn.Module):

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fmkit.plugin import DataError, DataInfo, Dataset, DependencyError, FieldInfo, Indices, State
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-
-from fmkit.plugin import DataError, DataInfo, Dataset, DependencyError, FieldInfo, Indices, State
 
 MNIST_FILES = {  # torchvision's raw name -> accepted source names (the shared copy's rebuilt training images)
     "train-images-idx3-ubyte": ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte",

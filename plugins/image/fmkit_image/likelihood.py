@@ -13,10 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import fmkit
 import torch
 from torch import Tensor
-
-import fmkit
 
 OFFSET_PER_DIM = math.log(128.0)
 """nats per dimension added by the dequantisation (u -> x in [-1, 1] has Jacobian 2/256 per dim)."""

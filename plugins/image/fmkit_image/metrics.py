@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
 from fmkit.plugin import DataError
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ClassifierMetricOptions(BaseModel):

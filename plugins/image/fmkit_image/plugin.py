@@ -11,8 +11,14 @@ _HERE = Path(__file__).parent
 
 @fmkit.hookimpl
 def register_datasets(register):
-    from fmkit_image.data import (ImageFolderOptions, TorchvisionOptions, build_cifar10, build_fashion_mnist,
-                                  build_image_folder, build_mnist)
+    from fmkit_image.data import (
+        ImageFolderOptions,
+        TorchvisionOptions,
+        build_cifar10,
+        build_fashion_mnist,
+        build_image_folder,
+        build_mnist,
+    )
 
     register("mnist", build_mnist, options=TorchvisionOptions,
              description="MNIST 1x28x28 digits from $FMKIT_DATA_DIR/mnist (or torchvision's download)")

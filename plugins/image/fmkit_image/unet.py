@@ -14,10 +14,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from fmkit.plugin import DataInfo, ModelError
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-
-from fmkit.plugin import DataInfo, ModelError
 
 
 class UNetOptions(BaseModel):

@@ -6,12 +6,10 @@ from __future__ import annotations
 import gzip
 import struct
 
+import fmkit
 import numpy as np
-import torch
 from conftest import real_mnist
 from typer.testing import CliRunner
-
-import fmkit
 
 
 def _write_idx(folder, n_train=300, n_test=100):
@@ -46,7 +44,7 @@ def test_mnist_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output
 
-    from fmkit.run import build_trainer
+    from fmkit.app.run import build_trainer
 
     over = [f"data.root={root}", "data.limit=300", "data.test_limit=100", "trainer.steps=6", "trainer.batch_size=32",
             "trainer.progress=false", "model.channels=16", "model.attention_resolutions=[]", "eval.num_samples=20",
@@ -61,7 +59,7 @@ def test_mnist_end_to_end(tmp_path, monkeypatch):
     assert list((tmp_path / "run" / "samples").glob("*.png"))
     assert list((tmp_path / "run" / "samples").glob("*.safetensors"))
 
-    from fmkit.sampling import model_velocity
+    from fmkit.flow.sampling import model_velocity
     from fmkit_image.likelihood import bits_per_dim
 
     imgs, _ = tr.dataset.split("test")

@@ -1,8 +1,7 @@
 import math
 
-import torch
-
 import fmkit
+import torch
 from fmkit_image.likelihood import bits_per_dim
 
 

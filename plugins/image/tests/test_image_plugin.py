@@ -5,14 +5,12 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
+import fmkit
+import fmkit_image.plugin as plugin
 import pytest
 import torch
-
-import fmkit
+from fmkit.app.registry import Registry
 from fmkit.plugin import DataError
-from fmkit.registry import Registry
-
-import fmkit_image.plugin as plugin
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
@@ -42,7 +40,7 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_validate(reg, name):
-    from fmkit.recipe import read_yaml, validate
+    from fmkit.app.recipe import read_yaml, validate
 
     path = reg.recipes()[name][0]
     assert validate(read_yaml(path), reg, where=str(path)).model.name == "unet"

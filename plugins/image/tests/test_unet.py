@@ -1,8 +1,8 @@
+import fmkit
 import pytest
 import torch
-
-import fmkit
 from fmkit_image.unet import UNet
+
 
 def _wake(m: torch.nn.Module) -> None:
     """Give the zero-initialised layers (each residual block's last conv, the attention projections,

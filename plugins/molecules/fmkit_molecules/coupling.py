@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fmkit.plugin import Coupling, assignment, require_finite
+from fmkit.plugin import State
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fmkit.couplings import Coupling, assignment, require_finite
-from fmkit.state import State
 from fmkit_molecules.geometry import kabsch
 
 

@@ -14,11 +14,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from fmkit.plugin import DataError
+from fmkit.plugin import DataInfo, Dataset, FieldInfo
+from fmkit.plugin import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmkit.data import DataInfo, Dataset, FieldInfo
-from fmkit.errors import DataError
-from fmkit.state import State
 from fmkit_molecules import qm9
 from fmkit_molecules.elements import ELEMENTS
 from fmkit_molecules.rdkit_import import load_chemistry

@@ -4,10 +4,9 @@ source line). They go to stderr, so they never mix with a command's output."""
 
 from __future__ import annotations
 
+from fmkit.plugin import DataError
 from rich.console import Console
 from rich.markup import escape
-
-from fmkit.errors import DataError
 
 _console = Console(stderr=True)
 

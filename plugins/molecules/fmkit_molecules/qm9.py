@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-from importlib import resources
 import lzma
 import os
 import re
@@ -24,12 +23,13 @@ import tarfile
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+from fmkit.plugin import DataError
 
-from fmkit.errors import DataError
 from fmkit_molecules.elements import ELEMENTS, INDEX
 from fmkit_molecules.notes import note
 from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from fmkit.errors import DependencyError
+from fmkit.plugin import DependencyError
 
 
 def load_chemistry(what: str = "molecule metrics and files") -> ModuleType:

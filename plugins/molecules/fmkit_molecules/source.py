@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import torch
+from fmkit.plugin import ContractError
+from fmkit.plugin import Source
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from fmkit.errors import ContractError
-from fmkit.sources import Source
 from fmkit_molecules.geometry import remove_mean
 
 

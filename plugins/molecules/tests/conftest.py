@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fmkit_molecules.xyz import format_xyz
 from molecules_testlib import SMILES, embed
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from fmkit_molecules.elements import INDEX
 from fmkit_molecules.xyz import Record
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fmkit_molecules import qm9
 from fmkit_molecules.metrics import MoleculeMetrics
 from fmkit_molecules.xyz import format_xyz

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fmkit_molecules.coupling import EquivariantOTCoupling, align_pairs
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.source import ComFreeGaussian
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from molecules_testlib import as_batch
 
 
@@ -135,7 +133,7 @@ def test_per_atom_fields_are_permuted_with_positions():
 @given(n=st.integers(1, 12), seed=st.integers(0, 10_000), ties=st.booleans())
 def test_radial_matching_by_sorting_is_the_optimal_assignment(n, seed, ties):
     """The sort-based start of the alignment reaches the Hungarian optimum of sum (ra - rb)^2."""
-    from fmkit.couplings import assignment
+    from fmkit.flow.couplings import assignment
     from fmkit_molecules.coupling import radial_matching
 
     g = torch.Generator().manual_seed(seed)

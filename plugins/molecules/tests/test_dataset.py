@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from fmkit_molecules.data import MoleculeDataset, build_xyz
 from fmkit_molecules.qm9 import Packed
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fmkit_molecules import chemistry
 from fmkit_molecules.elements import INDEX
 from fmkit_molecules.metrics import MoleculeMetrics, evaluate_molecules
-
 from molecules_testlib import as_batch, embed
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fmkit.data import DataInfo, FieldInfo
+from fmkit.flow.data import DataInfo, FieldInfo
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.models.e3nn_flow import E3nnFlow
 from fmkit_molecules.models.egnn import EGNN
@@ -122,11 +121,10 @@ def test_x1_prediction_outputs_x_t_plus_the_velocity_head(kind):
 
 def test_recipe_path_prediction_reaches_the_model(xyz_file):
     """``path: {prediction: x1}`` in a recipe builds the model with ``predictions={"pos": "x1"}``."""
-    from fmkit.recipe import validate
-    from fmkit.registry import Registry
-    from fmkit.run import build_components
-
     import fmkit_molecules.plugin as plugin
+    from fmkit.app.recipe import validate
+    from fmkit.app.registry import Registry
+    from fmkit.app.run import build_components
 
     reg = Registry.fresh(entry_points=False, plugins=[plugin])
     for prediction in ("velocity", "x1"):
@@ -142,9 +140,8 @@ def test_recipe_path_prediction_reaches_the_model(xyz_file):
 
 
 def test_registry_builds_models_from_data_info():
-    from fmkit.registry import Registry
-
     import fmkit_molecules.plugin as plugin
+    from fmkit.app.registry import Registry
 
     reg = Registry.fresh(entry_points=False, plugins=[plugin])
     info = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None,), num_classes=5)}, has_mask=True,

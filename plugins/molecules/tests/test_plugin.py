@@ -5,11 +5,9 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-import pytest
-
-from fmkit.registry import Registry
-
 import fmkit_molecules.plugin as plugin
+import pytest
+from fmkit.app.registry import Registry
 
 REPO = Path(__file__).resolve().parents[3]
 EXPECTED = {
@@ -44,7 +42,7 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 
 @pytest.mark.parametrize("name", ["molecules_qm9", "molecules_qm9_smoke"])
 def test_recipes_validate(reg, name):
-    from fmkit.recipe import read_yaml, validate
+    from fmkit.app.recipe import read_yaml, validate
 
     path = reg.recipes()[name][0]
     recipe = validate(read_yaml(path), reg, where=str(path))

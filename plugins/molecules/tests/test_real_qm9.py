@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fmkit_molecules import qm9
 from fmkit_molecules.data import build_qm9
 from fmkit_molecules.metrics import MoleculeMetrics

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from fmkit_molecules.source import ComFreeGaussian
 
 

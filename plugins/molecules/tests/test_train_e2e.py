@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
-from fmkit.recipe import validate
-from fmkit.registry import Registry
-from fmkit.run import build_trainer
-
 import fmkit_molecules.plugin as plugin
+import pytest
+from fmkit.app.recipe import validate
+from fmkit.app.registry import Registry
+from fmkit.app.run import build_trainer
 
 
 @pytest.mark.parametrize("model,encoding", [

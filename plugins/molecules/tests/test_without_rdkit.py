@@ -13,9 +13,9 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     sys.modules["rdkit"] = None  # any `import rdkit...` now raises ImportError
     from fmkit.errors import DependencyError
-    from fmkit.recipe import validate
-    from fmkit.registry import Registry
-    from fmkit.run import build_trainer
+    from fmkit.app.recipe import validate
+    from fmkit.app.registry import Registry
+    from fmkit.app.run import build_trainer
     import fmkit_molecules.plugin as plugin
 
     xyz, run = sys.argv[1], sys.argv[2]

@@ -4,12 +4,10 @@ the PNG is a real image."""
 from __future__ import annotations
 
 import numpy as np
-from rdkit import Chem
-
 from fmkit_molecules.writers import MoleculeGridWriter, SDFWriter, XYZWriter
 from fmkit_molecules.xyz import Record, iter_frames
-
 from molecules_testlib import as_batch
+from rdkit import Chem
 
 
 def samples(small_mols):

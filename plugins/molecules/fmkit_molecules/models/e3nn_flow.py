@@ -21,8 +21,15 @@ from e3nn.nn import FullyConnectedNet, Gate
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from fmkit_molecules.models.common import (AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs,
-                                           predicts_x1)
+from fmkit_molecules.models.common import (
+    AtomEmbedding,
+    TimeEmbedding,
+    atom_spec,
+    edge_mask,
+    node_mask,
+    outputs,
+    predicts_x1,
+)
 
 
 class E3nnFlowOptions(BaseModel):

@@ -15,8 +15,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from fmkit_molecules.models.common import (AtomEmbedding, TimeEmbedding, atom_spec, edge_mask, node_mask, outputs,
-                                           predicts_x1)
+from fmkit_molecules.models.common import (
+    AtomEmbedding,
+    TimeEmbedding,
+    atom_spec,
+    edge_mask,
+    node_mask,
+    outputs,
+    predicts_x1,
+)
 
 
 class EGNNOptions(BaseModel):

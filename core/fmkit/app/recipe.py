@@ -1,0 +1,292 @@
+"""YAML recipes validated by pydantic.
+
+A recipe names every component by its registry key with its options inline::
+
+    data:    {name: moons, n: 100000}
+    model:   {name: mlp, hidden: 256}
+    path:    {name: condot, fields: {atoms: {name: discrete}}}   # per-field overrides
+    source:  {name: eight_gaussians}
+    coupling: {name: exact_ot}
+    solver:  {name: euler, steps: 100}
+    trainer: {steps: 3000, batch_size: 256, lr: 1e-3}
+    eval:    {every: 1000, num_samples: 2000, metrics: [{name: w2}], writers: [{name: scatter}]}
+
+Validation happens in two passes, both before training: the recipe's own structure, then each
+component's options against the options model its plugin registered. Errors name the key path.
+Recipes can only name registered components, never import paths.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fmkit.app.registry import Registry, format_validation_error, get_registry
+from fmkit.engine.options import MAX_STEPS, EvalOptions, TrainerOptions  # noqa: F401 - the sections a recipe composes
+from fmkit.errors import FmkitError, RecipeError
+
+
+class Component(BaseModel):
+    """``{name: <registry key>, ...options}``; options are checked against the registry later."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **(self.model_extra or {})}
+
+
+class FieldedComponent(Component):
+    """A component with per-field overrides: ``{name: ..., fields: {pos: {name: ...}}}``."""
+
+    fields: dict[str, Component] = Field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **(self.model_extra or {})}
+
+
+class EvalSection(EvalOptions):
+    """The recipe's ``eval:`` section: the engine's :class:`EvalOptions` plus the metrics and writers to build."""
+
+    metrics: list[Component] = Field(default_factory=list)
+    writers: list[Component] = Field(default_factory=list)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of everything random in the run (a 64-bit integer)")
+    cpu_alternative: str | None = Field(None, description="for a GPU-sized recipe: the recipe to train instead on a "
+                                        "machine without a GPU (a shipped recipe's name or a path); `fmkit train` "
+                                        "says so up front there")
+    data: Component
+    model: Component
+    path: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="condot"))
+    source: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="gaussian"))
+    coupling: Component = Field(default_factory=lambda: Component(name="independent"))
+    solver: Component = Field(default_factory=lambda: Component(name="euler", steps=100))
+    trainer: TrainerOptions = Field(default_factory=TrainerOptions)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    callbacks: list[Component] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able data; unlike pydantic's JSON mode this keeps inf/nan (YAML has .inf/.nan)."""
+        out = _plain(self.model_dump(mode="python"))
+        for section in ("path", "source"):  # per-field overrides after the section's own options
+            out[section]["fields"] = out[section].pop("fields")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a recipe file into a mapping, with line/column on syntax errors."""
+    p = Path(path)
+    try:
+        p.stat()
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # name too long, not a directory, permission, ...
+            raise RecipeError(f"cannot read recipe {str(p)!r}: {exc.strerror or exc}", fix="check the path") from None
+    if not p.exists():
+        raise RecipeError(f"recipe file {str(p)!r} does not exist", where=str(p.resolve().parent),
+                          fix="check the path; shipped recipes live in recipes/ (see `fmkit recipe list`)")
+    if not p.is_file():
+        raise RecipeError(f"recipe path {str(p)!r} is not a file", fix="pass a .yaml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {str(p)!r}: {exc}", fix="pass a readable UTF-8 YAML file") from None
+    return parse_yaml(text, str(p))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one
+    silently, so a second ``trainer:`` section would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # e.g. `!!set 0`: the base constructor explains it
+            return super().construct_mapping(node, deep=deep)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base constructor names it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.problem_mark = key, first, mark
+        self.problem = f"the key {key!r} appears twice in one mapping (first on line {first})"
+
+
+def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
+    try:
+        loader = _UniqueKeyLoader(text)  # a SafeLoader: no tags that build objects
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _DuplicateKey as exc:
+        loc = f"{where}, line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+        raise RecipeError(f"recipe is not valid: {exc.problem}", where=loc,
+                          fix=f"keep one {exc.key!r} (YAML would silently keep only the last)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{where}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else where
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"recipe is not valid YAML: {problem}", where=loc,
+                          fix="fix the YAML syntax at that position (indentation, colons, quotes)") from None
+    except RecursionError:
+        raise RecipeError("recipe nests lists/mappings too deeply to read", where=where,
+                          fix="a recipe needs only a few levels of nesting; check for unbalanced brackets") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}", where=where,
+                          fix="start the file with keys such as `data:`, `model:`, `trainer:`")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a recipe mapping, in place."""
+    for ov in overrides:
+        if not isinstance(ov, str) or "=" not in ov:
+            raise RecipeError(f"override {ov!r} is not of the form key.path=value", where="--set",
+                              fix="write e.g. --set trainer.steps=200")
+        key, _, raw = ov.partition("=")
+        parts = key.strip().split(".")
+        if not key.strip() or any(not p for p in parts):
+            raise RecipeError(f"override {ov!r} has an empty key", where="--set", fix="write e.g. --set trainer.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError):
+            value = raw
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            here = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                node = _list_item(node, p, here)
+                continue
+            if not isinstance(node, dict):
+                raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:i]) or 'the recipe'} is not a mapping",
+                                  where="--set", fix=f"set {'.'.join(parts[:i])} itself, not a key below it")
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _list_index(node, last, key)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a mapping", where="--set",
+                              fix=f"set {'.'.join(parts[:-1])} itself, e.g. --set {'.'.join(parts[:-1])}=<value>")
+    return data
+
+
+def _list_index(node: list, p: str, where: str) -> int:
+    if not p.lstrip("-").isdecimal() or not -len(node) <= int(p) < len(node):
+        raise RecipeError(f"{where!r}: {p!r} is not an index of a list of {len(node)}", where="--set",
+                          fix=f"use an index from 0 to {len(node) - 1}" if node else "the list is empty: set the "
+                          "whole list, e.g. --set eval.metrics='[{name: w2}]'")
+    return int(p)
+
+
+def _list_item(node: list, p: str, where: str) -> Any:
+    return node[_list_index(node, p, where)]
+
+
+def validate(data: Mapping[str, Any], registry: Registry | None = None, where: str = "<recipe>") -> Recipe:
+    """Structure, then every component's options against its registry entry."""
+    try:
+        recipe = Recipe.model_validate(dict(data))
+    except ValidationError as exc:
+        raise RecipeError(f"recipe {where} does not validate:\n" + format_validation_error(exc, "", Recipe).replace(
+            "  - .", "  - "), where=where, fix="see docs/recipes.md for every section and option") from None
+    check_components(recipe, registry or get_registry())
+    return recipe
+
+
+def check_components(recipe: Recipe, registry: Registry) -> None:
+    """Validate each component's name and options, collecting all problems into one error; then
+    store each component's full options (every default filled in) in ``recipe``, so the resolved
+    recipe (``recipe show``, a run's recipe.yaml) says exactly what was built."""
+    problems: list[str] = []
+    resolved: list[tuple[Component, dict[str, Any]]] = []
+
+    def check(kind: str, comp: Component, where: str) -> None:
+        try:
+            resolved.append((comp, registry.resolve(kind, comp.spec(), where=where)))
+        except FmkitError as exc:
+            problems.append(exc.render())
+
+    for kind, comp, where in components(recipe):
+        check(kind, comp, where)
+    if problems:
+        raise RecipeError("recipe has invalid components:\n" + "\n".join(problems))
+    for comp, spec in resolved:
+        comp.__pydantic_extra__ = {k: v for k, v in spec.items() if k != "name"}
+
+
+def components(recipe: Recipe) -> list[tuple[str, Component, str]]:
+    """Every component of ``recipe`` as (kind, component, key path), per-field overrides included."""
+    out: list[tuple[str, Component, str]] = [("datasets", recipe.data, "data"), ("models", recipe.model, "model")]
+    for section, kind in (("path", "paths"), ("source", "sources")):
+        comp: FieldedComponent = getattr(recipe, section)
+        out.append((kind, comp, section))
+        out += [(kind, sub, f"{section}.fields.{f}") for f, sub in comp.fields.items()]
+    out += [("couplings", recipe.coupling, "coupling"), ("solvers", recipe.solver, "solver")]
+    out += [("metrics", m, f"eval.metrics.{i}") for i, m in enumerate(recipe.eval.metrics)]
+    out += [("writers", w, f"eval.writers.{i}") for i, w in enumerate(recipe.eval.writers)]
+    out += [("callbacks", c, f"callbacks.{i}") for i, c in enumerate(recipe.callbacks)]
+    return out
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
+    """Read, override and fully validate a recipe file, or a recipe a plugin ships (by its name, when
+    no such file exists)."""
+    path = find_recipe(path, registry or get_registry())
+    data = read_yaml(path)
+    apply_overrides(data, overrides)
+    return validate(data, registry, where=str(path))
+
+
+def find_recipe(path: str | Path, registry: Registry) -> Path:
+    """``path`` itself when it exists (or looks like a file path), else the recipe a plugin registered
+    under that name (``register_recipes``); a name that is neither gets the closest shipped one."""
+    p = Path(path)
+    if p.exists() or p.suffix or len(p.parts) != 1:
+        return p
+    shipped = registry.recipes()
+    if str(path) in shipped:
+        return shipped[str(path)][0]
+    import difflib
+
+    close = difflib.get_close_matches(str(path), sorted(shipped), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    names = ", ".join(sorted(shipped)) or "(none installed)"
+    raise RecipeError(f"recipe {str(path)!r} is neither a file nor a recipe shipped by a plugin", where=str(Path.cwd()),
+                      fix=f"{hint}pass a recipe file (shipped ones live in recipes/), or one of the plugins' recipes: "
+                          f"{names} (`fmkit recipe list`)")

@@ -1,0 +1,54 @@
+"""Starting a run from another run's weights (``trainer.init_from``), and the record of where a
+run's weights came from (its lineage).
+
+k-rectified flow starts the (k+1)-th flow from the k-th one's weights and distillation starts the
+student from its teacher (Liu et al. 2022, "Flow Straight and Fast"); any fine-tuning does the same.
+The weights must fit the new model tensor by tensor: a mismatch is refused, naming the tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fmkit.engine import checkpoint as ckpt
+from fmkit.errors import CheckpointError
+
+LINEAGE_FILE = "lineage.json"
+
+
+def init_from_run(model: nn.Module, source: str | Path, use_ema: bool = True) -> dict[str, Any]:
+    """Load the weights of ``source`` (a run directory, its checkpoints/ folder or one checkpoint)
+    into ``model``: the EMA weights when ``use_ema`` and the run kept them, else the raw ones.
+
+    Returns the lineage record: where the weights came from (run, checkpoint, its step, which
+    weights), the source run's fingerprint and that run's own lineage, so a chain of reflows and
+    distillations can be traced back to the first run."""
+    where = f"trainer.init_from ({source})"
+    try:
+        ck = ckpt.resolve_checkpoint(Path(source))
+    except CheckpointError as exc:
+        raise CheckpointError(f"trainer.init_from: {exc.what}", where=where,
+                              fix="point trainer.init_from at a run directory written by `fmkit train` (or one of "
+                                  "its checkpoints/step_* folders)") from None
+    data = ckpt.load_checkpoint(ck)
+    which = "ema" if use_ema and "ema" in data.tensors else "model"
+    from fmkit.engine.trainer import load_model_state  # the trainer imports this module lazily: no cycle at import
+
+    run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+    load_model_state(model, data.tensors[which], f"trainer.init_from: {ck}",
+                     fix=f"trainer.init_from needs a model of the same architecture as the run's: copy its `model:` "
+                         f"section (and the data it was built for) from {run / 'recipe.yaml'}, or drop init_from")
+    return {"init_from": str(Path(source).resolve()), "checkpoint": str(ck.resolve()),
+            "step": int(data.meta.get("step", -1)), "weights": which,
+            "fingerprint": data.meta.get("fingerprint") or {}, "parent_lineage": data.meta.get("lineage")}
+
+
+def write_lineage(run_dir: Path, record: dict[str, Any]) -> Path:
+    """``run_dir/lineage.json``, written atomically."""
+    path = Path(run_dir) / LINEAGE_FILE
+    ckpt.write_atomic_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,81 @@
+"""The engine's options: how the Trainer trains (:class:`TrainerOptions`) and evaluates
+(:class:`EvalOptions`). A recipe's ``trainer:`` and ``eval:`` sections are these models (the recipe adds
+the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer` directly."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+#: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
+#: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
+MAX_STEPS = 10**9
+
+
+class TrainerOptions(BaseModel):
+    """Optimisation, precision, device, data loading, checkpointing and logging of one training run."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    steps: StrictInt = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps in total")
+    batch_size: int = Field(256, ge=1, description="global batch size (all ranks, all accumulation steps)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="AdamW's moment decays, each in [0, 1)")
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables")
+    ema_decay: float | None = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights; null disables")
+    time_sampler: Literal["uniform", "logit_normal", "beta", "grid"] = "uniform"
+    time_mean: float = 0.0
+    time_std: float = Field(1.0, gt=0.0)
+    time_alpha: float = Field(1.0, gt=0.0, description="beta time sampler: Beta(time_alpha, time_beta)")
+    time_beta: float = Field(1.0, gt=0.0)
+    time_grid: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        None, min_length=1, description="grid time sampler: t drawn uniformly from these times (distillation: [0.0] "
+        "for a one-step student)")
+    init_from: str | None = Field(None, description="start from another run's weights (a run directory or one of "
+                                  "its checkpoints): reflow from the teacher, fine-tuning; recorded as the lineage")
+    init_from_ema: bool = Field(True, description="init_from takes the run's EMA weights (its model weights if false "
+                                "or if it kept no EMA)")
+    cond_dropout: float = Field(0.0, ge=0.0, le=1.0, description="classifier-free guidance training")
+    loss_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description="per-field loss weights (>= 0; fields the data has)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast on any device (on a CPU, slow: for checks)")
+    compile: bool = False
+    channels_last: bool | None = Field(None, description="the model's 4-D weights and the batches' 4-D (image) "
+                                       "fields in channels-last memory order, for NHWC convolution kernels; null = "
+                                       "on for a CUDA model with 2-D convolutions, off otherwise")
+    num_workers: int = Field(0, ge=0)
+    pairing: Literal["auto", "step", "loader"] = Field(
+        "auto", description="where source noise is drawn and paired with the data: step = on the device inside "
+        "the step; loader = on the CPU in the data pipeline (DataLoader workers, ahead of the step); auto = loader "
+        "for couplings that declare host=True (CPU-bound, e.g. equivariant OT), else step")
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    progress: bool = True
+    cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
+                                    "sampling and evaluation (null: the cores the DataLoader workers leave free, "
+                                    "all of them without workers); 1 is fastest for small models and shared cores")
+
+    @model_validator(mode="after")
+    def _grid_needs_times(self) -> TrainerOptions:
+        if self.time_sampler == "grid" and not self.time_grid:
+            raise ValueError("time_sampler grid needs time_grid, e.g. time_grid: [0.0] (one-step distillation)")
+        return self
+
+
+class EvalOptions(BaseModel):
+    """How often and how many samples to draw for evaluation, and with which weights / guidance."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
+    num_samples: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
+    use_ema: bool = True
+    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data)")
