@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import synthetic_molecules, table, write_results  # noqa: E402
-from fmkit.engine.trainer import TrainingInterrupted  # noqa: E402
+from fmkit.engine.stopping import TrainingInterrupted  # noqa: E402
 from fmkit.flow.state import fields  # noqa: E402
 
 

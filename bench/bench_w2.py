@@ -36,7 +36,7 @@ from _common import Batches, table, write_results  # noqa: E402
 from fmkit import MLP  # noqa: E402
 from fmkit.app.builtin.metrics import wasserstein2  # noqa: E402
 from fmkit.app.builtin.toy import ToyDataset, ToySource, eight_gaussians, moons  # noqa: E402
-from fmkit.engine.trainer import lr_factor  # noqa: E402
+from fmkit.engine.optim import lr_factor  # noqa: E402
 from fmkit.flow.paths import StatePath  # noqa: E402
 from fmkit.flow.sampling import generate  # noqa: E402
 from fmkit.flow.sources import StateSource  # noqa: E402

@@ -19,7 +19,8 @@ import fmkit
 import torch
 from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
-from fmkit.engine.trainer import load_model_state, sample_in_chunks
+from fmkit.engine.evaluation import sample_in_chunks
+from fmkit.engine.snapshot import load_model_state
 from fmkit.flow.sampling import model_velocity
 from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver
 

@@ -116,7 +116,7 @@ def test_bench_gpu_stops_when_interrupted_and_keeps_what_it_measured(tmp_path: P
     (it used to record an error and start the next variant, so a killed run kept running) and write
     the variants measured so far, marked partial."""
     import bench_gpu
-    from fmkit.engine.trainer import TrainingInterrupted
+    from fmkit.engine.stopping import TrainingInterrupted
 
     calls = []
 

@@ -37,7 +37,10 @@ _WHERE = {
     "generate": "fmkit.flow.sampling",
     "TensorModel": "fmkit.flow.adapter",
     "FmkitError": "fmkit.errors",
-    **dict.fromkeys(["Callback", "Trainer"], "fmkit.engine.trainer"),
+    "Trainer": "fmkit.engine.trainer",
+    "Callback": "fmkit.engine.callbacks",
+    "cfm_loss": "fmkit.engine.objective",
+    "FixHints": "fmkit.engine.hints",
     **dict.fromkeys(["EvalOptions", "TrainerOptions"], "fmkit.engine.options"),
     **dict.fromkeys(["Recipe", "load_recipe"], "fmkit.app.recipe"),
     **dict.fromkeys(["Registry", "get_registry"], "fmkit.app.registry"),
@@ -74,7 +77,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.app.recipe import Recipe, load_recipe
     from fmkit.app.registry import Registry, get_registry
     from fmkit.engine.options import EvalOptions, TrainerOptions
-    from fmkit.engine.trainer import Callback, Trainer
+    from fmkit.engine.callbacks import Callback
+    from fmkit.engine.hints import FixHints
+    from fmkit.engine.objective import cfm_loss
+    from fmkit.engine.trainer import Trainer
     from fmkit.errors import FmkitError
     from fmkit.flow.adapter import TensorModel
     from fmkit.flow.couplings import Coupling, ExactOTCoupling, GivenCoupling, IndependentCoupling, SinkhornCoupling

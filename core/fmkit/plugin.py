@@ -9,7 +9,7 @@ where a name lives inside the core. The library API for users of the core is ``f
 from __future__ import annotations
 
 from fmkit.app.hookspecs import hookimpl, hookspec
-from fmkit.engine.trainer import Callback, Metric, Writer
+from fmkit.engine.callbacks import Callback, Metric, Writer
 from fmkit.errors import (
                           CheckpointError,
                           ContractError,

@@ -132,12 +132,12 @@ def test_python_dash_m_fmkit_is_the_fmkit_command(tmp_path):
 
 
 def test_bad_estimator_is_refused_before_sampling(tiny_run, monkeypatch):
-    from fmkit.engine import trainer
+    from fmkit.engine import evaluation
 
     def no_sampling(*a, **k):
         raise AssertionError("sampled before checking --estimator")
 
-    monkeypatch.setattr(trainer, "sample_in_chunks", no_sampling)
+    monkeypatch.setattr(evaluation, "sample_in_chunks", no_sampling)
     r = cli("evaluate", "run", "--likelihood", "--estimator", "bogus")
     assert r.code == 2 and "Traceback" not in r.text, r.text
     msg = squash(r.err)

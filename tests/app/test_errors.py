@@ -383,12 +383,13 @@ def test_e39_output_directory_already_holds_a_run(tmp_path):
 def test_e40_interrupted_run_says_how_to_resume(tmp_path):
     from fmkit.app.recipe import load_recipe
     from fmkit.app.run import build_trainer
-    from fmkit.engine.trainer import Callback, TrainingInterrupted
+    from fmkit.engine.callbacks import Callback
+    from fmkit.engine.stopping import TrainingInterrupted
 
     class Interrupt(Callback):  # what SIGINT's handler does, at step 4 (test_crash_safety sends real signals)
         def on_step_end(self, trainer, step):
             if step == 4:
-                trainer._stop_signal = 2
+                trainer.signals.received = 2
 
     write("tiny.yaml", TINY)
     t = build_trainer(load_recipe("tiny.yaml", ["trainer.steps=50", "trainer.checkpoint_every=10"]), Path("run"))

@@ -9,7 +9,7 @@ import fmkit
 import pytest
 import torch
 from fmkit.engine.metrics_log import read_metrics
-from fmkit.engine.trainer import use_channels_last
+from fmkit.engine.setup import use_channels_last
 from torch import nn
 
 

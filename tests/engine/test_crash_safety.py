@@ -335,13 +335,13 @@ def test_a_stop_at_a_checkpoint_step_writes_that_checkpoint_once(tmp_path, monke
     nothing more. Old code wrote the signal's checkpoint of step 4 a second time; request_stop was
     right already, and is checked because both branches now share one `saved` flag."""
     from fmkit import Callback
-    from fmkit.engine.trainer import TrainingInterrupted
+    from fmkit.engine.stopping import TrainingInterrupted
 
     class StopAt4(Callback):
         def on_step_end(self, trainer, step):
             if step == 4:
                 if how == "signal":
-                    trainer._stop_signal = signal.SIGINT  # what the SIGINT handler sets
+                    trainer.signals.received = signal.SIGINT  # what the SIGINT handler sets
                 else:
                     trainer.request_stop("test")
 

@@ -61,8 +61,8 @@ def test_progress_bar_shows_the_loss_from_the_first_step_on_a_cpu(tmp_path, monk
     steps: list[float] = []
     orig = tr._gradients
 
-    def record():
-        out = orig()
+    def record(window):
+        out = orig(window)
         steps.append(float(out[0]))
         return out
 

@@ -280,16 +280,16 @@ def test_sample_count_is_bounded():
 
 def test_all_nan_samples_fail_and_leave_no_empty_folder(monkeypatch):
     """Old code wrote the NaN samples and exited 0; a failed sample left an empty samples/cli-* folder."""
-    import fmkit.engine.trainer
+    import fmkit.engine.evaluation
 
     run = tiny_run()
-    real = fmkit.engine.trainer.sample_in_chunks
+    real = fmkit.engine.evaluation.sample_in_chunks
 
     def nan_samples(*args, **kwargs):
         out = real(*args, **kwargs)
         return {k: v * float("nan") if v.is_floating_point() else v for k, v in out.items()}
 
-    monkeypatch.setattr(fmkit.engine.trainer, "sample_in_chunks", nan_samples)
+    monkeypatch.setattr(fmkit.engine.evaluation, "sample_in_chunks", nan_samples)
     r = cli("sample", run, "-n", 8)
     assert r.code == 2, r.text
     assert "8 of 8 samples hold NaN/Inf in field 'x'" in squash(r.err), r.text
@@ -306,7 +306,7 @@ def _wait_for(path: Path, timeout: float = 120) -> None:
 def test_sigterm_during_sample_says_interrupted(tmp_path):
     """Old code: exit -15 (killed by the signal) with no message."""
     run = tiny_run()
-    code = ("import sys, pathlib, fmkit.engine.trainer as t, fmkit.app.cli as c\n"
+    code = ("import sys, pathlib, fmkit.engine.evaluation as t, fmkit.app.cli as c\n"
             "real = t.sample_in_chunks\n"
             "def slow(*a, **k):\n"
             "    pathlib.Path('sampling').touch()\n"

@@ -68,7 +68,7 @@ def register_writers(register):
 
 @hookspec
 def register_callbacks(register):
-    """Trainer callbacks (see :class:`fmkit.Callback`, in :mod:`fmkit.engine.trainer`)."""
+    """Trainer callbacks (see :class:`fmkit.Callback`, in :mod:`fmkit.engine.callbacks`)."""
 
 
 @hookspec

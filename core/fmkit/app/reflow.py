@@ -24,7 +24,7 @@ from torch import nn
 
 from fmkit.app.builtin import pairs as P
 from fmkit.engine.distributed import fold_seed, seed_generators
-from fmkit.engine.trainer import TrainingInterrupted
+from fmkit.engine.stopping import TrainingInterrupted
 from fmkit.errors import OutputError
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import StatePath
@@ -239,7 +239,8 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
     unless ``use_ema`` is false; its solver unless ``solver`` is given; its device and CPU threads."""
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
     from fmkit.engine.checkpoint import check_fingerprint, load_checkpoint, resolve_checkpoint
-    from fmkit.engine.trainer import load_model_state, pick_device, set_cpu_threads
+    from fmkit.engine.setup import pick_device, set_cpu_threads
+    from fmkit.engine.snapshot import load_model_state
     from fmkit.flow.guidance import ClassifierFreeGuidance
 
     run = Path(run)

@@ -12,6 +12,7 @@ from torch import nn
 
 from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.app.registry import Registry, get_registry
+from fmkit.engine.hints import FixHints
 from fmkit.engine.trainer import Trainer
 from fmkit.errors import FmkitError, OutputError, RecipeError
 from fmkit.flow.couplings import Coupling
@@ -136,7 +137,7 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                    callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe),
-                   from_recipe=True)
+                   hints=FixHints.cli())
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -36,7 +36,7 @@ def init_from_run(model: nn.Module, source: str | Path, use_ema: bool = True) ->
                                   "its checkpoints/step_* folders)") from None
     data = ckpt.load_checkpoint(ck)
     which = "ema" if use_ema and "ema" in data.tensors else "model"
-    from fmkit.engine.trainer import load_model_state  # the trainer imports this module lazily: no cycle at import
+    from fmkit.engine.snapshot import load_model_state
 
     run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
     load_model_state(model, data.tensors[which], f"trainer.init_from: {ck}",

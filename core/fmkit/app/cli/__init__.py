@@ -67,8 +67,8 @@ def train(
 
     do_resume = resume is not None
     if resume is not None:
+        from fmkit.engine.callbacks import Callback
         from fmkit.engine.checkpoint import LATEST
-        from fmkit.engine.trainer import Callback
 
         rec = load_run_recipe(resume, set_ or [])
         dist = init_from_env(device=rec.trainer.device)  # gloo for a CPU recipe, also on a GPU host
@@ -101,7 +101,7 @@ def train(
         console.print(f"[yellow]note:[/] no GPU here: this recipe is sized for one and runs very slowly on a CPU; "
                       f"on a CPU train `fmkit train {rec.cpu_alternative}` instead", highlight=False)
     if dist.rank == 0:
-        from fmkit.engine.trainer import Callback
+        from fmkit.engine.callbacks import Callback
 
         class _Announce(Callback):  # once training really starts: not before a refused resume, say
             def on_train_start(self, trainer) -> None:
@@ -143,7 +143,7 @@ def _launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume:
     else:
         raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
     t = rec.trainer
-    from fmkit.engine.trainer import pick_device
+    from fmkit.engine.setup import pick_device
 
     pick_device(t.device)  # a device this machine lacks: said once here, not by every process
     if t.batch_size % (t.grad_accum * n):
@@ -275,7 +275,7 @@ def _pick_checkpoint(run: Path, which: str | None) -> Path:
 def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = None):
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
     from fmkit.engine.checkpoint import check_fingerprint, load_checkpoint, load_resolved
-    from fmkit.engine.trainer import load_model_state
+    from fmkit.engine.snapshot import load_model_state
 
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
@@ -296,7 +296,7 @@ def _load_for_inference(run: Path, set_: list[str] | None, which: str | None = N
 
 def _device(rec) -> "torch.device":  # noqa: F821
     """The recipe's device; on a CPU also its ``trainer.cpu_threads`` (sampling runs the same network)."""
-    from fmkit.engine.trainer import pick_device, set_cpu_threads
+    from fmkit.engine.setup import pick_device, set_cpu_threads
 
     dev = pick_device(rec.trainer.device)
     if dev.type == "cpu":
@@ -367,7 +367,7 @@ def sample(
     import torch
 
     from fmkit.engine.checkpoint import save_tensors
-    from fmkit.engine.trainer import each, sample_in_chunks
+    from fmkit.engine.evaluation import each, sample_in_chunks
     from fmkit.flow.guidance import ClassifierFreeGuidance
 
     rec, comps, ck, _ = _load_for_inference(run, set_, checkpoint)
@@ -465,7 +465,7 @@ def evaluate(
     """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
     import torch
 
-    from fmkit.engine.trainer import sample_in_chunks
+    from fmkit.engine.evaluation import sample_in_chunks
     from fmkit.flow.likelihood import ESTIMATORS
 
     if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
@@ -649,7 +649,7 @@ def _run() -> None:
             raise
         from rich.markup import escape  # user text may hold [brackets]; never parse it as markup
 
-        from fmkit.engine.trainer import TrainingInterrupted
+        from fmkit.engine.stopping import TrainingInterrupted
 
         if isinstance(exc, TrainingInterrupted) and os.environ.get("RANK", "0") != "0":
             sys.exit(exc.exit_code)  # every rank stopped at the same step: rank 0 says so, once

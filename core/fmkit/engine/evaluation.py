@@ -1,0 +1,111 @@
+"""Evaluation of a model: samples drawn in seeded chunks (split over DDP ranks), scored by the metrics
+and turned into files by the writers, with a record of the last evaluation that finished."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmkit.engine.callbacks import Metric
+from fmkit.engine.checkpoint import save_tensors, write_atomic_text
+from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
+from fmkit.errors import ContractError
+from fmkit.flow.data import Dataset
+from fmkit.flow.paths import StatePath
+from fmkit.flow.sampling import generate
+from fmkit.flow.solvers import Solver
+from fmkit.flow.sources import StateSource
+from fmkit.flow.state import State, to_device
+
+#: the step of the last evaluation that ran to its end, so a resume can finish one a signal ended
+EVALUATED_FILE = "evaluated.json"
+
+
+@torch.no_grad()
+def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
+                     n: int, chunk: int, device: torch.device, seed: int = 0, dist: DistInfo | None = None) -> State:
+    """Generate ``n`` samples in chunks of ``chunk``; returns CPU tensors.
+
+    Chunk k draws from its own random stream (seed, k), so the samples do not depend on how the
+    chunks are spread: with ``dist`` (a DDP run; every rank calls this), rank r generates chunks
+    r, r + world, ... and all ranks receive all ``n`` samples (all_gather)."""
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    starts = list(range(0, n, chunk))
+    parts: dict[int, State] = {}
+    for k in range(rank, len(starts), world):
+        m = min(chunk, n - starts[k])
+        seed_generators(fold_seed(seed, SAMPLING_STREAM, k), device)
+        template = to_device(dataset.template(m, seed=seed + starts[k]), device)
+        sol = generate(model, path, source, solver, template)
+        parts[k] = {f: v.cpu() for f, v in sol.x.items()}
+    if world > 1:
+        parts = {k: v for got in all_gather_objects(parts, world) for k, v in got.items()}
+    return _concat([parts[k] for k in range(len(starts))])
+
+
+def _concat(parts: list[State]) -> State:
+    out: State = {}
+    for k in parts[0]:
+        vals = [p[k] for p in parts]
+        if vals[0].dim() >= 2 and len({v.shape[1] for v in vals}) > 1:  # pad variable sizes (dim 1)
+            n = max(v.shape[1] for v in vals)
+            vals = [torch.nn.functional.pad(v, [0, 0] * (v.dim() - 2) + [0, n - v.shape[1]]) for v in vals]
+        out[k] = torch.cat(vals)
+    return out
+
+
+def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> BaseException | None:
+    """``call(name, component)`` for every metric or writer; one that raises does not stop the others
+    (a writer that needs a missing library must not cost the XYZ file or the metrics beside it).
+    Returns the first exception, for the caller to raise once everything else is done."""
+    first: BaseException | None = None
+    for name, component in components.items():
+        try:
+            call(name, component)
+        except Exception as exc:  # noqa: BLE001 - raised again by the caller
+            first = first or exc
+    return first
+
+
+
+def score(metrics: Mapping[str, Metric], samples: State, dataset: Dataset) -> tuple[dict[str, float],
+                                                                                  BaseException | None]:
+    """Every metric on ``samples``: ``({name: value}, the first metric's exception or None)``."""
+    results: dict[str, float] = {}
+
+    def one(name: str, metric: Metric) -> None:
+        for k, v in metric(samples, dataset).items():
+            try:
+                results[k] = float(v)
+            except (TypeError, ValueError):
+                raise ContractError(f"metric {name!r} returned {k!r} = {type(v).__name__} "
+                                    f"{tuple(getattr(v, 'shape', ()))}, not a number", where=f"metric {name!r}",
+                                    fix="a metric returns {name: float} (a Python float or a one-element tensor)"
+                                    ) from None
+
+    return results, each(metrics, one)
+
+
+def save_samples(samples: State, out: Path, step: int) -> Path:
+    """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"samples_step{step:07d}.safetensors"
+    save_tensors({k: v.contiguous() for k, v in samples.items()}, path)
+    return path
+
+
+def evaluated_step(run_dir: Path) -> int | None:
+    """The step of the run's last evaluation that finished, or None."""
+    try:
+        return json.loads((run_dir / EVALUATED_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def mark_evaluated(run_dir: Path, step: int) -> None:
+    write_atomic_text(run_dir / EVALUATED_FILE, json.dumps({"step": step}) + "\n")

@@ -1,0 +1,53 @@
+"""The steps since the last log line: their losses, their training time (checkpoints and evaluations
+set aside), and the time the host waited for data — what one line of ``metrics.csv`` reports."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from torch import Tensor
+
+
+class LogWindow:
+    """``losses`` is the trainer's list of this window's step losses (kept in checkpoints, so a resumed
+    run's next line averages the same steps); the window appends to it and clears it."""
+
+    def __init__(self, step: int, losses: list[Tensor]) -> None:
+        self.losses = losses
+        self._start_time, self._start_step = time.perf_counter(), step
+        self.wait = 0.0  # host seconds spent waiting for batches
+        self._aside = 0.0  # seconds of checkpoints and evaluations: not training, kept out of steps/s
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Time spent in the block is not training time."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._aside += time.perf_counter() - t
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time spent in the block is time waiting for data."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wait += time.perf_counter() - t
+
+    def close(self, step: int, loss: float, lr: float, batch_size: int) -> dict[str, float]:
+        """The scalars of the window ending at ``step`` (``loss``: its mean over ranks); starts the next.
+
+        ``data_wait`` is the share of the training time the host waited for the data pipeline (its
+        loader workers, pairing included): near 0 means the step, not the data, sets the pace."""
+        now = time.perf_counter()
+        busy = max(now - self._start_time - self._aside, 1e-9)
+        sps = (step - self._start_step) / busy
+        scalars = {"loss": loss, "lr": lr, "steps_per_s": sps, "samples_per_s": sps * batch_size,
+                   "data_wait": self.wait / busy}
+        self._start_time, self._start_step, self.wait, self._aside = now, step, 0.0, 0.0
+        self.losses.clear()
+        return scalars

@@ -1,0 +1,77 @@
+"""Why a fit stops before its last step, and what it says: stop signals (SIGINT, SIGTERM, SIGHUP)
+and a loss that became NaN/Inf."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from fmkit.errors import TrainingError
+from fmkit.flow.state import State, fields
+
+#: the signals a fit handles: SIGHUP is the terminal of an interactive run closing
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    exit_code = 130
+
+
+class StopSignals:
+    """Turns stop signals into a request the loop acts on at the end of its step (:attr:`received`),
+    with a checkpoint. A second Ctrl-C stops at once; a signal during an evaluation (minutes of
+    sampling, and a scheduler's SIGTERM is followed by SIGKILL) ends it at once with
+    ``during_evaluation(signal_name)``, while :attr:`evaluating` is set."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.evaluating = False
+        # held only while installed: a trainer -> signals -> trainer cycle would outlive the trainer's last
+        # reference, and with it the DataLoader workers, which multiprocessing then waits for at exit
+        self._during_evaluation: Callable[[str], BaseException] | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.evaluating and self._during_evaluation is not None:
+            self.evaluating = False
+            raise self._during_evaluation(signal.Signals(signum).name)
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
+        self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self, during_evaluation: Callable[[str], BaseException]) -> Iterator[None]:
+        """The handler in place for the block (main thread only: signals reach no other)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.received = None  # a signal that stopped an earlier fit is spent
+        self._during_evaluation = during_evaluation
+        old = {s: signal.signal(s, self.handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self._during_evaluation = None
+
+
+def non_finite_fields(batch: State) -> set[str]:
+    """The floating-point fields of ``batch`` holding NaN or Inf."""
+    return {k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()}
+
+
+def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | None) -> TrainingError:
+    """The error for a loss that became NaN/Inf at ``step``: broken data when ``bad_fields``, else divergence;
+    ``saved`` says what was kept."""
+    cause = (f"the batch holds NaN/Inf in field(s) {bad_fields}: the data is broken" if bad_fields
+             else "the model or optimizer diverged")
+    return TrainingError(f"the loss became NaN/Inf at step {step}; {cause}; {saved}", where=where,
+                         fix="clean the data" if bad_fields else
+                         "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
