@@ -15,8 +15,6 @@ from __future__ import annotations
 
 # ruff: noqa: F401
 # (the TYPE_CHECKING imports at the end are for static checkers; __all__ is built from _WHERE)
-
-
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -76,10 +74,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.app.hookspecs import hookimpl
     from fmkit.app.recipe import Recipe, load_recipe
     from fmkit.app.registry import Registry, get_registry
-    from fmkit.engine.options import EvalOptions, TrainerOptions
     from fmkit.engine.callbacks import Callback
     from fmkit.engine.hints import FixHints
     from fmkit.engine.objective import cfm_loss
+    from fmkit.engine.options import EvalOptions, TrainerOptions
     from fmkit.engine.trainer import Trainer
     from fmkit.errors import FmkitError
     from fmkit.flow.adapter import TensorModel

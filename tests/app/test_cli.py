@@ -257,9 +257,9 @@ def test_a_checkpoint_the_run_does_not_keep_is_named_with_the_kept_steps(tiny_ru
 
 def test_the_training_table_lists_metrics_in_the_recipe_order(tmp_path, capsys):
     """Old code sorted the end-of-training table by name while `fmkit evaluate` kept the metric order."""
-    from fmkit.app import cli as fm_cli
+    from fmkit.app.cli import common as fm_cli
 
     (tmp_path / "metrics.csv").write_text("step,name,value\n5,loss,1.0\n5,eval/validity,0.5\n5,eval/atom_stable,0.9\n")
-    fm_cli._print_eval(tmp_path)
+    fm_cli.print_eval(tmp_path)
     out = capsys.readouterr().out
     assert out.index("validity") < out.index("atom_stable"), out

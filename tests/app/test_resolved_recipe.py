@@ -176,7 +176,7 @@ def test_evaluate_and_sample_refuse_another_path_or_source(velocity_run):
 
 def test_legacy_checkpoint_is_held_to_the_options_it_recorded(velocity_run):
     """A checkpoint from before this change recorded only the recipe's own keys of model and data."""
-    from fmkit.engine.checkpoint import fingerprint_diff
+    from fmkit.engine.fingerprint import fingerprint_diff
 
     legacy = {"model": {"name": "mlp", "hidden": 8}, "data": {"name": "moons", "n": 256}}
     rec = load_recipe("tiny.yaml")

@@ -30,7 +30,7 @@ def test_trainer_threads_leave_workers_their_cores(monkeypatch, workers, cpu_thr
 
 
 def test_sampling_commands_use_the_recipes_cpu_threads():
-    from fmkit.app.cli import _device
+    from fmkit.app.inference import inference_device as _device
 
     torch.set_num_threads(2)
     rec = load_recipe("recipes/toy_moons.yaml", BASE + ["trainer.device=cpu", "trainer.cpu_threads=1"])

@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fmkit.app.registry import Registry, format_validation_error, get_registry
+from fmkit.app.component_options import format_validation_error
+from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.options import MAX_STEPS, EvalOptions, TrainerOptions  # noqa: F401 - the sections a recipe composes
 from fmkit.errors import FmkitError, RecipeError
 

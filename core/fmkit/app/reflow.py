@@ -238,7 +238,8 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
     model, path, source and data templates; its newest checkpoint (or ``checkpoint``), EMA weights
     unless ``use_ema`` is false; its solver unless ``solver`` is given; its device and CPU threads."""
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
-    from fmkit.engine.checkpoint import check_fingerprint, load_checkpoint, resolve_checkpoint
+    from fmkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
+    from fmkit.engine.fingerprint import check_fingerprint
     from fmkit.engine.setup import pick_device, set_cpu_threads
     from fmkit.engine.snapshot import load_model_state
     from fmkit.flow.guidance import ClassifierFreeGuidance

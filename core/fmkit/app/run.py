@@ -12,6 +12,7 @@ from torch import nn
 
 from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.app.registry import Registry, get_registry
+from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.hints import FixHints
 from fmkit.engine.trainer import Trainer
 from fmkit.errors import FmkitError, OutputError, RecipeError
@@ -144,8 +145,7 @@ def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run worth keeping: a checkpoint (complete or being written). What a
     run that failed or was killed before its first checkpoint left (recipe.yaml, metrics.csv) does
     not count: nothing was trained, and the same --out may be used again."""
-    ckpts = Path(run_dir) / "checkpoints"
-    return ckpts.is_dir() and any(True for _ in ckpts.iterdir())
+    return has_checkpoint(run_dir)
 
 
 def new_run_dir(recipe: Recipe, out: Path | None) -> Path:

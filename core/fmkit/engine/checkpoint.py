@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -269,6 +268,14 @@ def load_checkpoint(ckpt: Path) -> CheckpointData:
     return CheckpointData(tensors, meta)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint, intact or not (a ``step_*`` folder or the ``latest``
+    pointer; a temporary folder a kill left mid-write does not count): the one test of "is there a run
+    here to resume, and not to overwrite"."""
+    root = Path(run_dir) / "checkpoints"
+    return (root / LATEST).exists() or any(p.is_dir() for p in root.glob("step_*"))
+
+
 def complete_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (by step number)."""
     done = [p for p in Path(ckpt_root).glob("step_*") if _step_of(p) >= 0 and (p / MANIFEST).is_file()]
@@ -373,97 +380,3 @@ def load_resolved(path: Path) -> tuple[Path, CheckpointData]:
                 chosen, first = c, exc
         raise first
 
-
-# -- optimizer state <-> tensors + JSON ------------------------------------------------------
-def optimizer_to_flat(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into safetensors tensors and a JSON-able remainder."""
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, Tensor):
-                tensors[f"{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_flat(tensors: dict[str, Tensor], extra: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in extra.get("scalars", {}).items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    return {"state": state, "param_groups": extra["param_groups"]}
-
-
-def load_torch_weights(path: Path) -> dict[str, Tensor]:
-    """Import weights from a ``.pt``/``.pth`` file safely: ``torch.load(weights_only=True)``, which
-    refuses any pickled object that is not a tensor or plain container (no code runs)."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends: refused, never executed
-        raise CheckpointError(
-            f"refused to load {path}: it is not a plain tensor file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})",
-            where=str(path), fix="only load weights you trust, saved as safetensors or a plain state_dict",
-        ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state_dict of tensors", where=str(path))
-    return obj
-
-
-# -- what a checkpoint must match ------------------------------------------------------------
-RECIPE_SECTIONS = ("model", "data", "path", "source")
-
-
-def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any], sections: tuple[str, ...] = RECIPE_SECTIONS,
-                     ours_label: str = "this recipe") -> list[str]:
-    """The differing key paths of a checkpoint's fingerprint and ours, each as ``model.hidden: 8 in
-    the checkpoint, 16 in this recipe`` (a key one side lacks shows as ``absent``). A recipe
-    checkpoint from before path and source were recorded (model and data only) is held to the options
-    it recorded."""
-    legacy = "path" in ours and "path" not in theirs and "model" in theirs
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, key: str) -> None:
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
-                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
-        elif _jsonish(a) != _jsonish(b):
-            out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in {ours_label}")
-
-    for s in sections:
-        a, b = theirs.get(s, _ABSENT), ours.get(s, _ABSENT)
-        if legacy and a is _ABSENT:
-            continue
-        walk(a, b, s)
-    return out
-
-
-_ABSENT = object()
-
-
-def _jsonish(v: Any) -> Any:
-    """``v`` as it reads back from a checkpoint's meta.json (tuples are lists there)."""
-    return [_jsonish(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
-def _show(v: Any) -> str:
-    return "absent" if v is _ABSENT else repr(v)
-
-
-def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
-                      sections: tuple[str, ...] = RECIPE_SECTIONS, fix: str | None = None,
-                      ours_label: str = "this recipe") -> None:
-    """Refuse a checkpoint whose fingerprint differs from ``ours`` in ``sections``, naming every difference."""
-    diff = fingerprint_diff(theirs, ours, sections, ours_label)
-    if diff:
-        parts = list(dict.fromkeys(d.split(":", 1)[0].split(".", 1)[0] for d in diff))
-        raise CheckpointError(
-            f"the checkpoint was written for a different {' and '.join(parts)}: " + "; ".join(diff), where=where,
-            fix=fix or "resume with the run's own recipe (recipe.yaml in the run directory), or start a new run")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from fmkit.flow.sampling import generate
 from fmkit.flow.solvers import Solver
 from fmkit.flow.sources import StateSource
 from fmkit.flow.state import State, to_device
+
+if TYPE_CHECKING:
+    from fmkit.engine.trainer import Trainer
 
 #: the step of the last evaluation that ran to its end, so a resume can finish one a signal ended
 EVALUATED_FILE = "evaluated.json"
@@ -109,3 +112,26 @@ def evaluated_step(run_dir: Path) -> int | None:
 
 def mark_evaluated(run_dir: Path, step: int) -> None:
     write_atomic_text(run_dir / EVALUATED_FILE, json.dumps({"step": step}) + "\n")
+
+
+def run(tr: Trainer) -> dict[str, float]:
+    """One evaluation of ``tr`` (see :meth:`Trainer.evaluate`): samples saved first, so that a metric or
+    writer that fails loses nothing; every metric and writer runs, and the first failure is raised after."""
+    samples = tr.sample(tr.eval_opts.num_samples, distributed=True)
+    if not tr.is_main:
+        tr.barrier()
+        return {}
+    out = tr.run_dir / "samples" if tr.run_dir is not None else None
+    if out is not None:
+        save_samples(samples, out, tr.step)
+    results, failed = score(tr.metrics, samples, tr.dataset)
+    if out is not None:
+        failed = each(tr.writers, lambda _, w: w(samples, out, tr.dataset, tr.step)) or failed
+    if tr.logger is not None and results:
+        tr.logger.log(tr.step, {f"eval/{k}": v for k, v in results.items()})
+    if failed is not None:
+        raise failed
+    for cb in tr.callbacks:
+        cb.on_eval_end(tr, tr.step, results)
+    tr.barrier()
+    return results

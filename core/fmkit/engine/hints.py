@@ -20,12 +20,18 @@ class FixHints:
     fingerprint_label: str = "this trainer's fingerprint"
     #: weights that do not fit the model
     model: str | None = "build the model the checkpoint was trained with"
+    #: how to set a trainer option (``{key}``, ``{value}`` are filled in)
+    option: str = "TrainerOptions({key}={value})"
 
     @classmethod
     def cli(cls) -> FixHints:
         """For a trainer built from a recipe (``fmkit.app.run.build_trainer``)."""
         return cls(resume="resume with `fmkit train --resume {run_dir}`", fingerprint=None,
-                   fingerprint_label="this recipe", model=None)
+                   fingerprint_label="this recipe", model=None, option="--set trainer.{key}={value}")
 
     def resume_hint(self, run_dir: Path | None) -> str:
         return self.resume.format(run_dir=run_dir)
+
+    def set_option(self, key: str, value: object) -> str:
+        """How to set trainer option ``key`` to ``value`` (``--set trainer.lr=0.001``, ``TrainerOptions(lr=0.001)``)."""
+        return self.option.format(key=key, value=value)

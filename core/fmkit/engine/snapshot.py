@@ -4,12 +4,13 @@ RNG, data position, log window, lineage — and how a trainer is restored from o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from fmkit.engine import checkpoint as ckpt
+from fmkit.engine.fingerprint import check_fingerprint
 from fmkit.engine.optim import match_param_layouts
 from fmkit.engine.stream import resume_index
 from fmkit.errors import CheckpointError
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 def capture(tr: Trainer, pending: list[float] | None = None) -> ckpt.CheckpointData:
     """What a checkpoint of ``tr`` holds; ``pending``: the current log window's losses (default this rank's)."""
-    opt_t, opt_extra = ckpt.optimizer_to_flat(tr.optimizer.state_dict())
+    opt_t, opt_extra = optimizer_to_flat(tr.optimizer.state_dict())
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and tr.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(tr.device)
@@ -45,14 +46,14 @@ def restore(tr: Trainer, data: ckpt.CheckpointData, where: str = "checkpoint") -
     hints = tr.hints
     if tr.fingerprint:  # every key either side recorded (a recipe's: model, data, path, source), each named
         keys = tuple(dict.fromkeys([*tr.fingerprint, *theirs]))
-        ckpt.check_fingerprint(theirs, tr.fingerprint, where, sections=keys, ours_label=hints.fingerprint_label,
+        check_fingerprint(theirs, tr.fingerprint, where, sections=keys, ours_label=hints.fingerprint_label,
                                fix=hints.fingerprint)
     load_model_state(tr.model, data.tensors["model"], where, fix=hints.model)
     if tr.ema is not None:
         load_model_state(tr.ema.model, data.tensors.get("ema", data.tensors["model"]), where, fix=hints.model)
         tr.ema.num_updates = int(meta.get("ema_updates", meta["step"]))
     try:
-        tr.optimizer.load_state_dict(ckpt.optimizer_from_flat(data.tensors.get("optimizer", {}), meta["optimizer"]))
+        tr.optimizer.load_state_dict(optimizer_from_flat(data.tensors.get("optimizer", {}), meta["optimizer"]))
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"the optimizer state does not fit this model: {exc}", where=where,
                               fix="resume with the recipe the run was started with") from None
@@ -92,3 +93,27 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str, 
                               fix=fix or "use the recipe the checkpoint was trained with (its run's recipe.yaml)")
     model.load_state_dict(dict(state))
 
+
+# -- optimizer state <-> tensors + JSON ------------------------------------------------------
+def optimizer_to_flat(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into safetensors tensors and a JSON-able remainder."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, Tensor], extra: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in extra.get("scalars", {}).items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": extra["param_groups"]}

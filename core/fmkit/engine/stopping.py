@@ -7,10 +7,12 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fmkit.engine.hints import FixHints
 from fmkit.errors import TrainingError
 from fmkit.flow.state import State, fields
 
@@ -75,3 +77,30 @@ def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | 
     return TrainingError(f"the loss became NaN/Inf at step {step}; {cause}; {saved}", where=where,
                          fix="clean the data" if bad_fields else
                          "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
+
+
+def interrupted(signal_name: str, step: int, run_dir: Path | None, hints: FixHints,
+                evaluating: bool = False) -> TrainingInterrupted:
+    """A fit stopped by ``signal_name`` at ``step``: with its checkpoint saved, or during an evaluation."""
+    where = str(run_dir) if run_dir else None
+    if evaluating:
+        return TrainingInterrupted(
+            f"training stopped by {signal_name} during the evaluation at step {step}; the checkpoint of this step "
+            "is kept and the evaluation was not finished", where=where,
+            fix=(hints.resume_hint(run_dir) + " runs the evaluation") if run_dir else None)
+    return TrainingInterrupted(f"training stopped by {signal_name} at step {step}; a checkpoint of this step was "
+                               "saved", where=where, fix=hints.resume_hint(run_dir) if run_dir else None)
+
+
+def already_finished(step: int, steps: int, run_dir: Path | None, hints: FixHints) -> TrainingError:
+    return TrainingError(f"this run already finished: it is at step {step} of trainer.steps={steps}",
+                         where=str(run_dir) if run_dir else None,
+                         fix="to train longer, resume with a larger budget, e.g. "
+                             f"{hints.set_option('steps', steps * 2)}")
+
+
+def out_of_memory(step: int, micro_batch: int, grad_accum: int, hints: FixHints) -> TrainingError:
+    return TrainingError(f"CUDA ran out of memory at step {step} with a micro-batch of {micro_batch}",
+                         where="trainer.batch_size / trainer.grad_accum",
+                         fix=f"lower the per-step memory: e.g. {hints.set_option('grad_accum', grad_accum * 2)} "
+                             "(same effective batch) or a smaller trainer.batch_size")

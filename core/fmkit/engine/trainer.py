@@ -12,6 +12,7 @@ a non-finite loss (:mod:`~fmkit.engine.stopping`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -23,17 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from fmkit.engine import checkpoint as ckpt
-from fmkit.engine import evaluation, snapshot
+from fmkit.engine import distributed, evaluation, setup, snapshot, stopping
 from fmkit.engine.callbacks import Callback, Metric, Writer
-from fmkit.engine.distributed import (
-    StopVote,
-    all_gather_objects,
-    all_reduce_mean,
-    dist_info,
-    init_from_env,
-    seed_generators,
-    seed_shard,
-)
 from fmkit.engine.hints import FixHints
 from fmkit.engine.logwindow import LogWindow
 from fmkit.engine.metrics_log import MetricsLogger, ProgressBar
@@ -41,26 +33,15 @@ from fmkit.engine.objective import cfm_loss
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import EvalOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
-from fmkit.engine.setup import (
-    check_model_signature,
-    check_writable,
-    coerce_options,
-    pick_device,
-    set_cpu_threads,
-    use_channels_last,
-    wrap_for_training,
-)
-from fmkit.engine.stopping import StopSignals, TrainingInterrupted, non_finite_error, non_finite_fields
 from fmkit.engine.stream import BatchStream, LoaderPairing
 from fmkit.errors import CheckpointError, NonFiniteDataError, TrainingError
-from fmkit.flow.couplings import Coupling, IndependentCoupling, draw_and_pair
+from fmkit.flow.couplings import Coupling, IndependentCoupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
 from fmkit.flow.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.flow.sources import GaussianSource, Source, StateSource
-from fmkit.flow.state import State, fields, pin, to_channels_last, to_device
-from fmkit.flow.time_sampling import sample_time
+from fmkit.flow.state import State, pin, to_device
 
 
 class Trainer:
@@ -80,8 +61,8 @@ class Trainer:
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
                  hints: FixHints | None = None):
-        self.opts = o = coerce_options(TrainerOptions, options, "options")
-        self.eval_opts = coerce_options(EvalOptions, eval_options, "eval_options")
+        self.opts = o = setup.coerce_options(TrainerOptions, options, "options")
+        self.eval_opts = setup.coerce_options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
         self.source = source if isinstance(source, StateSource) else StateSource({}, source or GaussianSource())
@@ -93,63 +74,43 @@ class Trainer:
         self.seed, self.fingerprint, self.hints = seed, dict(fingerprint or {}), hints or FixHints()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # under torchrun (WORLD_SIZE > 1) a library script need not set up the process group itself
-        self.dist = init_from_env(device=o.device) if "WORLD_SIZE" in os.environ else dist_info()
-        self.device = pick_device(o.device)
+        in_torchrun = "WORLD_SIZE" in os.environ
+        self.dist = distributed.init_from_env(device=o.device) if in_torchrun else distributed.dist_info()
+        self.device = setup.pick_device(o.device)
         if self.device.type == "cpu":
-            set_cpu_threads(o, workers=o.num_workers)
+            setup.set_cpu_threads(o, workers=o.num_workers)
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.is_main = self.dist.rank == 0
         self.step = 0
         self.finished = False
         self.lineage: dict[str, Any] | None = None  # trainer.init_from: whose weights this run started from
-        self.signals = StopSignals()
-        self._vote: StopVote | None = None  # made by the first fit: under DDP it builds a process group
+        self.signals = stopping.StopSignals()
+        self._vote: distributed.StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
         self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
         self.pending: list[Tensor] = []  # losses of the steps since the last log line (kept in checkpoints)
         self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
-        self._check_options(dataset)
+        setup.check_options(o, self.eval_opts, dataset.info, self.dist.world_size)
         self.micro_batch = o.batch_size // o.grad_accum
-        check_model_signature(model)
+        setup.check_model_signature(model)
         self.model = model.to(self.device)
-        self.channels_last = use_channels_last(self.model, self.device, o.channels_last)
+        self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last)
         if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
-        self.train_model = wrap_for_training(self.model, self.dist, self.device, o.compile)
+        self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile)
         self._params = list(self.model.parameters())  # for clipping: no module walk per step
         self.optimizer = build_optimizer(self.model, o, self.device)
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
+        self.time = functools.partial(setup.time_sampler, o)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
         self.logger: MetricsLogger | None = None
-
-    def _check_options(self, dataset: Dataset) -> None:
-        """Options that contradict the data or each other, refused before any work."""
-        o = self.opts
-        if o.batch_size % (o.grad_accum * self.dist.world_size):
-            raise TrainingError(
-                f"trainer.batch_size={o.batch_size} is not divisible by grad_accum x processes = "
-                f"{o.grad_accum} x {self.dist.world_size}", where="trainer.batch_size",
-                fix="pick a batch size that is a multiple of both")
-        unknown = sorted(set(o.loss_weights) - set(dataset.info.fields))
-        if unknown:  # a misspelt field would otherwise train with every weight at 1, silently
-            raise TrainingError(f"trainer.loss_weights names {unknown}, which the data does not have",
-                                where="trainer.loss_weights",
-                                fix=f"weigh the data's fields: {sorted(dataset.info.fields)}")
-        if dataset.info.num_cond_classes is None and (o.cond_dropout > 0 or self.eval_opts.guidance_scale is not None):
-            key = "trainer.cond_dropout" if o.cond_dropout > 0 else "eval.guidance_scale"
-            raise TrainingError(
-                f"{key} needs a null class for dropped conditions, and the dataset declares no number of "
-                f"condition classes (its info.num_cond_classes is None)", where=key,
-                fix="if the data has class labels, declare K condition classes (DataInfo(num_cond_classes=K), "
-                    "TensorDataset(data, num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a "
-                    "label embedding needs K + 1 rows; otherwise drop cond_dropout/guidance_scale")
 
     # -- data ----------------------------------------------------------------------------------
     def _make_stream(self, epoch: int = 0, index: int = 0) -> BatchStream:
@@ -179,16 +140,10 @@ class Trainer:
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
         the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
-        x1 = batch
-        if x0 is None:
-            x0, x1 = draw_and_pair(self.source, self.coupling, x1)
-        if self.channels_last:  # data, noise and OT's re-ordered rows come in NCHW order; x_t follows these
-            x0, x1 = to_channels_last(x0), to_channels_last(x1)
         o = self.opts
-        t = sample_time(next(iter(fields(x1).values())).shape[0], o.time_sampler, mean=o.time_mean, std=o.time_std,
-                        alpha=o.time_alpha, beta=o.time_beta, device=self.device, grid=o.time_grid)
-        return cfm_loss(self.train_model, self.path, x0, x1, t, cond_dropout=o.cond_dropout,
-                        null_cond=self.null_cond or 0, loss_weights=o.loss_weights, autocast=self.autocast)
+        return cfm_loss(self.train_model, self.path, self.source, self.coupling, batch, x0=x0, time=self.time,
+                        cond_dropout=o.cond_dropout, null_cond=self.null_cond or 0, loss_weights=o.loss_weights,
+                        autocast=self.autocast, channels_last=self.channels_last)
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
@@ -198,7 +153,7 @@ class Trainer:
         The run directory is locked for the fit (:class:`fmkit.engine.runlock.RunLock`): a second trainer of
         the same run is refused, naming the first."""
         if self.run_dir is not None and self.is_main:
-            check_writable(self.run_dir)
+            setup.check_writable(self.run_dir)
         lock = RunLock(self.run_dir) if self.run_dir is not None and self.is_main else None
         if lock is not None:
             lock.acquire()
@@ -219,11 +174,7 @@ class Trainer:
                 self.evaluate()
             return self
         if self.step >= self.opts.steps:
-            raise TrainingError(
-                f"this run already finished: it is at step {self.step} of trainer.steps={self.opts.steps}",
-                where=str(self.run_dir) if self.run_dir else None,
-                fix=f"to train longer, resume with a larger budget, e.g. --set trainer.steps={self.opts.steps * 2} "
-                    f"(in Python: TrainerOptions(steps={self.opts.steps * 2}) and fit(resume=True))")
+            raise stopping.already_finished(self.step, self.opts.steps, self.run_dir, self.hints)
         for cb in self.callbacks:
             cb.on_train_start(self)
         # a fit ended by an exception or at the last step ends the DataLoader workers too (the stream restarts
@@ -234,11 +185,7 @@ class Trainer:
                 self._loop(min(until, self.opts.steps) if until is not None else self.opts.steps)
             ended = self.step >= self.opts.steps
         except torch.cuda.OutOfMemoryError:
-            raise TrainingError(
-                f"CUDA ran out of memory at step {self.step} with a micro-batch of {self.micro_batch}",
-                where="trainer.batch_size / trainer.grad_accum",
-                fix=f"lower the per-step memory: e.g. --set trainer.grad_accum={self.opts.grad_accum * 2} "
-                    f"(same effective batch) or a smaller trainer.batch_size") from None
+            raise stopping.out_of_memory(self.step, self.micro_batch, self.opts.grad_accum, self.hints) from None
         finally:
             if ended:
                 self.stream.close()
@@ -248,12 +195,13 @@ class Trainer:
 
     def _start_fresh(self) -> None:
         """Step 0: refuse a run directory with checkpoints, seed, and take ``trainer.init_from``'s weights."""
-        if self.run_dir is not None and ckpt.complete_checkpoints(self.run_dir / "checkpoints"):
+        if self.run_dir is not None and ckpt.has_checkpoint(self.run_dir):
             raise TrainingError(
                 "the run directory already holds checkpoints; training from step 0 would replace them and "
                 "its metrics.csv", where=str(self.run_dir),
                 fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")
-        seed_generators(self.seed + 7919 * self.dist.rank, self.device)  # torch.manual_seed visits every GPU
+        # torch.manual_seed would visit every GPU
+        distributed.seed_generators(self.seed + 7919 * self.dist.rank, self.device)
         if self.opts.init_from and self.lineage is None:  # a fresh run only: a resumed one has its own weights
             from fmkit.engine.lineage import init_from_run, write_lineage
 
@@ -280,7 +228,7 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else o.log_every  # on a GPU a check syncs the host
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
         window = LogWindow(self.step, self.pending)
-        self._vote = vote = self._vote or StopVote(self.dist.world_size)
+        self._vote = vote = self._vote or distributed.StopVote(self.dist.world_size)
         try:
             with bar:
                 while self.step < stop:
@@ -300,7 +248,7 @@ class Trainer:
                         cb.on_step_end(self, self.step)
                     if self._after_step(stop, window, vote):
                         break
-        except TrainingInterrupted:  # agreed by every rank: no vote is in flight
+        except stopping.TrainingInterrupted:  # agreed by every rank: no vote is in flight
             raise
         except BaseException:  # maybe on this rank alone: its vote in flight is abandoned with it
             self._vote = None
@@ -320,7 +268,7 @@ class Trainer:
             with window.waiting():
                 x0, batch = self.next_batch()
             # shard m * world + rank draws from its own (seed, step, shard) stream: see distributed.py
-            seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
+            distributed.seed_shard(self.seed, self.step, micro * self.dist.world_size + self.dist.rank, self.device)
             sync = micro == o.grad_accum - 1 or self.dist.world_size == 1
             with contextlib.nullcontext() if sync or not hasattr(self.train_model, "no_sync") \
                     else self.train_model.no_sync():
@@ -342,7 +290,7 @@ class Trainer:
         """The progress bar after each step; a ``metrics.csv`` line (means over ranks) every ``log_every``."""
         o = self.opts
         if self.step % o.log_every == 0 or self.step == o.steps:
-            losses = all_reduce_mean(torch.stack(window.losses).float(), self.dist.world_size)
+            losses = distributed.all_reduce_mean(torch.stack(window.losses).float(), self.dist.world_size)
             if not torch.isfinite(losses).all().item():
                 self._non_finite(batch, 1 if live else o.log_every)
             scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"], o.batch_size)
@@ -358,7 +306,7 @@ class Trainer:
         else:
             bar.update(self.step)
 
-    def _after_step(self, stop: int, window: LogWindow, vote: StopVote) -> bool:
+    def _after_step(self, stop: int, window: LogWindow, vote: distributed.StopVote) -> bool:
         """Checkpoint and evaluate when due; True when a callback asked to stop; raises on a stop signal."""
         o = self.opts
         done = self.step == o.steps
@@ -378,10 +326,7 @@ class Trainer:
         if stop_signal:
             if not saved:
                 self.save_checkpoint()
-            raise TrainingInterrupted(
-                f"training stopped by {signal.Signals(stop_signal).name} at step {self.step}; a checkpoint of this "
-                "step was saved", where=str(self.run_dir) if self.run_dir else None,
-                fix=self.hints.resume_hint(self.run_dir) if self.run_dir else None)
+            raise stopping.interrupted(signal.Signals(stop_signal).name, self.step, self.run_dir, self.hints)
         return False
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -395,23 +340,21 @@ class Trainer:
         if self.logger is not None:
             self.logger.log(self.step, {k: float(v) for k, v in scalars.items()})
 
-    def _interrupted_evaluation(self, signal_name: str) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"training stopped by {signal_name} during the evaluation at step {self.step}; the checkpoint of "
-            "this step is kept and the evaluation was not finished", where=str(self.run_dir) if self.run_dir else None,
-            fix=(self.hints.resume_hint(self.run_dir) + " runs the evaluation") if self.run_dir else None)
+    def _interrupted_evaluation(self, signal_name: str) -> stopping.TrainingInterrupted:
+        return stopping.interrupted(signal_name, self.step, self.run_dir, self.hints, evaluating=True)
 
     def _finite(self, loss: Tensor) -> bool:
         """Whether the step's loss is finite; under DDP all ranks decide on the mean, so they stop together."""
         if self.dist.world_size > 1:
-            loss = all_reduce_mean(loss.clone(), self.dist.world_size)
+            loss = distributed.all_reduce_mean(loss.clone(), self.dist.world_size)
         return math.isfinite(loss.item())
 
     def _non_finite(self, batch: State, check_every: int) -> None:
         """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
-        bad = non_finite_fields(batch) | self._bad_fields  # the latter met by the coupling on this rank
+        bad = stopping.non_finite_fields(batch) | self._bad_fields  # the latter met by the coupling on this rank
         if self.dist.world_size > 1:  # every rank is here at the same step (the NaN checks are collective):
-            bad = set().union(*all_gather_objects(sorted(bad), self.dist.world_size))  # one diagnosis for all
+            # one diagnosis for all
+            bad = set().union(*distributed.all_gather_objects(sorted(bad), self.dist.world_size))
         if self.run_dir is None:
             saved = "nothing was saved (the trainer has no run_dir)"
         elif check_every == 1:
@@ -419,7 +362,7 @@ class Trainer:
             self.save_checkpoint()
         else:
             saved = "the last good checkpoint on disk is kept (the weights in memory may be corrupt)"
-        raise non_finite_error(self.step + 1, sorted(bad), saved, str(self.run_dir) if self.run_dir else None)
+        raise stopping.non_finite_error(self.step + 1, sorted(bad), saved, str(self.run_dir) if self.run_dir else None)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_data(self, pending: list[float] | None = None) -> ckpt.CheckpointData:
@@ -432,17 +375,18 @@ class Trainer:
         # differs, and only rank 0's is stored: the others re-derive theirs on resume
         pending = None
         if self.dist.world_size > 1 and self.pending:
-            pending = all_reduce_mean(torch.stack(self.pending).float(), self.dist.world_size).tolist()
+            pending = distributed.all_reduce_mean(torch.stack(self.pending).float(), self.dist.world_size).tolist()
         path = None
         if self.run_dir is not None and self.is_main:
             path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
                                         keep=self.opts.keep_checkpoints)
             for cb in self.callbacks:
                 cb.on_checkpoint(self, self.step, path)
-        self._barrier()
+        self.barrier()
         return path
 
-    def _barrier(self) -> None:
+    def barrier(self) -> None:
+        """Wait for every DDP rank (a no-op on one process)."""
         if self.dist.world_size > 1:
             torch.distributed.barrier()
 
@@ -494,33 +438,13 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0).
-        On one process a stop signal ends it at once (:class:`TrainingInterrupted`)."""
+        On one process a stop signal ends it at once (:class:`stopping.TrainingInterrupted`)."""
         self.signals.evaluating = self.dist.world_size == 1  # under DDP the other ranks are in its collectives
         try:
-            results = self._evaluate()
+            self._evaluated_at = self.step
+            results = evaluation.run(self)
         finally:
             self.signals.evaluating = False
         if self.run_dir is not None and self.is_main:
             evaluation.mark_evaluated(self.run_dir, self.step)
-        return results
-
-    def _evaluate(self) -> dict[str, float]:
-        self._evaluated_at = self.step
-        samples = self.sample(self.eval_opts.num_samples, distributed=True)
-        if not self.is_main:
-            self._barrier()
-            return {}
-        out = self.run_dir / "samples" if self.run_dir is not None else None
-        if out is not None:  # the samples first: a metric or writer that fails loses nothing
-            evaluation.save_samples(samples, out, self.step)
-        results, failed = evaluation.score(self.metrics, samples, self.dataset)
-        if out is not None:
-            failed = evaluation.each(self.writers, lambda _, w: w(samples, out, self.dataset, self.step)) or failed
-        if self.logger is not None and results:
-            self.logger.log(self.step, {f"eval/{k}": v for k, v in results.items()})
-        if failed is not None:
-            raise failed
-        for cb in self.callbacks:
-            cb.on_eval_end(self, self.step, results)
-        self._barrier()
         return results

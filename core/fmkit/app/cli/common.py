@@ -1,0 +1,64 @@
+"""What every ``fmkit`` sub-command shares: the typer apps, the consoles, common options, tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fmkit: flow matching from YAML recipes.")
+recipe_app = typer.Typer(no_args_is_help=True, help="Validate and inspect recipes.")
+app.add_typer(recipe_app, name="recipe")
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
+
+#: the most samples one `fmkit sample` makes (they are held in memory to be written): 10^7 2-D points
+#: are 80 MB; more is a typo such as -n 1000000000000
+MAX_SAMPLES = 10_000_000
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
+CheckpointOpt = Annotated[Optional[str], typer.Option(
+    "--checkpoint", "-c", metavar="STEP|DIR",
+    help="an older checkpoint of RUN: its step (as in checkpoints/step_*) or its folder (default: the newest)")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    if debug:
+        _STATE["debug"] = True
+
+
+def registry():
+    from fmkit.app.registry import get_registry
+
+    return get_registry()
+
+
+def print_tables(title: str, rows: list[tuple[str, str]], metrics) -> None:
+    """``rows`` as one table titled ``title``, plus a table of each protocol a metric declares."""
+    from fmkit.app.builtin.metrics import metric_tables
+
+    for sub, group in metric_tables(rows, metrics):
+        head = sub or title
+        table = Table(title=head, min_width=min(len(head) + 2, 120))  # rich wraps a title wider than the table
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in group:
+            table.add_row(k, v)
+        console.print(table)
+
+
+def print_eval(run_dir: Path, metrics=()) -> None:
+    from fmkit.engine.metrics_log import read_metrics
+
+    m = read_metrics(run_dir)
+    ev = {k[5:]: v[-1] for k, v in m.items() if k.startswith("eval/")}
+    if ev:  # in the recipe's metric order, as `fmkit evaluate` prints them
+        print_tables(f"evaluation at step {max(s for s, _ in ev.values())}",
+                      [(k, f"{v:.4f}") for k, (_, v) in ev.items()], metrics)

@@ -1,0 +1,181 @@
+"""``fmkit sample``, ``evaluate`` and ``reflow``: what a trained run generates, and how good it is."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmkit.app.cli.common import MAX_SAMPLES, CheckpointOpt, SetOpt, app, console, print_tables
+from fmkit.app.inference import (
+    build_solver,
+    check_finite,
+    inference_device,
+    load_for_inference,
+    pick_checkpoint,
+    sample_dir,
+)
+from fmkit.errors import FmkitError
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples (generated "
+                                   "in chunks of eval.batch_size)")] = 1000,
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (default: a new cli-<time> "
+                                               "folder); an existing non-empty one needs --overwrite")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing --out folder, replacing "
+                                            "files of the same names")] = False,
+    seed: int = 0,
+    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    checkpoint: CheckpointOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate samples from a trained run and write them (artefacts + safetensors)."""
+    import torch
+
+    from fmkit.engine.checkpoint import save_tensors
+    from fmkit.engine.evaluation import each, sample_in_chunks
+    from fmkit.flow.guidance import ClassifierFreeGuidance
+
+    rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
+    dev = inference_device(rec)
+    s, _ = build_solver(rec, solver, steps, rtol, atol)
+    out_dir = sample_dir(Path(run), out, overwrite)
+    model = comps.model.to(dev).eval()
+    if guidance is not None:
+        if comps.dataset.info.num_cond_classes is None:
+            raise FmkitError("--guidance needs a conditional dataset", where="--guidance", fix="drop --guidance")
+        model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    try:
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev,
+                                   seed)
+        check_finite(samples)
+    except BaseException as exc:
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty samples/cli-* folder behind
+        if isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+            raise FmkitError(f"ran out of memory while sampling chunks of {rec.eval.batch_size} on {dev}",
+                             where="eval.batch_size",
+                             fix=f"sample in smaller chunks: --set eval.batch_size={max(1, rec.eval.batch_size // 4)}"
+                             ) from None
+        raise
+    dt = time.perf_counter() - t0
+    save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
+    files = [out_dir / "samples.safetensors"]
+    step = int(ck.name.split("_")[-1])
+    failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
+    console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
+    for f in files:
+        console.print(f"  {f}")
+    if failed is not None:  # after the files the other writers made are listed
+        raise failed
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, help="samples (default: eval.num_samples)")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
+    likelihood: Annotated[bool, typer.Option("--likelihood", help="also NLL / bits per dim of data (see --estimator)")] = False,
+    likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
+    estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
+                                                "example, else hutchinson), exact or hutchinson")] = "auto",
+    seed: int = 0,
+    checkpoint: CheckpointOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
+    import torch
+
+    from fmkit.engine.evaluation import sample_in_chunks, score
+    from fmkit.flow.likelihood import ESTIMATORS
+
+    if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
+        raise FmkitError(f"unknown divergence estimator {estimator!r}", where="--estimator",
+                         fix=f"use one of: {', '.join(ESTIMATORS)}")
+    rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
+    dev = inference_device(rec)
+    s, about = build_solver(rec, solver, steps, rtol, atol)
+    model = comps.model.to(dev).eval()
+    num = n or rec.eval.num_samples
+    rows: list[tuple[str, str]] = []
+    failed: BaseException | None = None
+    if comps.metrics:
+        torch.manual_seed(seed)
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, num, rec.eval.batch_size, dev,
+                                   seed)
+        # the trainer's scoring: a metric returning a non-number is named; one that fails spares the others
+        results, failed = score(comps.metrics, samples, comps.dataset)
+        rows += [(k, f"{v:.4f}") for k, v in results.items()]
+    if likelihood:
+        from fmkit.flow.likelihood import log_likelihood
+        from fmkit.flow.sampling import model_velocity
+        from fmkit.flow.state import to_device
+
+        torch.manual_seed(seed)
+        ref = to_device(comps.dataset.reference(likelihood_n, seed=seed + 1), dev)
+        if solver or any(v is not None for v in (steps, rtol, atol)):
+            lsolver, labout = s, about
+        else:  # the likelihood needs an accurate solve, whatever the recipe samples with
+            lsolver, labout = build_solver(rec, "dopri5", None, 1e-5, 1e-5)
+        try:
+            with console.status(f"log-likelihood of {likelihood_n} examples ({estimator} divergence, {labout})"):
+                res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
+                                     comps.source, lsolver, estimator=estimator)
+        except (NotImplementedError, ValueError) as exc:
+            raise FmkitError(f"log-likelihood is not available for this run: {exc}",
+                             fix="use a source with a closed-form density and continuous fields only") from None
+        rows.append(("nll (nats)", f"{-res.log_prob.mean().item():.4f}"))
+        rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
+        rows.append(("likelihood nfe", str(res.nfe)))
+        rows.append(("likelihood solver", labout))
+    if not rows:
+        raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
+                         fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
+    title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
+    print_tables(title, rows, comps.metrics.values())
+    if failed is not None:  # after the rows the other metrics gave are shown
+        raise failed
+
+
+@app.command()
+def reflow(
+    run: Annotated[Path, typer.Argument(help="the teacher's run directory")],
+    pairs: Annotated[int, typer.Option("--pairs", min=1, help="number of (x0, x1) pairs to draw")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="pairs folder (new, or one this command began: it resumes)")],
+    solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="the teacher's EMA weights (default) or its raw ones")]
+    = True,
+    shard_size: Annotated[int, typer.Option(min=1, help="pairs per safetensors shard (the unit of resuming)")] = 4096,
+    seed: int = 0,
+    checkpoint: CheckpointOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw (x0, x1 = ODE(x0)) pairs from a trained run for reflow / distillation (docs/fewstep.md)."""
+    from fmkit.app.reflow import reflow_run
+    from fmkit.app.run import load_run_recipe
+
+    rec = load_run_recipe(run, set_ or [])
+    s, about = build_solver(rec, solver, steps, rtol, atol)
+    ck = pick_checkpoint(run, checkpoint)
+    res = reflow_run(run, out, pairs, solver=s, solver_about=about, checkpoint=ck, use_ema=ema, seed=seed,
+                     shard_size=shard_size, overrides=set_ or [])
+    resumed = f" ({res.shards - res.shards_written} shard(s) were there already)" if res.shards_written < res.shards \
+        else ""
+    console.print(f"{res.num_pairs} pairs from {ck.name} ({about}) in {res.out}: {res.shards} shard(s), "
+                  f"{res.shards_written} written in {res.seconds:.1f} s{resumed}", highlight=False)

@@ -1,0 +1,190 @@
+"""``fmkit train``: a recipe to a run directory, on one process or under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmkit.app.cli.common import _STATE, SetOpt, app, console, err_console, print_eval
+from fmkit.errors import FmkitError
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML file")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this node; "
+                                                ">1 hands off to torch.distributed.run (DDP)")] = 1,
+) -> None:
+    """Train a model from a recipe (or resume a run)."""
+    if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        launch_torchrun(ctx, nproc_per_node, recipe, resume, set_)
+        return
+    from fmkit.app.recipe import load_recipe
+    from fmkit.app.run import RECIPE_FILE, build_trainer, load_run_recipe, new_run_dir
+    from fmkit.engine.distributed import init_from_env
+
+    do_resume = resume is not None
+    if resume is not None:
+        from fmkit.engine.callbacks import Callback
+        from fmkit.engine.checkpoint import has_checkpoint
+
+        rec = load_run_recipe(resume, set_ or [])
+        dist = init_from_env(device=rec.trainer.device)  # gloo for a CPU recipe, also on a GPU host
+        if recipe is not None:
+            console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
+        run_dir = resume
+        trainer = build_trainer(rec, run_dir)
+        if not has_checkpoint(resume):
+            # stopped before its first checkpoint (killed early): nothing to resume, start it afresh
+            console.print(f"[yellow]note:[/] {resume} has no checkpoint yet; training it from step 0")
+            do_resume = False
+        if dist.rank == 0 and set_:
+            class _SaveRecipe(Callback):  # only once the checkpoint has loaded into the overridden recipe
+                def on_train_start(self, trainer) -> None:
+                    from fmkit.engine.checkpoint import write_atomic_text
+
+                    write_atomic_text(run_dir / RECIPE_FILE, rec.to_yaml())  # a kill never leaves half a recipe
+
+            trainer.callbacks.append(_SaveRecipe())
+    else:
+        if recipe is None:
+            raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
+        rec = load_recipe(recipe, set_ or [])
+        dist = init_from_env(device=rec.trainer.device)
+        trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
+        run_dir = on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
+        trainer.run_dir = Path(run_dir)
+    if dist.rank == 0 and rec.cpu_alternative and trainer.device.type == "cpu" and rec.trainer.device == "auto":
+        console.print(f"[yellow]note:[/] no GPU here: this recipe is sized for one and runs very slowly on a CPU; "
+                      f"on a CPU train `fmkit train {rec.cpu_alternative}` instead", highlight=False)
+    if dist.rank == 0:
+        from fmkit.engine.callbacks import Callback
+
+        class _Announce(Callback):  # once training really starts: not before a refused resume, say
+            def on_train_start(self, trainer) -> None:
+                console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
+                              f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
+
+        trainer.callbacks.insert(0, _Announce())
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(resume=do_resume)
+    finally:  # finished, stopped by Ctrl-C or failed: the picture of what was trained so far
+        if dist.rank == 0:
+            write_curves(Path(run_dir))
+    if dist.rank == 0:
+        early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
+        console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
+                      f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
+        print_eval(run_dir, trainer.metrics.values())
+
+
+def launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: Optional[Path],
+                     set_: Optional[list[str]]) -> None:
+    """Re-run this very command under ``torch.distributed.run`` with ``n`` processes on this node
+    (``--standalone``: a private rendezvous on a free port). Multi-node: call torchrun yourself
+    (docs/scale.md); inside torchrun, ``--nproc-per-node`` is ignored."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    # check the recipe once here, so a mistake is reported once and not by every process
+    if resume is not None:
+        from fmkit.app.run import load_run_recipe
+
+        rec = load_run_recipe(resume, set_ or [])
+    elif recipe is not None:
+        from fmkit.app.recipe import load_recipe
+
+        rec = load_recipe(recipe, set_ or [])
+    else:
+        raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
+    t = rec.trainer
+    from fmkit.engine.setup import pick_device
+
+    pick_device(t.device)  # a device this machine lacks: said once here, not by every process
+    if t.batch_size % (t.grad_accum * n):
+        raise FmkitError(f"trainer.batch_size={t.batch_size} is not divisible by grad_accum x processes = "
+                         f"{t.grad_accum} x {n}", where="trainer.batch_size / --nproc-per-node",
+                         fix="pick a batch size that is a multiple of both")
+    args = ["--standalone", f"--nproc-per-node={n}", "-m", "fmkit"] + (["--debug"] if _STATE["debug"] else [])
+    args += replay_args(ctx, skip={"nproc_per_node"})
+    try:
+        torchrun.run(torchrun.parse_args(args))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+        err_console.print(f"[bold red]error:[/] distributed training failed: process {rank} of {n} exited with "
+                          f"code {failure.exitcode} (the error is printed above); the others were stopped",
+                          highlight=False)
+        raise SystemExit(code) from None
+    except SignalException as exc:  # Ctrl-C / SIGTERM reached this launcher; torchrun passed it on to the ranks
+        err_console.print(f"[bold yellow]stopped:[/] {exc.sigval.name} reached the launcher; the {n} processes "
+                          f"stopped together (their checkpoint is reported above)", highlight=False)
+        raise SystemExit(128 + int(exc.sigval)) from None
+
+
+def on_rank0(dist, fn):
+    """``fn()`` run on rank 0 alone, its result (or its error) handed to every rank so that all go on,
+    or all stop, together; rank 0 reports the error, the others exit with its code quietly."""
+    if dist.world_size == 1:
+        return fn()
+    import torch.distributed as td
+
+    box: list = [None]
+    err: FmkitError | None = None
+    if dist.rank == 0:
+        try:
+            box = [("ok", fn())]
+        except FmkitError as exc:
+            err, box = exc, [("error", exc.exit_code)]
+    td.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        if err is not None:
+            raise err
+        raise SystemExit(value)
+    return value
+
+
+def replay_args(ctx: typer.Context, skip: set[str]) -> list[str]:
+    """The command line of ``ctx``'s command rebuilt from its parsed parameters (every option a
+    command has is replayed, so new options need no change here)."""
+    out = [ctx.info_name or ""]
+    for p in ctx.command.params:
+        if p.name in skip or p.name not in ctx.params:
+            continue
+        v = ctx.params[p.name]
+        if v is None or (p.param_type_name == "option" and v == p.default):
+            continue
+        if p.param_type_name == "argument":
+            out += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+        elif getattr(p, "is_flag", False):
+            out.append(p.opts[0] if v else p.secondary_opts[0])
+        elif getattr(p, "multiple", False):
+            for x in v:
+                out += [p.opts[0], str(x)]
+        else:
+            out += [p.opts[0], str(v)]
+    return out
+
+
+def write_curves(run_dir: Path) -> None:
+    """``run_dir/curves.png`` from its metrics, if it has any; a failure to draw is a note, never
+    the run's error (the exception in flight, a Ctrl-C say, is the one that counts)."""
+    from fmkit.engine.curves import plot_curves
+
+    try:
+        plot_curves(run_dir)
+    except FmkitError:  # no metrics.csv or nothing logged yet (stopped before its first log step): no picture
+        pass
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth losing the run's own outcome
+        console.print(f"[yellow]note:[/] could not draw {run_dir / 'curves.png'}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,156 @@
+"""A trained run loaded for inference — its recipe, components and a checkpoint's weights — and
+what sampling from it needs: the device, a solver from the recipe or flags, a folder for the
+samples, and a check that they are finite. Used by ``fmkit sample``, ``evaluate`` and ``reflow``,
+and by benchmarks and plugins that sample from a run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from fmkit.app.registry import get_registry as registry
+from fmkit.errors import FmkitError
+
+
+class LoadedRun(NamedTuple):
+    """``recipe``: the run's (with overrides); ``components``: built from it, the model holding the
+    checkpoint's weights (EMA's when ``eval.use_ema``); ``checkpoint``: its folder; ``data``: its contents."""
+
+    recipe: Any
+    components: Any
+    checkpoint: Path
+    data: Any
+
+
+def pick_checkpoint(run: Path, which: str | None) -> Path:
+    """RUN's checkpoint to load: the newest verified one, or ``--checkpoint`` given as a step number
+    or a checkpoint folder of RUN (a folder of another run would pair weights with the wrong recipe)."""
+    from fmkit.engine.checkpoint import complete_checkpoints, resolve_checkpoint, step_dir_name
+
+    if which is None:
+        return resolve_checkpoint(run)
+    root = run / "checkpoints"
+    kept = complete_checkpoints(root)
+    have = ", ".join(str(int(p.name.split("_")[-1])) for p in kept) or "none"
+    ck = root / step_dir_name(int(which)) if which.isdigit() else Path(which)
+    if ck.resolve() not in {p.resolve() for p in kept}:
+        raise FmkitError(f"{which!r} is not a complete checkpoint of {run}", where="--checkpoint",
+                         fix=f"give one of its kept steps ({have}) or a folder under {root}; "
+                             "trainer.keep_checkpoints sets how many a run keeps")
+    return ck  # verified when it is loaded
+
+def load_for_inference(run: Path, set_: list[str] | None, which: str | None = None) -> LoadedRun:
+    """RUN's recipe (with ``set_`` overrides), components and checkpoint (``which``: see :func:`pick_checkpoint`)."""
+    from fmkit.app.run import build_components, fingerprint, load_run_recipe
+    from fmkit.engine.checkpoint import load_checkpoint, load_resolved
+    from fmkit.engine.fingerprint import check_fingerprint
+    from fmkit.engine.snapshot import load_model_state
+
+    rec = load_run_recipe(run, set_ or [])
+    comps = build_components(rec)
+    if which is None:  # the newest that loads (a damaged one is skipped with a note)
+        ck, data = load_resolved(run)
+    else:
+        ck = pick_checkpoint(run, which)
+        data = load_checkpoint(ck)
+    # the model's output means what the path's prediction and the source say: all three must match
+    check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
+                      sections=("model", "path", "source"),
+                      fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
+                          "recipe")
+    weights = data.tensors.get("ema") if rec.eval.use_ema and "ema" in data.tensors else data.tensors["model"]
+    load_model_state(comps.model, weights, str(ck))
+    return LoadedRun(rec, comps, ck, data)
+
+def inference_device(rec: Any) -> torch.device:
+    """The recipe's device; on a CPU also its ``trainer.cpu_threads`` (sampling runs the same network)."""
+    from fmkit.engine.setup import pick_device, set_cpu_threads
+
+    dev = pick_device(rec.trainer.device)
+    if dev.type == "cpu":
+        set_cpu_threads(rec.trainer)
+    return dev
+
+
+def build_solver(rec: Any, solver: str | None, steps: int | None, rtol: float | None = None,
+            atol: float | None = None) -> tuple:
+    """The solver to sample with: the recipe's, or ``--solver`` (with its defaults), with ``--steps``
+    or ``--rtol``/``--atol`` on top; and a short description of it for tables (``euler, 50 steps``)."""
+    from fmkit.app.recipe import Component
+
+    reg = registry()
+    spec = rec.solver.spec()
+    if solver:
+        reg.get("solvers", solver, where="--solver")  # an unknown name: the closest match, by option
+        spec = {"name": solver}
+    flags = {"steps": ("--steps", steps), "rtol": ("--rtol", rtol), "atol": ("--atol", atol)}
+    entry = reg.get("solvers", spec["name"], where="solver")
+    fields = set(entry.options.model_fields) if entry.options is not None else set()
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        if key not in fields:
+            def takes(k: str) -> list[str]:
+                return sorted(n for n, e in reg.entries("solvers").items()
+                              if e.options is not None and k in e.options.model_fields)
+
+            if key == "steps":
+                fix = (f"--steps applies to fixed-step solvers ({', '.join(takes('steps'))}); an adaptive one such as "
+                       f"{spec['name']!r} takes --rtol/--atol")
+            else:
+                fix = (f"{flag} applies to adaptive solvers ({', '.join(takes(key))}); a fixed-step one such as "
+                       f"{spec['name']!r} takes --steps")
+            raise FmkitError(f"solver {spec['name']!r} has no option {key!r}", where=flag, fix=fix)
+        spec[key] = value
+    resolved = reg.resolve("solvers", Component(**spec).spec(), where="solver (with --solver/--steps/--rtol/--atol)")
+    return reg.build("solvers", resolved, where="solver"), describe_solver(resolved)
+
+
+def describe_solver(spec: dict) -> str:
+    """``euler, 50 steps`` or ``dopri5, rtol 1e-05, atol 1e-05`` (other options as key value)."""
+    opts = {k: v for k, v in spec.items() if k != "name" and v is not None}
+    parts = [spec["name"]] + [f"{v} steps" if k == "steps" else f"{k} {v}" for k, v in opts.items()]
+    return ", ".join(parts)
+
+
+def check_finite(samples: dict) -> None:
+    """Refuse samples holding NaN/Inf: a diverged model's output is no result to write (exit 0 said it was)."""
+    for k, v in samples.items():
+        if k in ("mask", "cond") or not v.is_floating_point():
+            continue
+        bad = (~v.isfinite()).reshape(v.shape[0], -1).any(1)
+        if bad.any():
+            raise FmkitError(f"{int(bad.sum())} of {v.shape[0]} samples hold NaN/Inf in field {k!r}",
+                             where="the model's velocity / the solver",
+                             fix="the checkpoint's weights or the solver diverged: try another checkpoint "
+                                 "(--checkpoint), more --steps, or check the run's loss curve (fmkit curves RUN)")
+
+
+def sample_dir(run: Path, out: str | None, overwrite: bool) -> Path:
+    """The folder to write samples into, made before sampling: ``--out`` inside RUN/samples (refused
+    when it holds files, unless ``--overwrite``), or a new ``cli-<time>[-N]`` folder."""
+    from fmkit.app.run import safe_output_path
+    from fmkit.errors import OutputError
+
+    base = run / "samples"
+    if out is None:
+        stem = f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir, i = safe_output_path(base, stem), 1
+        while out_dir.exists():
+            i += 1
+            out_dir = safe_output_path(base, f"{stem}-{i}")
+    else:
+        out_dir = safe_output_path(base, out)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+            raise OutputError(f"{out_dir} already exists and is not empty", where="--out",
+                              fix="pick another --out name, or pass --overwrite to write into it (files of the same "
+                                  "names are replaced)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the sample folder {out_dir}: {exc.strerror or exc}", where="--out",
+                          fix="pick another --out name") from None
+    return out_dir
