@@ -119,7 +119,7 @@ class MelPngWriter:
             ax.axis("off")
         for i, mel in enumerate(mels):
             ax = axes.flat[i]
-            ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
+            ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", interpolation="nearest")
             ax.set_title(f"{_label(samples, dataset, i)} ({mel.shape[-1]} fr)", fontsize=8)
         fig.tight_layout()
         p = out_dir / f"mels_step{step:07d}.png"
