@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import torch
-from conftest import real_mnist
+from image_testlib import real_mnist
 from typer.testing import CliRunner
 
 import fmkit
