@@ -5,7 +5,12 @@ audio_digits metrics; ``fmkit audio train-classifier`` trains with a fixed seed 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +61,31 @@ def test_cpu_run_on_a_few_digits_writes_wavs_png_and_metrics(digits_root, tmp_pa
     assert m["eval/acc_real_test"] >= 0.3, m  # above chance (0.1): its classifier learnt from 100 clips
     assert m["eval/n_fd"] == 20
     assert "acc_real_test" in r.stdout and "fd_real" in r.stdout  # the floors and ceilings are printed
+
+    # the repo's quality + real-time-factor bench on this run (skipped for an installed plugin alone)
+    bench = Path(__file__).resolve().parents[3] / "bench" / "audio_quality.py"
+    if not bench.is_file():
+        return
+    q = subprocess.run([sys.executable, str(bench), str(run), "--steps", "2", "-n", "20", "--chunk", "20",
+                        "--gl-iter", "8", "--out", str(tmp_path / "q")], capture_output=True, text=True,
+                       env={**os.environ, "FMKIT_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+    assert q.returncode == 0, q.stdout + q.stderr
+    res = json.loads((tmp_path / "q" / "quality.json").read_text())
+    fe_hop, sr = 128, 8000
+    assert res["audio_seconds"] == pytest.approx(sum((n - 1) * fe_hop for n in _lengths(run)) / sr, rel=0.5)
+    assert res["flow_seconds"] > 0 and res["vocoder_seconds"] > 0 and res["nfe"] == 2
+    assert res["rtf_flow"] == pytest.approx(res["audio_seconds"] / res["flow_seconds"], rel=1e-3)  # json rounds
+    assert res["rtf_vocoder"] == pytest.approx(res["audio_seconds"] / res["vocoder_seconds"], rel=1e-3)
+    assert res["rtf_total"] < min(res["rtf_flow"], res["rtf_vocoder"])
+    assert (tmp_path / "q" / "mels.png").is_file() and len(list((tmp_path / "q").glob("digit*.wav"))) >= 5
+
+
+def _lengths(run):
+    """Frames of the samples the run's final evaluation wrote (20 samples of the same length law)."""
+    from safetensors.torch import load_file
+
+    st = load_file(str(next((run / "samples").glob("mels_step*.safetensors"))))
+    return [int(n) for n in st["mask"].sum(dim=(1, 2))]
 
 
 def test_train_classifier_command_fixed_seed_then_cached(synth_fsdd, tmp_path):
