@@ -816,11 +816,34 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 # ============================================================================================
-def test_every_user_error_class_has_an_exit_code():
-    from fmkit.errors import DataError, OutputError, RecipeError
+@pytest.mark.parametrize("name", ["RecipeError", "RegistryError", "DataError", "CheckpointError", "TrainingError",
+                                  "OutputError", "ContractError", "DependencyError", "TrainingInterrupted"])
+def test_every_user_error_class_reaches_the_shell_as_its_exit_code(tmp_path, monkeypatch, name):
+    """Each error class, raised from inside a plugin's component, leaves `fmkit` with that class's
+    (non-zero) exit code and its what/where/fix, never a traceback or "internal error"."""
+    import fmkit.errors
+    from fmkit import hookimpl
+    from fmkit.engine.stopping import TrainingInterrupted
 
-    for cls in (RecipeError, RegistryError, DataError, CheckpointError, TrainingError, OutputError):
-        assert issubclass(cls, FmkitError) and cls.exit_code != 0
+    cls = TrainingInterrupted if name == "TrainingInterrupted" else getattr(fmkit.errors, name)
+
+    def factory(**_):
+        raise cls(f"raised {name}", where="the test", fix="nothing to fix")
+
+    class Raiser:
+        @hookimpl
+        def register_models(self, register):
+            register("raiser", factory)
+
+    reg = fresh_registry()
+    reg.add_plugin(Raiser(), name="raiser")
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", reg)
+    write("r.yaml", "data: {name: moons, n: 256}\nmodel: {name: raiser}\n")
+    r = cli("train", "r.yaml", "--out", "run")
+    assert cls.exit_code != 0 and r.code == cls.exit_code, r.text
+    label = "stopped: " if cls is TrainingInterrupted else "error: "
+    assert r.err.startswith(label + f"raised {name}") and "Traceback" not in r.text and "internal" not in r.text, r.text
+    assert "where: the test" in squash(r.err) and "fix: nothing to fix" in squash(r.err), r.text
 
 
 def _table() -> str:

@@ -53,6 +53,7 @@ class TrainedClassifier:
     net: DigitClassifier
     test_accuracy: float
     path: Path
+    trained: bool = False  # True: trained by this call; False: loaded from the cache
 
     @torch.no_grad()
     def run(self, state: State, batch: int = 256) -> tuple[Tensor, Tensor]:
@@ -72,8 +73,11 @@ def _augment(mel: Tensor, mask: Tensor, g: torch.Generator) -> Tensor:
 
 
 def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                     cache: Path | None = None, log=print) -> TrainedClassifier:
-    """Train (or load from the cache) the classifier for ``dataset`` (a :class:`~fmkit_audio.data.MelDataset`)."""
+                     cache: Path | None = None, force: bool = False, log=print) -> TrainedClassifier:
+    """Train (or load from the cache) the classifier for ``dataset`` (a :class:`~fmkit_audio.data.MelDataset`).
+
+    The cache file is named by the dataset's key (clips, front end, trimming) and these settings;
+    ``force`` retrains and overwrites it. Training is deterministic on the CPU for a given seed."""
     from safetensors.torch import load_file, save_file
 
     from fmkit_audio.data import cache_dir
@@ -87,7 +91,7 @@ def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: flo
     path = (cache or cache_dir()) / f"classifier-{key}.safetensors"
     net = DigitClassifier(n_mels, k)
     train, test = dataset.split_state("train"), dataset.split_state("reference")
-    if path.is_file():
+    if path.is_file() and not force:
         net.load_state_dict(load_file(str(path)))
         clf = TrainedClassifier(net, float("nan"), path)
         clf.test_accuracy = accuracy(clf, test)
@@ -97,6 +101,8 @@ def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: flo
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     n = train["mel"].shape[0]
+    if n < batch_size:
+        batch_size = max(1, n)  # tiny data (tests, pilots): one batch of everything
     steps = epochs * (n // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     t0 = time.monotonic()
@@ -116,7 +122,7 @@ def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: flo
             clf = TrainedClassifier(net, 0.0, path)
             log(f"classifier epoch {ep + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
                 f"{accuracy(clf, test):.4f} ({time.monotonic() - t0:.0f} s)")
-    clf = TrainedClassifier(net, 0.0, path)
+    clf = TrainedClassifier(net, 0.0, path, trained=True)
     clf.test_accuracy = accuracy(clf, test)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

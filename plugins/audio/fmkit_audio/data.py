@@ -65,7 +65,8 @@ class CommonOptions(BaseModel):
     peak_normalise: bool = Field(True, description="scale each clip to a peak of 0.95")
     frame_multiple: int = Field(4, ge=1, description="pad batches to a multiple of this many frames (the "
                                 "U-Net's total downsampling)")
-    limit: int | None = Field(None, ge=1, description="keep only the first N clips of each split (tests, pilots)")
+    limit: int | None = Field(None, ge=1, description="keep only N clips of each split, the classes taken in turn "
+                              "(the first clip of each class, then the second, ...): tests, pilots")
     stats: str | None = Field(None, description="normalisation statistics JSON to use (null: compute them from "
                               "the training split once and cache them)")
 
@@ -116,6 +117,23 @@ def read_audio(data: bytes | Path, name: str) -> tuple[Tensor, int]:
     return torch.from_numpy(arr.mean(axis=1).copy()), int(sr)
 
 
+def balanced_subset(clips: Sequence[Clip], n: int) -> list[Clip]:
+    """The first ``n`` clips taking the classes in turn (each class's clips in their given order), so a
+    small limit keeps every class: FSDD's clips are sorted by digit, and its first 50 are all zeros."""
+    by_label: dict[int, list[Clip]] = {}
+    for c in clips:
+        by_label.setdefault(c.label, []).append(c)
+    queues = [by_label[k] for k in sorted(by_label)]
+    out: list[Clip] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        for q in queues:
+            if rank < len(q):
+                out.append(q[rank])
+                if len(out) == n:
+                    return out
+    return out
+
+
 def prepare(clip: Clip, opts: CommonOptions) -> Tensor:
     """Resample, trim silence, crop and peak-normalise one clip: float waveform at the front end's rate."""
     import torchaudio
@@ -163,7 +181,7 @@ class MelDataset(Dataset):
         with torch.no_grad():
             for s, cs in by_split.items():
                 if opts.limit is not None:
-                    cs = cs[: opts.limit]
+                    cs = balanced_subset(cs, opts.limit)
                 mels[s] = [self.front(prepare(c, opts)) for c in cs]
                 labels[s] = torch.tensor([c.label for c in cs], dtype=torch.long)
         train = "train" if "train" in mels else split

@@ -80,3 +80,10 @@ def register_writers(register):
     register("mel_png", MelPngWriter, options=PngOptions, description="PNG of sample log-mel spectrograms")
     register("mel_safetensors", MelSafetensorsWriter, options=None,
              description="samples' log-mels, mask and labels as safetensors")
+
+
+@hookimpl
+def register_commands(app):
+    from fmkit_audio.cli import app as audio_app
+
+    app.add_typer(audio_app, name="audio")

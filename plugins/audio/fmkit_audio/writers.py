@@ -49,23 +49,44 @@ class WavOptions(BaseModel):
 
 
 class WavWriter:
-    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples."""
+    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples.
 
-    def __init__(self, vocoder: str | dict[str, Any] = "griffin_lim", num: int = 10) -> None:
+    The vocoder is looked up when the writer is built (before training, with ``data_info`` from the
+    run's dataset), so a recipe naming a vocoder no installed plugin registers fails at once, not
+    after the training. The lookup uses the process-wide registry (installed plugins' entry points);
+    ``registry`` overrides it for library use."""
+
+    def __init__(self, vocoder: str | dict[str, Any] = "griffin_lim", num: int = 10, *, data_info=None,
+                 registry=None) -> None:
         self.vocoder_spec, self.num = vocoder, num
+        self.registry = registry
         self._vocoder = None
+        self.vocoder_seconds = 0.0  # compute spent in the vocoder (Griffin-Lim counted apart from the flow)
+        self.audio_seconds = 0.0  # audio written
+        if data_info is not None and "front_end" in (data_info.meta or {}):
+            self._build(FrontEndOptions(**data_info.meta["front_end"]))
 
-    def __call__(self, samples: State, out_dir: Path, dataset, step: int) -> list[Path]:
-        import soundfile as sf
-
+    def _build(self, fe: FrontEndOptions):
         from fmkit_audio.vocoders import build_vocoder
 
-        fe = _front_end(dataset)
         if self._vocoder is None:
-            self._vocoder = build_vocoder(self.vocoder_spec, fe, where="eval.writers.wav.vocoder")
+            self._vocoder = build_vocoder(self.vocoder_spec, fe, where="eval.writers.wav.vocoder",
+                                          registry=self.registry)
+        return self._vocoder
+
+    def __call__(self, samples: State, out_dir: Path, dataset, step: int) -> list[Path]:
+        import time
+
+        import soundfile as sf
+
+        fe = _front_end(dataset)
+        vocoder = self._build(fe)
         paths = [_stats_file(dataset, out_dir)]
         for i, mel in enumerate(denormalised(samples, dataset)[: self.num]):
-            wav = self._vocoder(mel[None])[0].clamp(-1, 1).cpu().numpy()
+            t0 = time.perf_counter()
+            wav = vocoder(mel[None])[0].clamp(-1, 1).cpu().numpy()
+            self.vocoder_seconds += time.perf_counter() - t0
+            self.audio_seconds += wav.shape[-1] / fe.sample_rate
             p = out_dir / f"step{step:07d}_{i:03d}_{_label(samples, dataset, i)}.wav"
             sf.write(str(p), wav, fe.sample_rate, subtype="PCM_16")
             paths.append(p)
@@ -97,7 +118,7 @@ class MelPngWriter:
             ax.axis("off")
         for i, mel in enumerate(mels):
             ax = axes.flat[i]
-            ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
+            ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", interpolation="nearest")
             ax.set_title(f"{_label(samples, dataset, i)} ({mel.shape[-1]} fr)", fontsize=8)
         fig.tight_layout()
         p = out_dir / f"mels_step{step:07d}.png"

@@ -8,7 +8,7 @@ import struct
 
 import fmkit
 import numpy as np
-from conftest import real_mnist
+from image_testlib import real_mnist
 from typer.testing import CliRunner
 
 

@@ -1,0 +1,63 @@
+"""``fmkit audio ...`` sub-commands (added through the ``register_commands(app)`` hook)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="audio plugin: the digit classifier that judges samples", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Audio plugin commands."""
+
+
+def classifier_settings(recipe) -> tuple[int, int]:
+    """``(epochs, seed)`` of the recipe's ``audio_digits`` metric (its defaults when it has none), so the
+    command trains exactly the classifier that the recipe's evaluation reads from the cache."""
+    from fmkit_audio.metrics import AudioDigitsOptions
+
+    spec = next((m.spec() for m in recipe.eval.metrics if m.name == "audio_digits"), {"name": "audio_digits"})
+    opts = AudioDigitsOptions.model_validate({k: v for k, v in spec.items() if k != "name"})
+    return opts.classifier_epochs, opts.seed
+
+
+@app.command("train-classifier")
+def train_classifier_cmd(
+    recipe: Annotated[str, typer.Argument(help="recipe file or shipped recipe name: its data section is used")]
+    = "audio_digits_cpu",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key, e.g. data.limit=100")]
+    = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="default: the recipe's audio_digits metric's")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="default: the recipe's audio_digits metric's (0)")] = None,
+    force: Annotated[bool, typer.Option(help="retrain even if cached")] = False,
+) -> None:
+    """Train the digit classifier of the audio_digits metric on the recipe's data (fixed seed), cache its
+    weights where the metric reads them, and print its real test accuracy (the accuracy ceiling)."""
+    import fmkit
+
+    from fmkit_audio.classifier import train_classifier
+
+    rec = fmkit.load_recipe(recipe, set_ or [])
+    dataset = fmkit.get_registry().build("datasets", rec.data.spec(), where="data")
+    e, s = classifier_settings(rec)
+    e, s = epochs or e, s if seed is None else seed
+    t0 = time.monotonic()
+    clf = train_classifier(dataset, epochs=e, seed=s, force=force, log=typer.echo)
+    n_test = int(dataset.split_state("reference")["mel"].shape[0])
+    typer.echo(f"{'trained' if clf.trained else 'cached'}: {clf.path} ({time.monotonic() - t0:.1f} s; "
+               f"{e} epochs, seed {s}, {len(dataset)} training clips)")
+    typer.echo(f"test accuracy: {clf.test_accuracy:.4f} ({n_test} {dataset.ref_split} clips)")
+
+
+@app.command("vocoders")
+def vocoders_cmd() -> None:
+    """List the registered vocoders (the audio plugin's own kind) with the plugin of each and its options."""
+    from fmkit_audio.vocoders import vocoders
+
+    for name, e in sorted(vocoders().items()):
+        opts = ", ".join(f"{k}={f.default!r}" for k, f in e.options.model_fields.items()) if e.options else "-"
+        typer.echo(f"{name:16s} {e.plugin:16s} {e.description}  [options: {opts}]")
