@@ -16,6 +16,7 @@ from fmkit.engine.checkpoint import save_tensors, write_atomic_text
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
 from fmkit.errors import ContractError
 from fmkit.flow.data import Dataset
+from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import generate
 from fmkit.flow.solvers import Solver
@@ -135,3 +136,27 @@ def run(tr: Trainer) -> dict[str, float]:
         cb.on_eval_end(tr, tr.step, results)
     tr.barrier()
     return results
+
+
+def sampling_model(tr: Trainer) -> nn.Module:
+    """``tr``'s model that samples: the EMA's when ``eval.use_ema``, under guidance when ``eval.guidance_scale``."""
+    m = tr.ema.model if (tr.ema is not None and tr.eval_opts.use_ema) else tr.model
+    if tr.eval_opts.guidance_scale is not None and tr.null_cond is not None:
+        return ClassifierFreeGuidance(m, tr.eval_opts.guidance_scale, tr.null_cond)
+    return m
+
+
+@torch.no_grad()
+def sample(tr: Trainer, n: int, solver: Solver | None = None, seed: int = 0, distributed: bool = False) -> State:
+    """``n`` samples from ``tr`` (see :meth:`Trainer.sample`); the global RNG and the model's mode are restored."""
+    model = sampling_model(tr)
+    was_training = model.training
+    model.eval()
+    rng = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return sample_in_chunks(model, tr.path, tr.source, solver or tr.solver, tr.dataset, n, tr.eval_opts.batch_size,
+                                tr.device, seed, dist=tr.dist if distributed else None)
+    finally:
+        torch.set_rng_state(rng)
+        model.train(was_training)

@@ -52,3 +52,14 @@ def write_lineage(run_dir: Path, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / LINEAGE_FILE
     ckpt.write_atomic_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def start_from(source: str | Path, use_ema: bool, model: nn.Module, ema: Any, run_dir: Path | None) -> dict[str, Any]:
+    """A fresh run's ``trainer.init_from``: ``source``'s weights into ``model`` (and its EMA copy), the
+    lineage recorded in ``run_dir`` (when given: rank 0 of a run with a directory); returns the record."""
+    record = init_from_run(model, source, use_ema)
+    if ema is not None:
+        ema.model.load_state_dict(model.state_dict())
+    if run_dir is not None:
+        write_lineage(run_dir, record)
+    return record

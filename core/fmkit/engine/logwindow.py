@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
 
@@ -38,8 +39,10 @@ class LogWindow:
         finally:
             self.wait += time.perf_counter() - t
 
-    def close(self, step: int, loss: float, lr: float, batch_size: int) -> dict[str, float]:
-        """The scalars of the window ending at ``step`` (``loss``: its mean over ranks); starts the next.
+    def close(self, step: int, loss: float, lr: float, batch_size: int, grad_norm: Tensor | None = None,
+              device: torch.device | None = None) -> dict[str, float]:
+        """The scalars of the window ending at ``step`` (``loss``: its mean over ranks; ``grad_norm``:
+        the last step's, before clipping; on a CUDA ``device`` its peak memory); starts the next.
 
         ``data_wait`` is the share of the training time the host waited for the data pipeline (its
         loader workers, pairing included): near 0 means the step, not the data, sets the pace."""
@@ -48,6 +51,10 @@ class LogWindow:
         sps = (step - self._start_step) / busy
         scalars = {"loss": loss, "lr": lr, "steps_per_s": sps, "samples_per_s": sps * batch_size,
                    "data_wait": self.wait / busy}
+        if device is not None and device.type == "cuda":
+            scalars["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if grad_norm is not None:
+            scalars["grad_norm"] = float(grad_norm)
         self._start_time, self._start_step, self.wait, self._aside = now, step, 0.0, 0.0
         self.losses.clear()
         return scalars

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
 from fmkit.engine.options import EvalOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
@@ -147,3 +148,22 @@ def check_options(opts: TrainerOptions, eval_opts: EvalOptions, info: DataInfo, 
             fix="if the data has class labels, declare K condition classes (DataInfo(num_cond_classes=K), "
                 "TensorDataset(data, num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a "
                 "label embedding needs K + 1 rows; otherwise drop cond_dropout/guidance_scale")
+
+
+def training_device(opts: TrainerOptions, dist: DistInfo) -> torch.device:
+    """The device a trainer runs on: ``trainer.device`` (this rank's GPU under DDP); on a CPU also its threads."""
+    device = pick_device(opts.device)
+    if device.type == "cpu":
+        set_cpu_threads(opts, workers=opts.num_workers)
+    if dist.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+def check_fresh_start(run_dir: Path) -> None:
+    """Refuse step 0 in a run directory that holds checkpoints: it would replace them and its metrics.csv."""
+    if has_checkpoint(run_dir):
+        raise TrainingError(
+            "the run directory already holds checkpoints; training from step 0 would replace them and its "
+            "metrics.csv", where=str(run_dir),
+            fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")

@@ -4,6 +4,7 @@ and a loss that became NaN/Inf."""
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from fmkit.engine.distributed import all_gather_objects, all_reduce_mean
 from fmkit.engine.hints import FixHints
 from fmkit.errors import TrainingError
 from fmkit.flow.state import State, fields
@@ -67,6 +70,22 @@ class StopSignals:
 def non_finite_fields(batch: State) -> set[str]:
     """The floating-point fields of ``batch`` holding NaN or Inf."""
     return {k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()}
+
+
+def finite(loss: Tensor, world_size: int) -> bool:
+    """Whether a step's loss is finite; under DDP every rank decides on the mean, so all stop together."""
+    if world_size > 1:
+        loss = all_reduce_mean(loss.clone(), world_size)
+    return math.isfinite(loss.item())
+
+
+def bad_fields(batch: State, met: set[str], world_size: int) -> list[str]:
+    """The fields that broke a step: NaN/Inf in ``batch`` or ``met`` by the coupling, gathered over the
+    DDP ranks (every rank is here at the same step: the checks are collective), so all give one diagnosis."""
+    bad = non_finite_fields(batch) | met
+    if world_size > 1:
+        bad = set().union(*all_gather_objects(sorted(bad), world_size))
+    return sorted(bad)
 
 
 def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | None) -> TrainingError:

@@ -23,7 +23,7 @@ from fmkit.errors import NonFiniteDataError, TrainingError
 from fmkit.flow.couplings import Coupling, draw_and_pair
 from fmkit.flow.data import Dataset, Indices
 from fmkit.flow.sources import StateSource
-from fmkit.flow.state import State
+from fmkit.flow.state import State, pin, to_device
 
 PAIRING_STREAM = 0x70616972  # "pair": keeps the loader's noise apart from the step's streams
 
@@ -122,6 +122,19 @@ class BatchStream:
             except StopIteration:
                 self._it = None
                 self.epoch, self.index = self.epoch + 1, 0
+
+    def next_on(self, device: torch.device) -> tuple[State | None, State]:
+        """The next micro-batch on ``device``: ``(x0, x1)`` with x0 paired already when the pipeline
+        pairs (``trainer.pairing``), else ``(None, x1)``."""
+        item = next(self)
+        if device.type == "cuda" and self.num_workers == 0:
+            # a copy from pageable memory waits for the GPU's queue; from pinned memory it overlaps
+            # (with workers, the DataLoader pins)
+            item = pin(item)
+        if isinstance(item, (tuple, list)):  # pinned-memory collation turns the pair into a list
+            x0, x1 = item
+            return to_device(x0, device, non_blocking=True), to_device(x1, device, non_blocking=True)
+        return None, to_device(item, device, non_blocking=True)
 
     def position(self) -> dict[str, int]:
         """Where the stream is: ``index`` counts this rank's micro-batches in the epoch, ``accum`` of

@@ -1,19 +1,14 @@
 """The one CFM training engine, for every modality: :class:`Trainer`.
 
-One step: x1 ~ data, x0 ~ p_0, (x0, x1) <- coupling, t ~ p(t), loss <- :func:`~fmkit.engine.objective.cfm_loss`,
-AdamW step (:mod:`~fmkit.engine.optim`). Around it, each in its own module: the data pipeline that may
-pair ahead of the step (:mod:`~fmkit.engine.stream`), device and DDP/compile setup
-(:mod:`~fmkit.engine.setup`), crash-safe checkpoints with exact resume (:mod:`~fmkit.engine.snapshot`),
-periodic evaluation (:mod:`~fmkit.engine.evaluation`), ``metrics.csv`` lines
-(:mod:`~fmkit.engine.logwindow`, :mod:`~fmkit.engine.metrics_log`) and clean stops on signals and on
-a non-finite loss (:mod:`~fmkit.engine.stopping`).
+A step is :func:`~fmkit.engine.objective.cfm_loss` and an AdamW update; each job around it lives in
+its own module of :mod:`fmkit.engine` (data stream, setup, optim, snapshot, evaluation, log window,
+stopping), so the loop below reads in one screen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fmkit.engine import checkpoint as ckpt
-from fmkit.engine import distributed, evaluation, setup, snapshot, stopping
+from fmkit.engine import distributed, evaluation, lineage, setup, snapshot, stopping
 from fmkit.engine.callbacks import Callback, Metric, Writer
 from fmkit.engine.hints import FixHints
 from fmkit.engine.logwindow import LogWindow
@@ -34,14 +29,13 @@ from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import EvalOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing
-from fmkit.errors import CheckpointError, NonFiniteDataError, TrainingError
+from fmkit.errors import CheckpointError, NonFiniteDataError
 from fmkit.flow.couplings import Coupling, IndependentCoupling
 from fmkit.flow.data import Dataset
-from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
 from fmkit.flow.solvers import FixedStepSolver, Solver, check_continuous_only
 from fmkit.flow.sources import GaussianSource, Source, StateSource
-from fmkit.flow.state import State, pin, to_device
+from fmkit.flow.state import State
 
 
 class Trainer:
@@ -76,11 +70,7 @@ class Trainer:
         # under torchrun (WORLD_SIZE > 1) a library script need not set up the process group itself
         in_torchrun = "WORLD_SIZE" in os.environ
         self.dist = distributed.init_from_env(device=o.device) if in_torchrun else distributed.dist_info()
-        self.device = setup.pick_device(o.device)
-        if self.device.type == "cpu":
-            setup.set_cpu_threads(o, workers=o.num_workers)
-        if self.dist.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device = setup.training_device(o, self.dist)
         self.is_main = self.dist.rank == 0
         self.step = 0
         self.finished = False
@@ -127,15 +117,7 @@ class Trainer:
     def next_batch(self) -> tuple[State | None, State]:
         """The next micro-batch on the device: ``(x0, x1)`` with x0 paired already when the data
         pipeline pairs (``trainer.pairing``), else ``(None, x1)``."""
-        item = next(self.stream)
-        if self.device.type == "cuda" and self.stream.num_workers == 0:
-            # a copy from pageable memory waits for the GPU's queue; from pinned memory it overlaps
-            # (with workers, the DataLoader pins)
-            item = pin(item)
-        if isinstance(item, (tuple, list)):  # pinned-memory collation turns the pair into a list
-            x0, x1 = item
-            return to_device(x0, self.device, non_blocking=True), to_device(x1, self.device, non_blocking=True)
-        return None, to_device(item, self.device, non_blocking=True)
+        return self.stream.next_on(self.device)
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
@@ -195,21 +177,13 @@ class Trainer:
 
     def _start_fresh(self) -> None:
         """Step 0: refuse a run directory with checkpoints, seed, and take ``trainer.init_from``'s weights."""
-        if self.run_dir is not None and ckpt.has_checkpoint(self.run_dir):
-            raise TrainingError(
-                "the run directory already holds checkpoints; training from step 0 would replace them and "
-                "its metrics.csv", where=str(self.run_dir),
-                fix="continue that run with fit(resume=True) (`fmkit train --resume`), or use another run_dir")
+        if self.run_dir is not None:
+            setup.check_fresh_start(self.run_dir)
         # torch.manual_seed would visit every GPU
         distributed.seed_generators(self.seed + 7919 * self.dist.rank, self.device)
         if self.opts.init_from and self.lineage is None:  # a fresh run only: a resumed one has its own weights
-            from fmkit.engine.lineage import init_from_run, write_lineage
-
-            self.lineage = init_from_run(self.model, self.opts.init_from, self.opts.init_from_ema)
-            if self.ema is not None:
-                self.ema.model.load_state_dict(self.model.state_dict())
-            if self.run_dir is not None and self.is_main:
-                write_lineage(self.run_dir, self.lineage)
+            self.lineage = lineage.start_from(self.opts.init_from, self.opts.init_from_ema, self.model, self.ema,
+                                              self.run_dir if self.is_main else None)
 
     @contextlib.contextmanager
     def _logging(self) -> Iterator[None]:
@@ -293,11 +267,8 @@ class Trainer:
             losses = distributed.all_reduce_mean(torch.stack(window.losses).float(), self.dist.world_size)
             if not torch.isfinite(losses).all().item():
                 self._non_finite(batch, 1 if live else o.log_every)
-            scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"], o.batch_size)
-            if self.device.type == "cuda":
-                scalars["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            if grad_norm is not None:
-                scalars["grad_norm"] = float(grad_norm)
+            scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"], o.batch_size,
+                                   grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
             if self.logger:
                 self.logger.log(self.step, scalars)
@@ -345,16 +316,11 @@ class Trainer:
 
     def _finite(self, loss: Tensor) -> bool:
         """Whether the step's loss is finite; under DDP all ranks decide on the mean, so they stop together."""
-        if self.dist.world_size > 1:
-            loss = distributed.all_reduce_mean(loss.clone(), self.dist.world_size)
-        return math.isfinite(loss.item())
+        return stopping.finite(loss, self.dist.world_size)
 
     def _non_finite(self, batch: State, check_every: int) -> None:
         """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
-        bad = stopping.non_finite_fields(batch) | self._bad_fields  # the latter met by the coupling on this rank
-        if self.dist.world_size > 1:  # every rank is here at the same step (the NaN checks are collective):
-            # one diagnosis for all
-            bad = set().union(*distributed.all_gather_objects(sorted(bad), self.dist.world_size))
+        bad = stopping.bad_fields(batch, self._bad_fields, self.dist.world_size)
         if self.run_dir is None:
             saved = "nothing was saved (the trainer has no run_dir)"
         elif check_every == 1:
@@ -362,7 +328,7 @@ class Trainer:
             self.save_checkpoint()
         else:
             saved = "the last good checkpoint on disk is kept (the weights in memory may be corrupt)"
-        raise stopping.non_finite_error(self.step + 1, sorted(bad), saved, str(self.run_dir) if self.run_dir else None)
+        raise stopping.non_finite_error(self.step + 1, bad, saved, str(self.run_dir) if self.run_dir else None)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_data(self, pending: list[float] | None = None) -> ckpt.CheckpointData:
@@ -392,10 +358,9 @@ class Trainer:
 
     def resume(self, path: Path | None = None) -> None:
         """Restore model, EMA, optimizer, RNG and data position from a checkpoint (default: the run's latest)."""
-        if path is None:
-            if self.run_dir is None:
-                raise CheckpointError("resume needs a run directory or a checkpoint path")
-            path = self.run_dir
+        if path is None and self.run_dir is None:
+            raise CheckpointError("resume needs a run directory or a checkpoint path")
+        path = path if path is not None else self.run_dir
         _, data = ckpt.load_resolved(path)
         self.load_state(data, where=str(path))
 
@@ -406,29 +371,14 @@ class Trainer:
     # -- sampling and evaluation ---------------------------------------------------------------
     def sampling_model(self) -> nn.Module:
         """The model that samples: the EMA's when ``eval.use_ema``, under guidance when ``eval.guidance_scale``."""
-        m = self.ema.model if (self.ema is not None and self.eval_opts.use_ema) else self.model
-        if self.eval_opts.guidance_scale is not None and self.null_cond is not None:
-            return ClassifierFreeGuidance(m, self.eval_opts.guidance_scale, self.null_cond)
-        return m
+        return evaluation.sampling_model(self)
 
-    @torch.no_grad()
     def sample(self, n: int, solver: Solver | None = None, seed: int = 0, distributed: bool = False) -> State:
         """``n`` samples with the EMA model (if any), sizes/conditions drawn from the data.
 
         ``distributed=True`` (every rank must call it then) splits the chunks over the DDP ranks and
         gathers them: every rank gets the same ``n`` samples a single process would draw."""
-        model = self.sampling_model()
-        was_training = model.training
-        model.eval()
-        rng = torch.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            return evaluation.sample_in_chunks(model, self.path, self.source, solver or self.solver, self.dataset, n,
-                                               self.eval_opts.batch_size, self.device, seed,
-                                               dist=self.dist if distributed else None)
-        finally:
-            torch.set_rng_state(rng)
-            model.train(was_training)
+        return evaluation.sample(self, n, solver, seed, distributed)
 
     def _evaluation_pending(self) -> bool:
         """Whether this finished run's final evaluation never completed (a stop signal ended it)."""
