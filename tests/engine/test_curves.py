@@ -33,3 +33,16 @@ def test_plot_writes_one_png_and_refuses_an_empty_log(tmp_path):
     (tmp_path / "metrics.csv").write_text("step,name,value\n")
     with pytest.raises(FmkitError, match="no metrics to plot"):
         plot_curves(tmp_path)
+
+
+def test_an_unwritable_out_is_an_output_error_naming_it(tmp_path):
+    """Old code: the OSError of savefig came out as an internal error. (The folder is a file here:
+    a permission test would pass as root.)"""
+    from fmkit.errors import OutputError
+
+    (tmp_path / "metrics.csv").write_text("step,name,value\n10,loss,1.0\n20,loss,0.5\n")
+    (tmp_path / "not_a_folder").write_text("")
+    bad = tmp_path / "not_a_folder" / "curves.png"
+    with pytest.raises(OutputError, match="cannot write the curves to") as ei:
+        plot_curves(tmp_path, bad)
+    assert ei.value.where == str(bad) and "--out" in ei.value.fix

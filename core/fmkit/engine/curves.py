@@ -8,11 +8,12 @@ interrupted or still training.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 from fmkit.engine.metrics_log import read_metrics
-from fmkit.errors import FmkitError
+from fmkit.errors import FmkitError, OutputError
 
 CURVES_FILE = "curves.png"
 # panel order; any other name (a callback's trainer.log) follows, then the eval/ metrics
@@ -79,7 +80,14 @@ def plot_curves(run_dir: Path, out: Path | None = None, *, smoothing: float = 0.
     fig.tight_layout()
     out = Path(out) if out is not None else run_dir / CURVES_FILE
     tmp = out.with_name(f".{out.name}.tmp.png")  # whole or not at all, as the run's other files
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the curves to {out}: {exc.strerror or exc}", where=str(out),
+                          fix="pass --out with a file in a folder you can write to") from None
+    finally:
+        plt.close(fig)
     return out
