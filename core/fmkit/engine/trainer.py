@@ -217,7 +217,7 @@ class Trainer:
                         self.ema.update()
                     self.step += 1
                     window.losses.append(loss)
-                    self._report(window, bar, batch, grad_norm, live=check_every == 1)
+                    self._report(window, bar, batch, grad_norm, check_every)
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step)
                     if self._after_step(stop, window, vote):
@@ -260,19 +260,19 @@ class Trainer:
         return (loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum), batch  # type: ignore[return-value]
 
     def _report(self, window: LogWindow, bar: ProgressBar, batch: State, grad_norm: Tensor | None,
-                live: bool) -> None:
+                check_every: int) -> None:
         """The progress bar after each step; a ``metrics.csv`` line (means over ranks) every ``log_every``."""
         o = self.opts
         if self.step % o.log_every == 0 or self.step == o.steps:
             losses = distributed.all_reduce_mean(torch.stack(window.losses).float(), self.dist.world_size)
             if not torch.isfinite(losses).all().item():
-                self._non_finite(batch, 1 if live else o.log_every)
+                self._non_finite(batch, check_every)
             scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"], o.batch_size,
                                    grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
             if self.logger:
                 self.logger.log(self.step, scalars)
-        elif live:  # on a CPU the losses are on the host already: the window's mean so far, this rank's
+        elif bar.enabled and check_every == 1:  # on a CPU the losses are on the host: the window's mean so far
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
             bar.update(self.step)
