@@ -26,7 +26,7 @@ import fmkit.app.registry
 import pytest
 import torch
 from fmkit.engine import checkpoint as ck
-from fmkit.errors import CheckpointError, FmkitError, RegistryError, TrainingError
+from fmkit.errors import CheckpointError, RegistryError
 from reliability_helpers import ROOT, TINY, Result, cli, fmkit_subprocess, fresh_registry, squash
 
 DOC = ROOT / "docs" / "errors.md"

@@ -19,7 +19,6 @@ from fmkit.flow.paths import (
     ProbPath,
     StatePath,
     VPScheduler,
-    make_affine,
 )
 
 D = torch.float64
@@ -93,14 +92,6 @@ def test_cosine_and_polynomial_boundaries():
         assert a.tolist() == [0.0, 1.0] and s.tolist() == [1.0, 0.0]
         a, s, _, _ = PolynomialScheduler(n)(torch.tensor([0.5], dtype=D))
         assert a.item() == pytest.approx(0.5**n) and s.item() == pytest.approx(1 - 0.5**n)
-
-
-def test_make_affine_builds_each_scheduler():
-    assert isinstance(make_affine("condot", sigma_min=0.2).scheduler, CondOTScheduler)
-    assert make_affine("condot", sigma_min=0.2).scheduler.sigma_min == 0.2
-    assert isinstance(make_affine("vp").scheduler, VPScheduler)
-    assert isinstance(make_affine("cosine").scheduler, CosineScheduler)
-    assert make_affine("polynomial", exponent=3.0).scheduler.n == 3.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ is accepted wherever a single field is meant and is treated as ``{"x": tensor}``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Union
 
 import torch
@@ -56,19 +56,6 @@ def fields(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def is_categorical(t: Tensor) -> bool:
     """Integer tensors hold class indices and follow a discrete path."""
     return not (t.is_floating_point() or t.is_complex())
-
-
-def batch_size(state: Mapping[str, Tensor]) -> int:
-    for v in state.values():
-        if isinstance(v, Tensor):
-            return v.shape[0]
-    raise ValueError("state has no tensor fields")
-
-
-def map_fields(fn: Callable[[str, Tensor], Tensor], state: Mapping[str, Tensor]) -> State:
-    """Apply ``fn(name, tensor)`` to each flowing field; mask and cond are carried over unchanged."""
-    out = {k: (v if k in RESERVED else fn(k, v)) for k, v in state.items()}
-    return out
 
 
 def index(state: Mapping[str, Tensor], idx: Tensor) -> State:

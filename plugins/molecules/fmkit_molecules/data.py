@@ -7,16 +7,13 @@ the subspace on which the zero-CoM Gaussian source lives), in Angstrom.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError
-from fmkit.plugin import DataInfo, Dataset, FieldInfo
-from fmkit.plugin import State
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules import qm9
@@ -177,12 +174,6 @@ def from_records(records: Sequence, **kwargs) -> MoleculeDataset:
     packed = qm9.pack(records, "records")
     qm9.report_skipped(packed, "records")
     return MoleculeDataset(packed, **kwargs)
-
-
-def from_xyz(path: str | os.PathLike, **kwargs) -> MoleculeDataset:
-    """A dataset over every molecule of a multi-frame XYZ file (no cache, no split)."""
-    p = Path(path)
-    return MoleculeDataset(qm9.load(p, use_cache=False), source=str(p), **kwargs)
 
 
 class XYZMoleculesOptions(BaseModel):

@@ -6,7 +6,7 @@ the per-field contract in :mod:`.base`; :class:`StatePath` composes per-field pa
 of a whole state (:mod:`.state_path`).
 """
 
-from fmkit.flow.paths.affine import AffinePath, make_affine
+from fmkit.flow.paths.affine import AffinePath
 from fmkit.flow.paths.base import SIGMA_FLOOR, PathSample, ProbPath, check_output, expand_t, takes_step
 from fmkit.flow.paths.discrete import DiscretePath
 from fmkit.flow.paths.schedulers import (
@@ -23,5 +23,5 @@ from fmkit.flow.paths.state_path import StatePath
 __all__ = [
     "SIGMA_FLOOR", "AffinePath", "CondOTScheduler", "CosineScheduler", "DiscretePath", "PathSample",
     "PolynomialScheduler", "ProbPath", "Scheduler", "SchedulerOutput", "StatePath", "VPScheduler", "check_output",
-    "check_scheduler", "expand_t", "make_affine", "takes_step",
+    "check_scheduler", "expand_t", "takes_step",
 ]

@@ -10,10 +10,7 @@ from torch import Tensor
 from fmkit.flow.paths.base import SIGMA_FLOOR, PathSample, ProbPath, expand_t
 from fmkit.flow.paths.schedulers import (
     CondOTScheduler,
-    CosineScheduler,
-    PolynomialScheduler,
     Scheduler,
-    VPScheduler,
     check_scheduler,
 )
 from fmkit.flow.state import masked_mean_per_example
@@ -97,10 +94,3 @@ class AffinePath(ProbPath):
     def epsilon_to_x1(self, eps_pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         a, s, _, _ = self.coefficients(t, x_t)
         return (x_t - s * eps_pred) / a
-
-
-def make_affine(kind: str, **opts: float) -> AffinePath:
-    """Affine path by scheduler name: condot, vp, cosine, polynomial."""
-    schedulers = {"condot": CondOTScheduler, "vp": VPScheduler, "cosine": CosineScheduler,
-                  "polynomial": PolynomialScheduler}
-    return AffinePath(schedulers[kind](**opts))
