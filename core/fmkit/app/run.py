@@ -18,6 +18,7 @@ from fmkit.engine.trainer import Trainer
 from fmkit.errors import FmkitError, OutputError, RecipeError
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import Dataset
+from fmkit.flow.data_check import check_dataset
 from fmkit.flow.paths import DiscretePath, StatePath
 from fmkit.flow.solvers import Solver
 from fmkit.flow.sources import CategoricalSource, StateSource
@@ -67,6 +68,8 @@ def build_components(recipe: Recipe, registry: Registry | None = None, *, with_e
     reg = registry or get_registry()
     torch.manual_seed(recipe.seed)  # model initialisation is a function of the recipe
     dataset = _build(reg, "datasets", recipe.data.spec(), "data")
+    entry = reg.get("datasets", recipe.data.name)
+    check_dataset(dataset, who=f"dataset {entry.name!r} of plugin {entry.plugin!r}")
     info = dataset.info
     default_path = _build(reg, "paths", recipe.path.spec(), "path", data_info=info)
     per_path = {f: _build(reg, "paths", c.spec(), f"path.fields.{f}", data_info=info)
