@@ -137,14 +137,22 @@ def test_plugin_added_in_process_and_installed_loads_once_with_the_rest(monkeypa
     assert named.get("models", "ring_net").plugin == "my_ring"
 
 
-def test_a_failing_entry_point_leaves_the_registry_unchanged_and_fails_again(monkeypatch, tmp_path):
-    """Old code: the first plugin stayed registered, the rest were skipped, and the next lookup
-    silently went on without them."""
-    _entry_points(monkeypatch, tmp_path, other=OTHER, broken="")
+def test_a_failing_entry_point_is_set_aside_and_the_others_load(monkeypatch, tmp_path, capsys):
+    """Old code: one plugin failing at import stopped every lookup (and every command), repeating its
+    error at each; now it is reported once, with file:line, and the other plugins work."""
+    _entry_points(monkeypatch, tmp_path, other=OTHER, broken="import fmkit\nimport not_a_module_xyz\n")
     reg = Registry.fresh()
-    for _ in range(2):
-        with pytest.raises(RegistryError, match="plugin 'broken' .* failed to import"):
-            reg.entries("couplings")
-    assert "other" not in reg.pm.list_name_plugin().__repr__()
-    monkeypatch.setenv("FMKIT_DISABLE_PLUGINS", "broken")
     assert "other_coupling" in reg.entries("couplings")
+    assert "other_coupling" in reg.entries("couplings")  # again: no second report
+    err = capsys.readouterr().err
+    assert err.count("plugin 'broken'") == 1, err
+    b = reg.broken["broken"]
+    assert b.stage == "import" and b.error.startswith("ModuleNotFoundError") and b.location == "fmkit_t_broken.py:2"
+    with pytest.raises(RegistryError, match=r"unknown model 'acme_net'; plugin 'broken' could not be loaded "
+                                            r"\(import: ModuleNotFoundError.*fmkit_t_broken.py:2\) and may provide it"):
+        reg.get("models", "acme_net")
+    monkeypatch.setenv("FMKIT_DISABLE_PLUGINS", "broken")
+    reg = Registry.fresh()
+    assert "other_coupling" in reg.entries("couplings") and not reg.broken
+    with pytest.raises(RegistryError, match=r"plugin 'broken' is installed but disabled \(FMKIT_DISABLE_PLUGINS"):
+        reg.get("models", "acme_net")

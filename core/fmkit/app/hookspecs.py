@@ -79,3 +79,9 @@ def register_commands(app):
 @hookspec
 def register_recipes(register):
     """Recipes a plugin ships: ``register(name, path_to_yaml)``."""
+
+
+@hookspec
+def register_hookspecs(register):
+    """A plugin's own hook kinds: ``register(specs)`` with a class or module of ``@fmkit.plugin.hookspec``
+    functions (the audio plugin's ``register_vocoders``), declared before any plugin's hooks are checked."""

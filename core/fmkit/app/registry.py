@@ -1,7 +1,9 @@
 """The component registry, filled by pluggy hooks (built-in plugin + entry points of group ``fmkit``).
 
 ``get_registry()`` returns the process-wide registry; ``Registry.fresh()`` builds an independent
-one (tests, library users). Entry points load lazily, on the first lookup. Environment variables:
+one (tests, library users). Entry points load lazily, on the first lookup; a plugin that fails to
+load is set aside in ``Registry.broken`` and the others work (:mod:`fmkit.app.plugin_loading`).
+Environment variables:
 
 - ``FMKIT_PLUGINS``: comma-separated allow list of entry-point names (``none`` loads none);
 - ``FMKIT_DISABLE_PLUGINS``: comma-separated block list.
@@ -12,7 +14,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -31,7 +32,18 @@ from fmkit.app.component_options import (
     option_keys,
     unknown_option_line,
 )
-from fmkit.errors import RecipeError, RegistryError
+from fmkit.app.factories import _qualname, call_with_context, check_factory
+from fmkit.app.plugin_loading import (
+    BrokenPlugin,
+    PluginInfo,
+    broken_from_exception,
+    check_name,
+    distribution_of,
+    hook_problems,
+    load_entry_points,
+    own_description,
+)
+from fmkit.errors import FmkitError, RecipeError, RegistryError, note
 
 ENTRY_POINT_GROUP = "fmkit"
 BUILTIN = "fmkit.app.builtin.plugin"
@@ -58,6 +70,14 @@ class Registry:
         self._entry_points_loaded = False
         self._cache: dict[str, dict[str, Entry]] = {}
         self._named: set[int] = set()  # plugins given a name in add_plugin: kept when also installed
+        self._unchecked: list[object] = []  # plugins added in-process whose hooks are not checked yet
+        self._specs_declared: set[str] = set()
+        self._missing_recipes: set[tuple[str, str]] = set()
+        self._dists: dict[str, tuple[str | None, str | None]] = {}
+        #: plugins set aside (failed import, bad hooks, a register hook that raised), by name
+        self.broken: dict[str, BrokenPlugin] = {}
+        #: installed plugins not loaded because of FMKIT_PLUGINS / FMKIT_DISABLE_PLUGINS: name -> why
+        self.disabled: dict[str, str] = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -74,7 +94,8 @@ class Registry:
 
     def add_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module (anything with ``@hookimpl`` functions); one that is
-        already registered (say, also loaded from its entry point) is left as it is."""
+        already registered (say, also loaded from its entry point) is left as it is. Its hooks are
+        checked at the first lookup (misspelled or unmarked hooks are a RegistryError then)."""
         if self.pm.is_registered(plugin):
             return
         try:
@@ -84,66 +105,78 @@ class Registry:
         except ValueError as exc:  # pluggy: the name is taken by another plugin object
             raise RegistryError(f"cannot add plugin {name or _qualname(plugin)!r}: {exc}",
                                 fix="give it another name, e.g. add_plugin(obj, name='my_plugin')") from None
+        self._unchecked.append(plugin)
         self._cache.clear()
 
+    def _ready(self) -> None:
+        """Entry points loaded and every plugin's hooks checked: what each lookup needs first."""
+        self._ensure_entry_points()
+        if self._unchecked:
+            self._declare_hookspecs()
+            for plugin in list(self._unchecked):
+                if not self.pm.is_registered(plugin):
+                    self._unchecked.remove(plugin)
+                    continue
+                problems = hook_problems(self.pm, plugin)
+                if problems:
+                    name = self.pm.get_name(plugin)
+                    raise RegistryError(f"plugin {name!r}: " + "; ".join(problems), where=f"plugin {name!r}",
+                                        fix="mark each hook with @fmkit.hookimpl and name it as in "
+                                            "fmkit.app.hookspecs (register_models, register_datasets, ...)")
+                self._unchecked.remove(plugin)
+
+    def _declare_hookspecs(self) -> None:
+        """Let plugins declare their own hook kinds (``register_hookspecs``) before hooks are checked;
+        a plugin whose declaration raises is set aside."""
+        for impl in self.pm.hook.register_hookspecs.get_hookimpls():
+            if impl.plugin_name in self._specs_declared:
+                continue
+            self._specs_declared.add(impl.plugin_name)
+            try:
+                impl.function(register=self._add_hookspecs)
+            except Exception as exc:
+                self._set_aside(impl, "register_hookspecs", exc)
+                self.pm.unregister(impl.plugin)
+
+    def _set_aside(self, impl: Any, stage: str, exc: BaseException) -> None:
+        """Record that ``impl``'s plugin failed at ``stage`` (a hook of its that raised) and say so once."""
+        target = getattr(impl.plugin, "__name__", type(impl.plugin).__module__)
+        b = broken_from_exception(impl.plugin_name, target, stage, exc, dist=self._dist(impl.plugin_name, impl.plugin))
+        self.broken[impl.plugin_name] = b
+        note(b.summary(), fix=b.fix())
+        self._cache.clear()
+
+    def _add_hookspecs(self, specs: object) -> None:
+        names = [n for n in dir(specs) if self.pm.parse_hookspec_opts(specs, n) is not None]
+        if any(getattr(getattr(self.pm.hook, n, None), "spec", None) is None for n in names):
+            self.pm.add_hookspecs(specs)
+
     def _ensure_entry_points(self) -> None:
-        """Import every allowed entry point, then register them all, or none: a failure leaves the
-        registry as it was (and the next lookup tries again and reports it again)."""
+        """Import and register every allowed entry point (once): see :func:`load_entry_points`."""
         if self._entry_points_loaded or not self._load_entry_points:
             return
-        allow = _env_list("FMKIT_PLUGINS")
-        block = set(_env_list("FMKIT_DISABLE_PLUGINS") or [])
-        loaded: list[tuple[str, object]] = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if allow is not None and ep.name not in allow:
-                continue
-            if ep.name in block or self.pm.has_plugin(ep.name):
-                continue
-            try:
-                module = ep.load()
-            except Exception as exc:  # a broken plugin must not take the whole tool down silently
-                raise RegistryError(
-                    f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}",
-                    where=f"entry point group {ENTRY_POINT_GROUP!r}",
-                    fix=f"reinstall it, or skip it with FMKIT_DISABLE_PLUGINS={ep.name}",
-                ) from exc
-            # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too: it
-            # keeps its registration, under its entry point's name (as the CLI names it in errors)
-            if self.pm.is_registered(module):
-                if id(module) not in self._named and self.pm.get_name(module) != ep.name:
-                    self.pm.unregister(module)
-                    self.pm.register(module, name=ep.name)
-            elif all(m is not module for _, m in loaded):
-                loaded.append((ep.name, module))
-        done: list[object] = []
-        try:
-            for name, module in loaded:
-                self.pm.register(module, name=name)
-                done.append(module)
-        except Exception as exc:  # pluggy refused it (a name clash, a malformed hook implementation)
-            for module in done:
-                self.pm.unregister(module)
-            raise RegistryError(f"plugin {name!r} cannot be registered: {type(exc).__name__}: {exc}",
-                                where=f"entry point group {ENTRY_POINT_GROUP!r}",
-                                fix=f"report it to the plugin's authors, or skip it with FMKIT_DISABLE_PLUGINS={name}",
-                                ) from exc
         self._entry_points_loaded = True
+        load_entry_points(self, entry_points(group=ENTRY_POINT_GROUP))
         self._cache.clear()
 
     # -- collection ---------------------------------------------------------------------------
     def entries(self, kind: str) -> dict[str, Entry]:
-        """All components of ``kind`` by name."""
+        """All components of ``kind`` by name. A plugin whose ``register_<kind>`` hook raises (not an
+        fmkit error) is set aside in ``broken`` with its error; the other plugins' components stay."""
         if kind not in hookspecs.KINDS:
             raise RegistryError(f"unknown component kind {kind!r}", fix=f"use one of: {', '.join(hookspecs.KINDS)}")
-        self._ensure_entry_points()
+        self._ready()
         if kind not in self._cache:
             found: dict[str, Entry] = {}
             hook = getattr(self.pm.hook, f"register_{kind}")
             for impl in reversed(hook.get_hookimpls()):  # registration order
                 plugin_name = impl.plugin_name
+                if plugin_name in self.broken:
+                    continue
 
                 def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
                              description: str = "", _plugin: str = plugin_name) -> None:
+                    check_name(kind, name, _plugin)
                     if name in found and found[name].plugin == _plugin:
                         raise RegistryError(
                             f"plugin {_plugin!r} registers {kind[:-1]} {name!r} twice",
@@ -160,24 +193,38 @@ class Registry:
                         raise RegistryError(
                             f"{kind[:-1]} {name!r} from plugin {_plugin!r}: options must be a pydantic model class",
                         )
-                    found[name] = Entry(kind, name, factory, options, _plugin, description or _doc(factory))
+                    found[name] = Entry(kind, name, factory, options, _plugin, description or own_description(factory))
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except FmkitError:
+                    raise
+                except Exception as exc:  # the plugin's own bug: set it aside, keep the others
+                    for n in [n for n, e in found.items() if e.plugin == plugin_name]:
+                        del found[n]
+                    self._set_aside(impl, f"register_{kind}", exc)
             self._cache[kind] = found
         return self._cache[kind]
 
     def get(self, kind: str, name: str, *, where: str | None = None) -> Entry:
-        """Look ``name`` up, or fail listing the available names and the closest match."""
+        """Look ``name`` up, or fail listing the available names, the closest match, and the plugins
+        that are set aside (broken) or disabled, any of which may be the one that provides it."""
         table = self.entries(kind)
         if name in table:
             return table[name]
         available = sorted(table)
         close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        missing = [f"plugin {b.name!r} could not be loaded ({b.stage}: {b.error}"
+                   + (f", at {b.location}" if b.location else "") + ") and may provide it"
+                   for b in self.broken.values()]
+        missing += [f"plugin {n!r} is installed but disabled ({why}) and may provide it"
+                    for n, why in sorted(self.disabled.items())]
         raise RegistryError(
-            f"unknown {kind[:-1]} {name!r}",
+            f"unknown {kind[:-1]} {name!r}" + ("".join(f"; {m}" for m in missing)),
             where=where,
-            fix=f"{hint}available {kind}: {', '.join(available) or '(none)'}",
+            fix=f"{hint}available {kind}: {', '.join(available) or '(none)'}"
+                + ("; `fmkit plugins` shows why a plugin is not loaded" if missing else ""),
         )
 
     def validate(self, kind: str, spec: Mapping[str, Any], *, where: str) -> tuple[Entry, BaseModel | None]:
@@ -235,20 +282,71 @@ class Registry:
 
     # -- plugin extras ------------------------------------------------------------------------
     def recipes(self) -> dict[str, tuple[Path, str]]:
-        """Recipes shipped by plugins: name -> (path, plugin)."""
-        self._ensure_entry_points()
+        """Recipes shipped by plugins: name -> (path, plugin). A registered file that does not exist
+        (a wheel built without its package-data) is left out, with a note naming the plugin."""
+        self._ready()
         out: dict[str, tuple[Path, str]] = {}
         for impl in self.pm.hook.register_recipes.get_hookimpls():
-            impl.function(register=lambda name, path, _p=impl.plugin_name: out.__setitem__(name, (Path(path), _p)))
+            def register(name: str, path: str | Path, _p: str = impl.plugin_name) -> None:
+                check_name("recipes", name, _p)
+                if Path(path).is_file():
+                    out[name] = (Path(path), _p)
+                elif (name, _p) not in self._missing_recipes:
+                    self._missing_recipes.add((name, _p))
+                    note(f"plugin {_p!r} registers recipe {name!r} at {path}, which does not exist",
+                         fix="a packaging bug in that plugin: its wheel must include the recipe files "
+                             "([tool.setuptools.package-data] in its pyproject.toml)")
+            impl.function(register=register)
         return out
 
     def add_commands(self, app: Any) -> None:
-        self._ensure_entry_points()
-        self.pm.hook.register_commands(app=app)
+        """Let every plugin add its sub-commands; one whose hook raises is set aside (and reported)."""
+        self._ready()
+        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+            if impl.plugin_name in self.broken:
+                continue
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                self._set_aside(impl, "register_commands", exc)
 
     def plugins(self) -> list[str]:
-        self._ensure_entry_points()
+        self._ready()
         return [name for name, _ in self.pm.list_name_plugin()]
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Every loaded plugin with its distribution, version and hooks (a plugin registering
+        nothing is listed too)."""
+        self._ready()
+        out = []
+        for name, obj in self.pm.list_name_plugin():
+            hooks = tuple(sorted(c.name for c in self.pm.get_hookcallers(obj) or []))
+            module = obj.__name__ if inspect.ismodule(obj) else type(obj).__module__ + "." + type(obj).__qualname__
+            out.append(PluginInfo(name, module, *self._dist(name, obj), hooks))
+        return out
+
+    def _dist(self, name: str, obj: object) -> tuple[str | None, str | None]:
+        if name in self._dists:
+            return self._dists[name]
+        if name == BUILTIN:
+            import fmkit
+
+            return "fmkit", fmkit.__version__
+        return distribution_of(obj)
+
+    def provenance(self, used: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """``{"<kind>.<name>": {plugin, distribution, version}}`` for the components ``used``
+        (``{"models.unet": ...}`` keys as ``kind.name``): what a run records of who made it."""
+        out: dict[str, dict[str, Any]] = {}
+        objs = dict(self.pm.list_name_plugin())
+        for key in used:
+            kind, _, name = key.partition(".")
+            e = self.entries(kind).get(name)
+            if e is None:
+                continue
+            dist, version = self._dist(e.plugin, objs.get(e.plugin))
+            out[key] = {"plugin": e.plugin, "distribution": dist, "version": version}
+        return out
 
     def plugin_packages(self) -> dict[str, str]:
         """Top-level package -> plugin name, for every plugin registered so far that is not part of
@@ -260,60 +358,6 @@ class Registry:
             if root not in ("fmkit", "__main__", "builtins"):
                 out.setdefault(root, name)
         return out
-
-
-def check_factory(entry: Entry, kwargs: Mapping[str, Any], context: Mapping[str, Any], where: str) -> None:
-    """Refuse a factory whose signature does not fit its options model: the plugin's fault, not the
-    recipe's (called, it would fail with a bare ``TypeError``)."""
-    try:
-        params = inspect.signature(entry.factory).parameters
-    except (TypeError, ValueError):
-        return
-    what = f"{entry.kind[:-1]} {entry.name!r} of plugin {entry.plugin!r}"
-    fix = "a bug in that plugin: report it to its authors (fmkit is not the cause)"
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        extra = [k for k in kwargs if k not in params or params[k].kind in (params[k].POSITIONAL_ONLY,
-                                                                             params[k].VAR_POSITIONAL)]
-        if extra:
-            opts = entry.options.__name__ if entry.options is not None else "options"
-            raise RegistryError(f"{what}: its options model {opts} declares option(s) {extra} that its factory "
-                                f"{_qualname(entry.factory)} does not accept", where=where, fix=fix)
-    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
-               p.KEYWORD_ONLY) and n not in kwargs and n not in context]
-    if missing:
-        raise RegistryError(f"{what}: its factory {_qualname(entry.factory)} requires {missing}, which neither its "
-                            f"options model nor the build context ({', '.join(sorted(context)) or 'none'}) provides",
-                            where=where, fix=fix)
-
-
-def _qualname(obj: Any) -> str:
-    """A function's, class's or module's name; an instance's class name."""
-    return getattr(obj, "__name__", None) or type(obj).__name__
-
-
-def call_with_context(factory: Callable[..., Any], kwargs: dict[str, Any], context: Mapping[str, Any]) -> Any:
-    """Call ``factory(**kwargs)`` adding each context value whose name the factory's signature has."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    extra = {k: v for k, v in context.items() if k in params and k not in kwargs}
-    return factory(**kwargs, **extra)
-
-
-def _doc(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc else ""
-
-
-def _env_list(var: str) -> list[str] | None:
-    val = os.environ.get(var)
-    if val is None:
-        return None
-    val = val.strip()
-    if val.lower() in ("", "none"):
-        return []
-    return [v.strip() for v in val.split(",") if v.strip()]
 
 
 _DEFAULT: Registry | None = None

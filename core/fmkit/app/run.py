@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from torch import nn
 
 from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.app.registry import Registry, get_registry
+from fmkit.engine.callbacks import Callback
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.hints import FixHints
 from fmkit.engine.trainer import Trainer
@@ -24,6 +26,7 @@ from fmkit.flow.solvers import Solver
 from fmkit.flow.sources import CategoricalSource, StateSource
 
 RECIPE_FILE = "recipe.yaml"
+PROVENANCE_FILE = "provenance.json"
 
 
 @dataclass
@@ -137,11 +140,46 @@ def _key(d: dict[str, Any], name: str) -> str:
 
 
 def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None) -> Trainer:
-    c = build_components(recipe, registry)
-    return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
-                   options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                   callbacks=c.callbacks, run_dir=run_dir, seed=recipe.seed, fingerprint=fingerprint(recipe),
-                   hints=FixHints.cli())
+    """The recipe's Trainer. Its checkpoints record, and its run directory gets in
+    ``provenance.json`` when training starts, which plugin, distribution and version made each component."""
+    reg = registry or get_registry()
+    c = build_components(recipe, reg)
+    tr = Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
+                 options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
+                 callbacks=[*c.callbacks, _RecordProvenance()], run_dir=run_dir, seed=recipe.seed,
+                 fingerprint=fingerprint(recipe), hints=FixHints.cli())
+    tr.provenance = provenance(recipe, reg)
+    return tr
+
+
+class _RecordProvenance(Callback):
+    """Writes ``RUN/provenance.json`` as training starts (fresh or resumed: the versions of this session)."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.run_dir is None or not trainer.is_main or trainer.provenance is None:
+            return
+        from fmkit.engine.checkpoint import write_atomic_text
+
+        write_atomic_text(trainer.run_dir / PROVENANCE_FILE, json.dumps(trainer.provenance, indent=2) + "\n")
+
+
+def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
+    """Versions of fmkit, torch and Python, and for each component the recipe uses, the plugin,
+    distribution and version that registered it (``{"components": {"models.unet": {...}}}``)."""
+    import platform
+
+    import fmkit
+
+    used = {f"datasets.{recipe.data.name}": "", f"models.{recipe.model.name}": "",
+            f"couplings.{recipe.coupling.name}": "", f"solvers.{recipe.solver.name}": ""}
+    for kind, comp in (("paths", recipe.path), ("sources", recipe.source)):
+        used[f"{kind}.{comp.name}"] = ""
+        used.update({f"{kind}.{c.name}": "" for c in comp.fields.values()})
+    for kind, comps in (("metrics", recipe.eval.metrics), ("writers", recipe.eval.writers),
+                        ("callbacks", recipe.callbacks)):
+        used.update({f"{kind}.{c.name}": "" for c in comps})
+    return {"fmkit": fmkit.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "components": registry.provenance(used)}
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -35,7 +35,7 @@ def capture(tr: Trainer, pending: list[float] | None = None) -> ckpt.CheckpointD
             # a stop between log steps: the resumed run's next log line averages the same steps
             "pending_losses": pending if pending is not None else [float(v) for v in tr.pending],
             "params": {k: list(v.shape) for k, v in tr.model.state_dict().items()},
-            "lineage": tr.lineage}
+            "lineage": tr.lineage, "provenance": tr.provenance}
     return ckpt.CheckpointData(tensors, meta)
 
 

@@ -72,9 +72,9 @@ class Trainer:
         self.dist = distributed.init_from_env(device=o.device) if in_torchrun else distributed.dist_info()
         self.device = setup.training_device(o, self.dist)
         self.is_main = self.dist.rank == 0
-        self.step = 0
-        self.finished = False
+        self.step, self.finished = 0, False
         self.lineage: dict[str, Any] | None = None  # trainer.init_from: whose weights this run started from
+        self.provenance: dict[str, Any] | None = None  # who made the components (recorded in checkpoints)
         self.signals = stopping.StopSignals()
         self._vote: distributed.StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit

@@ -56,6 +56,14 @@ def register_callbacks(register):
 
 
 @hookimpl
+def register_hookspecs(register):
+    """Declare the ``register_vocoders`` hook, so other plugins' vocoders are known before fmkit checks hooks."""
+    from fmkit_audio.vocoders import VocoderSpecs
+
+    register(VocoderSpecs)
+
+
+@hookimpl
 def register_vocoders(register):
     """The audio plugin's own kind (declared in :mod:`fmkit_audio.vocoders` with ``add_hookspecs``)."""
     from fmkit_audio.vocoders import GriffinLim, GriffinLimOptions

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from fmkit.app.cli.common import SetOpt, app, console, recipe_app, registry
+from fmkit.app.cli.common import _STATE, SetOpt, app, console, err_console, recipe_app, registry
 from fmkit.errors import FmkitError
 
 
@@ -30,8 +31,10 @@ def plugins(
     kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="only this kind (models, datasets, ...)")] = None,
     options: Annotated[bool, typer.Option("--options", help="also each component's options: type and default")]
     = False,
+    as_json: Annotated[bool, typer.Option("--json", help="everything as one JSON document (for tools)")] = False,
 ) -> None:
-    """Every registered component, its kind and the plugin that gave it (with --options, its options)."""
+    """The installed plugins (distribution, version, hooks; those that failed to load, with file:line),
+    then every registered component, its kind and the plugin that gave it."""
     from fmkit.app.component_options import describe_options
     from fmkit.app.hookspecs import KINDS
 
@@ -46,15 +49,45 @@ def plugins(
             raise FmkitError(f"unknown component kind {kind!r}", where="--kind",
                              fix=(f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(KINDS)}")
         kinds = (singular.get(kind, kind),)
+    components = [(k, name, e) for k in kinds for name, e in sorted(reg.entries(k).items())]
+    infos = reg.plugin_infos()
+    if as_json:
+        import json
+
+        doc = {"plugins": [i.as_dict() for i in infos],
+               "broken": [{k: v for k, v in b.as_dict().items() if k != "traceback" or _STATE["debug"]}
+                          for b in reg.broken.values()],
+               "disabled": reg.disabled,
+               "components": [{"kind": k[:-1], "name": n, "plugin": e.plugin, "description": e.description,
+                               **({"options": describe_options(e.options) if e.options else None} if options else {})}
+                              for k, n, e in components],
+               "recipes": {n: {"path": str(p), "plugin": pl} for n, (p, pl) in sorted(reg.recipes().items())}}
+        print(json.dumps(doc, indent=2))
+        return
+    if kind is None:
+        counts = {i.name: sum(1 for _, _, e in components if e.plugin == i.name) for i in infos}
+        ptable = Table(title="fmkit plugins")
+        for col in ("plugin", "distribution", "version", "components", "hooks"):
+            ptable.add_column(col)
+        for i in infos:
+            hooks = ", ".join(h.removeprefix("register_") for h in i.hooks) or "(none: it registers nothing)"
+            ptable.add_row(i.name, i.distribution or "-", i.version or "-", str(counts[i.name]), hooks)
+        console.print(ptable)
+        for b in reg.broken.values():
+            err_console.print(f"[bold red]not loaded:[/] {escape(b.summary())}\n  fix:   {escape(b.fix())}",
+                              highlight=False, soft_wrap=True)
+            if _STATE["debug"] and b.traceback:
+                err_console.print(escape(b.traceback), highlight=False, soft_wrap=True)
+        for name, why in sorted(reg.disabled.items()):
+            console.print(f"disabled: plugin {name!r} ({why})", highlight=False)
     table = Table(title="fmkit components")
     for col in ("kind", "name", "plugin", "description") + (("options",) if options else ()):
         table.add_column(col)
-    for k in kinds:
-        for name, e in sorted(reg.entries(k).items()):
-            row = [k[:-1], name, e.plugin, e.description]
-            if options:
-                row.append(describe_options(e.options) if e.options is not None else "(none)")
-            table.add_row(*row)
+    for k, name, e in components:
+        row = [k[:-1], name, e.plugin, e.description or "(no description)"]
+        if options:
+            row.append(describe_options(e.options) if e.options is not None else "(none)")
+        table.add_row(*row)
     console.print(table)
     rec = reg.recipes()
     if rec and kind is None:
