@@ -116,3 +116,22 @@ def recipe_list() -> None:
     """Recipes shipped by installed plugins."""
     for name, (p, plugin) in sorted(registry().recipes().items()):
         console.print(f"{name}\t{p}\t({plugin})")
+
+
+@app.command("new-plugin")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="plugin name, a lower-case identifier (package fmkit_NAME)")],
+    kind: Annotated[str, typer.Option("--kind", help="dataset, model, path, coupling, metric or writer")] = "dataset",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder to create (default ./fmkit-NAME)")] = None,
+) -> None:
+    """Scaffold a plugin package (pyproject, one example component, a recipe, a test) that installs
+    with `pip install -e` and passes its own test unchanged."""
+    from fmkit.app.scaffold import scaffold
+
+    dest = out or Path(f"fmkit-{name.replace('_', '-')}")
+    files = scaffold(name, kind, dest)
+    console.print(f"wrote {len(files)} files into {dest}:", highlight=False)
+    for f in files:
+        console.print(f"  {f.relative_to(dest)}", highlight=False)
+    console.print(f"next: pip install -e {dest} && fmkit plugins && fmkit train {name}_demo && pytest {dest}/tests",
+                  highlight=False)

@@ -1,0 +1,227 @@
+"""Contract checks and test helpers for plugin authors: call them in your plugin's own tests.
+
+Each ``check_*`` raises an ``AssertionError`` (or fmkit's own :class:`~fmkit.errors.ContractError`)
+saying what broke the contract, and returns nothing when the component keeps it::
+
+    from fmkit.testing import check_dataset, check_model
+
+    def test_my_dataset():
+        check_dataset(MyDataset(root=...))
+
+    def test_my_model():
+        ds = MyDataset(root=...)
+        check_model(MyNet(data_info=ds.info), ds)
+
+``fresh_registry(*plugins)`` is a registry with the built-in plugin and yours only (no other
+installed plugin), ``use_registry(reg)`` makes it the one the CLI sees, and ``run_cli(*args)`` runs
+``fmkit ARGS`` in-process, plugin sub-commands included, returning its exit code and output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fmkit.flow.couplings import Coupling
+from fmkit.flow.data import Dataset
+from fmkit.flow.data_check import check_dataset as _check_contract
+from fmkit.flow.paths import ProbPath
+from fmkit.flow.solvers import Solution, Solver
+from fmkit.flow.state import COND, MASK, State, broadcast_mask, fields
+
+__all__ = ["CliResult", "check_coupling", "check_dataset", "check_model", "check_path", "check_solver",
+           "fresh_registry", "run_cli", "use_registry"]
+
+
+def check_dataset(dataset: Dataset, *, n: int = 4, batch_size: int = 2, seed: int = 0) -> None:
+    """The contract of :mod:`fmkit.flow.data`: examples and a collated batch fit ``dataset.info``
+    (shapes, dtypes, masks, labels), and batch order, ``reference`` and ``template`` are functions of
+    their seed (what exact resume and DDP sharding rely on)."""
+    _check_contract(dataset, who=type(dataset).__name__, n=n)
+    batch_size = min(batch_size, len(dataset))
+    a, b = dataset.batches(0, batch_size, seed), dataset.batches(0, batch_size, seed)
+    assert [list(map(int, x)) for x in a] == [list(map(int, x)) for x in b], "batches(epoch, bs, seed) is not a " \
+        "function of its arguments: two calls gave different orders"
+    for name in ("reference", "template"):
+        one, two = getattr(dataset, name)(batch_size, seed=seed), getattr(dataset, name)(batch_size, seed=seed)
+        _assert_same(one, two, f"dataset.{name}(n, seed) twice")
+
+
+def check_model(model: nn.Module, data: Dataset, *, batch_size: int = 3, seed: int = 0, atol: float = 1e-5,
+                equivariance: Callable[[State], tuple[State, Callable[[State], State]]] | None = None) -> None:
+    """A velocity model's contract on a batch of ``data``: ``forward(x_t, t, cond)`` returns each field
+    of the data in its shape, finite; the same input gives the same output (eval mode); each example's
+    output does not depend on the other examples; padded entries (``mask`` False) have no influence on
+    real ones. ``equivariance(x) -> (g x, g_out)``: checks ``model(g x) == g_out(model(x))``."""
+    from fmkit.flow.paths.base import check_output
+
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = data.template(batch_size, seed=seed)
+    t = torch.rand(batch_size, generator=g)
+    cond = x.get(COND)
+    x_t = {k: v for k, v in x.items() if k != COND}
+    with torch.no_grad():
+        out = model(x_t, t, cond)
+        check_output(out, fields(x_t), f"{type(model).__name__}.forward")
+        for k, v in fields(out).items():
+            assert torch.isfinite(v).all(), f"model output {k!r} holds NaN/Inf"
+        _assert_same(out, model(x_t, t, cond), "two calls on the same input (model.eval())", atol=atol)
+        one = model(_rows(x_t, slice(0, 1)), t[:1], None if cond is None else _rows(cond, slice(0, 1)))
+        _assert_same(_rows(out, slice(0, 1)), one, "example 0 alone vs in the batch (examples must not interact)",
+                     atol=atol)
+        mask = x_t.get(MASK)
+        if mask is not None and not bool(mask.all()):
+            noisy = dict(x_t)
+            for k, v in fields(x_t).items():
+                if v.is_floating_point():
+                    pad = ~broadcast_mask(mask, v).expand_as(v)
+                    noisy[k] = torch.where(pad, torch.randn(v.shape, generator=g) * 100, v)
+            moved = model(noisy, t, cond)
+            for k, v in fields(out).items():
+                real = broadcast_mask(mask, v).expand_as(v)
+                assert torch.allclose(v[real], moved[k][real], atol=atol * 100), \
+                    f"padded entries change the model's output on real entries of {k!r}"
+        if equivariance is not None:
+            gx, g_out = equivariance(x_t)
+            _assert_same(model(gx, t, cond), g_out(out), "model(g x) vs g model(x) (equivariance)", atol=atol * 100)
+
+
+def check_path(path: ProbPath, x0: Tensor, x1: Tensor, *, atol: float = 1e-4) -> None:
+    """A continuous path's contract: ``sample(x0, x1, t)`` keeps shapes, and its ``dx_t`` is the time
+    derivative of ``x_t`` along the same (x0, x1) (a central finite difference in float64)."""
+    x0, x1 = x0.double(), x1.double()
+    b = x0.shape[0]
+    t = torch.linspace(0.2, 0.8, b, dtype=torch.float64)
+    ps = path.sample(x0, x1, t)
+    assert ps.x_t.shape == x0.shape and ps.dx_t.shape == x0.shape, \
+        f"x_t {tuple(ps.x_t.shape)} / dx_t {tuple(ps.dx_t.shape)} for data of shape {tuple(x0.shape)}"
+    h = 1e-5
+    fd = (path.sample(x0, x1, t + h).x_t - path.sample(x0, x1, t - h).x_t) / (2 * h)
+    err = float((fd - ps.dx_t).abs().max())
+    assert err < atol, f"dx_t differs from d x_t / dt by {err:.2e} (atol {atol}): the target velocity is not the " \
+        "derivative of the path (a stochastic path must draw its noise from a generator it is given)"
+
+
+def check_coupling(coupling: Coupling, x0: State, x1: State) -> None:
+    """A coupling's contract: ``pair(x0, x1)`` returns the same fields and shapes; x1 (with its mask
+    and cond) is kept or permuted as a whole; x0's rows are a permutation of the given ones."""
+    r0, r1 = coupling.pair(dict(x0), dict(x1))
+    for side, given, got in (("x0", x0, r0), ("x1", x1, r1)):
+        for k, v in given.items():
+            assert k in got and got[k].shape == v.shape, f"pair() dropped or reshaped {side}[{k!r}]"
+    for side, given, got in (("x0", x0, r0), ("x1", x1, r1)):
+        for k, v in fields(given).items():
+            a = sorted(map(tuple, v.reshape(v.shape[0], -1).tolist()))
+            b = sorted(map(tuple, got[k].reshape(v.shape[0], -1).tolist()))
+            assert a == b, f"{side}[{k!r}] rows after pair() are not a permutation of the given rows"
+    first = next(iter(fields(x1)))
+    index = {tuple(row): i for i, row in enumerate(x1[first].reshape(x1[first].shape[0], -1).tolist())}
+    order = [index[tuple(row)] for row in r1[first].reshape(r1[first].shape[0], -1).tolist()]
+    for k, v in x1.items():
+        assert torch.equal(r1[k], v[order]), f"x1[{k!r}] did not travel with x1's rows"
+
+
+def check_solver(solver: Solver, *, rate: float = -1.0, tol: float = 1e-2) -> None:
+    """A solver's contract on the linear ODE dx/dt = rate * x from t = 0 to 1 (exact: x0 exp(rate)):
+    it returns a :class:`Solution` whose final state is within ``tol`` (relative) and counts its
+    evaluations; backwards (1 -> 0) it returns to x0."""
+    x0 = torch.linspace(0.5, 2.0, 6, dtype=torch.float64).reshape(3, 2)
+    calls = 0
+
+    def v(x: Tensor, t: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return rate * x
+
+    sol = solver.solve(v, x0)
+    assert isinstance(sol, Solution), f"solve returned {type(sol).__name__}"
+    exact = x0 * torch.exp(torch.tensor(rate, dtype=torch.float64))
+    err = float(((sol.x - exact).abs() / exact.abs()).max())
+    assert err < tol, f"relative error {err:.2e} on dx/dt = {rate} x (tol {tol})"
+    assert sol.nfe == calls, f"Solution.nfe = {sol.nfe} but the velocity was called {calls} times"
+    back = solver.solve(v, sol.x, 1.0, 0.0)
+    err = float(((back.x - x0).abs() / x0.abs()).max())
+    assert err < 2 * tol, f"integrating back from t = 1 to 0 misses x0 by {err:.2e} (relative)"
+
+
+def fresh_registry(*plugins: object) -> Any:
+    """A registry with the built-in plugin and ``plugins`` only: no installed entry point, so a test
+    does not depend on what else is installed."""
+    from fmkit.app.registry import Registry
+
+    return Registry.fresh(entry_points=False, plugins=plugins)
+
+
+@contextlib.contextmanager
+def use_registry(registry: Any) -> Iterator[Any]:
+    """Make ``registry`` the process-wide one (what the CLI and ``fmkit.load_recipe`` use) inside the
+    block, and register its plugins' sub-commands on the CLI."""
+    import fmkit.app.registry
+
+    old = fmkit.app.registry._DEFAULT
+    fmkit.app.registry._DEFAULT = registry
+    try:
+        yield registry
+    finally:
+        fmkit.app.registry._DEFAULT = old
+
+
+@dataclass
+class CliResult:
+    """What ``fmkit ARGS`` did: exit code, standard output and standard error."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: object, registry: Any = None) -> CliResult:
+    """Run ``fmkit ARGS`` in-process as the console script does (errors printed, exit code caught),
+    with ``registry`` (default: the process-wide one) and its plugins' sub-commands."""
+    import fmkit.app.cli as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    argv = sys.argv
+    sys.argv = ["fmkit", *(str(a) for a in args)]
+    ctx = use_registry(registry) if registry is not None else contextlib.nullcontext()
+    added = cli._commands_added
+    groups = list(cli.app.registered_groups), list(cli.app.registered_commands)
+    try:
+        with ctx, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli._commands_added = False  # this registry's plugin commands, as in a new process
+            cli._STATE["debug"] = False
+            try:
+                cli.run()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        cli._commands_added = added
+        cli.app.registered_groups[:], cli.app.registered_commands[:] = groups
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _rows(x: Any, idx: slice) -> Any:
+    if isinstance(x, Tensor):
+        return x[idx]
+    return {k: _rows(v, idx) for k, v in x.items()}
+
+
+def _assert_same(a: Any, b: Any, what: str, atol: float = 0.0) -> None:
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.shape == b.shape, f"{what}: shapes differ"
+        ok = torch.equal(a, b) if atol == 0.0 or not a.is_floating_point() else torch.allclose(a, b, atol=atol)
+        assert ok, f"{what}: outputs differ (max {float((a.double() - b.double()).abs().max()):.2e})"
+        return
+    assert isinstance(b, dict) and set(a) == set(b), f"{what}: fields differ ({sorted(a)} vs {sorted(b)})"
+    for k in a:
+        _assert_same(a[k], b[k], f"{what}, field {k!r}", atol)
