@@ -56,11 +56,15 @@ def test_in_process_test_example_runs_with_the_plugin_installed_too(plugin_packa
     code = _blocks()["test"]
     ns: dict = {}
     exec(compile(code, str(DOC), "exec"), ns)  # noqa: S102 - the doc's own example
+    ns["test_rings_keep_the_contract"]()
     ns["test_trains_on_my_data"](plugin_package / "a")
+    assert (plugin_package / "a" / "run" / "checkpoints").is_dir()
 
     ep = EntryPoint(name="myplugin", value="fmkit_myplugin.data", group="fmkit")
     monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: [ep] if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
-    exec(compile(code.replace("entry_points=False, ", ""), str(DOC), "exec"), ns)  # noqa: S102
+    installed = code.replace("fresh_registry(my_data)", "__import__('fmkit').Registry.fresh(plugins=[my_data])")
+    assert installed != code
+    exec(compile(installed, str(DOC), "exec"), ns)  # noqa: S102
     ns["test_trains_on_my_data"](plugin_package / "b")
