@@ -28,7 +28,8 @@ def test_the_example_plugin_installs_from_its_pyproject_and_passes_its_tests(tmp
     doc = json.loads(r.stdout)
     ts = next(p for p in doc["plugins"] if p["name"] == "timeseries")
     assert (ts["distribution"], ts["version"]) == ("fmkit-timeseries", "0.1.0") and not doc["broken"]
-    assert {"sine_waves", "conv1d", "frequency"} <= {c["name"] for c in doc["components"] if c["plugin"] == "timeseries"}
+    mine = {c["name"] for c in doc["components"] if c["plugin"] == "timeseries"}
+    assert {"sine_waves", "conv1d", "frequency"} <= mine
     assert doc["recipes"]["sines"]["path"].startswith(str(site))  # the installed copy, shipped as package-data
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -11,7 +11,6 @@ from pathlib import Path
 import fmkit
 import pytest
 import torch
-import typer
 from fmkit.app import hookspecs
 from fmkit.app.registry import BUILTIN
 from fmkit.flow.data import TensorDataset

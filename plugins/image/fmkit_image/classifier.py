@@ -40,10 +40,13 @@ def weights_path(dataset_name: str, in_channels: int, num_classes: int) -> Path:
 
 
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs: int = 2, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0) -> SmallCNN:
-    """Train on uint8-derived images in [-1, 1] [N, C, H, W]; seed fixed so the weights are reproducible."""
+                     lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu") -> SmallCNN:
+    """Train on uint8-derived images in [-1, 1] [N, C, H, W]; seed fixed so the weights are reproducible
+    (the same initial weights and batch order on any ``device``; the network comes back on the CPU)."""
     torch.manual_seed(seed)
-    net = SmallCNN(images.shape[1], num_classes)
+    dev = torch.device(device)
+    net = SmallCNN(images.shape[1], num_classes).to(dev)
+    images, labels = images.to(dev), labels.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     n = len(images)
     steps = epochs * (n // batch_size)
@@ -53,13 +56,13 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n - batch_size + 1, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i:i + batch_size].to(dev)
             loss = F.cross_entropy(net(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return net.eval()
+    return net.cpu().eval()
 
 
 def save_classifier(net: SmallCNN, path: Path) -> None:

@@ -23,6 +23,7 @@ def train_classifier_cmd(
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N training images only")] = None,
     out: Annotated[Optional[Path], typer.Option(help="weights file (default: the cache the metric reads)")] = None,
     force: Annotated[bool, typer.Option(help="retrain even if cached")] = False,
+    device: Annotated[str, typer.Option(help="where to train it: cpu or cuda (the metric runs it on the CPU)")] = "cpu",
 ) -> None:
     """Train the small CNN that judges samples (seed 0), cache its weights, print its real test accuracy."""
     import torch
@@ -43,7 +44,7 @@ def train_classifier_cmd(
         typer.echo(f"cached: {path}")
     else:
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        net = train_classifier(ds.scale(ds.images), ds.labels, k, epochs=epochs)
+        net = train_classifier(ds.scale(ds.images), ds.labels, k, epochs=epochs, device=device)
         save_classifier(net, path)
         typer.echo(f"wrote {path}")
     tx, ty = ds.split("test")

@@ -50,6 +50,10 @@ def register_metrics(register):
 
     register("image_classifier", ClassifierMetric, options=ClassifierMetricOptions,
              description="accuracy of class-conditional samples + classifier-Fréchet distance (and its real floor)")
+    from fmkit_image.fid import FIDMetric, FIDOptions
+
+    register("fid", FIDMetric, options=FIDOptions,
+             description="real FID (torchmetrics' Inception) from local weights: pip install 'fmkit-image[fid]'")
 
 
 @fmkit.hookimpl

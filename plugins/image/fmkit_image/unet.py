@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from fmkit.plugin import DataInfo, ModelError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 
@@ -24,16 +24,91 @@ class UNetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     channels: int = Field(128, ge=8, description="base channel count")
-    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2, 2],
-                                    description="channel multiplier per resolution level (one downsample between levels)")
+    channel_mult: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2, 2], min_length=1,
+                                            description="channel multiplier per resolution level (one downsample "
+                                            "between levels)")
     num_res_blocks: int = Field(2, ge=1, description="residual blocks per level")
-    attention_resolutions: list[int] = Field(default_factory=lambda: [16],
-                                             description="feature-map sizes (pixels) that get self-attention")
+    attention_resolutions: list[PositiveInt] = Field(default_factory=lambda: [16],
+                                                     description="feature-map sizes (pixels, the height) that get "
+                                                     "self-attention; the middle block always has it")
     num_heads: int = Field(4, ge=1, description="attention heads")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside residual blocks")
-    norm_groups: int = Field(32, ge=1, description="GroupNorm groups (capped to a divisor of the channels)")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups; channels must be a multiple of it (below it, "
+                             "a layer of C channels takes a divisor of C)")
     class_conditional: bool = Field(True, description="embed the dataset's class labels (cond), with a null class")
     time_scale: float = Field(1000.0, gt=0, description="t in [0, 1] is multiplied by this before the sinusoids")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> UNetOptions:
+        # what the image size does not decide; the rest is checked when the model meets the data (check_sizes)
+        problem = _groups_problem(self.channels, self.norm_groups) or \
+            _heads_problem([self.channels * self.channel_mult[-1]], self.num_heads, "the middle block")
+        if problem:
+            raise ValueError(f"{problem[0]}; fix: {problem[1]}")
+        return self
+
+
+def _groups_problem(channels: int, groups: int) -> tuple[str, str] | None:
+    if channels > groups and channels % groups:
+        divisors = [g for g in range(groups, 0, -1) if channels % g == 0][:2]
+        fix = (f"make channels a multiple of {groups} (e.g. {channels - channels % groups or groups} or "
+               f"{channels - channels % groups + groups}) or set norm_groups to a divisor of {channels} "
+               f"(e.g. {' or '.join(map(str, divisors))})")
+        return f"channels {channels} do not split into norm_groups {groups} GroupNorm groups", fix
+    return None
+
+
+def _heads_problem(widths: list[int], heads: int, where: str) -> tuple[str, str] | None:
+    bad = sorted({c for c in widths if c % heads})
+    if bad:
+        g = math.gcd(*widths)
+        near = sorted((h for h in range(1, g + 1) if g % h == 0), key=lambda h: (abs(h - heads), h))[:2]
+        fix = (f"pick num_heads dividing {', '.join(map(str, sorted(set(widths))))} "
+               f"(e.g. {' or '.join(map(str, sorted(near)))})")
+        return f"attention at {bad[0]} channels ({where}) cannot split into num_heads {heads} heads", fix
+    return None
+
+
+def level_sizes(size: int, levels: int) -> list[int]:
+    """Feature-map sizes (pixels) of the U-Net's levels for an image of ``size``: each downsample halves,
+    rounding up (28 -> 14 -> 7 -> 4)."""
+    out = [size]
+    for _ in range(levels - 1):
+        out.append((out[-1] + 1) // 2)
+    return out
+
+
+def check_sizes(image_shape: tuple[int, int, int], channels: int, channel_mult, attention_resolutions,
+                num_heads: int, norm_groups: int) -> None:
+    """The U-Net's options against the image: a :class:`ModelError` naming the option and a fix, before any
+    layer is built (not a torch error in the first forward, nor a silent no-op)."""
+    _, h, w = image_shape
+    mult = list(channel_mult)
+    if not mult or any(int(m) < 1 for m in mult):
+        raise ModelError(f"channel_mult {mult} needs at least one entry, each >= 1", where="model.channel_mult",
+                         fix="e.g. [1, 2, 2] for 28 px, [1, 2, 2, 2] for 32 px")
+    sizes = level_sizes(min(h, w), len(mult))
+    if len(mult) > 1 and sizes[-2] < 2:
+        most = next(i for i, s in enumerate(sizes) if s < 2)
+        raise ModelError(f"channel_mult has {len(mult)} levels: {len(mult) - 1} halvings of a {h}x{w} image reach "
+                         f"{' -> '.join(map(str, sizes))} px, and a level below 2 px has nothing to downsample",
+                         where="model.channel_mult", fix=f"use at most {most + 1} levels for {h}x{w} images "
+                         f"(or larger images)")
+    sizes = level_sizes(h, len(mult))
+    unreachable = sorted({int(r) for r in attention_resolutions} - set(sizes))
+    if unreachable:
+        raise ModelError(f"attention_resolutions {unreachable} are not feature-map sizes of this U-Net: a {h}x{w} "
+                         f"image with {len(mult)} levels has maps of {', '.join(map(str, sizes))} px",
+                         where="model.attention_resolutions",
+                         fix=f"pick sizes among {sizes} (or [] for attention in the middle block only)")
+    problem = _groups_problem(channels, norm_groups)
+    if problem:
+        raise ModelError(problem[0], where="model.norm_groups", fix=problem[1])
+    attn = {int(r) for r in attention_resolutions}
+    widths = [channels * m for m, s in zip(mult, sizes) if s in attn] + [channels * mult[-1]]
+    problem = _heads_problem(widths, num_heads, "an attention level")
+    if problem:
+        raise ModelError(problem[0], where="model.num_heads", fix=problem[1])
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -96,8 +171,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        # [B, 3C, H, W] -> q, k, v [B, heads, HW, C/heads] with a unit stride along the head dim: one copy here
+        # lets SDPA take its fused kernels (on a CPU, transposed views sent it to the math path: 2.7x slower
+        # attention at MNIST size, bench/results/image_speed.md)
+        qkv = self.qkv(self.norm(x)).reshape(b, 3 * self.heads, c // self.heads, h * w).transpose(-1, -2).contiguous()
+        q, k, v = qkv.reshape(b, 3, self.heads, h * w, c // self.heads).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -138,6 +217,7 @@ class UNet(nn.Module):
             num_classes = data_info.num_cond_classes
         if image_shape is None:
             raise ModelError("the unet needs the image shape", where="model", fix="pass data_info or image_shape")
+        check_sizes(image_shape, channels, channel_mult, attention_resolutions, num_heads, norm_groups)
         c_in, size, _ = image_shape
         self.residual = (predictions or {}).get("x", "velocity") == "x1"  # x1-prediction: x_t + head
         self.time_scale = float(time_scale)
