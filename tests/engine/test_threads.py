@@ -3,6 +3,8 @@ wait on each other), and `sample`/`evaluate` run with the recipe's ``trainer.cpu
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from fmkit.app.recipe import load_recipe
@@ -21,8 +23,8 @@ def _restore_threads():
 @pytest.mark.parametrize("workers,cpu_threads,expected", [(3, "null", 5), (0, "null", None), (3, "2", 2),
                                                           (10, "null", 1)])
 def test_trainer_threads_leave_workers_their_cores(monkeypatch, workers, cpu_threads, expected):
-    monkeypatch.setattr("fmkit.engine.setup.usable_cores", lambda: 8)
-    monkeypatch.setattr("fmkit.engine.stream.usable_cores", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)  # an 8-core share
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     torch.set_num_threads(7)  # a sentinel: "unchanged" when nothing asks for a number
     build_trainer(load_recipe("recipes/toy_moons.yaml", BASE + [f"trainer.num_workers={workers}",
                                                                 f"trainer.cpu_threads={cpu_threads}"]), None)
