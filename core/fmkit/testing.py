@@ -13,8 +13,9 @@ saying what broke the contract, and returns nothing when the component keeps it:
         check_model(MyNet(data_info=ds.info), ds)
 
 ``fresh_registry(*plugins)`` is a registry with the built-in plugin and yours only (no other
-installed plugin), ``use_registry(reg)`` makes it the one the CLI sees, and ``run_cli(*args)`` runs
-``fmkit ARGS`` in-process, plugin sub-commands included, returning its exit code and output.
+installed plugin), ``use_registry(reg)`` makes it the one the CLI sees, ``run_cli(*args)`` runs
+``fmkit ARGS`` in-process, plugin sub-commands included, returning its exit code and output, and
+``read_metrics(run_dir)`` reads a run's ``metrics.csv`` as ``{name: [(step, value), ...]}``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fmkit.engine.metrics_log import read_metrics  # noqa: F401 - re-exported: a run's metrics.csv by name
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.data_check import check_dataset as _check_contract
@@ -37,7 +39,7 @@ from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.state import COND, MASK, State, broadcast_mask, fields
 
 __all__ = ["CliResult", "check_coupling", "check_dataset", "check_model", "check_path", "check_solver",
-           "fresh_registry", "run_cli", "use_registry"]
+           "fresh_registry", "read_metrics", "run_cli", "use_registry"]
 
 
 def check_dataset(dataset: Dataset, *, n: int = 4, batch_size: int = 2, seed: int = 0) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fmkit.app.recipe import load_recipe
 from fmkit.app.run import build_trainer
+from fmkit.engine.metrics_log import read_metrics
 
 OVERRIDES = ["trainer.progress=false", "eval.every=0", "eval.metrics=[]", "eval.writers=[]", "model.hidden=64",
              "trainer.batch_size=256", "trainer.log_every=10", "data.n=4000", "trainer.steps=200",
@@ -47,8 +48,7 @@ def test_bf16_trains_like_fp32_and_samples_in_fp32(tmp_path):
     fp, _ = _train(tmp_path, "fp32")
     losses = {}
     for name, tr in (("bf16", bf), ("fp32", fp)):
-        rows = [r.split(",") for r in (tr.run_dir / "metrics.csv").read_text().splitlines()[1:]]
-        losses[name] = [float(v) for _, key, v in rows if key == "loss"]  # every 10 steps
+        losses[name] = [v for _, v in read_metrics(tr.run_dir)["loss"]]  # every 10 steps
     first, last = sum(losses["bf16"][:3]) / 3, sum(losses["bf16"][-3:]) / 3
     last_fp32 = sum(losses["fp32"][-3:]) / 3
     assert last < 0.8 * first  # it learns

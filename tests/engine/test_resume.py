@@ -6,6 +6,7 @@ import pytest
 import torch
 from fmkit.app.recipe import load_recipe
 from fmkit.app.run import build_trainer
+from fmkit.engine.metrics_log import read_metrics
 
 OVERRIDES = ["trainer.progress=false", "eval.every=0", "eval.metrics=[]", "eval.writers=[]", "model.hidden=32",
              "trainer.batch_size=64", "trainer.log_every=5", "data.n=1000"]
@@ -37,8 +38,7 @@ def test_stop_and_resume_equals_straight_run(tmp_path):
     # so is the log: the stop at step 12 fell between log steps (every 5), and the resumed run's line
     # at step 15 still averages steps 11-15
     def losses(run):
-        rows = [r.split(",") for r in (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]]
-        return [(int(st), v) for st, k, v in rows if k == "loss"]
+        return read_metrics(tmp_path / run)["loss"]
 
     assert losses("split") == losses("straight") and len(losses("straight")) == 5
     # the optimizer moments are restored too

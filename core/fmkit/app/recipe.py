@@ -47,9 +47,6 @@ class FieldedComponent(Component):
 
     fields: dict[str, Component] = Field(default_factory=dict)
 
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, **(self.model_extra or {})}
-
 
 class EvalSection(EvalOptions):
     """The recipe's ``eval:`` section: the engine's :class:`EvalOptions` plus the metrics and writers to build."""
