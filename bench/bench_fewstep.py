@@ -58,7 +58,7 @@ def options(a: argparse.Namespace, steps: int, lr: float, **extra) -> fmkit.Trai
 
 
 def source() -> StateSource:
-    return StateSource({}, ToySource("eight_gaussians"))
+    return StateSource(ToySource("eight_gaussians"))
 
 
 def train(model: torch.nn.Module, ds, opts: fmkit.TrainerOptions, coupling, run_dir: Path, seed: int) -> tuple:

@@ -83,7 +83,7 @@ def molecules_workload(a: argparse.Namespace, model: str = "e3nn_flow"):
     size = dict(scalars=8, vectors=2, lmax=1, layers=1, num_basis=4, radial_hidden=8) if a.dry_run else \
         dict(scalars=128, vectors=32, lmax=2, layers=6, num_basis=20, radial_hidden=128)
     path = fmkit.StatePath(fmkit.AffinePath(fmkit.CondOTScheduler()), {"atoms": fmkit.DiscretePath("mask")})
-    source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
+    source = fmkit.StateSource(ComFreeGaussian(), {"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")})
     coupling = EquivariantOTCoupling(iters=1, max_group=64) if a.mol_coupling == "equivariant_ot" \
         else fmkit.IndependentCoupling()
     if model == "egnn":

@@ -94,7 +94,7 @@ def throughput(a: argparse.Namespace) -> list[dict]:
     workers = a.workers or usable_cores()
     variants = {"step": ("step", 0), "loader, main process": ("loader", 0), f"loader, {workers} workers": ("loader", workers)}
     path = fmkit.StatePath(fmkit.AffinePath(fmkit.CondOTScheduler()), {"atoms": fmkit.DiscretePath("mask")})
-    source = fmkit.StateSource({"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")}, ComFreeGaussian())
+    source = fmkit.StateSource(ComFreeGaussian(), {"atoms": fmkit.CategoricalSource(ds.num_classes, "mask")})
 
     def rate(pairing: str, nw: int) -> float:
         """steps/s in steady state: a fresh trainer (its workers start now, so none prefetched while

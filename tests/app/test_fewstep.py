@@ -68,7 +68,7 @@ def condot() -> StatePath:
 
 def test_pairs_round_trip_bitwise_with_masks_and_conditions(tmp_path):
     ds = Blobs()
-    src = StateSource({}, GaussianSource())
+    src = StateSource(GaussianSource())
     solver = fmkit.FixedStepSolver("euler", 3)
     res = write_pairs(tmp_path / "p", Shrink(), condot(), src, solver, ds, 50, seed=7, shard_size=16, batch_size=8,
                       progress=False)
@@ -183,7 +183,7 @@ def _train_on_pairs(tmp_path: Path, x0: torch.Tensor, x1: torch.Tensor, name: st
 
 
 def _solve(model: torch.nn.Module, x0: torch.Tensor, steps: int) -> torch.Tensor:
-    src = StateSource({}, GaussianSource())
+    src = StateSource(GaussianSource())
     src.sample = lambda like: {"x": x0.clone()}  # type: ignore[method-assign]
     return fmkit.generate(model, condot(), src, fmkit.FixedStepSolver("euler", steps), {"x": x0}).x["x"]
 

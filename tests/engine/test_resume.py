@@ -110,7 +110,7 @@ def test_loader_pairing_yields_optimally_paired_noise_in_workers_and_main_proces
 
     ds = TensorDataset({"x": torch.randn(96, 2, generator=torch.Generator().manual_seed(0)) * 3 + 5})
     one = DistInfo(rank=0, world_size=1, local_rank=0)
-    pairing = LoaderPairing(StateSource({}, GaussianSource()), ExactOTCoupling())
+    pairing = LoaderPairing(StateSource(GaussianSource()), ExactOTCoupling())
     plain = BatchStream(ds, 32, seed=1, dist=one, pairing=pairing)
     ref = [next(plain) for _ in range(5)]
     workers = BatchStream(ds, 32, seed=1, dist=one, num_workers=2, pairing=pairing)

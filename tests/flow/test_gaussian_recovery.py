@@ -44,7 +44,7 @@ def test_marginal_velocity_transports_source_to_target_exactly():
         def forward(self, x_t, t, cond=None):
             return {"x": v_star(x_t["x"], t[0])}
 
-    x = generate(Oracle(), StatePath(AffinePath(CondOTScheduler())), StateSource({}, GaussianSource()),
+    x = generate(Oracle(), StatePath(AffinePath(CondOTScheduler())), StateSource(GaussianSource()),
                  FixedStepSolver("rk4", 50), {"x": torch.zeros(20000, 2, dtype=D)}).x["x"]
     assert (x.mean(0) - M).abs().max() < 0.05
     assert (torch.cov(x.T) - C).abs().max() < 0.06
@@ -55,7 +55,7 @@ def test_marginal_velocity_transports_source_to_target_exactly():
             return {"x": x_t["x"] + (1 - t[0]) * v_star(x_t["x"], t[0])}
 
     x = generate(EndpointOracle(), StatePath(AffinePath(CondOTScheduler(), prediction="x1")),
-                 StateSource({}, GaussianSource()), FixedStepSolver("rk4", 50),
+                 StateSource(GaussianSource()), FixedStepSolver("rk4", 50),
                  {"x": torch.zeros(20000, 2, dtype=D)}).x["x"]
     assert (x.mean(0) - M).abs().max() < 0.05
     assert (torch.cov(x.T) - C).abs().max() < 0.06

@@ -19,7 +19,7 @@ from scipy.linalg import expm
 D = torch.float64
 A3 = torch.tensor([[-0.4, 1.2, 0.3], [-0.5, 0.2, 0.8], [0.6, -0.1, -0.3]], dtype=D)
 TIGHT = AdaptiveSolver("dopri5", rtol=1e-10, atol=1e-10)
-SRC = StateSource({}, GaussianSource())
+SRC = StateSource(GaussianSource())
 
 
 def linear_field(A):

@@ -468,7 +468,7 @@ def test_discrete_path_with_a_polynomial_schedule_samples_data_classes_only(expo
         return {"c": q.log().expand(*s["c"].shape, K)}
 
     torch.manual_seed(0)
-    x = generate(model, StatePath(DiscretePath("mask", expo)), StateSource({"c": CategoricalSource(K, "mask")}),
+    x = generate(model, StatePath(DiscretePath("mask", expo)), StateSource(None, {"c": CategoricalSource(K, "mask")}),
                  FixedStepSolver("euler", 20), {"c": torch.zeros(20_000, 4, dtype=torch.long)}).x["c"]
     assert int(x.max()) < K  # no mask token left
     freq = torch.bincount(x.flatten(), minlength=K).float() / x.numel()

@@ -73,12 +73,12 @@ def test_state_source_composes_fields_and_copies_mask_and_cond():
     cond = torch.arange(B)
     like = {"pos": torch.zeros(B, N, 3, dtype=D), "atoms": torch.zeros(B, N, dtype=torch.long), "mask": mask,
             "cond": cond}
-    src = StateSource({"atoms": CategoricalSource(K, "mask")}, GaussianSource(0.5))
+    src = StateSource(GaussianSource(0.5), {"atoms": CategoricalSource(K, "mask")})
     x0 = src.sample(like)
     assert x0["mask"] is mask and x0["cond"] is cond
     assert (x0["atoms"][mask] == K).all() and (x0["pos"][~mask] == 0).all()
     # log-density sums the continuous fields' densities
-    s = StateSource({}, GaussianSource(0.5))
+    s = StateSource(GaussianSource(0.5))
     st = {"a": torch.randn(B, N, dtype=D), "b": torch.randn(B, 2, dtype=D)}
     expect = GaussianSource(0.5).log_prob(st["a"]) + GaussianSource(0.5).log_prob(st["b"])
     torch.testing.assert_close(s.log_prob(st), expect)
@@ -200,3 +200,11 @@ def test_drop_condition_edge_cases():
     assert drop_condition(cond, 0.0, 7) is cond
     assert drop_condition(None, 0.5, 7) is None
     assert (drop_condition(cond, 1.0, 7) == 7).all()
+
+
+def test_state_source_takes_its_arguments_in_state_paths_order_and_the_old_one():
+    per = {"atoms": CategoricalSource(3, "mask")}
+    new, old = StateSource(GaussianSource(0.5), per), StateSource(per, GaussianSource(0.5))
+    for s in (new, old):
+        assert s.default.std == 0.5 and s.for_field("atoms") is per["atoms"]
+    assert StateSource().default.std == 1.0 and StateSource(None, per).for_field("x").std == 1.0

@@ -115,7 +115,7 @@ def build_components(recipe: Recipe, registry: Registry | None = None, *, with_e
 
     comps = Components(
         dataset=dataset, model=model, path=StatePath(default_path, per_path),
-        source=StateSource(per_source, default_source),
+        source=StateSource(default_source, per_source),
         coupling=_build(reg, "couplings", recipe.coupling.spec(), "coupling", data_info=info),
         solver=_build(reg, "solvers", recipe.solver.spec(), "solver"),
     )

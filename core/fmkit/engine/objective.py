@@ -39,7 +39,7 @@ def cfm_loss(model: nn.Module, path: ProbPath | StatePath, source: Source | Stat
     ``path``/``source`` may be per-field objects, used for every field.
     """
     path = path if isinstance(path, StatePath) else StatePath(path)
-    source = source if isinstance(source, StateSource) else StateSource({}, source)
+    source = source if isinstance(source, StateSource) else StateSource(source)
     if x0 is None:
         x0, x1 = draw_and_pair(source, coupling, x1)
     if channels_last:  # data, noise and OT's re-ordered rows come in NCHW order; x_t follows these

@@ -59,7 +59,7 @@ class Trainer:
         self.eval_opts = setup.coerce_options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
-        self.source = source if isinstance(source, StateSource) else StateSource({}, source or GaussianSource())
+        self.source = source if isinstance(source, StateSource) else StateSource(source or GaussianSource())
         self.coupling = coupling or IndependentCoupling()
         self.solver = solver or FixedStepSolver("euler", 100)
         # before any training: evaluation would otherwise fail at its first sample, hours in

@@ -115,7 +115,7 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
 
     velocity = CheckedVelocity(velocity)  # before the masking below could broadcast a wrong shape away
     if not isinstance(source, StateSource):
-        source = StateSource({}, source)
+        source = StateSource(source)
     mask = x1.get("mask")
     xf = fields(x1)
     for n, v in xf.items():

@@ -65,10 +65,15 @@ class CategoricalSource(Source):
 
 
 class StateSource:
-    """Per-field sources for a whole state; ``mask`` and ``cond`` are copied from the data."""
+    """Sources for a whole state: ``default`` for every field but those in ``per_field`` (the argument
+    order of :class:`~fmkit.flow.paths.StatePath`); ``mask`` and ``cond`` are copied from the data.
+    ``StateSource(per_field, default)``, the order of fmkit 0.1, is still understood."""
 
-    def __init__(self, per_field: Mapping[str, Source], default: Source | None = None) -> None:
-        self.per_field = dict(per_field)
+    def __init__(self, default: Source | Mapping[str, Source] | None = None,
+                 per_field: Mapping[str, Source] | Source | None = None) -> None:
+        if isinstance(default, Mapping) or (per_field is not None and not isinstance(per_field, Mapping)):
+            default, per_field = per_field, default  # type: ignore[assignment]  # the 0.1 order
+        self.per_field = dict(per_field or {})  # type: ignore[arg-type]
         self.default = default or GaussianSource()
 
     def for_field(self, name: str) -> Source:
