@@ -188,7 +188,7 @@ def test_cli_nproc_per_node_end_to_end(tmp_path: Path) -> None:
     assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert r.stdout.count("run directory:") == 1  # rank 0 alone prints (and writes)
     assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "curves.png", "evaluated.json",
-                                                     "metrics.csv", "recipe.yaml", "samples"]
+                                                     "metrics.csv", "provenance.json", "recipe.yaml", "samples"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     meta = json.loads((out / "checkpoints" / "step_000000020" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["finished"]
