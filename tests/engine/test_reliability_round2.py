@@ -408,3 +408,24 @@ def test_a_stop_signal_while_fmkit_starts_exits_130_without_a_traceback(tmp_path
     assert p.returncode == 130, out
     assert "Traceback" not in out and "interrupted" in out, out
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_resume_from_an_older_checkpoint_sets_the_newer_aside(tmp_path):
+    """`fmkit train --resume RUN --checkpoint STEP` (the fix the damaged-checkpoint errors give): the run
+    continues from STEP, the newer checkpoints are moved (not deleted) out of the way, the log has
+    each step once."""
+    run = tiny_run()  # steps 6, checkpoints at 3 and 6
+    r = cli("train", "--checkpoint", "3")
+    assert r.code == 2 and "add --resume RUN" in squash(r.err), r.text
+    r = cli("train", "--resume", run, "--checkpoint", "3", "--set", "trainer.steps=9")
+    assert r.code == 0, r.text
+    assert "continuing from step_000000003; the newer checkpoints step_000000006 are kept in" in \
+        " ".join(r.out.split()), r.out
+    assert (run / "checkpoints" / "abandoned-step_000000003" / "step_000000006" / "meta.json").is_file()
+    assert ck.load_checkpoint(ck.find_latest(run / "checkpoints")).meta["step"] == 9
+    from fmkit.engine.metrics_log import read_metrics
+
+    steps = [s for s, _ in read_metrics(run)["loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 9, steps
+    r = cli("train", "--resume", run, "--checkpoint", "5", "--set", "trainer.steps=12")
+    assert r.code != 0 and "'5' is not a complete checkpoint" in squash(r.err), r.text

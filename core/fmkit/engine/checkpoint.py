@@ -10,7 +10,6 @@ is ever unpickled: safetensors and JSON only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from fmkit.engine.files import _fsync_dir, _sha256, _write_bytes, save_tensors, write_atomic_text  # noqa: F401
 from fmkit.errors import CheckpointError, note
 
 MANIFEST = "MANIFEST.json"
@@ -38,56 +38,6 @@ class CheckpointData:
     meta: dict[str, Any] = field(default_factory=dict)  # step, data position, fingerprint, ...
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, text.encode("utf-8"))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
-    """``safetensors`` file at ``path``, readable as any other file the process writes (safetensors
-    creates it 0600, so a team's shared run directory held weights only their owner could read)."""
-    save_file(dict(tensors), str(path))
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it: once, at import, not while threads write files
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def step_dir_name(step: int) -> str:
@@ -131,6 +81,28 @@ def save_checkpoint(ckpt_root: Path, step: int, data: CheckpointData, keep: int 
     write_atomic_text(ckpt_root / LATEST, final.name + "\n")
     _prune(ckpt_root, keep)
     return final
+
+
+def set_aside_newer(ckpt_root: Path, start: Path) -> list[Path]:
+    """Move the checkpoints newer than ``start`` into ``ckpt_root/abandoned-<start step>/`` (a run
+    continued from an older checkpoint must not find them as its latest; nothing is deleted) and
+    point ``latest`` at ``start``. Returns their new paths."""
+    ckpt_root, step = Path(ckpt_root), _step_of(Path(start))
+    newer = [p for p in ckpt_root.glob("step_*") if p.is_dir() and _step_of(p) > step]
+    if not newer:
+        return []
+    dest = ckpt_root / f"abandoned-{step_dir_name(step)}"
+    dest.mkdir(exist_ok=True)
+    moved = []
+    for p in sorted(newer, key=_step_of):
+        target = dest / p.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(p, target)
+        moved.append(target)
+    write_atomic_text(ckpt_root / LATEST, Path(start).name + "\n")
+    _fsync_dir(ckpt_root)
+    return moved
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:

@@ -22,8 +22,14 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this node; "
                                                 ">1 hands off to torch.distributed.run (DDP)")] = 1,
+    checkpoint: Annotated[Optional[str], typer.Option(
+        "--checkpoint", "-c", metavar="STEP|DIR", help="with --resume: continue from this older checkpoint (its "
+        "step or folder); the newer ones are moved to checkpoints/abandoned-STEP/")] = None,
 ) -> None:
     """Train a model from a recipe (or resume a run)."""
+    if checkpoint is not None and resume is None:
+        raise FmkitError("--checkpoint picks the checkpoint a resumed run continues from", where="--checkpoint",
+                         fix="add --resume RUN (fmkit train --resume RUN --checkpoint STEP)")
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         launch_torchrun(ctx, nproc_per_node, recipe, resume, set_)
         return
@@ -74,9 +80,19 @@ def train(
                               f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
 
         trainer.callbacks.insert(0, _Announce())
+    start: bool | Path = do_resume
+    if checkpoint is not None and do_resume and dist.rank == 0:
+        from fmkit.app.inference import pick_checkpoint
+        from fmkit.engine.checkpoint import set_aside_newer
+
+        start = pick_checkpoint(resume, checkpoint)
+        moved = set_aside_newer(resume / "checkpoints", start)
+        if moved:
+            console.print(f"[yellow]note:[/] continuing from {start.name}; the newer checkpoints "
+                          f"{', '.join(p.name for p in moved)} are kept in {moved[0].parent}", highlight=False)
     t0 = time.perf_counter()
     try:
-        trainer.fit(resume=do_resume)
+        trainer.fit(resume=start)
     finally:  # finished, stopped by Ctrl-C or failed: the picture of what was trained so far
         if dist.rank == 0:
             write_curves(Path(run_dir))
