@@ -48,3 +48,11 @@ def test_import_fmkit_loads_no_plugin_and_no_heavy_optional_dependency():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
 
+
+
+def test_no_core_module_imports_a_plugin():
+    """Core never imports a plugin: no module under core/fmkit names a plugin package (fmkit_*), so the
+    core installed alone has every import it needs."""
+    found = [f"{p.relative_to(CORE)}:{line} imports {name}" for p in sorted(CORE.rglob("*.py"))
+             for line, name in _imports(p) if name.split(".")[0].startswith("fmkit_")]
+    assert not found, found
