@@ -281,7 +281,9 @@ def test_weights_and_samples_are_readable_as_the_other_files(tmp_path, monkeypat
     """safetensors creates its files 0600: a shared run directory held weights and samples only their
     owner could read, beside meta.json and PNGs readable by the group. (The umask is fixed at 022 so
     that the check tells 0644 from safetensors' 0600 whatever the machine's umask.)"""
-    monkeypatch.setattr(ck, "_UMASK", 0o022)
+    import fmkit.engine.files
+
+    monkeypatch.setattr(fmkit.engine.files, "_UMASK", 0o022)
     run = _trained(tmp_path)
     want = 0o644
     tensors = [*(run / "checkpoints").glob("step_*/*.safetensors"), *(run / "samples").glob("*.safetensors")]
