@@ -265,3 +265,28 @@ def test_the_training_table_lists_metrics_in_the_recipe_order(tmp_path, capsys):
     fm_cli.print_eval(tmp_path)
     out = capsys.readouterr().out
     assert out.index("validity") < out.index("atom_stable"), out
+
+
+def test_evaluate_samples_with_the_recipes_guidance_as_training_did(tmp_path, monkeypatch):
+    """Old code: `fmkit evaluate` sampled a guided run without its eval.guidance_scale (the trainer's
+    evaluation and `fmkit reflow` used it), so its metrics disagreed with the training log."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fm_registry, "_DEFAULT", fresh_registry())
+    Path("cond.yaml").write_text(
+        "name: cond\nseed: 0\ndata: {name: eight_gaussians, n: 2000, conditional: true}\n"
+        "model: {name: mlp, hidden: 32, depth: 2, time_dim: 8}\nsolver: {name: euler, steps: 8}\n"
+        "trainer: {steps: 60, batch_size: 128, device: cpu, progress: false, cond_dropout: 0.2}\n"
+        "eval: {num_samples: 400, guidance_scale: 3.0, metrics: [{name: w2}]}\n")
+    r = cli("train", "cond.yaml", "--out", "run")
+    assert r.code == 0, r.text
+    logged = read_metrics(Path("run"))["eval/w2"][-1][1]
+    r = cli("evaluate", "run")
+    assert r.code == 0 and "guidance 3" in squash(r.out), r.text
+    printed = float(next(line for line in squash(r.out).splitlines() if " w2 " in f" {line} ").split()[-2])
+    assert abs(printed - logged) < 1e-3, (printed, logged)
+    r = cli("evaluate", "run", "--guidance", "1")  # plain conditional sampling: another figure
+    assert r.code == 0 and "guidance 1" in squash(r.out), r.text
+    Path("uncond.yaml").write_text(TINY)
+    assert cli("train", "uncond.yaml", "--out", "u").code == 0
+    r = cli("evaluate", "u", "--guidance", "2")
+    assert r.code == 2 and "--guidance needs a conditional dataset" in squash(r.err), r.text

@@ -109,6 +109,22 @@ def build_solver(rec: Any, solver: str | None, steps: int | None, rtol: float | 
     return reg.build("solvers", resolved, where="solver"), describe_solver(resolved)
 
 
+def guided(model: torch.nn.Module, rec: Any, num_cond_classes: int | None, scale: float | None = None
+           ) -> tuple[torch.nn.Module, float | None]:
+    """``model`` under classifier-free guidance at ``scale`` (``--guidance``), else at the recipe's
+    ``eval.guidance_scale`` (what the trainer's evaluation and ``fmkit reflow`` sample with); returns
+    the model and the scale used (None: unguided)."""
+    from fmkit.flow.guidance import ClassifierFreeGuidance
+
+    if scale is not None and num_cond_classes is None:
+        raise FmkitError("--guidance needs a conditional dataset (labels in `cond`)", where="--guidance",
+                         fix="drop --guidance")
+    scale = scale if scale is not None else rec.eval.guidance_scale
+    if scale is None or num_cond_classes is None:
+        return model, None
+    return ClassifierFreeGuidance(model, scale, num_cond_classes), float(scale)
+
+
 def describe_solver(spec: dict) -> str:
     """``euler, 50 steps`` or ``dopri5, rtol 1e-05, atol 1e-05`` (other options as key value)."""
     opts = {k: v for k, v in spec.items() if k != "name" and v is not None}

@@ -23,6 +23,9 @@ _STATE = {"debug": os.environ.get("FMKIT_DEBUG", "") not in ("", "0")}
 MAX_SAMPLES = 10_000_000
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: key.path=value (repeatable)")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(
+    "--guidance", help="classifier-free guidance scale (default: the recipe's eval.guidance_scale; 1 = plain "
+    "conditional, 0 = unconditional)")]
 CheckpointOpt = Annotated[Optional[str], typer.Option(
     "--checkpoint", "-c", metavar="STEP|DIR",
     help="an older checkpoint of RUN: its step (as in checkpoints/step_*) or its folder (default: the newest)")]

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmkit.app.cli.common import MAX_SAMPLES, CheckpointOpt, SetOpt, app, console, print_tables
+from fmkit.app.cli.common import MAX_SAMPLES, CheckpointOpt, GuidanceOpt, SetOpt, app, console, print_tables
 from fmkit.app.inference import (
     build_solver,
     check_finite,
+    guided,
     inference_device,
     load_for_inference,
     pick_checkpoint,
@@ -34,7 +35,7 @@ def sample(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing --out folder, replacing "
                                             "files of the same names")] = False,
     seed: int = 0,
-    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    guidance: GuidanceOpt = None,
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -43,17 +44,12 @@ def sample(
 
     from fmkit.engine.checkpoint import save_tensors
     from fmkit.engine.evaluation import each, sample_in_chunks
-    from fmkit.flow.guidance import ClassifierFreeGuidance
 
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
     dev = inference_device(rec)
     s, _ = build_solver(rec, solver, steps, rtol, atol)
     out_dir = sample_dir(Path(run), out, overwrite)
-    model = comps.model.to(dev).eval()
-    if guidance is not None:
-        if comps.dataset.info.num_cond_classes is None:
-            raise FmkitError("--guidance needs a conditional dataset", where="--guidance", fix="drop --guidance")
-        model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
+    model, _ = guided(comps.model.to(dev).eval(), rec, comps.dataset.info.num_cond_classes, guidance)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     try:
@@ -93,6 +89,7 @@ def evaluate(
     estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
                                                 "example, else hutchinson), exact or hutchinson")] = "auto",
     seed: int = 0,
+    guidance: GuidanceOpt = None,
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -108,7 +105,10 @@ def evaluate(
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
     dev = inference_device(rec)
     s, about = build_solver(rec, solver, steps, rtol, atol)
-    model = comps.model.to(dev).eval()
+    bare = comps.model.to(dev).eval()
+    model, scale = guided(bare, rec, comps.dataset.info.num_cond_classes, guidance)
+    if scale is not None:
+        about += f", guidance {scale:g}"
     num = n or rec.eval.num_samples
     rows: list[tuple[str, str]] = []
     failed: BaseException | None = None
@@ -132,7 +132,7 @@ def evaluate(
             lsolver, labout = build_solver(rec, "dopri5", None, 1e-5, 1e-5)
         try:
             with console.status(f"log-likelihood of {likelihood_n} examples ({estimator} divergence, {labout})"):
-                res = log_likelihood(model_velocity(model, comps.path, ref.get("mask"), ref.get("cond")), ref,
+                res = log_likelihood(model_velocity(bare, comps.path, ref.get("mask"), ref.get("cond")), ref,
                                      comps.source, lsolver, estimator=estimator)
         except (NotImplementedError, ValueError) as exc:
             raise FmkitError(f"log-likelihood is not available for this run: {exc}",
