@@ -38,11 +38,12 @@ from fmkit.flow.state import (
                           is_categorical,
                           masked_mean_per_example,
 )
+from fmkit.flow.stats import frechet_distance
 
 __all__ = [
     "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",
     "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "Metric", "ModelError", "NonFiniteDataError",
     "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler", "Solution", "Solver",
     "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask", "count_dims",
-    "expand_t", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
+    "expand_t", "frechet_distance", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
 ]
