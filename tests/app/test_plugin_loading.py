@@ -260,3 +260,24 @@ def test_a_run_records_which_plugin_distribution_and_version_made_its_components
 
     meta = ck.load_checkpoint(ck.find_latest(Path("run/checkpoints"))).meta
     assert meta["provenance"] == prov
+
+
+BAD_NAME = '''
+import fmkit
+
+
+@fmkit.hookimpl
+def register_models(register):
+    register("Lab Net!", lambda: None)
+'''
+
+
+def test_an_installed_plugin_registering_a_bad_name_is_set_aside_not_fatal(monkeypatch, tmp_path):
+    install(monkeypatch, tmp_path, good=GOOD, bad=BAD_NAME)
+    reg = fmkit.app.registry.get_registry()
+    assert "mlp" in reg.entries("models")  # the lookup works; the bad plugin is reported
+    assert "good_coupling" in reg.entries("couplings")
+    b = reg.broken["bad"]
+    assert b.stage == "register_models" and "not a valid component name" in b.error, b
+    r = cli("plugins")
+    assert r.code == 0 and "plugin 'bad'" in squash(r.err), r.text

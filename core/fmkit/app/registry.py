@@ -197,8 +197,12 @@ class Registry:
 
                 try:
                     impl.function(register=register)
-                except FmkitError:
-                    raise
+                except FmkitError as exc:
+                    if plugin_name not in self._dists:  # added in-process (a plugin's own test): say it there
+                        raise
+                    for n in [n for n, e in found.items() if e.plugin == plugin_name]:  # installed: set aside
+                        del found[n]
+                    self._set_aside(impl, f"register_{kind}", exc)
                 except Exception as exc:  # the plugin's own bug: set it aside, keep the others
                     for n in [n for n, e in found.items() if e.plugin == plugin_name]:
                         del found[n]
