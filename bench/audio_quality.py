@@ -99,7 +99,7 @@ def main() -> None:
     mels = denormalised(samples, ds)
     wavs, voc_s = time_vocoder(voc, mels)
     rtf = RealTimeFactor(secs, flow_s, voc_s, a.n, a.steps)
-    res.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rtf.as_dict().items()})
+    res.update({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in rtf.as_dict().items()})  # 6 significant digits: short runs last milliseconds
     res["vocoder"] = f"griffin_lim (torchaudio InverseMelScale + GriffinLim, {a.gl_iter or 64} iterations), CPU"
 
     # one WAV and one spectrogram per digit (the first sample of each): small files for bench/results
