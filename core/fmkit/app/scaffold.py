@@ -276,7 +276,7 @@ def test_recipe_trains_with_the_plugin(tmp_path):
 
 _README = '''# fmkit-{name}
 
-An [fmkit](https://github.com/) plugin that adds a {kind}: {desc}.
+An fmkit plugin that adds a {kind}: {desc}. Scaffolded by `fmkit new-plugin`; see fmkit's docs/plugins.md.
 
     pip install -e .            # registers entry point `{name}` in group `fmkit`
     fmkit plugins               # lists it
