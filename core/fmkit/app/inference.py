@@ -114,15 +114,14 @@ def guided(model: torch.nn.Module, rec: Any, num_cond_classes: int | None, scale
     """``model`` under classifier-free guidance at ``scale`` (``--guidance``), else at the recipe's
     ``eval.guidance_scale`` (what the trainer's evaluation and ``fmkit reflow`` sample with); returns
     the model and the scale used (None: unguided)."""
-    from fmkit.flow.guidance import ClassifierFreeGuidance
+    from fmkit.flow.guidance import with_guidance
 
     if scale is not None and num_cond_classes is None:
         raise FmkitError("--guidance needs a conditional dataset (labels in `cond`)", where="--guidance",
                          fix="drop --guidance")
     scale = scale if scale is not None else rec.eval.guidance_scale
-    if scale is None or num_cond_classes is None:
-        return model, None
-    return ClassifierFreeGuidance(model, scale, num_cond_classes), float(scale)
+    guided_model = with_guidance(model, scale, num_cond_classes)
+    return guided_model, (None if guided_model is model else float(scale))
 
 
 def describe_solver(spec: dict) -> str:

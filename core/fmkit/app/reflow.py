@@ -242,7 +242,7 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
     from fmkit.engine.fingerprint import check_fingerprint
     from fmkit.engine.setup import pick_device, set_cpu_threads
     from fmkit.engine.snapshot import load_model_state
-    from fmkit.flow.guidance import ClassifierFreeGuidance
+    from fmkit.flow.guidance import with_guidance
 
     run = Path(run)
     rec = load_run_recipe(run, overrides or [])
@@ -259,8 +259,7 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
         set_cpu_threads(rec.trainer)
     model: nn.Module = comps.model.to(device).eval()
     guidance = rec.eval.guidance_scale
-    if guidance is not None and comps.dataset.info.num_cond_classes is not None:
-        model = ClassifierFreeGuidance(model, guidance, comps.dataset.info.num_cond_classes)
+    model = with_guidance(model, guidance, comps.dataset.info.num_cond_classes)
     s = solver or comps.solver
     if isinstance(s, AdaptiveSolver):
         from fmkit.flow.solvers import check_continuous_only

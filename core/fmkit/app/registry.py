@@ -338,9 +338,9 @@ class Registry:
             return "fmkit", fmkit.__version__
         return distribution_of(obj)
 
-    def provenance(self, used: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    def provenance(self, used: Iterable[str]) -> dict[str, dict[str, Any]]:
         """``{"<kind>.<name>": {plugin, distribution, version}}`` for the components ``used``
-        (``{"models.unet": ...}`` keys as ``kind.name``): what a run records of who made it."""
+        (``"models.unet"``, ...): what a run records of who made it."""
         out: dict[str, dict[str, Any]] = {}
         objs = dict(self.pm.list_name_plugin())
         for key in used:

@@ -158,7 +158,7 @@ class _RecordProvenance(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.run_dir is None or not trainer.is_main or trainer.provenance is None:
             return
-        from fmkit.engine.checkpoint import write_atomic_text
+        from fmkit.engine.files import write_atomic_text
 
         write_atomic_text(trainer.run_dir / PROVENANCE_FILE, json.dumps(trainer.provenance, indent=2) + "\n")
 
@@ -170,14 +170,13 @@ def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
 
     import fmkit
 
-    used = {f"datasets.{recipe.data.name}": "", f"models.{recipe.model.name}": "",
-            f"couplings.{recipe.coupling.name}": "", f"solvers.{recipe.solver.name}": ""}
+    used = [f"datasets.{recipe.data.name}", f"models.{recipe.model.name}", f"couplings.{recipe.coupling.name}",
+            f"solvers.{recipe.solver.name}"]
     for kind, comp in (("paths", recipe.path), ("sources", recipe.source)):
-        used[f"{kind}.{comp.name}"] = ""
-        used.update({f"{kind}.{c.name}": "" for c in comp.fields.values()})
+        used += [f"{kind}.{c.name}" for c in (comp, *comp.fields.values())]
     for kind, comps in (("metrics", recipe.eval.metrics), ("writers", recipe.eval.writers),
                         ("callbacks", recipe.callbacks)):
-        used.update({f"{kind}.{c.name}": "" for c in comps})
+        used += [f"{kind}.{c.name}" for c in comps]
     return {"fmkit": fmkit.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "components": registry.provenance(used)}
 
@@ -198,7 +197,7 @@ def new_run_dir(recipe: Recipe, out: Path | None) -> Path:
                           fix=f"continue it with `fmkit train --resume {run_dir}`, or pick another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        from fmkit.engine.checkpoint import write_atomic_text
+        from fmkit.engine.files import write_atomic_text
 
         (run_dir / "metrics.csv").unlink(missing_ok=True)  # a failed start's log is no part of this run
         write_atomic_text(run_dir / RECIPE_FILE, recipe.to_yaml())  # a kill never leaves half a recipe

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fmkit.engine.files import _fsync_dir, _sha256, _write_bytes, save_tensors, write_atomic_text  # noqa: F401
+from fmkit.engine.files import _fsync_dir, _sha256, _write_bytes, save_tensors, write_atomic_text
 from fmkit.errors import CheckpointError, note
 
 MANIFEST = "MANIFEST.json"

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from fmkit.engine.callbacks import Metric
-from fmkit.engine.checkpoint import save_tensors, write_atomic_text
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
+from fmkit.engine.files import save_tensors, write_atomic_text
 from fmkit.errors import ContractError
 from fmkit.flow.data import Dataset
-from fmkit.flow.guidance import ClassifierFreeGuidance
+from fmkit.flow.guidance import with_guidance
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import generate
 from fmkit.flow.solvers import Solver
@@ -141,9 +141,7 @@ def run(tr: Trainer) -> dict[str, float]:
 def sampling_model(tr: Trainer) -> nn.Module:
     """``tr``'s model that samples: the EMA's when ``eval.use_ema``, under guidance when ``eval.guidance_scale``."""
     m = tr.ema.model if (tr.ema is not None and tr.eval_opts.use_ema) else tr.model
-    if tr.eval_opts.guidance_scale is not None and tr.null_cond is not None:
-        return ClassifierFreeGuidance(m, tr.eval_opts.guidance_scale, tr.null_cond)
-    return m
+    return with_guidance(m, tr.eval_opts.guidance_scale, tr.null_cond)
 
 
 @torch.no_grad()

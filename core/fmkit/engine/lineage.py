@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from fmkit.engine import checkpoint as ckpt
+from fmkit.engine.files import write_atomic_text
 from fmkit.errors import CheckpointError
 
 LINEAGE_FILE = "lineage.json"
@@ -50,7 +51,7 @@ def init_from_run(model: nn.Module, source: str | Path, use_ema: bool = True) ->
 def write_lineage(run_dir: Path, record: dict[str, Any]) -> Path:
     """``run_dir/lineage.json``, written atomically."""
     path = Path(run_dir) / LINEAGE_FILE
-    ckpt.write_atomic_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_atomic_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 
 

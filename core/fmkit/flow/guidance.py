@@ -41,3 +41,11 @@ class ClassifierFreeGuidance(nn.Module):
         out = self.model(both, torch.cat([t, t]), c2)
         b = t.shape[0]
         return {k: v[b:] + self.scale * (v[:b] - v[b:]) for k, v in out.items()}
+
+
+def with_guidance(model: nn.Module, scale: float | None, null_value: int | None) -> nn.Module:
+    """``model`` under classifier-free guidance at ``scale``; ``model`` itself when no scale is set or
+    the data has no null class (unconditional data)."""
+    if scale is None or null_value is None:
+        return model
+    return ClassifierFreeGuidance(model, scale, null_value)

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fmkit.engine.checkpoint import _sha256, save_tensors, write_atomic_text
+from fmkit.engine.files import _sha256, save_tensors, write_atomic_text
 from fmkit.errors import DataError
 from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices
 from fmkit.flow.state import COND, MASK, X0, State, fields

@@ -42,8 +42,8 @@ def sample(
     """Generate samples from a trained run and write them (artefacts + safetensors)."""
     import torch
 
-    from fmkit.engine.checkpoint import save_tensors
     from fmkit.engine.evaluation import each, sample_in_chunks
+    from fmkit.engine.files import save_tensors
 
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
     dev = inference_device(rec)

@@ -55,7 +55,7 @@ def train(
         if dist.rank == 0 and set_:
             class _SaveRecipe(Callback):  # only once the checkpoint has loaded into the overridden recipe
                 def on_train_start(self, trainer) -> None:
-                    from fmkit.engine.checkpoint import write_atomic_text
+                    from fmkit.engine.files import write_atomic_text
 
                     write_atomic_text(run_dir / RECIPE_FILE, rec.to_yaml())  # a kill never leaves half a recipe
 
@@ -81,12 +81,12 @@ def train(
 
         trainer.callbacks.insert(0, _Announce())
     start: bool | Path = do_resume
-    if checkpoint is not None and do_resume and dist.rank == 0:
+    if checkpoint is not None:  # every rank resumes from it; rank 0 moves the newer ones out of the way
         from fmkit.app.inference import pick_checkpoint
         from fmkit.engine.checkpoint import set_aside_newer
 
         start = pick_checkpoint(resume, checkpoint)
-        moved = set_aside_newer(resume / "checkpoints", start)
+        moved = set_aside_newer(resume / "checkpoints", start) if dist.rank == 0 else []
         if moved:
             console.print(f"[yellow]note:[/] continuing from {start.name}; the newer checkpoints "
                           f"{', '.join(p.name for p in moved)} are kept in {moved[0].parent}", highlight=False)
