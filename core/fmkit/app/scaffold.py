@@ -10,16 +10,38 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from fmkit.errors import OutputError, RecipeError
 
 KINDS = ("dataset", "model", "path", "coupling", "metric", "writer")
 
-#: kind -> (module name, hook, register line, source of the module, recipe lines, check in the test)
-_COMPONENTS: dict[str, tuple[str, str, str, str, str, str]] = {
-    "dataset": ("data", "register_datasets",
-                'register("{name}_spiral", SpiralDataset, options=SpiralOptions, description="2-D points on a noisy '
-                'spiral")', '''"""A 2-D spiral, as a dataset: examples {{"x": [2]}}."""
+
+class Example(NamedTuple):
+    """One kind's example component: the module it lives in (``fmkit_<name>.<module>``), the hook and
+    its ``register(...)`` call (``{name}`` is the plugin's name), the classes plugin.py imports, its
+    one-line description, the recipe key it sets (``(key, YAML value)``: replaces the demo recipe's
+    default for that key, or adds it), the ``fmkit.testing`` checks its test calls, and the sources."""
+
+    module: str
+    hook: str
+    classes: tuple[str, ...]
+    register: str
+    description: str
+    recipe: tuple[str, str]
+    checks: tuple[str, ...]
+    source: str
+    test: str
+
+
+_COMPONENTS: dict[str, Example] = {
+    "dataset": Example(
+        module="data", hook="register_datasets", classes=('SpiralDataset', 'SpiralOptions'),
+        register='register("{name}_spiral", SpiralDataset, options=SpiralOptions)',
+        description='2-D points on a noisy spiral',
+        recipe=("data", '{{name: {name}_spiral, n: 2048}}'),
+        checks=('check_dataset',),
+        source='''"""A 2-D spiral, as a dataset: examples {{"x": [2]}}."""
 
 import math
 
@@ -51,15 +73,20 @@ class SpiralDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {{"x": self.x[i]}}
-''', "data: {{name: {name}_spiral, n: 2048}}", '''
+''',
+        test='''
 def test_dataset_keeps_the_contract():
     from fmkit_{name}.data import SpiralDataset
 
     check_dataset(SpiralDataset(n=256))
 '''),
-    "model": ("net", "register_models",
-              'register("{name}_net", ResNet.from_data, options=ResNetOptions, description="residual MLP velocity '
-              'model")', '''"""A residual MLP velocity model for fixed-size data."""
+    "model": Example(
+        module="net", hook="register_models", classes=('ResNet', 'ResNetOptions'),
+        register='register("{name}_net", ResNet.from_data, options=ResNetOptions)',
+        description='residual MLP velocity model',
+        recipe=("model", '{{name: {name}_net, hidden: 32}}'),
+        checks=('check_model',),
+        source='''"""A residual MLP velocity model for fixed-size data."""
 
 import torch
 from fmkit.plugin import DataInfo
@@ -92,7 +119,8 @@ class ResNet(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         return {{"x": self.out(h)}}
-''', "model: {{name: {name}_net, hidden: 32}}", '''
+''',
+        test='''
 def test_model_keeps_the_contract():
     from fmkit import TensorDataset
     from fmkit_{name}.net import ResNet
@@ -100,10 +128,13 @@ def test_model_keeps_the_contract():
     data = TensorDataset(torch.randn(16, 2))
     check_model(ResNet.from_data(data.info), data)
 '''),
-    "path": ("paths", "register_paths",
-             'register("{name}_sine", lambda prediction: AffinePath(SineScheduler(), prediction), options=PathOptions, '
-             'description="affine path alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2)")',
-             '''"""An affine path with a trigonometric scheduler."""
+    "path": Example(
+        module="paths", hook="register_paths", classes=('PathOptions', 'SineScheduler'),
+        register='register("{name}_sine", lambda prediction: AffinePath(SineScheduler(), prediction), options=PathOptions)',
+        description='affine path alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2)',
+        recipe=("path", '{{name: {name}_sine}}'),
+        checks=('check_path',),
+        source='''"""An affine path with a trigonometric scheduler."""
 
 import math
 from typing import Literal
@@ -124,16 +155,21 @@ class SineScheduler(Scheduler):
     def __call__(self, t: torch.Tensor):
         a = 0.5 * math.pi
         return torch.sin(a * t), torch.cos(a * t), a * torch.cos(a * t), -a * torch.sin(a * t)
-''', "path: {{name: {name}_sine}}", '''
+''',
+        test='''
 def test_path_velocity_is_the_derivative_of_the_path():
     from fmkit import AffinePath
     from fmkit_{name}.paths import SineScheduler
 
     check_path(AffinePath(SineScheduler()), torch.randn(8, 2), torch.randn(8, 2))
 '''),
-    "coupling": ("couplings", "register_couplings",
-                 'register("{name}_sliced", SlicedCoupling, options=None, description="pairs by sorting x0 and x1 '
-                 'along one random direction (a 1-D optimal transport)")', '''"""A coupling: 1-D optimal transport along a random projection."""
+    "coupling": Example(
+        module="couplings", hook="register_couplings", classes=('SlicedCoupling',),
+        register='register("{name}_sliced", SlicedCoupling, options=None)',
+        description='pairs by sorting x0 and x1 along one random direction (a 1-D optimal transport)',
+        recipe=("coupling", '{{name: {name}_sliced}}'),
+        checks=('check_coupling',),
+        source='''"""A coupling: 1-D optimal transport along a random projection."""
 
 import torch
 from fmkit.plugin import Coupling, State
@@ -150,15 +186,20 @@ class SlicedCoupling(Coupling):
         inv[i1] = torch.arange(len(i1), device=i1.device)
         order = i0[inv]  # x0 row paired with each x1 row
         return {{k: v[order] if k == "x" else v for k, v in x0.items()}}, x1
-''', "coupling: {{name: {name}_sliced}}", '''
+''',
+        test='''
 def test_coupling_repairs_the_given_rows():
     from fmkit_{name}.couplings import SlicedCoupling
 
     check_coupling(SlicedCoupling(), {{"x": torch.randn(16, 2)}}, {{"x": torch.randn(16, 2)}})
 '''),
-    "metric": ("metrics", "register_metrics",
-               'register("{name}_moments", MomentGap, options=None, description="distance between the mean and '
-               'covariance of samples and data")', '''"""A metric: how far the first two moments of the samples are from the data's."""
+    "metric": Example(
+        module="metrics", hook="register_metrics", classes=('MomentGap',),
+        register='register("{name}_moments", MomentGap, options=None)',
+        description='distance between the mean and covariance of samples and data',
+        recipe=("eval", '{{every: 0, num_samples: 256, metrics: [{{name: {name}_moments}}]}}'),
+        checks=(),
+        source='''"""A metric: how far the first two moments of the samples are from the data's."""
 
 import torch
 from fmkit.plugin import Dataset, State
@@ -172,7 +213,8 @@ class MomentGap:
         d = dataset.reference(len(s))["x"].flatten(1).double()
         return {{"mean_gap": float((s.mean(0) - d.mean(0)).norm()),
                 "cov_gap": float((torch.cov(s.T) - torch.cov(d.T)).norm())}}
-''', "eval: {{every: 0, num_samples: 256, metrics: [{{name: {name}_moments}}]}}", '''
+''',
+        test='''
 def test_metric_is_zero_on_the_data_itself():
     from fmkit import TensorDataset
     from fmkit_{name}.metrics import MomentGap
@@ -181,9 +223,13 @@ def test_metric_is_zero_on_the_data_itself():
     out = MomentGap()(data.reference(64), data)
     assert out["mean_gap"] < 1e-9 and out["cov_gap"] < 1e-9
 '''),
-    "writer": ("writers", "register_writers",
-               'register("{name}_csv", CsvWriter, options=None, description="samples as a CSV file")',
-               '''"""A writer: samples as CSV."""
+    "writer": Example(
+        module="writers", hook="register_writers", classes=('CsvWriter',),
+        register='register("{name}_csv", CsvWriter, options=None)',
+        description='samples as a CSV file',
+        recipe=("eval", '{{every: 0, num_samples: 64, writers: [{{name: {name}_csv}}]}}'),
+        checks=(),
+        source='''"""A writer: samples as CSV."""
 
 from pathlib import Path
 
@@ -198,7 +244,8 @@ class CsvWriter:
         x = samples["x"].flatten(1).tolist()
         out.write_text("\\n".join(",".join(f"{{v:.6g}}" for v in row) for row in x) + "\\n")
         return [out]
-''', "eval: {{every: 0, num_samples: 64, writers: [{{name: {name}_csv}}]}}", '''
+''',
+        test='''
 def test_writer_writes_one_row_per_sample(tmp_path):
     from fmkit import TensorDataset
     from fmkit_{name}.writers import CsvWriter
@@ -250,15 +297,11 @@ def register_recipes(register):
         register(p.stem, p)
 '''
 
-_RECIPE = '''# Trains with the {kind} of plugin {name} on the CPU in seconds: `fmkit train {name}_demo`.
-name: {name}_demo
-seed: 0
-data: {{name: moons, n: 2048}}
-model: {{name: mlp, hidden: 64, depth: 2}}
-solver: {{name: euler, steps: 20}}
-trainer: {{steps: 100, batch_size: 128, lr: 1.0e-3, device: cpu, progress: false, log_every: 50}}
-{line}
-'''
+_RECIPE_HEAD = "# Trains with the {kind} of plugin {name} on the CPU in seconds: `fmkit train {name}_demo`.\n"
+#: the demo recipe's sections as YAML flow mappings (an example's own ``recipe`` key replaces or adds one)
+_RECIPE = {"name": "{name}_demo", "seed": "0", "data": "{{name: moons, n: 2048}}",
+           "model": "{{name: mlp, hidden: 64, depth: 2}}", "solver": "{{name: euler, steps: 20}}",
+           "trainer": "{{steps: 100, batch_size: 128, lr: 1.0e-3, device: cpu, progress: false, log_every: 50}}"}
 
 _TEST = '''"""Tests of plugin {name}: its {kind} keeps fmkit's contract, and its recipe trains."""
 
@@ -297,32 +340,26 @@ def scaffold(name: str, kind: str, dest: Path) -> list[Path]:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise OutputError(f"{dest} exists and is not an empty folder", where=str(dest),
                           fix="pass --out with a new folder, or remove that one")
-    module, hook, register, source, line, check = _COMPONENTS[kind]
-    desc = register.split('description="', 1)[1].rsplit('"', 1)[0].format(name=name)
-    classes = re.findall(r"\b([A-Z]\w+)", register.split("description=")[0])
-    own = sorted(set(classes) - {"AffinePath", "None", "True", "False"})
-    imports = f"from fmkit_{name}.{module} import {', '.join(own)}"
-    if "AffinePath" in register:
+    ex = _COMPONENTS[kind]
+    desc = ex.description.format(name=name)
+    imports = f"from fmkit_{name}.{ex.module} import {', '.join(ex.classes)}"
+    if "AffinePath(" in ex.register:
         imports = "from fmkit import AffinePath\n\n    " + imports
+    register = ex.register.format(name=name)[:-1] + f",\n             description=\"{desc}\")"
+    recipe = {**_RECIPE, ex.recipe[0]: ex.recipe[1]}
+    recipe_text = _RECIPE_HEAD + "".join(f"{k}: {v}\n" for k, v in recipe.items())
     pkg = dest / f"fmkit_{name}"
     files = {
         dest / "pyproject.toml": _PYPROJECT.format(name=name, desc=desc),
         dest / "README.md": _README.format(name=name, kind=kind, desc=desc),
         pkg / "__init__.py": f'"""fmkit plugin {name}."""\n',
-        pkg / "plugin.py": _PLUGIN.format(name=name, kind=kind, hook=hook, imports=imports,
-                                          register=register.format(name=name).replace(", description=",
-                                                                                      ",\n             description=")),
-        pkg / f"{module}.py": source.format(name=name),
-        pkg / "recipes" / f"{name}_demo.yaml": _RECIPE.format(name=name, kind=kind, line=line.format(name=name)),
+        pkg / "plugin.py": _PLUGIN.format(name=name, kind=kind, hook=ex.hook, imports=imports, register=register),
+        pkg / f"{ex.module}.py": ex.source.format(name=name),
+        pkg / "recipes" / f"{name}_demo.yaml": recipe_text.format(name=name, kind=kind),
         dest / "tests" / "test_plugin.py": _TEST.format(
-            name=name, kind=kind, check=check.format(name=name), torch="import torch\n" if "torch." in check else "",
-            checks="".join(f"{c}, " for c in re.findall(r"\b(check_\w+)\(", check))),
+            name=name, kind=kind, check=ex.test.format(name=name), checks="".join(f"{c}, " for c in ex.checks),
+            torch="import torch\n" if "torch." in ex.test else ""),
     }
-    text = files[pkg / "recipes" / f"{name}_demo.yaml"]
-    if line.startswith(("data:", "model:", "path:", "coupling:")):  # the component replaces the default line
-        key = line.split(":", 1)[0]
-        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(f"{key}: {{name: m")) + "\n"
-        files[pkg / "recipes" / f"{name}_demo.yaml"] = text
     try:
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
