@@ -31,10 +31,12 @@ from fmkit.flow.sources import Source
 from fmkit.flow.state import (
                           COND,
                           MASK,
+                          MASKS,
                           State,
                           apply_mask,
                           broadcast_mask,
                           count_dims,
+                          field_mask,
                           is_categorical,
                           masked_mean_per_example,
 )
@@ -42,8 +44,8 @@ from fmkit.flow.stats import frechet_distance
 
 __all__ = [
     "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",
-    "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "Metric", "ModelError", "NonFiniteDataError",
+    "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "MASKS", "Metric", "ModelError", "NonFiniteDataError",
     "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler", "Solution", "Solver",
     "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask", "count_dims",
-    "expand_t", "frechet_distance", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
+    "expand_t", "field_mask", "frechet_distance", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
 ]

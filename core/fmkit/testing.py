@@ -36,7 +36,7 @@ from fmkit.flow.data import Dataset
 from fmkit.flow.data_check import check_dataset as _check_contract
 from fmkit.flow.paths import ProbPath
 from fmkit.flow.solvers import Solution, Solver
-from fmkit.flow.state import COND, MASK, State, broadcast_mask, fields
+from fmkit.flow.state import COND, MASK, State, broadcast_mask, field_mask, fields
 
 __all__ = ["CliResult", "check_coupling", "check_dataset", "check_model", "check_path", "check_solver",
            "fresh_registry", "read_metrics", "run_cli", "use_registry"]
@@ -84,11 +84,11 @@ def check_model(model: nn.Module, data: Dataset, *, batch_size: int = 3, seed: i
             noisy = dict(x_t)
             for k, v in fields(x_t).items():
                 if v.is_floating_point():
-                    pad = ~broadcast_mask(mask, v).expand_as(v)
+                    pad = ~broadcast_mask(field_mask(x_t, k), v).expand_as(v)
                     noisy[k] = torch.where(pad, torch.randn(v.shape, generator=g) * 100, v)
             moved = model(noisy, t, cond)
             for k, v in fields(out).items():
-                real = broadcast_mask(mask, v).expand_as(v)
+                real = broadcast_mask(field_mask(x_t, k), v).expand_as(v)
                 assert torch.allclose(v[real], moved[k][real], atol=atol * 100), \
                     f"padded entries change the model's output on real entries of {k!r}"
         if equivariance is not None:

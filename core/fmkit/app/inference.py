@@ -13,6 +13,7 @@ import torch
 
 from fmkit.app.registry import get_registry as registry
 from fmkit.errors import FmkitError
+from fmkit.flow.state import PASSENGERS
 
 
 class LoadedRun(NamedTuple):
@@ -134,7 +135,7 @@ def describe_solver(spec: dict) -> str:
 def check_finite(samples: dict) -> None:
     """Refuse samples holding NaN/Inf: a diverged model's output is no result to write (exit 0 said it was)."""
     for k, v in samples.items():
-        if k in ("mask", "cond") or not v.is_floating_point():
+        if k in PASSENGERS or not v.is_floating_point():
             continue
         bad = (~v.isfinite()).reshape(v.shape[0], -1).any(1)
         if bad.any():

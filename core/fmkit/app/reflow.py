@@ -31,7 +31,7 @@ from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import model_velocity
 from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, Solver
 from fmkit.flow.sources import StateSource
-from fmkit.flow.state import State, fields, to_device
+from fmkit.flow.state import MASKS, PASSENGERS, State, fields, to_device
 
 REFLOW_STREAM = 0x7265666C  # "refl": the pairs' random streams, apart from training's and sampling's
 
@@ -119,9 +119,9 @@ def draw_pairs(model: nn.Module, path: StatePath, source: StateSource, solver: S
         template = to_device(dataset.template(m, seed=template_seed + j), device)
         x0 = source.sample(template)
         mask, cond = template.get("mask"), template.get("cond")
-        sol = solver.solve(model_velocity(model, path, mask, cond), fields(x0))
+        sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0))
         x1 = {k: v.cpu() for k, v in sol.x.items()}
-        for k in ("mask", "cond"):
+        for k in PASSENGERS:
             if k in template:
                 v = template[k]
                 x1[k] = {kk: vv.cpu() for kk, vv in v.items()} if isinstance(v, Mapping) else v.cpu()

@@ -26,9 +26,11 @@ from fmkit.flow.state import (
     apply_mask,
     as_state,
     check_same_fields,
+    field_mask,
     fields,
     index,
     is_categorical,
+    passengers,
     unwrap,
 )
 
@@ -85,9 +87,7 @@ class GivenCoupling(Coupling):
                                 "`fmkit reflow RUN --out PAIRS`), or use another coupling")
         x0 = dict(stored)
         check_same_fields(x0, x1, "the stored pairs' x0 (coupling: given)")
-        for k in ("mask", "cond"):
-            if k in x1:
-                x0[k] = x1[k]
+        x0.update(passengers(x1))
         return x0
 
     def pair(self, x0: State, x1: State) -> tuple[State, State]:
@@ -110,8 +110,8 @@ def pairwise_cost(x0: State, x1: State) -> Tensor:
                              f"x0 has {got}")
         if is_categorical(v1):
             continue
-        a = apply_mask(x0[k], mask).reshape(v1.shape[0], -1).double()
-        b = apply_mask(v1, mask).reshape(v1.shape[0], -1).double()
+        a = apply_mask(x0[k], field_mask(x1, k)).reshape(v1.shape[0], -1).double()
+        b = apply_mask(v1, field_mask(x1, k)).reshape(v1.shape[0], -1).double()
         c = torch.cdist(a, b).pow(2)
         cost = c if cost is None else cost + c
     if cost is None:

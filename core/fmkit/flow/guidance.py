@@ -6,6 +6,8 @@ v(x, t | c) and v(x, t | null); sampling mixes them: v = v_null + w (v_c - v_nul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -36,11 +38,16 @@ class ClassifierFreeGuidance(nn.Module):
     def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None) -> State:
         if cond is None:
             return self.model(x_t, t, None)
-        both = {k: torch.cat([v, v]) for k, v in x_t.items() if k != "cond"}
+        both = {k: _twice(v) for k, v in x_t.items() if k != "cond"}
         c2 = torch.cat([cond, torch.full_like(cond, self.null_value)])
         out = self.model(both, torch.cat([t, t]), c2)
         b = t.shape[0]
         return {k: v[b:] + self.scale * (v[:b] - v[b:]) for k, v in out.items()}
+
+
+def _twice(v: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """A batch entry stacked on itself (a mapping such as the per-field ``masks``, entry by entry)."""
+    return {k: torch.cat([m, m]) for k, m in v.items()} if isinstance(v, Mapping) else torch.cat([v, v])
 
 
 def with_guidance(model: nn.Module, scale: float | None, null_value: int | None) -> nn.Module:

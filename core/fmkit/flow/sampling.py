@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
 from fmkit.flow.paths import StatePath
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.sources import StateSource
-from fmkit.flow.state import State, fields
+from fmkit.flow.state import COND, MASK, MASKS, State, fields, passengers
 
 
-def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond: Tensor | None):
+def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond: Tensor | None,
+                   masks: Mapping[str, Tensor] | None = None):
     """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar[, step])`` that solvers integrate
-    (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields)."""
+    (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields);
+    ``mask`` and the per-field ``masks`` ride into every model call."""
 
     def velocity(x: State, t: Tensor, step: float | None = None) -> State:
         b = next(iter(x.values())).shape[0]
         tb = t.reshape(()).expand(b).to(torch.float32) if t.dtype != torch.float64 else t.reshape(()).expand(b)
         inp = dict(x)
         if mask is not None:
-            inp["mask"] = mask
+            inp[MASK] = mask
+        if masks is not None:
+            inp[MASKS] = masks
         pred = model(inp, tb, cond)
         return path.velocity(pred, x, tb, step)
 
@@ -32,9 +38,8 @@ def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Sol
              trajectory: bool = False) -> Solution:
     """Samples shaped like ``template`` (its mask and cond are kept; its field values are ignored)."""
     x0 = source.sample(template)
-    mask, cond = template.get("mask"), template.get("cond")
-    sol = solver.solve(model_velocity(model, path, mask, cond), fields(x0), trajectory=trajectory)
-    for k in ("mask", "cond"):
-        if k in template:
-            sol.x[k] = template[k]
+    mask, cond = template.get(MASK), template.get(COND)
+    sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0),
+                       trajectory=trajectory)
+    sol.x.update(passengers(template))
     return sol

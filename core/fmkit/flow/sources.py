@@ -14,7 +14,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fmkit.flow.state import State, apply_mask, broadcast_mask, check_same_fields, count_dims, fields
+from fmkit.flow.state import (
+    State,
+    apply_mask,
+    broadcast_mask,
+    check_same_fields,
+    count_dims,
+    field_mask,
+    fields,
+    passengers,
+)
 
 
 class Source(ABC):
@@ -82,16 +91,12 @@ class StateSource:
     def sample(self, like: State) -> State:
         """x0 shaped like ``like``'s fields; a per-field source that returns another shape is named
         (it would broadcast in the path without an error)."""
-        mask = like.get("mask")
-        out = {k: self.for_field(k).sample(v, mask) for k, v in fields(like).items()}
+        out = {k: self.for_field(k).sample(v, field_mask(like, k)) for k, v in fields(like).items()}
         for k, v in fields(like).items():
             if getattr(out[k], "shape", None) != v.shape:
                 check_same_fields({k: out[k]}, {k: v}, f"the source {type(self.for_field(k)).__name__}")
-        for k in ("mask", "cond"):
-            if k in like:
-                out[k] = like[k]
+        out.update(passengers(like))
         return out
 
     def log_prob(self, x: State) -> Tensor:
-        mask = x.get("mask")
-        return sum(self.for_field(k).log_prob(v, mask) for k, v in fields(x).items())  # type: ignore[return-value]
+        return sum(self.for_field(k).log_prob(v, field_mask(x, k)) for k, v in fields(x).items())  # type: ignore[return-value]

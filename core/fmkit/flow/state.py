@@ -6,6 +6,10 @@ are reserved and never flow along a path:
 
 - ``"mask"``: padding mask (bool, True = real). It is broadcast against each field by appending
   trailing singleton dimensions, so ``[B,N]`` masks ``[B,N,3]`` and ``[B,1,T]`` masks ``[B,M,T]``.
+- ``"masks"``: per-field masks ``{field: bool tensor}`` for fields whose mask is not ``mask``, e.g.
+  a molecule's per-pair bond field ``[B,N,N]`` masked by its real pairs ``[B,N,N]`` (the atom mask
+  would broadcast along one axis only). A field listed here uses its own mask everywhere a mask
+  applies (losses, sources, couplings' costs); the others use ``mask``.
 - ``"cond"``: conditioning (class label, property) that travels beside the state.
 - ``"x0"``: a stored source sample paired with this example (a state of the same fields), as a
   pairs dataset serves it for reflow and distillation; the ``given`` coupling takes x0 from here.
@@ -25,9 +29,12 @@ from torch import Tensor
 from fmkit.errors import ContractError
 
 MASK = "mask"
+MASKS = "masks"  # per-field masks {field: mask}
 COND = "cond"
 X0 = "x0"  # a stored source sample riding with the data (fmkit.app.builtin.pairs); never a flowing field
-RESERVED = frozenset({MASK, COND, X0})
+RESERVED = frozenset({MASK, MASKS, COND, X0})
+#: the keys that ride beside the fields, unchanged, from the data to x0, x_t and the samples
+PASSENGERS = (MASK, MASKS, COND)
 DEFAULT_FIELD = "x"
 
 State = dict[str, Tensor]
@@ -51,6 +58,19 @@ def unwrap(state: State, was_tensor: bool) -> StateLike:
 def fields(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The flowing fields of a state (everything but ``mask`` and ``cond``)."""
     return {k: v for k, v in state.items() if k not in RESERVED}
+
+
+def field_mask(state: Mapping[str, Any], name: str) -> Tensor | None:
+    """The mask of field ``name``: its own from ``state["masks"]`` when given, else ``state["mask"]``."""
+    own = state.get(MASKS)
+    if isinstance(own, Mapping) and name in own:
+        return own[name]
+    return state.get(MASK)
+
+
+def passengers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``state`` that ride beside its fields (``mask``, ``masks``, ``cond``)."""
+    return {k: state[k] for k in PASSENGERS if k in state}
 
 
 def is_categorical(t: Tensor) -> bool:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fmkit.flow.paths.base import PathSample, ProbPath, _path_takes_step, check_output
 from fmkit.flow.paths.discrete import DiscretePath
-from fmkit.flow.state import State, fields, is_categorical
+from fmkit.flow.state import State, field_mask, fields, is_categorical, passengers
 
 
 class StatePath:
@@ -34,20 +34,17 @@ class StatePath:
         for k, v1 in fields(x1).items():
             ps = self.for_field(k, v1).sample(x0[k], v1, t)
             xt[k], dxt[k] = ps.x_t, ps.dx_t
-        for k in ("mask", "cond"):
-            if k in x1:
-                xt[k] = x1[k]
+        xt.update(passengers(x1))
         return PathSample(t, xt, dxt)
 
     def losses(self, pred: State, ps: PathSample, x1: State, reduce: bool = False) -> dict[str, Tensor]:
         """Per-field losses: per example ``{field: [B]}``, or with ``reduce`` their batch means (scalars)."""
         check_output(pred, x1)
-        mask = x1.get("mask")
         out = {}
         for k, v1 in fields(x1).items():
             field_ps = PathSample(ps.t, ps.x_t[k], ps.dx_t[k])
             path = self.for_field(k, v1)
-            out[k] = (path.batch_loss if reduce else path.loss)(pred[k], field_ps, v1, mask)
+            out[k] = (path.batch_loss if reduce else path.loss)(pred[k], field_ps, v1, field_mask(x1, k))
         return out
 
     def velocity(self, pred: State, x_t: State, t: Tensor, step: float | None = None) -> State:
