@@ -114,3 +114,26 @@ def test_guidance_doubles_the_per_field_masks_with_the_batch():
     out = cfg({k: v for k, v in x.items()}, torch.rand(B), torch.zeros(B, dtype=torch.long))
     assert net.seen[-1]["bonds"].shape == (2 * B, N, N)
     assert out["bonds"].shape == (B, N, N, K)
+
+
+def test_flat_tensors_round_trip_names_nested_entries():
+    from fmkit.flow.state import flat_tensors, nest_tensors
+
+    x = pair_state()
+    flat = flat_tensors(x)
+    assert set(flat) == {"pos", "bonds", "mask", "masks.bonds"}
+    back = nest_tensors(flat)
+    assert torch.equal(back[MASKS]["bonds"], x[MASKS]["bonds"]) and torch.equal(back["bonds"], x["bonds"])
+
+
+def test_chunks_of_different_sizes_join_with_pair_fields_padded_on_both_axes():
+    from fmkit.engine.evaluation import _concat
+
+    a, b = pair_state(0), pair_state(1)
+    small = {k: (v[:, :3, :3] if k == "bonds" else v[:, :3]) for k, v in b.items() if k != MASKS}
+    small[MASKS] = {"bonds": b[MASKS]["bonds"][:, :3, :3]}
+    out = _concat([a, small])
+    assert out["bonds"].shape == (2 * B, N, N) and out["pos"].shape == (2 * B, N, 3)
+    assert out[MASKS]["bonds"].shape == (2 * B, N, N)
+    assert torch.equal(out["bonds"][B:, :3, :3], small["bonds"]) and (out["bonds"][B:, 3:, :] == 0).all()
+    assert not out[MASKS]["bonds"][B:, :, 3:].any() and not out["mask"][B:, 3:].any()

@@ -21,7 +21,7 @@ from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import generate
 from fmkit.flow.solvers import Solver
 from fmkit.flow.sources import StateSource
-from fmkit.flow.state import State, to_device
+from fmkit.flow.state import State, flat_tensors, to_device
 
 if TYPE_CHECKING:
     from fmkit.engine.trainer import Trainer
@@ -46,19 +46,25 @@ def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, sol
         seed_generators(fold_seed(seed, SAMPLING_STREAM, k), device)
         template = to_device(dataset.template(m, seed=seed + starts[k]), device)
         sol = generate(model, path, source, solver, template)
-        parts[k] = {f: v.cpu() for f, v in sol.x.items()}
+        parts[k] = to_device(sol.x, "cpu")
     if world > 1:
         parts = {k: v for got in all_gather_objects(parts, world) for k, v in got.items()}
     return _concat([parts[k] for k in range(len(starts))])
 
 
 def _concat(parts: list[State]) -> State:
+    """Chunks joined along the batch; sizes that vary between chunks (atoms per molecule: dim 1 of
+    ``[B,N,3]``, dims 1 and 2 of a pair field ``[B,N,N]``) are zero-padded, i.e. masked out."""
     out: State = {}
     for k in parts[0]:
         vals = [p[k] for p in parts]
-        if vals[0].dim() >= 2 and len({v.shape[1] for v in vals}) > 1:  # pad variable sizes (dim 1)
-            n = max(v.shape[1] for v in vals)
-            vals = [torch.nn.functional.pad(v, [0, 0] * (v.dim() - 2) + [0, n - v.shape[1]]) for v in vals]
+        if isinstance(vals[0], Mapping):  # the per-field masks
+            out[k] = _concat(vals)  # type: ignore[assignment]
+            continue
+        top = [max(v.shape[d] for v in vals) for d in range(1, vals[0].dim())]
+        vals = [v if list(v.shape[1:]) == top else
+                torch.nn.functional.pad(v, [p for d in reversed(range(1, v.dim())) for p in (0, top[d - 1] - v.shape[d])])
+                for v in vals]
         out[k] = torch.cat(vals)
     return out
 
@@ -99,7 +105,7 @@ def save_samples(samples: State, out: Path, step: int) -> Path:
     """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"samples_step{step:07d}.safetensors"
-    save_tensors({k: v.contiguous() for k, v in samples.items()}, path)
+    save_tensors(flat_tensors(samples), path)
     return path
 
 

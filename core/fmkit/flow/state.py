@@ -73,6 +73,31 @@ def passengers(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in PASSENGERS if k in state}
 
 
+def flat_tensors(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A state as one flat ``{name: contiguous tensor}`` (what a safetensors file holds): a nested
+    mapping's entries are named ``key.entry`` (``masks.bonds``, ``cond.label``); :func:`nest_tensors`
+    inverts it."""
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if isinstance(v, Mapping):
+            out.update({f"{k}.{kk}": vv.contiguous() for kk, vv in v.items()})
+        elif isinstance(v, Tensor):
+            out[k] = v.contiguous()
+    return out
+
+
+def nest_tensors(flat: Mapping[str, Tensor]) -> State:
+    """Inverse of :func:`flat_tensors`."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        head, dot, tail = k.partition(".")
+        if dot:
+            out.setdefault(head, {})[tail] = v
+        else:
+            out[k] = v
+    return out
+
+
 def is_categorical(t: Tensor) -> bool:
     """Integer tensors hold class indices and follow a discrete path."""
     return not (t.is_floating_point() or t.is_complex())

@@ -44,6 +44,7 @@ def sample(
 
     from fmkit.engine.evaluation import each, sample_in_chunks
     from fmkit.engine.files import save_tensors
+    from fmkit.flow.state import flat_tensors
 
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
     dev = inference_device(rec)
@@ -66,7 +67,7 @@ def sample(
                              ) from None
         raise
     dt = time.perf_counter() - t0
-    save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
+    save_tensors(flat_tensors(samples), out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
     step = int(ck.name.split("_")[-1])
     failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
