@@ -10,6 +10,8 @@ Files are looked for under ``$FMKIT_DATA_DIR/qm9/`` (a data root that may be rea
 Parsed molecules are cached under ``$FMKIT_CACHE_DIR`` (default ``~/.cache/fmkit``) in
 ``qm9/<name>-<source>-<version>.pt``: ``<source>`` hashes the source file's path, ``<version>`` its
 size and mtime plus the parser version. Writing a new version removes the older ones of that file.
+The bond graph (``bonds: true``, :mod:`fmkit_molecules.perceive`) is a separate cache beside it,
+``qm9/<name>-<source>-<version>-graph<G>.pt``, built on first use, so position-only runs never pay for it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError
+from fmkit.plugin import DataError, DependencyError
 
 from fmkit_molecules.elements import ELEMENTS, INDEX
 from fmkit_molecules.notes import note
@@ -48,6 +50,10 @@ EDM_TOTAL, EDM_TRAIN = 130_831, 100_000
 SPLIT_SEED = 20_240_917
 #: 2: a count that does not match the atom lines fails the frame; atomic numbers read as elements
 PARSER_VERSION = 4  # 4: QM9's uncharacterised molecules are dropped  # 3: coordinates beyond 1e4 Å and atoms on one point are refused
+#: version of the perceived graph cache (perceive.py's rules); a new one rebuilds the graph caches only
+GRAPH_VERSION = 1
+#: worker processes of the first graph perception (2: the cores of a small machine)
+GRAPH_PROCESSES = 2
 #: how many unreadable records a note names
 SHOWN_FAILURES = 5
 
@@ -75,6 +81,38 @@ class Packed:
     @property
     def counts(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
+
+
+@dataclass
+class PackedGraph:
+    """The bond graph and formal charges of every molecule of a :class:`Packed`, aligned with it.
+
+    Molecule m's edges are ``edges[edge_offsets[m]:edge_offsets[m+1]]`` [E_m, 2] int16 local atom
+    indices ``i < j`` (int16 keeps the QM9 cache at 16 MB), with kekulized orders ``orders[...]``
+    int8 (1..3); ``charges`` [A] int8 formal charges per atom (aligned with ``Packed.atoms``);
+    ``ok`` [M] bool: the molecule's graph could be assigned (else it has no edges and zero charges);
+    ``method`` [M] int8: index into ``perceive.METHODS`` of the connectivity used (-1: none).
+    """
+
+    edge_offsets: torch.Tensor
+    edges: torch.Tensor
+    orders: torch.Tensor
+    charges: torch.Tensor
+    ok: torch.Tensor
+    method: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def bonds(self, m: int, n: int) -> torch.Tensor:
+        """Molecule ``m``'s bond orders as a dense symmetric [n, n] long matrix (n = its atom count)."""
+        a, b = int(self.edge_offsets[m]), int(self.edge_offsets[m + 1])
+        e = self.edges[a:b].long()
+        out = torch.zeros((n, n), dtype=torch.long)
+        o = self.orders[a:b].long()
+        out[e[:, 0], e[:, 1]] = o
+        out[e[:, 1], e[:, 0]] = o
+        return out
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
@@ -318,18 +356,20 @@ def smiles_cache_name(path: Path, split: str, limit: int | None = None) -> str:
 
 
 def remove_stale_caches(path: Path) -> list[Path]:
-    """Delete this plugin's caches (``.pt`` molecules, ``.smi`` SMILES) of ``path`` under an older key.
+    """Delete this plugin's caches (``.pt`` molecules, ``-graph<G>.pt`` graphs, ``.smi`` SMILES) of ``path``
+    under an older key, and its graph caches of an older :data:`GRAPH_VERSION`.
 
     Only files named like the caches of this very source file (same path hash) are touched: a
     changed mtime, size or parser version would otherwise leave a ~50 MB file behind each time.
     """
     prefix, ver = _key_parts(path)
-    own = re.compile(re.escape(prefix) + r"-([0-9a-f]{16})(?:\.pt|-(?:train|valid|test|all)(?:-first\d+)?\.smi)")
+    own = re.compile(re.escape(prefix)
+                     + r"-([0-9a-f]{16})(?:\.pt|-graph(\d+)\.pt|-(?:train|valid|test|all)(?:-first\d+)?\.smi)")
     removed = []
     folder = cache_dir() / "qm9"
     for f in folder.iterdir() if folder.is_dir() else ():
         m = own.fullmatch(f.name)
-        if m and m.group(1) != ver and f.is_file():
+        if m and (m.group(1) != ver or (m.group(2) is not None and int(m.group(2)) != GRAPH_VERSION)) and f.is_file():
             try:
                 f.unlink()
                 removed.append(f)
@@ -404,6 +444,84 @@ def load(path: Path, *, use_cache: bool = True) -> Packed:
     return packed
 
 
+# -- the bond graph ------------------------------------------------------------------------------
+
+def graph_cache_file(path: Path) -> Path:
+    """Where the perceived graph of source ``path`` is cached: the packed cache's name plus ``-graph<G>``."""
+    return cache_dir() / "qm9" / f"{cache_key(path)}-graph{GRAPH_VERSION}.pt"
+
+
+def perceive_graph(packed: Packed, source: str, processes: int = GRAPH_PROCESSES) -> PackedGraph:
+    """Bonds and charges of every molecule of ``packed`` from its geometry (RDKit; see
+    :mod:`fmkit_molecules.perceive`), with a progress bar; ``processes`` worker processes."""
+    try:
+        from fmkit_molecules import perceive
+    except ImportError as exc:
+        raise DependencyError(f"RDKit is needed to derive bonds and charges from the geometry and does not "
+                              f"import here ({exc})", where=f"dataset option bonds: true ({source})",
+                              fix="pip install rdkit (a dependency of fmkit-molecules), or build the graph cache "
+                                  "once on a machine with RDKit and copy $FMKIT_CACHE_DIR/qm9/*-graph*.pt") from exc
+    with _progress(len(packed), f"bonds+charges {Path(source).name}") as bar:
+        got = perceive.perceive_packed(packed.atoms.numpy(), packed.pos.numpy(), packed.offsets.numpy(),
+                                       processes=processes, progress=bar.update)
+    offsets = np.zeros(len(got.edge_counts) + 1, dtype=np.int64)
+    np.cumsum(got.edge_counts, out=offsets[1:])
+    return PackedGraph(edge_offsets=torch.from_numpy(offsets), edges=torch.from_numpy(got.edges),
+                       orders=torch.from_numpy(got.orders), charges=torch.from_numpy(got.charges),
+                       ok=torch.from_numpy(got.ok), method=torch.from_numpy(got.method))
+
+
+_GRAPH_KEYS = ("edge_offsets", "edges", "orders", "charges", "ok", "method")
+
+
+def _read_graph_cache(cfile: Path, packed: Packed) -> PackedGraph | None:
+    """The cached graph if it is readable and matches ``packed`` (molecule and atom counts); else None
+    (with a note for an unreadable or mismatched file, which is then rebuilt)."""
+    try:
+        d = torch.load(cfile, weights_only=True)
+        graph = PackedGraph(**{k: d[k] for k in _GRAPH_KEYS})
+        same = (int(d["molecules"]) == len(packed) and int(d["atoms"]) == len(packed.atoms)
+                and len(graph.ok) == len(packed) and len(graph.charges) == len(packed.atoms)
+                and len(graph.edge_offsets) == len(packed) + 1 and int(graph.edge_offsets[-1]) == len(graph.edges))
+        if not same:
+            raise ValueError(f"it holds {int(d['molecules'])} molecules / {int(d['atoms'])} atoms, the source "
+                             f"{len(packed)} / {len(packed.atoms)}")
+        return graph
+    except Exception as exc:  # a corrupt or foreign cache is rebuilt, not trusted
+        note(f"ignoring an unusable graph cache ({type(exc).__name__}: {exc}); deriving the bonds again",
+             where=str(cfile), fix="nothing to do: it is rewritten (delete it if this repeats)")
+        return None
+
+
+def _write_graph_cache(cfile: Path, graph: PackedGraph, packed: Packed, path: Path) -> None:
+    """Write the graph cache atomically (temp file, rename), then remove stale caches of ``path``."""
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfile.with_suffix(f".tmp{os.getpid()}")
+        torch.save({**{k: getattr(graph, k) for k in _GRAPH_KEYS}, "molecules": len(packed),
+                    "atoms": len(packed.atoms), "graph_version": GRAPH_VERSION}, tmp)
+        os.replace(tmp, cfile)
+    except OSError as exc:
+        note(f"could not write the graph cache ({exc}); the next run derives the bonds again", where=str(cfile),
+             fix="set FMKIT_CACHE_DIR to a writable folder with ~20 MB free")
+        return
+    remove_stale_caches(path)
+
+
+def load_graph(path: Path | None, packed: Packed, *, use_cache: bool = True,
+               processes: int = GRAPH_PROCESSES) -> PackedGraph:
+    """The bond graph of ``packed`` (the molecules :func:`load` read from ``path``): from its cache when
+    ``use_cache``, else perceived (in parallel, with a progress bar) and then cached. ``path`` None
+    (in-memory records) never caches."""
+    cfile = graph_cache_file(path) if use_cache and path is not None else None
+    graph = _read_graph_cache(cfile, packed) if cfile is not None and cfile.is_file() else None
+    if graph is None:
+        graph = perceive_graph(packed, str(path) if path is not None else "records", processes=processes)
+        if cfile is not None:
+            _write_graph_cache(cfile, graph, packed, path)  # type: ignore[arg-type]
+    return graph
+
+
 # -- split ---------------------------------------------------------------------------------------
 
 def split_sizes(n: int) -> tuple[int, int, int]:
@@ -436,6 +554,7 @@ def file_digest(path: Path, algo: str = "md5") -> str:
     return h.hexdigest()
 
 
-__all__ = ["Packed", "data_dir", "find_source", "download", "iter_records", "pack", "report_skipped", "load",
+__all__ = ["Packed", "PackedGraph", "load_graph", "perceive_graph", "graph_cache_file", "GRAPH_VERSION",
+           "data_dir", "find_source", "download", "iter_records", "pack", "report_skipped", "load",
            "split_indices", "split_sizes", "cache_dir", "cache_key", "smiles_cache_name", "remove_stale_caches",
            "QM9_URL", "QM9_TAR"]
