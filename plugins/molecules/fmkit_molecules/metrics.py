@@ -113,9 +113,11 @@ class MoleculeMetrics:
     :mod:`fmkit_molecules.graph_metrics`) and the geometry check (table 4,
     :mod:`fmkit_molecules.geometry_metrics`) on the same samples."""
 
-    tables = {
-        "table 2: connectivity and RDKit perception": ["connected_validity", "rdkit_validity",
-                                                     "rdkit_connected_validity"],
+    #: table 2 (every sample set); a class attribute, as callers read it (``MoleculeMetrics.tables``)
+    tables = {"table 2: connectivity and RDKit perception": ["connected_validity", "rdkit_validity",
+                                                            "rdkit_connected_validity"]}
+    #: tables 3 and 4 (samples with a generated graph); an instance's ``tables`` adds those its options keep
+    graph_tables = {
         "table 3: generated bonds and charges (SemlaFlow protocol)": [
             "graph_atom_stable", "graph_mol_stable", "graph_validity", "graph_connected_validity", "graph_uniqueness",
             "graph_valid_unique", "graph_novelty"],
@@ -133,6 +135,8 @@ class MoleculeMetrics:
         self.geometry, self.geometry_reference = geometry, geometry_reference
         self.strain, self.strain_iters = strain, strain_iters
         self._references: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        keep = [graph_protocol, geometry or strain]
+        self.tables = {**type(self).tables, **{t: names for (t, names), k in zip(self.graph_tables.items(), keep) if k}}
 
     def __call__(self, samples: dict, dataset) -> dict[str, float]:
         train = None

@@ -126,6 +126,9 @@ def test_metric_reports_both_protocols_on_the_same_samples(mols, cache):
                  "geom_bond_angle_w1"]:
         assert name in r, name
     assert r["graph_mol_stable"] == pytest.approx(3 / 4) and r["graph_validity"] == 1.0
+    table3, table4 = MoleculeMetrics.graph_tables.values()  # shown as their own tables, every row there
+    assert set(table3) <= set(r) and {"geom_bond_length_w1", "geom_bond_angle_w1"} <= set(table4)
+    assert len(MoleculeMetrics.tables) == 1 and len(MoleculeMetrics().tables) == 3
     assert r["graph_novelty"] == pytest.approx(3 / 4)  # ethanol was in the data
     # EDM's distance rules cannot see the charge: NH4+ is hypervalent there, benzene's 1.39 A bonds too
     assert r["mol_stable"] < r["graph_mol_stable"]
