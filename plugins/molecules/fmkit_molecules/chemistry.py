@@ -1,8 +1,10 @@
-"""From coordinates and atom types to bonds and RDKit molecules.
+"""From coordinates and atom types to bonds and RDKit molecules, and from a generated graph to one.
 
 Bond orders follow EDM (Hoogeboom et al. 2022, ``qm9/bond_analyze.py``): a pair is bonded with order
 3 / 2 / 1 when its distance is below the triple / double / single reference length plus a margin of
-3 / 5 / 10 pm (the reference lengths are in :mod:`fmkit_molecules.elements`).
+3 / 5 / 10 pm (the reference lengths are in :mod:`fmkit_molecules.elements`). A generated graph
+(bonds and formal charges sampled with the atoms) is built as it is, hydrogens explicit and no
+implicit H (:func:`graph_molecule`; the metrics of :mod:`fmkit_molecules.graph_metrics`).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def unpad(samples: dict, max_items: int | None = None) -> Iterator[tuple[np.ndar
         yield pos[i][m], t
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MolGraph:
     """One molecule with its graph, as the metrics and writers read it.
 

@@ -155,3 +155,17 @@ def test_graph_novelty_reference_from_the_dataset_graph_or_rdkit_perception(mols
     metric(batch, with_bonds)
     reads = with_bonds.reads
     assert metric(batch, with_bonds)["graph_novelty"] == 0.0 and with_bonds.reads == reads  # computed once
+
+
+def test_graph_reference_smiles_are_cached_on_disk_by_kind(mols, cache):
+    """A dataset that names a SMILES cache keeps its graph SMILES beside the EDM ones, under a name
+    that says where the graph came from (its own fields, or RDKit's perception at a factor)."""
+    data = GraphDataset([mols["CCO"], mols["C[NH3+]"]])
+    data.smiles_cache = "toy"
+    assert graph_smiles_of_dataset(data) == {"CCO", "C[NH3+]"}
+    reads = data.reads
+    assert graph_smiles_of_dataset(data) == {"CCO", "C[NH3+]"} and data.reads == reads  # read from the file
+    plain = GraphDataset([mols["CCO"]], bonds=False)
+    plain.smiles_cache = "toy"
+    assert graph_smiles_of_dataset(plain) == {"CCO"}
+    assert sorted(p.name for p in (cache / "qm9").glob("*.smi")) == ["toy.graph.smi", "toy.perceived115.smi"]

@@ -66,3 +66,22 @@ def test_png_grid_draws_the_valid_generated_graphs(tmp_path, graphs):
     img = Image.open(path)
     assert img.size == (400, 100)  # the 4 valid molecules in one row; the invalid one is left out
     assert len(np.unique(np.asarray(img.convert("L")))) > 2
+
+
+def test_random_graphs_with_mask_tokens_are_written_and_scored_without_error(tmp_path):
+    """What an untrained model samples: any class anywhere (mask tokens, hypervalent atoms, H with 4
+    bonds). Every sample is written, the metrics stay fractions, and (almost) nothing is valid."""
+    import torch
+    from fmkit_molecules.metrics import MoleculeMetrics
+
+    g = torch.Generator().manual_seed(0)
+    b, n = 16, 12
+    batch = {"pos": torch.randn(b, n, 3, generator=g) * 2, "atoms": torch.randint(0, 6, (b, n), generator=g),
+             "charges": torch.randint(0, 4, (b, n), generator=g), "bonds": torch.randint(0, 5, (b, n, n), generator=g),
+             "mask": torch.arange(n)[None, :] < torch.randint(1, n + 1, (b, 1), generator=g)}
+    (path,) = SDFWriter()(batch, tmp_path, None, step=0)
+    assert len(read_back(path)) == b
+    r = MoleculeMetrics(rdkit_protocol=False, novelty=False, geometry=False)(batch, None)
+    assert all(0.0 <= r[k] <= 1.0 for k in r if k.startswith("graph_"))
+    assert r["graph_mol_stable"] < 0.5
+    MoleculeGridWriter()(batch, tmp_path, None, step=0)
