@@ -1,14 +1,16 @@
-"""From coordinates and atom types to bonds and RDKit molecules.
+"""From coordinates and atom types to bonds and RDKit molecules, and from a generated graph to one.
 
 Bond orders follow EDM (Hoogeboom et al. 2022, ``qm9/bond_analyze.py``): a pair is bonded with order
 3 / 2 / 1 when its distance is below the triple / double / single reference length plus a margin of
-3 / 5 / 10 pm (the reference lengths are in :mod:`fmkit_molecules.elements`).
+3 / 5 / 10 pm (the reference lengths are in :mod:`fmkit_molecules.elements`). A generated graph
+(bonds and formal charges sampled with the atoms) is built as it is, hydrogens explicit and no
+implicit H (:func:`graph_molecule`; the metrics of :mod:`fmkit_molecules.graph_metrics`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -113,6 +115,94 @@ def rdkit_perceived(types: np.ndarray, pos: np.ndarray, cov_factor: float = COV_
     return mol
 
 
+# --- the generated graph (bonds and formal charges come with the sample) ------------------------------
+
+
+def graph_molecule(types: np.ndarray, bonds: np.ndarray, charges: np.ndarray,
+                   pos: np.ndarray | None = None) -> Chem.RWMol:
+    """RDKit molecule of a generated graph, unsanitised: atoms ``types`` [n] (element indices) with
+    formal ``charges`` [n] and no implicit hydrogens (``SetNoImplicit``: hydrogens are atoms of the
+    graph, as in SemlaFlow/FlowMol), bonds of order 1..3 from the upper triangle of ``bonds`` [n, n]
+    (0 or a non-bond class -1 adds nothing); a conformer if ``pos`` [n, 3] (Angstrom) is given."""
+    mol = Chem.RWMol()
+    for t, q in zip(np.asarray(types, dtype=np.int64).tolist(), np.asarray(charges, dtype=np.int64).tolist()):
+        atom = Chem.Atom(ELEMENTS[t])
+        atom.SetFormalCharge(q)
+        atom.SetNoImplicit(True)
+        mol.AddAtom(atom)
+    up = np.triu(np.asarray(bonds, dtype=np.int64), 1)
+    ii, jj = np.nonzero(up > 0)
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        mol.AddBond(i, j, _BOND_TYPES[int(up[i, j])])
+    if pos is not None:
+        conf = Chem.Conformer(len(types))
+        for k, (x, y, z) in enumerate(np.asarray(pos, dtype=np.float64)):
+            conf.SetAtomPosition(k, (float(x), float(y), float(z)))
+        mol.AddConformer(conf, assignId=True)
+    return mol
+
+
+def sanitized_copy(mol: Chem.Mol) -> Chem.Mol | None:
+    """A sanitised copy of ``mol`` (``Chem.SanitizeMol``: valence, kekulisation, aromaticity,
+    radicals), or None when sanitisation fails. The input is left as it is (its Kekule orders)."""
+    m = Chem.Mol(mol)
+    try:
+        Chem.SanitizeMol(m)
+    except (ValueError, RuntimeError):
+        return None
+    return m
+
+
+def canonical_smiles(mol: Chem.Mol) -> str:
+    """Canonical SMILES of a sanitised molecule, hydrogens folded into their heavy atoms
+    (``[NH4+]``, ``[CH3]`` for a methyl radical); the identity used for uniqueness and novelty."""
+    try:
+        return Chem.MolToSmiles(Chem.RemoveHs(mol))
+    except (ValueError, RuntimeError):
+        return Chem.MolToSmiles(mol)
+
+
+def num_fragments(mol: Chem.Mol) -> int:
+    return len(Chem.GetMolFrags(mol))
+
+
+def kekulized_graph(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(types [n], bond orders [n, n] (Kekule, 0..3), formal charges [n])`` of a sanitised RDKit
+    molecule whose elements are all in ``ELEMENTS`` (e.g. :func:`rdkit_perceived`'s); raises
+    ValueError for another element."""
+    m = Chem.Mol(mol)
+    Chem.Kekulize(m, clearAromaticFlags=True)
+    n = m.GetNumAtoms()
+    types = np.array([ELEMENTS.index(a.GetSymbol()) for a in m.GetAtoms()], dtype=np.int64)
+    charges = np.array([a.GetFormalCharge() for a in m.GetAtoms()], dtype=np.int64)
+    bonds = np.zeros((n, n), dtype=np.int64)
+    for b in m.GetBonds():
+        i, j, o = b.GetBeginAtomIdx(), b.GetEndAtomIdx(), int(b.GetBondTypeAsDouble())
+        bonds[i, j] = bonds[j, i] = o
+    return types, bonds, charges
+
+
+def mmff_strain(mol: Chem.Mol, max_iters: int = 200) -> float | None:
+    """MMFF94 strain of a sanitised molecule's own conformer, kcal/mol: energy as generated minus
+    energy after at most ``max_iters`` minimisation steps (a short relaxation, as SemlaFlow's
+    ``AverageStrainEnergy``; a lower bound of the full strain). None if MMFF cannot type the molecule
+    (e.g. a radical) or it has no conformer."""
+    from rdkit.Chem import rdForceFieldHelpers as ff_helpers
+
+    if mol.GetNumConformers() == 0:
+        return None
+    m = Chem.Mol(mol)
+    props = ff_helpers.MMFFGetMoleculeProperties(m)
+    if props is None:
+        return None
+    ff = ff_helpers.MMFFGetMoleculeForceField(m, props)
+    if ff is None:
+        return None
+    before = ff.CalcEnergy()
+    ff.Minimize(maxIts=max_iters)
+    return float(before - ff.CalcEnergy())
+
+
 def smiles_of(items: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[str | None]:
     """Whole-molecule canonical SMILES under EDM bonds (None where sanitisation fails)."""
     out: list[str | None] = []
@@ -127,16 +217,29 @@ def smiles_of(items: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[str | None
 def smiles_of_dataset(dataset, cache_name: str | None = None) -> set[str]:
     """The set of SMILES of every molecule of a molecule dataset (EDM's training-set SMILES), cached
     under ``$FMKIT_CACHE_DIR/qm9/<cache_name>.smi`` when ``cache_name`` is given."""
+    def compute() -> set[str]:
+        items = ((dataset[i]["pos"].numpy(), _types(dataset[i]["atoms"])) for i in range(len(dataset)))
+        return {s for s in smiles_of(progress(items, len(dataset), "training SMILES")) if s}
+
+    return cached_smiles(cache_name, compute)
+
+
+def progress(items: Iterable, total: int, desc: str) -> Iterable:
+    """``items`` behind a tqdm bar (off with ``FMKIT_NO_PROGRESS=1``)."""
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, mininterval=2.0, disable=os.environ.get("FMKIT_NO_PROGRESS") == "1")
+
+
+def cached_smiles(cache_name: str | None, compute: Callable[[], set[str]]) -> set[str]:
+    """A set of SMILES read from ``$FMKIT_CACHE_DIR/qm9/<cache_name>.smi`` when there, else computed
+    and written there (atomically; a cache that cannot be written is skipped). No cache if no name."""
     from fmkit_molecules.qm9 import cache_dir
 
     cfile = cache_dir() / "qm9" / f"{cache_name}.smi" if cache_name else None
     if cfile is not None and cfile.is_file():
         return set(cfile.read_text().split())
-    from tqdm import tqdm
-
-    items = ((dataset[i]["pos"].numpy(), _types(dataset[i]["atoms"])) for i in range(len(dataset)))
-    smiles = {s for s in smiles_of(tqdm(items, total=len(dataset), desc="training SMILES", mininterval=2.0,
-                                        disable=os.environ.get("FMKIT_NO_PROGRESS") == "1")) if s}
+    smiles = compute()
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
@@ -153,4 +256,5 @@ def _types(atoms: torch.Tensor) -> np.ndarray:
 
 
 __all__ = ["bond_orders", "atom_stability", "build_molecule", "sanitized_smiles", "edm_validity", "rdkit_perceived",
-           "smiles_of", "smiles_of_dataset"]
+           "smiles_of", "smiles_of_dataset", "cached_smiles", "graph_molecule", "sanitized_copy", "canonical_smiles",
+           "num_fragments", "kekulized_graph", "mmff_strain"]

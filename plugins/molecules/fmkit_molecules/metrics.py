@@ -17,18 +17,26 @@ Table 2, connectivity and RDKit's own bond perception (in the spirit of SemlaFlo
   hydrogens explicit, nothing implicit added) gives a
   molecule that sanitises with no radicals and charges only on N/O (+-1, zwitterions);
   ``rdkit_connected_validity``: that, and a single fragment.
+
+Tables 3 and 4, only when the samples carry generated ``bonds`` and ``charges`` (the same samples as
+tables 1-2): the generated-bond protocol (``graph_*`` rows, :mod:`fmkit_molecules.graph_metrics`)
+and the geometry of the generated graph against the data (``geom_*`` rows,
+:mod:`fmkit_molecules.geometry_metrics`). Tables 1-2 judge the positions; tables 3-4 the graph
+the model claims and how well the positions realise it.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules.elements import COV_FACTOR, VALENCE
+from fmkit_molecules.graph_metrics import ValenceTable
 from fmkit_molecules.rdkit_import import load_chemistry
-from fmkit_molecules.samples import unpad
+from fmkit_molecules.samples import has_graph, unpad, unpad_graphs
 
 
 def evaluate_molecules(items: Iterable[tuple[np.ndarray, np.ndarray]], train_smiles: set[str] | None = None,
@@ -87,21 +95,98 @@ class MoleculeMetricsOptions(BaseModel):
     rdkit_cov_factor: float = Field(COV_FACTOR, gt=1.0, le=1.5, description="table 2: bonded below this factor times "
                                     "the sum of covalent radii (xyz2mol's default 1.3 rejects 5% of QM9)")
     max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
+    graph_protocol: bool = Field(True, description="table 3, samples with generated bonds and charges: stability, "
+                                 "validity, uniqueness, novelty of the generated graph (SemlaFlow)")
+    graph_valence: ValenceTable = Field("octet", description="table 3's allowed valences: 'octet' (Kekule orders, "
+                                        "exact) or 'semlaflow' (SemlaFlow/MiDi's lenient table, to compare with them)")
+    geometry: bool = Field(True, description="table 4, samples with generated bonds: W1 of bond lengths and angles "
+                           "per kind against the data")
+    geometry_reference: int = Field(2000, ge=1, description="table 4: molecules of the dataset in the reference "
+                                    "(a fixed seeded subsample, computed once per dataset)")
+    strain: bool = Field(False, description="table 4: also the median MMFF strain of the valid molecules (slower)")
+    strain_iters: int = Field(200, ge=1, description="MMFF minimisation steps of the strain (a short relaxation)")
 
 
 class MoleculeMetrics:
-    """``metric(samples, dataset) -> dict``: EDM stability/validity/uniqueness/novelty plus table 2."""
+    """``metric(samples, dataset) -> dict``: EDM stability/validity/uniqueness/novelty plus table 2, and,
+    when the samples carry generated ``bonds`` and ``charges``, the generated-bond protocol (table 3,
+    :mod:`fmkit_molecules.graph_metrics`) and the geometry check (table 4,
+    :mod:`fmkit_molecules.geometry_metrics`) on the same samples."""
 
+    #: table 2 (every sample set); a class attribute, as callers read it (``MoleculeMetrics.tables``)
     tables = {"table 2: connectivity and RDKit perception": ["connected_validity", "rdkit_validity",
                                                             "rdkit_connected_validity"]}
+    #: tables 3 and 4 (samples with a generated graph); an instance's ``tables`` adds those its options keep
+    graph_tables = {
+        "table 3: generated bonds and charges (SemlaFlow protocol)": [
+            "graph_atom_stable", "graph_mol_stable", "graph_validity", "graph_connected_validity", "graph_uniqueness",
+            "graph_valid_unique", "graph_novelty"],
+        "table 4: geometry of the generated graph vs the data (W1)": [
+            "geom_bond_length_w1", "geom_bond_angle_w1", "geom_strain_mmff_median", "geom_strain_mmff_typed"],
+    }
 
     def __init__(self, novelty: bool = True, rdkit_protocol: bool = True, rdkit_cov_factor: float = COV_FACTOR,
-                 max_samples: int | None = None) -> None:
+                 max_samples: int | None = None, graph_protocol: bool = True, graph_valence: ValenceTable = "octet",
+                 geometry: bool = True, geometry_reference: int = 2000, strain: bool = False,
+                 strain_iters: int = 200) -> None:
         self.novelty, self.rdkit_protocol, self.max_samples = novelty, rdkit_protocol, max_samples
         self.rdkit_cov_factor = rdkit_cov_factor
+        self.graph_protocol, self.graph_valence = graph_protocol, graph_valence
+        self.geometry, self.geometry_reference = geometry, geometry_reference
+        self.strain, self.strain_iters = strain, strain_iters
+        self._references: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        keep = [graph_protocol, geometry or strain]
+        self.tables = {**type(self).tables, **{t: names for (t, names), k in zip(self.graph_tables.items(), keep) if k}}
 
     def __call__(self, samples: dict, dataset) -> dict[str, float]:
         train = None
         if self.novelty and hasattr(dataset, "novelty_smiles"):
             train = dataset.novelty_smiles()
-        return evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol, self.rdkit_cov_factor)
+        out = evaluate_molecules(unpad(samples, self.max_samples), train, self.rdkit_protocol, self.rdkit_cov_factor)
+        if has_graph(samples) and (self.graph_protocol or self.geometry or self.strain):
+            out.update(self.graph_metrics(samples, dataset))
+        return out
+
+    def graph_metrics(self, samples: dict, dataset) -> dict[str, float]:
+        """Tables 3 and 4 of samples with ``bonds`` and ``charges`` (the options say which rows)."""
+        from fmkit_molecules.geometry_metrics import geometry_profile, geometry_rows, strain_rows
+        from fmkit_molecules.graph_metrics import assess_graph, graph_rows
+
+        graphs = list(unpad_graphs(samples, self.max_samples))
+        assessed = [assess_graph(g, self.graph_valence) for g in graphs]
+        out: dict[str, float] = {}
+        molecule_data = _is_molecule_dataset(dataset)
+        if self.graph_protocol:
+            train = self._reference(dataset, "smiles") if self.novelty and molecule_data else None
+            out.update(graph_rows(assessed, train))
+        if self.geometry and molecule_data:
+            valid = geometry_profile(g for g, a in zip(graphs, assessed) if a.valid)
+            out.update(geometry_rows(valid, self._reference(dataset, "geometry")))
+        if self.strain:
+            out.update(strain_rows((a.mol for a in assessed if a.valid), self.strain_iters))
+        return out
+
+    def _reference(self, dataset, what: str):  # noqa: ANN202 - a SMILES set or a GeometryProfile
+        """The dataset's graph SMILES or geometry reference, computed once per dataset object."""
+        try:
+            cache = self._references.setdefault(dataset, {})
+        except TypeError:  # not weak-referenceable: no cache
+            cache = {}
+        if what not in cache:
+            if what == "smiles":
+                from fmkit_molecules.graph_metrics import graph_smiles_of_dataset
+
+                cache[what] = graph_smiles_of_dataset(dataset, self.rdkit_cov_factor)
+            else:
+                from fmkit_molecules.geometry_metrics import reference_profile
+
+                cache[what] = reference_profile(dataset, self.geometry_reference, 0, self.rdkit_cov_factor)
+        return cache[what]
+
+
+def _is_molecule_dataset(dataset) -> bool:  # noqa: ANN001
+    """Whether ``dataset`` has examples to read a reference from (``len`` and ``[i]``, at least one)."""
+    try:
+        return hasattr(dataset, "__getitem__") and len(dataset) > 0
+    except TypeError:
+        return False

@@ -1,30 +1,43 @@
 """Sample writers: ``writer(samples, out_dir, dataset, step) -> list[Path]``.
 
-- ``sdf``: one SD file per sample set (EDM bonds, 3-D coordinates, properties ``valid`` and ``smiles``);
+- ``sdf``: one SD file per sample set (3-D coordinates, properties ``valid`` and ``smiles``): the
+  generated bonds (Kekule orders) and formal charges when the samples carry ``bonds`` and
+  ``charges``, EDM bonds inferred from distances otherwise;
 - ``xyz``: one multi-frame XYZ file per sample set;
-- ``mol_grid``: a PNG grid of 2-D depictions of the first valid molecules (hydrogens hidden).
+- ``mol_grid``: a PNG grid of 2-D depictions of the first valid molecules (hydrogens hidden), of
+  the generated graph when there is one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules.elements import ELEMENTS
 from fmkit_molecules.rdkit_import import load_chemistry
-from fmkit_molecules.samples import unpad
+from fmkit_molecules.samples import MolGraph, has_graph, unpad, unpad_graphs
 from fmkit_molecules.xyz import format_xyz
 
-if TYPE_CHECKING:
-    from rdkit import Chem
+class Written(NamedTuple):
+    """One sample as the writers see it: ``mol`` to write (with conformer; the generated graph as
+    generated, Kekule orders and charges, or EDM bonds), ``valid``, its ``smiles`` (None if invalid)
+    and ``drawn``, the sanitised molecule to depict (None if invalid)."""
+
+    mol: Any
+    valid: bool
+    smiles: str | None
+    drawn: Any
 
 
-def molecules(samples: dict, max_items: int | None = None) -> list[tuple[Chem.Mol, bool, str | None]]:
-    """``(mol with conformer, valid, smiles)`` per sample; invalid ones keep their raw bonds."""
+def molecules(samples: dict, max_items: int | None = None) -> list[Written]:
+    """One :class:`Written` per sample: the generated graph when the samples carry ``bonds`` and
+    ``charges``, else EDM bonds inferred from distances (invalid ones keep their raw bonds)."""
     chemistry = load_chemistry()
+    if has_graph(samples):
+        return [_graph_written(g, chemistry) for g in unpad_graphs(samples, max_items)]
     out = []
     for pos, types in unpad(samples, max_items):
         if (types < 0).any():
@@ -37,8 +50,23 @@ def molecules(samples: dict, max_items: int | None = None) -> list[tuple[Chem.Mo
         smi = chemistry.sanitized_smiles(mol) if valid_types else None
         if smi is None:
             mol.UpdatePropertyCache(strict=False)
-        out.append((mol, smi is not None, smi))
+        out.append(Written(mol, smi is not None, smi, mol if smi is not None else None))
     return out
+
+
+def _graph_written(g: MolGraph, chemistry) -> Written:  # noqa: ANN001 - the lazily imported module
+    """The generated graph as written: Kekule orders and charges exactly as generated, radicals marked
+    (``M  RAD``), no implicit H; a leftover mask token is written as H / no bond / charge 0, invalid."""
+    from rdkit import Chem
+
+    types = np.where(g.types < 0, 0, g.types)
+    bonds = np.where(g.bonds < 0, 0, g.bonds)
+    mol = chemistry.graph_molecule(types, bonds, g.charges, g.pos)
+    drawn = chemistry.sanitized_copy(mol) if g.in_vocab and len(types) else None
+    mol.UpdatePropertyCache(strict=False)
+    Chem.AssignRadicals(mol)
+    smi = chemistry.canonical_smiles(drawn) if drawn is not None else None
+    return Written(mol, drawn is not None, smi, drawn)
 
 
 class SDFOptions(BaseModel):
@@ -60,11 +88,11 @@ class SDFWriter:
         path = Path(out_dir) / f"samples_step{step:07d}.sdf"
         w = Chem.SDWriter(str(path))
         w.SetKekulize(False)
-        for i, (mol, valid, smi) in enumerate(items):
-            m = mol.GetMol()
+        for i, it in enumerate(items):
+            m = Chem.Mol(it.mol)
             m.SetProp("_Name", f"sample_{i}")
-            m.SetProp("valid", str(int(valid)))
-            m.SetProp("smiles", smi or "")
+            m.SetProp("valid", str(int(it.valid)))
+            m.SetProp("smiles", it.smiles or "")
             w.write(m)
         w.close()
         return [path]
@@ -117,13 +145,14 @@ class MoleculeGridWriter:
 
     def __call__(self, samples: dict, out_dir: Path, dataset=None, step: int = 0) -> list[Path]:
         chemistry = load_chemistry()
+        from rdkit import Chem
         from rdkit.Chem import Draw
 
         mols, legends = [], []
-        for mol, valid, _smi in molecules(samples):
-            if not valid:
+        for it in molecules(samples):
+            if not it.valid:
                 continue
-            m, legend = grid_entry(mol.GetMol(), chemistry)
+            m, legend = grid_entry(Chem.Mol(it.drawn), chemistry)
             mols.append(m)
             legends.append(legend)
             if len(mols) >= self.num:
