@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fmkit.plugin import Coupling, assignment, require_finite
-from fmkit.plugin import State
+from fmkit.plugin import Coupling, State, assignment, require_finite
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 

@@ -18,7 +18,7 @@ LOGITS = ("atoms", "charges", "bonds")
 
 def build(predictions: dict[str, str] | None = None, **kw) -> EGNNGraph:
     torch.manual_seed(0)
-    opts = dict(hidden=24, message=20, edge=8, layers=3, rbf=8, num_classes=5) | kw
+    opts = {"hidden": 24, "message": 20, "edge": 8, "layers": 3, "rbf": 8, "num_classes": 5} | kw
     return EGNNGraph(predictions=predictions, **opts).double().eval()
 
 
@@ -171,9 +171,9 @@ def test_a_state_without_the_graph_is_a_clear_error(missing):
 
 
 def test_registry_builds_the_graph_model_from_data_info():
-    import fmkit_molecules.plugin as plugin
     from fmkit.app.registry import Registry
     from fmkit.errors import RecipeError
+    from fmkit_molecules import plugin
 
     reg = Registry.fresh(entry_points=False, plugins=[plugin])
     info = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None,), num_classes=5),
