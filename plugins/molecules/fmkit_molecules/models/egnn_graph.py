@@ -103,7 +103,7 @@ class _GraphLayer(nn.Module):
         self.msg_i = nn.Linear(hidden, message)
         self.msg_j = nn.Linear(hidden, message, bias=False)
         self.msg_e = nn.Linear(edge + 2 * rbf, message, bias=False)
-        # one hidden SiLU: on a 2-core CPU each activation over [B,N,N,M] costs as much as a matmul
+        # one hidden SiLU: on the CPU a SiLU over [B,N,N,M] (forward + backward) costs half an M x M matmul
         self.msg_out = nn.Sequential(act, nn.Linear(message, message))
         # the three maps of m_ij in one matmul: edge update [E], attention gate [1], coordinate step [1]
         self.pair_out = nn.Linear(message, edge + 2)
