@@ -6,7 +6,10 @@ data: its atoms are permuted to the data atoms (Hungarian on squared distances; 
 the noise has no elements yet; ``align_pairs`` takes types for same-element matching) and it is rotated
 onto the data (Kabsch), alternating a few times. The aligned squared distances form the cost matrix
 of an exact minibatch OT (assignment) among molecules of equal size; each data molecule is finally
-paired with the aligned copy of its assigned noise.
+paired with the aligned copy of its assigned noise. The cost is on positions only (as in SemlaFlow):
+the noise's types, charges and bonds do not enter it, they are carried along: every per-atom field
+(``atoms``, ``charges``) is permuted with the atoms, every per-pair field (``bonds`` [B,N,N]) on both
+axes, B0' = P B0 P^T.
 
 Rotation invariance: the first permutation matches atoms by their distance to the centre (a
 rotation-invariant quantity), so every later step is equivariant and rotating the data rotates the
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fmkit.plugin import Coupling, assignment, require_finite
-from fmkit.plugin import State
+from fmkit.plugin import Coupling, State, assignment, require_finite
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from fmkit_molecules.geometry import kabsch
+
+#: the keys that ride beside the fields, taken from the data x1 (the core's ``state.PASSENGERS``)
+PASSENGERS = ("mask", "masks", "cond")
 
 
 class EquivariantOTOptions(BaseModel):
@@ -105,7 +110,8 @@ def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True,
 
 class EquivariantOTCoupling(Coupling):
     """Rotation/permutation-aligned exact minibatch OT for molecules; ``pos`` is the aligned field,
-    every other per-atom field of x0 (noisy types) is permuted along with it.
+    every other per-atom field of x0 (noisy types, charges) is permuted along with it, every per-pair
+    field (noisy bonds, see :func:`pair_fields`) on both axes; ``mask``, ``masks`` and ``cond`` are x1's.
 
     ``host``: all of it is CPU work (``iters`` Hungarian solves per candidate pair), so the trainer runs it in
     its DataLoader workers, ahead of the step (``trainer.pairing: auto``).
@@ -127,7 +133,8 @@ class EquivariantOTCoupling(Coupling):
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=pos1.device)
         counts = mask.sum(1)
-        out = {k: v.clone() for k, v in x0.items() if k not in ("mask", "cond")}
+        pairs = pair_fields(x0, x1, n)
+        out = {k: v.clone() for k, v in x0.items() if k not in PASSENGERS}
         total = 0.0
         for size in counts.unique().tolist():
             rows = torch.nonzero(counts == size).flatten()
@@ -137,14 +144,15 @@ class EquivariantOTCoupling(Coupling):
                 raise ValueError("equivariant OT expects padding after the real atoms in each molecule")
             for start in range(0, len(rows), self.max_group):
                 grp = rows[start : start + self.max_group]
-                total += self._pair_group(x0, pos0, pos1, grp, int(size), out)
+                total += self._pair_group(x0, pos0, pos1, grp, int(size), out, pairs)
         self.last_cost = total
-        for k in ("mask", "cond"):
+        for k in PASSENGERS:
             if k in x1:
                 out[k] = x1[k]
         return out, x1
 
-    def _pair_group(self, x0: State, pos0: Tensor, pos1: Tensor, grp: Tensor, size: int, out: State) -> float:
+    def _pair_group(self, x0: State, pos0: Tensor, pos1: Tensor, grp: Tensor, size: int, out: State,
+                    pairs: set[str]) -> float:
         g = len(grp)
         a = pos0[grp, :size].double()  # the source is centred already
         bb = pos1[grp, :size].double()
@@ -161,10 +169,12 @@ class EquivariantOTCoupling(Coupling):
             src = torch.arange(g, device=grp.device)
         src_rows = grp[src]
         for k, v in x0.items():
-            if k in ("mask", "cond"):
+            if k in PASSENGERS:
                 continue
             sel = v[src_rows].clone()  # x0 rows re-paired to the data rows grp
-            if v.dim() >= 2 and v.shape[1] == pos0.shape[1]:  # per-atom field: permute atoms
+            if k in pairs:  # per-pair field: permute rows and columns, B' = P B P^T
+                sel[:, :size, :size] = permute_pairs(sel[:, :size, :size], perm.to(v.device))
+            elif v.dim() >= 2 and v.shape[1] == pos0.shape[1]:  # per-atom field: permute atoms
                 idx = perm.to(v.device)
                 idx = idx.reshape(*idx.shape, *([1] * (v.dim() - 2))).expand(-1, -1, *v.shape[2:])
                 sel[:, :size] = torch.gather(sel[:, :size], 1, idx)
@@ -172,3 +182,31 @@ class EquivariantOTCoupling(Coupling):
                 sel[:, :size] = (sel[:, :size].double() @ rot.transpose(-1, -2).to(sel.device)).to(v.dtype)
             out[k][grp] = sel
         return float(cost.sum())
+
+
+def pair_fields(x0: State, x1: State, n: int) -> set[str]:
+    """The fields of x0 that are per atom *pair* ([B, N, N, ...]): those whose own mask in ``masks`` (of
+    x1, else x0) is [B, N, N], and, with no such mask, integer (class-index) fields [B, N, N]. A float
+    [B, N, N] field without a pair mask stays per atom: one-hot types [B, N, K] with K == N look alike."""
+    masks = x1.get("masks") or x0.get("masks") or {}
+    out = set()
+    for k, v in x0.items():
+        if k in PASSENGERS or not isinstance(v, Tensor) or v.dim() < 3 or v.shape[1] != n or v.shape[2] != n:
+            continue
+        own = masks.get(k)
+        if own is not None:
+            if own.dim() == 3 and own.shape[1] == own.shape[2] == n:
+                out.add(k)
+        elif not (v.is_floating_point() or v.is_complex()):
+            out.add(k)
+    return out
+
+
+def permute_pairs(v: Tensor, perm: Tensor) -> Tensor:
+    """``out[p, i, j] = v[p, perm[p, i], perm[p, j]]`` for a pair field ``v`` [P, n, n, ...] and ``perm``
+    [P, n]: the atoms of each pair permuted on both axes (B' = P B P^T)."""
+    g, s = perm.shape
+    rest = (1,) * (v.dim() - 3)
+    rows = perm.reshape(g, s, 1, *rest).expand(v.shape)
+    cols = perm.reshape(g, 1, s, *rest).expand(v.shape)
+    return torch.gather(torch.gather(v, 1, rows), 2, cols)

@@ -23,10 +23,13 @@ def register_datasets(register):
 def register_models(register):
     from fmkit_molecules.models.e3nn_flow import E3nnFlow, E3nnFlowOptions
     from fmkit_molecules.models.egnn import EGNN, EGNNOptions
+    from fmkit_molecules.models.egnn_graph import EGNNGraph, EGNNGraphOptions
 
     register("e3nn_flow", E3nnFlow, options=E3nnFlowOptions,
              description="E(3)-equivariant tensor-product network on e3nn irreps (molecules)")
     register("egnn", EGNN, options=EGNNOptions, description="EGNN (Satorras et al. 2021) for molecules")
+    register("egnn_graph", EGNNGraph, options=EGNNGraphOptions,
+             description="EGNN with edge channels: positions, atom types, charges and bonds together (molecules)")
 
 
 @fmkit.hookimpl

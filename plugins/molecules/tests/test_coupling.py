@@ -147,3 +147,53 @@ def test_radial_matching_by_sorting_is_the_optimal_assignment(n, seed, ties):
         best = assignment(cost)
         got = float((ra[p, perm[p]] - rb[p]).pow(2).sum())
         assert got == pytest.approx(float(cost[best, np.arange(n)].sum()), abs=1e-12)
+
+
+@pytest.mark.parametrize("batch_ot", [True, False])
+def test_pair_fields_are_permuted_on_both_axes_with_the_atoms(batch_ot):
+    """A uniform bond source gives x0 real bonds (the mask source's all-mask-token bonds hide any
+    mistake): each output pair (i, j) must be the assigned noise molecule's pair (perm[i], perm[j]),
+    with perm the atom permutation its positions and per-atom fields received. n = 5 with one-hot
+    float types [B, 5, 5] also checks that a float [B, N, N] field is still read as per atom."""
+    from fmkit_molecules.graph import pair_mask
+
+    counts = [5, 5, 5, 5, 4]
+    x0, x1 = make(counts, 7)
+    b, n = len(counts), max(counts)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.arange(b * n).reshape(b, n)  # a per-atom tag: (molecule, atom) of the noise
+    x0["charges"] = ids.clone()
+    x0["bonds"] = torch.randint(0, 5, (b, n, n), generator=g)
+    x0["atoms"] = torch.nn.functional.one_hot(torch.randint(0, 5, (b, n), generator=g), 5).double()
+    x1["masks"] = {"bonds": pair_mask(x1["mask"])}
+    y0, _ = EquivariantOTCoupling(batch_ot=batch_ot).pair(x0, x1)
+    assert y0["masks"] is x1["masks"] and y0["mask"] is x1["mask"]
+    tag = {round(v, 9): i for i, v in enumerate(x0["pos"].reshape(-1, 3).norm(dim=-1).tolist())}
+    for r in range(b):
+        k = counts[r]
+        src = y0["charges"][r, :k]
+        src_mol = int(src[0]) // n
+        perm = (src % n).tolist()
+        assert (src // n == src_mol).all() and sorted(perm) == list(range(k))  # one noise molecule, permuted
+        assert counts[src_mol] == k
+        for i in range(k):
+            # positions and one-hot types came from the same noise atom as the tag
+            assert tag[round(y0["pos"][r, i].norm().item(), 9)] == src_mol * n + perm[i]
+            assert torch.equal(y0["atoms"][r, i], x0["atoms"][src_mol, perm[i]])
+            for j in range(k):
+                assert y0["bonds"][r, i, j] == x0["bonds"][src_mol, perm[i], perm[j]]
+    assert torch.equal(y0["bonds"][4, :, 4], x0["bonds"][4, :, 4])  # padding pairs untouched (row 4 alone)
+    if batch_ot:  # the test is only informative when some molecule was re-paired or permuted
+        assert not torch.equal(y0["charges"], x0["charges"])
+
+
+def test_pair_fields_are_found_by_their_mask_or_as_class_indices():
+    from fmkit_molecules.coupling import pair_fields
+
+    b, n = 2, 4
+    mask = torch.ones(b, n, dtype=torch.bool)
+    x0 = {"pos": torch.zeros(b, n, 3), "bonds": torch.zeros(b, n, n, dtype=torch.long),
+          "onehot": torch.zeros(b, n, n), "soft_bonds": torch.zeros(b, n, n, 3), "mask": mask}
+    assert pair_fields(x0, {"mask": mask}, n) == {"bonds"}
+    masks = {"soft_bonds": torch.ones(b, n, n, dtype=torch.bool), "bonds": torch.ones(b, n, n, dtype=torch.bool)}
+    assert pair_fields(x0, {"mask": mask, "masks": masks}, n) == {"bonds", "soft_bonds"}

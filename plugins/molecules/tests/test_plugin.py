@@ -11,7 +11,7 @@ from fmkit.app.registry import Registry
 
 REPO = Path(__file__).resolve().parents[3]
 EXPECTED = {
-    "datasets": {"qm9", "xyz_molecules"}, "models": {"e3nn_flow", "egnn"}, "sources": {"com_free_gaussian"},
+    "datasets": {"qm9", "xyz_molecules"}, "models": {"e3nn_flow", "egnn", "egnn_graph"}, "sources": {"com_free_gaussian"},
     "couplings": {"equivariant_ot"}, "metrics": {"molecules"}, "writers": {"sdf", "xyz", "mol_grid"},
 }
 
