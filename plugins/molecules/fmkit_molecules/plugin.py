@@ -14,7 +14,8 @@ def register_datasets(register):
     from fmkit_molecules.data import QM9Options, XYZMoleculesOptions, build_qm9, build_xyz
 
     register("qm9", build_qm9, options=QM9Options,
-             description="QM9 3-D molecules (H,C,N,O,F; EDM split) from $FMKIT_DATA_DIR/qm9 or a download")
+             description="QM9 3-D molecules (H,C,N,O,F; EDM split; bonds + charges with bonds: true) "
+                         "from $FMKIT_DATA_DIR/qm9 or a download")
     register("xyz_molecules", build_xyz, options=XYZMoleculesOptions,
              description="molecules from a local multi-frame XYZ file, split like QM9")
 
@@ -53,14 +54,15 @@ def register_metrics(register):
     from fmkit_molecules.metrics import MoleculeMetrics, MoleculeMetricsOptions
 
     register("molecules", MoleculeMetrics, options=MoleculeMetricsOptions,
-             description="EDM stability/validity/uniqueness/novelty + connected and RDKit validity")
+             description="EDM stability/validity/uniqueness/novelty + connected and RDKit validity; "
+                         "for generated bonds also the generated-bond protocol and bond length/angle W1")
 
 
 @fmkit.hookimpl
 def register_writers(register):
     from fmkit_molecules.writers import GridOptions, MoleculeGridWriter, SDFOptions, SDFWriter, XYZWriter
 
-    register("sdf", SDFWriter, options=SDFOptions, description="one SD file of the samples (EDM bonds)")
+    register("sdf", SDFWriter, options=SDFOptions, description="one SD file of the samples (generated bonds and charges, else EDM bonds)")
     register("xyz", XYZWriter, options=SDFOptions, description="one multi-frame XYZ file of the samples")
     register("mol_grid", MoleculeGridWriter, options=GridOptions,
              description="PNG grid of 2-D depictions of valid samples")

@@ -40,7 +40,7 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
             assert filecmp.cmp(path, repo_copy, shallow=False), f"{path} differs from {repo_copy}"
 
 
-@pytest.mark.parametrize("name", ["molecules_qm9", "molecules_qm9_smoke"])
+@pytest.mark.parametrize("name", ["molecules_qm9", "molecules_qm9_cpu", "molecules_qm9_smoke"])
 def test_recipes_validate(reg, name):
     from fmkit.app.recipe import read_yaml, validate
 
