@@ -62,11 +62,14 @@ def _concat(parts: list[State]) -> State:
             out[k] = _concat(vals)  # type: ignore[assignment]
             continue
         top = [max(v.shape[d] for v in vals) for d in range(1, vals[0].dim())]
-        vals = [v if list(v.shape[1:]) == top else
-                torch.nn.functional.pad(v, [p for d in reversed(range(1, v.dim())) for p in (0, top[d - 1] - v.shape[d])])
-                for v in vals]
+        vals = [v if list(v.shape[1:]) == top else torch.nn.functional.pad(v, _pads(v, top)) for v in vals]
         out[k] = torch.cat(vals)
     return out
+
+
+def _pads(v: torch.Tensor, top: list[int]) -> list[int]:
+    """``F.pad``'s list (last dim first) that grows each dim >= 1 of ``v`` to ``top[dim - 1]``."""
+    return [p for d in reversed(range(1, v.dim())) for p in (0, top[d - 1] - v.shape[d])]
 
 
 def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> BaseException | None:
