@@ -29,6 +29,8 @@ if [ $QUICK = 1 ]; then
 else
   GRAPH_SETS=(); N=1000; NFE=(20 50 100); CURVE_N=300; PILOT=200; BASE_SETS=()
 fi
+GRAPH_SETS+=(--set trainer.keep_checkpoints=100)  # every checkpoint stays: the learning curve reads them
+BASE_SETS+=(--set trainer.keep_checkpoints=100)
 train_seconds() {  # sum of log_every / steps_per_s over the run's log windows (the first one included)
   python3 - "$1" <<'EOF'
 import csv, sys

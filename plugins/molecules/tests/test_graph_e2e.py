@@ -84,6 +84,6 @@ def test_cpu_recipe_trains_resumes_and_reports_both_protocols_on_generated_graph
     out = fmkit(env, "evaluate", str(run), "-n", "6", "--steps", "3")
     assert "(6 samples, euler, 3 steps)" in out and 0.0 <= row(out, "graph_validity") <= 1.0
 
-    out = fmkit(env, "sample", str(run), "-n", "5", "--steps", "3", "--out", str(tmp_path / "s"))
-    flat = load_file(str(tmp_path / "s" / "samples.safetensors"))
+    fmkit(env, "sample", str(run), "-n", "5", "--steps", "3", "--out", "five")
+    flat = load_file(str(samples / "five" / "samples.safetensors"))
     assert flat["bonds"].shape[0] == 5 and flat["masks.bonds"].shape == flat["bonds"].shape
