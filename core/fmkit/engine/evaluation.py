@@ -14,7 +14,7 @@ from torch import nn
 from fmkit.engine.callbacks import Metric
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
 from fmkit.engine.files import save_tensors, write_atomic_text
-from fmkit.errors import ContractError
+from fmkit.errors import ContractError, FmkitError
 from fmkit.flow.data import Dataset
 from fmkit.flow.guidance import with_guidance
 from fmkit.flow.paths import StatePath
@@ -77,13 +77,39 @@ def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> Base
 
 
 
+def non_finite_samples(samples: State) -> str | None:
+    """``"N of M samples hold NaN/Inf in field 'x'"`` for the first floating-point field (not mask or
+    cond) that holds any, else None."""
+    for k, v in samples.items():
+        if k in ("mask", "cond") or not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() == 0:
+            continue
+        bad = (~v.isfinite()).reshape(v.shape[0], -1).any(1)
+        if bad.any():
+            return f"{int(bad.sum())} of {v.shape[0]} samples hold NaN/Inf in field {k!r}"
+    return None
+
+
 def score(metrics: Mapping[str, Metric], samples: State, dataset: Dataset) -> tuple[dict[str, float],
                                                                                   BaseException | None]:
-    """Every metric on ``samples``: ``({name: value}, the first metric's exception or None)``."""
+    """Every metric on ``samples``: ``({name: value}, the first metric's exception or None)``. A metric
+    that fails on samples holding NaN/Inf (a diverged model's) is named with that cause."""
     results: dict[str, float] = {}
 
     def one(name: str, metric: Metric) -> None:
-        for k, v in metric(samples, dataset).items():
+        try:
+            values = metric(samples, dataset)
+        except FmkitError:
+            raise
+        except Exception as exc:
+            bad = non_finite_samples(samples)
+            if bad is None:
+                raise  # a bug of the metric (the CLI names its plugin)
+            raise FmkitError(f"metric {name!r} failed: {bad} ({type(exc).__name__}: {exc})",
+                             where=f"metric {name!r} (eval.metrics)",
+                             fix="the model diverged: look at its loss (`fmkit curves RUN`), evaluate an earlier "
+                                 "checkpoint (--checkpoint STEP), or train again with a lower trainer.lr and "
+                                 "trainer.grad_clip set") from None
+        for k, v in values.items():
             try:
                 results[k] = float(v)
             except (TypeError, ValueError):

@@ -141,6 +141,8 @@ def evaluate(
         rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
         rows.append(("likelihood nfe", str(res.nfe)))
         rows.append(("likelihood solver", labout))
+    if not rows and failed is not None:  # its metrics all failed: say why, not that there are none
+        raise failed
     if not rows:
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")

@@ -1,0 +1,166 @@
+"""Reliability, round three (issue 28): resource blow-ups, divergence without NaN, full disks, damaged
+run files, an early Ctrl-C. Each case failed on the code before it (minutes of CPU and a 254 MB
+message, an internal error, a leaked temporary folder, lost rows), and each is now a what/where/fix
+error or handled.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import fmkit
+import fmkit.app.registry
+import pytest
+import torch
+from fmkit.engine import checkpoint as ck
+from fmkit.errors import TrainingError
+from reliability_helpers import TINY, cli, fresh_registry, squash
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", fresh_registry())
+    monkeypatch.delenv("FMKIT_DEBUG", raising=False)
+
+
+def clean_error(r, *needles: str, code: int = 2) -> str:
+    """A what/where/fix error: the exit code, no traceback, no internal error; returns the message."""
+    assert r.code == code, r.text
+    assert "Traceback" not in r.text and "internal error" not in r.text, r.text
+    msg = squash(r.err)
+    for n in needles:
+        assert n in msg, f"{n!r} not in:\n{msg}"
+    return msg
+
+
+# -- 1. resource blow-ups -----------------------------------------------------------------------
+def _alias_bomb(levels: int = 8, width: int = 9) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\ndata: {{name: moons, n: *a{levels}}}\nmodel: {{name: mlp}}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message():
+    """Old code: 8 nested anchors of 9 aliases took 52 s (minutes here) and printed 254 MB."""
+    Path("bomb.yaml").write_text(_alias_bomb())
+    t = time.perf_counter()
+    r = cli("recipe", "validate", "bomb.yaml")
+    assert time.perf_counter() - t < 5
+    msg = clean_error(r, "recipe expands to more than 100,000 values through YAML aliases", "where: bomb.yaml",
+                      "fix: write the values out")
+    assert len(r.text) < 500, len(r.text)
+    r = cli("train", "bomb.yaml", "--out", "run")
+    clean_error(r, "through YAML aliases")
+    assert not Path("run").exists(), msg
+
+
+def test_a_self_referring_alias_and_a_bomb_through_set_are_refused():
+    Path("rec.yaml").write_text("a: &a [*a]\ndata: {name: moons}\nmodel: {name: mlp}\n")
+    clean_error(cli("recipe", "validate", "rec.yaml"), "recipe has a YAML alias that contains itself")
+    Path("tiny.yaml").write_text(TINY)
+    bomb = "[" + ", ".join(["&b0 [" + ", ".join(["x"] * 50) + "]"] + ["*b0"] * 49) + "]"
+    bomb = "{k: &c " + bomb + ", l: [" + ", ".join(["*c"] * 50) + "]}"
+    clean_error(cli("recipe", "validate", "tiny.yaml", "--set", f"data.n={bomb}"), "through YAML aliases",
+                "where: --set")
+
+
+def test_aliases_of_ordinary_size_still_work():
+    text = TINY.replace("model: {name: mlp, hidden: 8, depth: 1, time_dim: 4}",
+                        "model: &m {name: mlp, hidden: 8, depth: 1, time_dim: 4}")
+    Path("ok.yaml").write_text(text + "eval: {metrics: [{name: w2}, {name: w2}]}\n".replace("{name: w2}, {name: w2}",
+                                                                                          "&w {name: w2}"))
+    r = cli("recipe", "validate", "ok.yaml")
+    assert r.code == 0, r.text
+
+
+# -- 2. divergence without NaN ----------------------------------------------------------------------
+class BlowsUp(nn.Module):
+    """A working MLP whose output is multiplied by 1e8 from its ``at``-th forward call on: a loss that
+    leaps by ~1e16 and stays finite."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        from fmkit.app.builtin.mlp import MLP
+        from fmkit.app.builtin.toy import ToyDataset
+
+        self.net = MLP.from_data(ToyDataset("moons", n=8).info, hidden=8, depth=1, time_dim=4)
+        self.at, self.calls = at, 0
+
+    def forward(self, x_t, t, cond=None):
+        self.calls += 1
+        out = self.net(x_t, t, cond)
+        return {k: v * 1e8 for k, v in out.items()} if self.calls >= self.at else out
+
+
+def test_a_finite_loss_that_leaps_stops_training_keeping_the_last_checkpoint(tmp_path):
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.app.builtin.toy import ToyDataset
+
+    opts = TrainerOptions(steps=20, batch_size=32, device="cpu", progress=False, checkpoint_every=4, log_every=1)
+    tr = Trainer(BlowsUp(at=7), ToyDataset("moons", n=256), options=opts, run_dir=tmp_path / "run")
+    with pytest.raises(TrainingError) as e:
+        tr.fit()
+    err = squash(e.value.render())
+    assert "the loss diverged at step 7:" in err and "more than 1000 times its running level" in err, err
+    assert "the weights of this step were not saved; the last checkpoint, step_000000004, is kept" in err, err
+    assert "TrainerOptions(divergence=null)" in err and "TrainerOptions(lr=0.0001)" in err, err
+    assert [p.name for p in ck.complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000004"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_the_divergence_check_can_be_turned_off(tmp_path):
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.app.builtin.toy import ToyDataset
+
+    opts = TrainerOptions(steps=8, batch_size=32, device="cpu", progress=False, divergence=None)
+    Trainer(BlowsUp(at=3), ToyDataset("moons", n=256), options=opts).fit()  # no error: the user asked for it
+
+
+def test_lr_1e4_without_clipping_stops_with_the_step_and_a_fix():
+    """Old code: the loss reached 1e27 without a word, then `internal error: ValueError: matrix contains
+    invalid numeric entries` in the final evaluation."""
+    Path("tiny.yaml").write_text(TINY + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    r = cli("train", "tiny.yaml", "--out", "run", "--set", "trainer.lr=1e4", "--set", "trainer.grad_clip=null")
+    clean_error(r, "the loss diverged at step", "no checkpoint was written yet", "where: run",
+                "fix: lower trainer.lr (e.g. --set trainer.lr=1000)", "--set trainer.divergence=null")
+
+
+class NanWhenSampling(nn.Module):
+    """Trains like an MLP; its velocity is NaN once in eval mode: a diverged model's samples."""
+
+    def __init__(self, data_info) -> None:
+        super().__init__()
+        from fmkit.app.builtin.mlp import MLP
+
+        self.net = MLP.from_data(data_info, hidden=8, depth=1, time_dim=4)
+
+    def forward(self, x_t, t, cond=None):
+        out = self.net(x_t, t, cond)
+        return out if self.training else {k: v * float("nan") for k, v in out.items()}
+
+
+class NanSamplingPlugin:
+    @fmkit.hookimpl
+    def register_models(self, register):
+        register("nan_sampling", NanWhenSampling, None, "NaN velocity when sampling")
+
+
+def test_a_metric_failing_on_nan_samples_is_named_by_train_and_evaluate(monkeypatch):
+    """Old code: `internal error: ValueError: matrix contains invalid numeric entries`, and `fmkit
+    evaluate` then said "the run's recipe lists no metrics" although it lists w2."""
+    reg = fresh_registry()
+    reg.add_plugin(NanSamplingPlugin(), name="nan_sampling")
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", reg)
+    Path("tiny.yaml").write_text(TINY.replace("name: mlp, hidden: 8, depth: 1, time_dim: 4", "name: nan_sampling")
+                                 + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    r = cli("train", "tiny.yaml", "--out", "run")
+    clean_error(r, "metric 'w2' failed: 64 of 64 samples hold NaN/Inf in field 'x' (ValueError: ",
+                "where: metric 'w2' (eval.metrics)", "fix: the model diverged")
+    assert ck.has_checkpoint(Path("run"))
+    r = cli("evaluate", "run")
+    msg = clean_error(r, "metric 'w2' failed: 64 of 64 samples hold NaN/Inf in field 'x'")
+    assert "lists no metrics" not in msg
