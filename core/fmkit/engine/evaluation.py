@@ -13,8 +13,8 @@ from torch import nn
 
 from fmkit.engine.callbacks import Metric
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
-from fmkit.engine.files import save_tensors, write_atomic_text
-from fmkit.errors import ContractError, FmkitError
+from fmkit.engine.files import disk_full, save_tensors, write_atomic_text
+from fmkit.errors import ContractError, FmkitError, OutputError
 from fmkit.flow.data import Dataset
 from fmkit.flow.guidance import with_guidance
 from fmkit.flow.paths import StatePath
@@ -121,11 +121,22 @@ def score(metrics: Mapping[str, Metric], samples: State, dataset: Dataset) -> tu
     return results, each(metrics, one)
 
 
-def save_samples(samples: State, out: Path, step: int) -> Path:
-    """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail)."""
-    out.mkdir(parents=True, exist_ok=True)
+def save_samples(samples: State, out: Path, step: int, fix: str = "free space on that disk") -> Path:
+    """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail).
+    A failed write (a full disk) leaves no partial file and no samples folder it made empty, and raises
+    :class:`OutputError` ending in ``fix``."""
+    made = not out.exists()
     path = out / f"samples_step{step:07d}.safetensors"
-    save_tensors({k: v.contiguous() for k, v in samples.items()}, path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_tensors({k: v.contiguous() for k, v in samples.items()}, path)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        cause = "no space left on the device" if disk_full(exc) else (exc.strerror or str(exc))
+        raise OutputError(f"cannot write the samples of step {step}: {cause}", where=str(path),
+                          fix=fix if disk_full(exc) else "make the run's samples/ folder writable") from None
     return path
 
 
@@ -150,7 +161,8 @@ def run(tr: Trainer) -> dict[str, float]:
         return {}
     out = tr.run_dir / "samples" if tr.run_dir is not None else None
     if out is not None:
-        save_samples(samples, out, tr.step)
+        save_samples(samples, out, tr.step, fix=f"free space on that disk, then {tr.hints.resume_hint(tr.run_dir)} (from "
+                     "its last checkpoint)")
     results, failed = score(tr.metrics, samples, tr.dataset)
     if out is not None:
         failed = each(tr.writers, lambda _, w: w(samples, out, tr.dataset, tr.step)) or failed

@@ -4,7 +4,6 @@ and a loss that became NaN/Inf."""
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -79,11 +78,6 @@ def loss_value(loss: Tensor, world_size: int) -> float:
     return loss.item()
 
 
-def finite(loss: Tensor, world_size: int) -> bool:
-    """Whether a step's loss is finite; under DDP every rank decides on the mean, so all stop together."""
-    return math.isfinite(loss_value(loss, world_size))
-
-
 class DivergenceWatch:
     """Finds a loss that diverges without becoming NaN/Inf (``trainer.lr=1e4`` without clipping drives
     the toy loss to 1e27 and it stays finite): the loss of a checked step is compared with its running
@@ -111,6 +105,27 @@ class DivergenceWatch:
         self.level = self.DECAY * self.level + (1 - self.DECAY) * loss  # type: ignore[operator]
         self.best = min(self.best, self.level)  # type: ignore[type-var]
         return None
+
+
+def bad_fields(batch: State, met: set[str], world_size: int) -> list[str]:
+    """The fields that broke a step: NaN/Inf in ``batch`` or ``met`` by the coupling, gathered over the
+    DDP ranks (every rank is here at the same step: the checks are collective), so all give one diagnosis."""
+    bad = non_finite_fields(batch) | met
+    if world_size > 1:
+        bad = set().union(*all_gather_objects(sorted(bad), world_size))
+    return sorted(bad)
+
+
+def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | None) -> TrainingError:
+    """The error for a loss that became NaN/Inf at ``step``: broken data when ``bad_fields``, else divergence;
+    ``saved`` says what was kept."""
+    cause = (f"the batch holds NaN/Inf in field(s) {bad_fields}: the data is broken" if bad_fields
+             else "the model or optimizer diverged")
+    return TrainingError(f"the loss became NaN/Inf at step {step}; {cause}; {saved}", where=where,
+                         fix="clean the data" if bad_fields else
+                         "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
+
+
 
 
 def diverged_error(step: int, loss: float, level: float, factor: float, kept: str | None, run_dir: Path | None,

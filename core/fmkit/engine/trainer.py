@@ -30,7 +30,7 @@ from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import EvalOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing
-from fmkit.errors import CheckpointError, NonFiniteDataError
+from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError
 from fmkit.flow.couplings import Coupling, IndependentCoupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
@@ -355,8 +355,12 @@ class Trainer:
             pending = distributed.all_reduce_mean(torch.stack(self.pending).float(), self.dist.world_size).tolist()
         path = None
         if self.run_dir is not None and self.is_main:
-            path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
-                                        keep=self.opts.keep_checkpoints)
+            try:
+                path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
+                                            keep=self.opts.keep_checkpoints)
+            except OutputError as exc:  # a full disk: say how to go on once there is room
+                raise OutputError(exc.what, where=exc.where,
+                                  fix=f"{exc.fix}: {self.hints.resume_hint(self.run_dir)}") from None
             for cb in self.callbacks:
                 cb.on_checkpoint(self, self.step, path)
         self.barrier()

@@ -43,7 +43,8 @@ def sample(
     import torch
 
     from fmkit.engine.evaluation import each, sample_in_chunks
-    from fmkit.engine.files import save_tensors
+    from fmkit.engine.files import disk_full, save_tensors
+    from fmkit.errors import OutputError
 
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
     dev = inference_device(rec)
@@ -66,10 +67,22 @@ def sample(
                              ) from None
         raise
     dt = time.perf_counter() - t0
-    save_tensors({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
     step = int(ck.name.split("_")[-1])
-    failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
+    try:
+        save_tensors({k: v.contiguous() for k, v in samples.items()}, files[0])
+        failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
+        if isinstance(failed, OSError):
+            raise failed
+    except OSError as exc:  # a full disk: take back what this command wrote, and its folder
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if not disk_full(exc):
+            raise
+        raise OutputError("no space left on the device to write the samples; nothing of them was kept",
+                          where=str(exc.filename or out_dir), fix="free space on that disk and sample again") from None
     console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
     for f in files:
         console.print(f"  {f}")
