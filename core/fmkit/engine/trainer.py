@@ -273,7 +273,15 @@ class Trainer:
                                    grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
             if self.logger:
-                self.logger.log(self.step, scalars)
+                try:
+                    self.logger.log(self.step, scalars)
+                except OutputError as exc:  # metrics.csv made unwritable under a running training
+                    saved = ""
+                    if self.dist.world_size == 1:  # (under DDP the other ranks are not here to save with it)
+                        self.save_checkpoint()
+                        saved = f"; a checkpoint of step {self.step} was saved"
+                    raise OutputError(exc.what + saved, where=exc.where,
+                                      fix=f"{exc.fix}, then {self.hints.resume_hint(self.run_dir)}") from None
         elif bar.enabled and check_every == 1:  # on a CPU the losses are on the host: the window's mean so far
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
