@@ -22,6 +22,7 @@ from fmkit.errors import (
                           RecipeError,
                           RegistryError,
                           TrainingError,
+                          note,
 )
 from fmkit.flow.couplings import Coupling, assignment, require_finite
 from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices
@@ -45,5 +46,6 @@ __all__ = [
     "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "Metric", "ModelError", "NonFiniteDataError",
     "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler", "Solution", "Solver",
     "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask", "count_dims",
-    "expand_t", "frechet_distance", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "require_finite",
+    "expand_t", "frechet_distance", "hookimpl", "hookspec", "is_categorical", "masked_mean_per_example", "note",
+    "require_finite",
 ]
