@@ -99,4 +99,5 @@ class StateSource:
         return out
 
     def log_prob(self, x: State) -> Tensor:
-        return sum(self.for_field(k).log_prob(v, field_mask(x, k)) for k, v in fields(x).items())  # type: ignore[return-value]
+        logp = (self.for_field(k).log_prob(v, field_mask(x, k)) for k, v in fields(x).items())
+        return sum(logp)  # type: ignore[return-value]
