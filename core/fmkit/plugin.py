@@ -22,6 +22,7 @@ from fmkit.errors import (
                           RecipeError,
                           RegistryError,
                           TrainingError,
+                          note,
 )
 from fmkit.flow.couplings import Coupling, assignment, require_finite
 from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices
@@ -48,5 +49,5 @@ __all__ = [
     "NonFiniteDataError", "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler",
     "Solution", "Solver", "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment",
     "broadcast_mask", "count_dims", "expand_t", "field_mask", "frechet_distance", "hookimpl", "hookspec",
-    "is_categorical", "masked_mean_per_example", "require_finite",
+    "is_categorical", "masked_mean_per_example", "note", "require_finite",
 ]

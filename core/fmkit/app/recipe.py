@@ -138,13 +138,64 @@ class _DuplicateKey(yaml.YAMLError):
         self.problem = f"the key {key!r} appears twice in one mapping (first on line {first})"
 
 
+#: the most values (scalars, lists, mappings) a recipe may hold once its YAML aliases are expanded: a
+#: real recipe has a few hundred; nested aliases (a "billion laughs" bomb) would otherwise take minutes
+#: to validate and print an error message of hundreds of MB
+MAX_RECIPE_VALUES = 100_000
+
+
+class _AliasBomb(Exception):
+    def __init__(self, cyclic: bool) -> None:
+        self.cyclic = cyclic
+
+
+def _expanded_values(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """How many values the YAML node graph ``node`` stands for once every alias is expanded (an alias
+    is the same node object again); raises :class:`_AliasBomb` past MAX_RECIPE_VALUES or on a cycle."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _AliasBomb(cyclic=True)
+    active.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_values(v, memo, active) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_values(k, memo, active) + _expanded_values(v, memo, active) for k, v in node.value)
+    active.discard(key)
+    if total > MAX_RECIPE_VALUES:
+        raise _AliasBomb(cyclic=False)
+    memo[key] = total
+    return total
+
+
+def _load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with unique keys, refusing (:class:`_AliasBomb`) before anything is built
+    when aliases expand past MAX_RECIPE_VALUES values or refer to themselves."""
+    loader = _UniqueKeyLoader(text)  # a SafeLoader: no tags that build objects
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_values(node, {}, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _alias_error(exc: _AliasBomb, where: str) -> RecipeError:
+    what = ("recipe has a YAML alias that contains itself" if exc.cyclic else
+            f"recipe expands to more than {MAX_RECIPE_VALUES:,} values through YAML aliases (*name)")
+    return RecipeError(what, where=where, fix="write the values out instead of nesting aliases; a recipe needs "
+                       "only a few hundred values")
+
+
 def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
     try:
-        loader = _UniqueKeyLoader(text)  # a SafeLoader: no tags that build objects
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+        data = _load_bounded(text)
+    except _AliasBomb as exc:
+        raise _alias_error(exc, where) from None
     except _DuplicateKey as exc:
         loc = f"{where}, line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
         raise RecipeError(f"recipe is not valid: {exc.problem}", where=loc,
@@ -177,7 +228,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not key.strip() or any(not p for p in parts):
             raise RecipeError(f"override {ov!r} has an empty key", where="--set", fix="write e.g. --set trainer.lr=1e-4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_bounded(raw) if raw.strip() else ""
+        except _AliasBomb as exc:
+            raise _alias_error(exc, "--set") from None
         except (yaml.YAMLError, RecursionError):
             value = raw
         node: Any = data

@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fmkit.engine.files import _fsync_dir, _sha256, _write_bytes, save_tensors, write_atomic_text
-from fmkit.errors import CheckpointError, note
+from fmkit.engine.files import _fsync_dir, _sha256, _write_bytes, disk_full, save_tensors, write_atomic_text
+from fmkit.errors import CheckpointError, OutputError, note
 
 MANIFEST = "MANIFEST.json"
 LATEST = "latest"
@@ -52,11 +52,39 @@ def _step_of(path: Path) -> int:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, data: CheckpointData, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``ckpt_root`` atomically; keep the newest ``keep``."""
+    """Write checkpoint ``step`` under ``ckpt_root`` atomically; keep the newest ``keep``. A write that
+    fails (a full disk) removes its temporary directory, leaves the older checkpoints as they were and
+    raises :class:`OutputError`."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
     tmp = ckpt_root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    try:
+        _write_checkpoint(tmp, data, step)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = complete_checkpoints(ckpt_root)
+        kept = f"the previous checkpoint, {done[-1].name}, is intact" if done else "no earlier checkpoint exists"
+        cause = "no space left on the device" if disk_full(exc) else f"{exc.strerror or exc}"
+        raise OutputError(f"cannot write the checkpoint of step {step}: {cause}; nothing of it was kept and {kept}",
+                          where=str(exc.filename or ckpt_root),
+                          fix="free space on that disk (or lower trainer.keep_checkpoints), then resume the run"
+                          if disk_full(exc) else "make the run's checkpoints/ folder writable, then resume the run"
+                          ) from None
+    if final.exists():  # a re-save of the same step (e.g. an interrupt right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    try:
+        write_atomic_text(ckpt_root / LATEST, final.name + "\n")
+    except OSError:  # the checkpoint is complete: no pointer (the newest is found by number) beats a stale one
+        (ckpt_root / LATEST).unlink(missing_ok=True)
+    _prune(ckpt_root, keep)
+    return final
+
+
+def _write_checkpoint(tmp: Path, data: CheckpointData, step: int) -> None:
+    """Every file of a checkpoint into the (new) directory ``tmp``, fsynced, with its manifest."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -74,13 +102,6 @@ def save_checkpoint(ckpt_root: Path, step: int, data: CheckpointData, keep: int 
     manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
     _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step (e.g. an interrupt right after a periodic save)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
-    write_atomic_text(ckpt_root / LATEST, final.name + "\n")
-    _prune(ckpt_root, keep)
-    return final
 
 
 def set_aside_newer(ckpt_root: Path, start: Path) -> list[Path]:

@@ -13,8 +13,8 @@ from torch import nn
 
 from fmkit.engine.callbacks import Metric
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
-from fmkit.engine.files import save_tensors, write_atomic_text
-from fmkit.errors import ContractError
+from fmkit.engine.files import disk_full, save_tensors, write_atomic_text
+from fmkit.errors import ContractError, FmkitError, OutputError
 from fmkit.flow.data import Dataset
 from fmkit.flow.guidance import with_guidance
 from fmkit.flow.paths import StatePath
@@ -86,13 +86,39 @@ def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> Base
 
 
 
+def non_finite_samples(samples: State) -> str | None:
+    """``"N of M samples hold NaN/Inf in field 'x'"`` for the first floating-point field (not mask or
+    cond) that holds any, else None."""
+    for k, v in samples.items():
+        if k in ("mask", "cond") or not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() == 0:
+            continue
+        bad = (~v.isfinite()).reshape(v.shape[0], -1).any(1)
+        if bad.any():
+            return f"{int(bad.sum())} of {v.shape[0]} samples hold NaN/Inf in field {k!r}"
+    return None
+
+
 def score(metrics: Mapping[str, Metric], samples: State, dataset: Dataset) -> tuple[dict[str, float],
                                                                                   BaseException | None]:
-    """Every metric on ``samples``: ``({name: value}, the first metric's exception or None)``."""
+    """Every metric on ``samples``: ``({name: value}, the first metric's exception or None)``. A metric
+    that fails on samples holding NaN/Inf (a diverged model's) is named with that cause."""
     results: dict[str, float] = {}
 
     def one(name: str, metric: Metric) -> None:
-        for k, v in metric(samples, dataset).items():
+        try:
+            values = metric(samples, dataset)
+        except FmkitError:
+            raise
+        except Exception as exc:
+            bad = non_finite_samples(samples)
+            if bad is None:
+                raise  # a bug of the metric (the CLI names its plugin)
+            raise FmkitError(f"metric {name!r} failed: {bad} ({type(exc).__name__}: {exc})",
+                             where=f"metric {name!r} (eval.metrics)",
+                             fix="the model diverged: look at its loss (`fmkit curves RUN`), evaluate an earlier "
+                                 "checkpoint (--checkpoint STEP), or train again with a lower trainer.lr and "
+                                 "trainer.grad_clip set") from None
+        for k, v in values.items():
             try:
                 results[k] = float(v)
             except (TypeError, ValueError):
@@ -104,11 +130,22 @@ def score(metrics: Mapping[str, Metric], samples: State, dataset: Dataset) -> tu
     return results, each(metrics, one)
 
 
-def save_samples(samples: State, out: Path, step: int) -> Path:
-    """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail)."""
-    out.mkdir(parents=True, exist_ok=True)
+def save_samples(samples: State, out: Path, step: int, fix: str = "free space on that disk") -> Path:
+    """``samples`` as ``out/samples_stepNNNNNNN.safetensors`` (before any metric or writer, which may fail).
+    A failed write (a full disk) leaves no partial file and no samples folder it made empty, and raises
+    :class:`OutputError` ending in ``fix``."""
+    made = not out.exists()
     path = out / f"samples_step{step:07d}.safetensors"
-    save_tensors(flat_tensors(samples), path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_tensors(flat_tensors(samples), path)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        cause = "no space left on the device" if disk_full(exc) else (exc.strerror or str(exc))
+        raise OutputError(f"cannot write the samples of step {step}: {cause}", where=str(path),
+                          fix=fix if disk_full(exc) else "make the run's samples/ folder writable") from None
     return path
 
 
@@ -133,7 +170,8 @@ def run(tr: Trainer) -> dict[str, float]:
         return {}
     out = tr.run_dir / "samples" if tr.run_dir is not None else None
     if out is not None:
-        save_samples(samples, out, tr.step)
+        save_samples(samples, out, tr.step, fix=f"free space on that disk, then {tr.hints.resume_hint(tr.run_dir)} (from "
+                     "its last checkpoint)")
     results, failed = score(tr.metrics, samples, tr.dataset)
     if out is not None:
         failed = each(tr.writers, lambda _, w: w(samples, out, tr.dataset, tr.step)) or failed

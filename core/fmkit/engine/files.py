@@ -5,13 +5,19 @@ What checkpoints, pairs shards, recipes, lineage and evaluation markers are writ
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
+
+#: the errors of a full disk or an exhausted quota
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,18 +49,38 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_atomic_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file, fsync, rename)."""
+    """Replace ``path`` with ``text`` atomically (temp file, fsync, rename); a failed write (a full disk)
+    leaves ``path`` as it was and no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, text.encode("utf-8"))
-    os.replace(tmp, path)
+    try:
+        _write_bytes(tmp, text.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
 def save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
     """``safetensors`` file at ``path``, readable as any other file the process writes (safetensors
-    creates it 0600, so a team's shared run directory held weights only their owner could read)."""
-    save_file(dict(tensors), str(path))
+    creates it 0600, so a team's shared run directory held weights only their owner could read).
+    A failed write raises ``OSError`` with the errno safetensors reports (ENOSPC for a full disk), not
+    a ``SafetensorError``, and leaves no partial file at ``path``."""
+    try:
+        save_file(dict(tensors), str(path))
+    except SafetensorError as exc:
+        Path(path).unlink(missing_ok=True)
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        num = int(code.group(1))
+        raise OSError(num, os.strerror(num), str(path)) from None
     os.chmod(path, 0o666 & ~_UMASK)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk or an exhausted quota."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
 def _read_umask() -> int:

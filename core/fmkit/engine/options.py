@@ -28,6 +28,8 @@ class TrainerOptions(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / peak lr of the cosine schedule")
     grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables")
+    divergence: float | None = Field(1000.0, gt=1.0, description="stop when a (finite) loss exceeds this many times "
+                                     "its lowest running level and the first loss: the model diverged; null: never")
     ema_decay: float | None = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights; null disables")
     time_sampler: Literal["uniform", "logit_normal", "beta", "grid"] = "uniform"
     time_mean: float = 0.0

@@ -4,7 +4,6 @@ and a loss that became NaN/Inf."""
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -72,11 +71,40 @@ def non_finite_fields(batch: State) -> set[str]:
     return {k for k, v in fields(batch).items() if v.is_floating_point() and not torch.isfinite(v).all()}
 
 
-def finite(loss: Tensor, world_size: int) -> bool:
-    """Whether a step's loss is finite; under DDP every rank decides on the mean, so all stop together."""
+def loss_value(loss: Tensor, world_size: int) -> float:
+    """A step's loss on the host; under DDP the mean over ranks, so every rank decides alike on it."""
     if world_size > 1:
         loss = all_reduce_mean(loss.clone(), world_size)
-    return math.isfinite(loss.item())
+    return loss.item()
+
+
+class DivergenceWatch:
+    """Finds a loss that diverges without becoming NaN/Inf (``trainer.lr=1e4`` without clipping drives
+    the toy loss to 1e27 and it stays finite): the loss of a checked step is compared with its running
+    level, an exponential moving average of the checked losses (decay 0.9), whose lowest value so far
+    is the reference. A loss above ``factor`` times that reference, and above the first loss seen (an
+    untrained model's), has diverged. ``factor`` None: never."""
+
+    DECAY = 0.9
+
+    def __init__(self, factor: float | None) -> None:
+        self.factor = factor
+        self.first: float | None = None
+        self.level: float | None = None
+        self.best: float | None = None
+
+    def __call__(self, loss: float) -> float | None:
+        """Take a finite loss; return the reference level it exceeded (it diverged), else None."""
+        if self.factor is None:
+            return None
+        if self.first is None:
+            self.first = self.level = self.best = loss
+            return None
+        if self.best is not None and loss > self.factor * max(self.best, 0.0) and loss > self.first:
+            return self.best
+        self.level = self.DECAY * self.level + (1 - self.DECAY) * loss  # type: ignore[operator]
+        self.best = min(self.best, self.level)  # type: ignore[type-var]
+        return None
 
 
 def bad_fields(batch: State, met: set[str], world_size: int) -> list[str]:
@@ -96,6 +124,22 @@ def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | 
     return TrainingError(f"the loss became NaN/Inf at step {step}; {cause}; {saved}", where=where,
                          fix="clean the data" if bad_fields else
                          "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
+
+
+
+
+def diverged_error(step: int, loss: float, level: float, factor: float, kept: str | None, run_dir: Path | None,
+                   hints: FixHints, lr: float) -> TrainingError:
+    """The error for a finite loss that grew past ``factor`` times its running ``level`` at ``step``;
+    ``kept``: the name of the last checkpoint on disk, which is left to go on from (None: there is none)."""
+    again = f"; then {hints.resume_hint(run_dir)} goes on from {kept}" if run_dir is not None and kept else ""
+    kept = f"the last checkpoint, {kept}, is kept" if kept else "no checkpoint was written yet"
+    return TrainingError(f"the loss diverged at step {step}: {loss:.3g} is more than {factor:g} times its running "
+                         f"level {level:.3g} (finite, but training does not recover from this); the weights of this "
+                         f"step were not saved; {kept}", where=str(run_dir) if run_dir is not None else None,
+                         fix=f"lower trainer.lr (e.g. {hints.set_option('lr', f'{lr / 10:g}')}), keep "
+                             f"trainer.grad_clip set, or add warmup{again}; {hints.set_option('divergence', 'null')} "
+                             "turns this check off")
 
 
 def interrupted(signal_name: str, step: int, run_dir: Path | None, hints: FixHints,

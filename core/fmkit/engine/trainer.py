@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import EvalOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing
-from fmkit.errors import CheckpointError, NonFiniteDataError
+from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError
 from fmkit.flow.couplings import Coupling, IndependentCoupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
@@ -76,6 +77,7 @@ class Trainer:
         self.lineage: dict[str, Any] | None = None  # trainer.init_from: whose weights this run started from
         self.provenance: dict[str, Any] | None = None  # who made the components (recorded in checkpoints)
         self.signals = stopping.StopSignals()
+        self.divergence = stopping.DivergenceWatch(o.divergence)  # a finite loss that blew up
         self._vote: distributed.StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
@@ -208,8 +210,8 @@ class Trainer:
                 while self.step < stop:
                     set_lr(self.optimizer, self.step, o)
                     loss, batch = self._gradients(window)
-                    if (self.step + 1) % check_every == 0 and not self._finite(loss):
-                        self._non_finite(batch, check_every)
+                    if (self.step + 1) % check_every == 0:
+                        self._check_loss(loss, batch, check_every)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self._params, o.grad_clip) if o.grad_clip else None
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -271,7 +273,15 @@ class Trainer:
                                    grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
             if self.logger:
-                self.logger.log(self.step, scalars)
+                try:
+                    self.logger.log(self.step, scalars)
+                except OutputError as exc:  # metrics.csv made unwritable under a running training
+                    saved = ""
+                    if self.dist.world_size == 1:  # (under DDP the other ranks are not here to save with it)
+                        self.save_checkpoint()
+                        saved = f"; a checkpoint of step {self.step} was saved"
+                    raise OutputError(exc.what + saved, where=exc.where,
+                                      fix=f"{exc.fix}, then {self.hints.resume_hint(self.run_dir)}") from None
         elif bar.enabled and check_every == 1:  # on a CPU the losses are on the host: the window's mean so far
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
@@ -314,9 +324,18 @@ class Trainer:
     def _interrupted_evaluation(self, signal_name: str) -> stopping.TrainingInterrupted:
         return stopping.interrupted(signal_name, self.step, self.run_dir, self.hints, evaluating=True)
 
-    def _finite(self, loss: Tensor) -> bool:
-        """Whether the step's loss is finite; under DDP all ranks decide on the mean, so they stop together."""
-        return stopping.finite(loss, self.dist.world_size)
+    def _check_loss(self, loss: Tensor, batch: State, check_every: int) -> None:
+        """Stop on a NaN/Inf loss, or on a finite one far above its running level (it diverged); under DDP
+        all ranks decide on the mean, so they stop together."""
+        value = stopping.loss_value(loss, self.dist.world_size)
+        if not math.isfinite(value):
+            self._non_finite(batch, check_every)
+        level = self.divergence(value)
+        if level is not None:
+            done = ckpt.complete_checkpoints(self.run_dir / "checkpoints") if self.run_dir is not None else []
+            kept = done[-1].name if done else None
+            raise stopping.diverged_error(self.step + 1, value, level, self.opts.divergence or 0.0, kept,
+                                          self.run_dir, self.hints, self.opts.lr)
 
     def _non_finite(self, batch: State, check_every: int) -> None:
         """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
@@ -344,8 +363,12 @@ class Trainer:
             pending = distributed.all_reduce_mean(torch.stack(self.pending).float(), self.dist.world_size).tolist()
         path = None
         if self.run_dir is not None and self.is_main:
-            path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
-                                        keep=self.opts.keep_checkpoints)
+            try:
+                path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
+                                            keep=self.opts.keep_checkpoints)
+            except OutputError as exc:  # a full disk: say how to go on once there is room
+                raise OutputError(exc.what, where=exc.where,
+                                  fix=f"{exc.fix}: {self.hints.resume_hint(self.run_dir)}") from None
             for cb in self.callbacks:
                 cb.on_checkpoint(self, self.step, path)
         self.barrier()

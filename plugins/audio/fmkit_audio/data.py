@@ -21,6 +21,7 @@ import os
 import re
 import tarfile
 import urllib.request
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, note
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -112,7 +113,9 @@ def read_audio(data: bytes | Path, name: str) -> tuple[Tensor, int]:
         arr, sr = sf.read(io.BytesIO(data) if isinstance(data, bytes) else str(data), dtype="float32",
                           always_2d=True)
     except Exception as exc:  # noqa: BLE001 - libsndfile's errors are RuntimeError/LibsndfileError
-        raise DataError(f"cannot read audio file: {exc}", where=name,
+        # libsndfile names an in-memory file (an archive member) `<_io.BytesIO object at 0x...>`: name it
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", Path(name).name, str(exc))
+        raise DataError(f"cannot read audio file {Path(name).name}: {text}", where=name,
                         fix="check that the file is a complete WAV or FLAC file (re-copy or re-download it)") from None
     return torch.from_numpy(arr.mean(axis=1).copy()), int(sr)
 
@@ -135,7 +138,9 @@ def balanced_subset(clips: Sequence[Clip], n: int) -> list[Clip]:
 
 
 def prepare(clip: Clip, opts: CommonOptions) -> Tensor:
-    """Resample, trim silence, crop and peak-normalise one clip: float waveform at the front end's rate."""
+    """Resample, trim silence, crop and peak-normalise one clip: float waveform at the front end's rate.
+    A clip too short for the front end's window (its STFT pads by n_fft / 2 on each side by reflection)
+    is refused, naming it."""
     import torchaudio
 
     wav, sr = clip.wav, opts.mel.sample_rate
@@ -155,6 +160,12 @@ def prepare(clip: Clip, opts: CommonOptions) -> Tensor:
         peak = wav.abs().max() if wav.numel() else torch.tensor(0.0)
         if peak > 0:
             wav = wav * (0.95 / peak)
+    need = opts.mel.n_fft // 2 + 1
+    if wav.numel() < need:
+        trimmed = " after trimming its silence (data.trim_db)" if opts.trim_db is not None else ""
+        raise DataError(f"audio file {clip.name} is too short: {wav.numel()} samples at {sr} Hz{trimmed}; the mel "
+                        f"front end needs at least {need} (n_fft {opts.mel.n_fft} / 2 + 1)", where=clip.name,
+                        fix="remove the file from the data (or re-record it); a recording of a word lasts ~0.3 s")
     return wav
 
 
@@ -303,15 +314,33 @@ def fsdd_clips(members: Iterable[tuple[str, bytes]]) -> list[Clip]:
     return clips
 
 
+def _unsafe_member(name: str) -> bool:
+    """An archive member name that would leave the folder it is extracted into: absolute, or with ``..``."""
+    return name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None \
+        or ".." in re.split(r"[/\\]", name)
+
+
 def _tar_members(path: Path) -> Iterable[tuple[str, bytes]]:
+    """``(member name, bytes)`` of the FSDD recordings in the tarball ``path`` (read, never extracted).
+    Members with absolute names or ``..`` are no recordings of a real release: skipped with a note."""
+    skipped: list[str] = []
     try:
         with tarfile.open(path) as tf:
             for m in tf:
-                if m.isfile() and m.name.endswith(".wav") and "/recordings/" in f"/{m.name}":
-                    yield m.name, tf.extractfile(m).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read the FSDD archive: {exc}", where=str(path),
+                if not (m.isfile() and m.name.endswith(".wav") and "/recordings/" in f"/{m.name}"):
+                    continue
+                if _unsafe_member(m.name):
+                    skipped.append(m.name)
+                    continue
+                yield m.name, tf.extractfile(m).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read the FSDD archive {path.name}: {exc}", where=str(path),
                         fix="delete the file and copy or download it again") from None
+    if skipped:
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        note(f"skipped {len(skipped)} member(s) of the FSDD archive whose names leave its folder: "
+             f"{skipped[0]!r}{more}", where=str(path),
+             fix="a genuine release has none: check where the archive came from")
 
 
 def download_fsdd(dest: Path) -> Path:

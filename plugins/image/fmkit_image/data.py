@@ -10,9 +10,11 @@ function of ``(seed, epoch)`` and resume stays exact. ``reference()`` draws from
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
 import os
-import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,35 +54,132 @@ def _torchvision():
     return torchvision
 
 
+#: the largest IDX file the cache accepts (header included): MNIST's training images are 47 MB; a
+#: header declaring more is refused before anything is decompressed (a gzip bomb posing as IDX data)
+IDX_MAX_BYTES = 512 * 2**20
+
+
+def _cache_key(src: Path) -> str:
+    """A stable name for the cache folder of ``src``: a digest of its resolved path, the same in every
+    process (``hash(str)`` is salted per process, which left one more copy of MNIST per run)."""
+    return hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:16]
+
+
+def _idx_header(f, name: str, where: Path) -> tuple[bytes, tuple[int, ...]]:
+    """Read and check the header of an IDX file of unsigned bytes (LeCun's format: two zero bytes,
+    type 0x08, the number of dimensions, then each dimension as a big-endian uint32); returns the
+    header bytes and the dimensions. ``name`` (e.g. ``train-labels-idx1-ubyte``) gives the expected
+    number of dimensions."""
+    ndim = int(name.split("-idx")[1][0])
+    fix = "the file is damaged or not an MNIST IDX file: copy it again, or set download: true"
+    magic = f.read(4)
+    if not magic:
+        raise DataError(f"{where.name} is empty (0 bytes)", where=str(where), fix=fix)
+    if len(magic) < 4 or magic[:3] != b"\x00\x00\x08" or magic[3] != ndim:
+        raise DataError(f"{where.name} is not an IDX file of {ndim}-D unsigned bytes (its first bytes are "
+                        f"{magic.hex()}, expected 000008{ndim:02x})", where=str(where), fix=fix)
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{where.name} ends inside its header", where=str(where), fix=fix)
+    dims = tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    size = 4 + 4 * ndim + int(np.prod(dims, dtype=object))
+    if min(dims) < 1 or size > IDX_MAX_BYTES:
+        raise DataError(f"{where.name} declares {'x'.join(map(str, dims))} values ({size:,} bytes); an IDX file "
+                        f"here holds at least one and at most {IDX_MAX_BYTES:,} bytes", where=str(where), fix=fix)
+    return magic + raw_dims, dims
+
+
+def _copy_idx(found: Path, dst: Path, name: str) -> tuple[int, ...]:
+    """Decompress (or copy) the IDX file ``found`` to ``dst``, exactly the bytes its header declares and
+    no more; on any refusal nothing is left at ``dst`` (written through ``dst.part``). Returns its dims."""
+    tmp = dst.with_suffix(".part")
+    opener = gzip.open if found.suffix == ".gz" else open
+    fix = "the file is corrupt or truncated: copy it again, or set download: true"
+    try:
+        with opener(found, "rb") as f, open(tmp, "wb") as g:
+            header, dims = _idx_header(f, name, found)
+            g.write(header)
+            left = int(np.prod(dims, dtype=object))
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise DataError(f"{found.name} ends early: its header declares {'x'.join(map(str, dims))} "
+                                    f"values and {left:,} bytes of them are missing", where=str(found), fix=fix)
+                g.write(chunk)
+                left -= len(chunk)
+            if f.read(1):
+                raise DataError(f"{found.name} holds more data than its header declares ({'x'.join(map(str, dims))} "
+                                "values)", where=str(found), fix=fix)
+    except DataError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DataError(f"no space left on the device to decompress {found.name}", where=str(dst.parent),
+                            fix="free disk space (or point FMKIT_CACHE_DIR elsewhere) and try again") from None
+        raise DataError(f"cannot read {found.name}: {exc}", where=str(found), fix=fix) from None
+    tmp.replace(dst)
+    return dims
+
+
+def _cached_dims(dst: Path, name: str) -> tuple[int, ...] | None:
+    """The dims of a complete cached copy ``dst`` (its size matches its header), else None."""
+    try:
+        with open(dst, "rb") as f:
+            _, dims = _idx_header(f, name, dst)
+        return dims if dst.stat().st_size == 4 + 4 * len(dims) + int(np.prod(dims, dtype=object)) else None
+    except (OSError, DataError):
+        return None
+
+
+def _remove_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``stop`` while they are empty."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def layout_mnist(src: Path, kind: str = "MNIST") -> Path:
     """A torchvision root for ``kind`` (MNIST/FashionMNIST) built from the IDX files in ``src``.
 
     torchvision reads ``<root>/<kind>/raw/<name>`` uncompressed; ``src`` may hold the official
     ``.gz`` names, uncompressed ones, or (MNIST) ``train-images-idx3-ubyte-recon.gz``. The files are
-    decompressed into the plugin's cache once (keyed by the source folder) and reused.
+    decompressed into the plugin's cache once (keyed by a digest of the source folder's path, the same
+    in every process) and reused. Each file's header is checked first and only the bytes it declares
+    are decompressed (at most IDX_MAX_BYTES); a file that is refused leaves nothing in the cache.
     """
-    key = str(abs(hash(str(src.resolve()))) % 10**10)
-    root = cache_dir() / "torchvision" / key
+    root = cache_dir() / "torchvision" / _cache_key(src)
     raw = root / kind / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, candidates in MNIST_FILES.items():
-        dst = raw / name
-        if dst.exists() and dst.stat().st_size > 0:
-            continue
-        found = next((src / c for c in candidates if (src / c).is_file()), None)
-        if found is None:
-            raise DataError(f"{kind}: no {name} file (one of {', '.join(candidates)})", where=str(src),
-                            fix=f"put the IDX files in {src}, or set download: true to fetch them")
-        tmp = dst.with_suffix(".part")
-        opener = gzip.open if found.suffix == ".gz" else open
-        try:
-            with opener(found, "rb") as f, open(tmp, "wb") as g:
-                shutil.copyfileobj(f, g)
-        except (OSError, EOFError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"cannot read {found}: {exc}", where=str(found),
-                            fix="the file is corrupt or truncated: copy it again or set download: true") from None
-        tmp.replace(dst)
+    dims: dict[str, tuple[tuple[int, ...], Path]] = {}
+    made: list[Path] = []  # the copies this call wrote: removed again when it refuses
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, candidates in MNIST_FILES.items():
+            dst = raw / name
+            found = next((src / c for c in candidates if (src / c).is_file()), None)
+            cached = _cached_dims(dst, name)
+            if cached is not None:
+                dims[name] = (cached, found or dst)
+                continue
+            if found is None:
+                raise DataError(f"{kind}: no {name} file (one of {', '.join(candidates)})", where=str(src),
+                                fix=f"put the IDX files in {src}, or set download: true to fetch them")
+            dims[name] = (_copy_idx(found, dst, name), found)
+            made.append(dst)
+        for split in ("train", "t10k"):
+            (idims, ifile), (ldims, lfile) = dims[f"{split}-images-idx3-ubyte"], dims[f"{split}-labels-idx1-ubyte"]
+            if idims[0] != ldims[0]:
+                raise DataError(f"{kind}: {ifile.name} holds {idims[0]} images but {lfile.name} {ldims[0]} labels",
+                                where=str(src), fix="use the images and labels files of one release")
+    except BaseException:
+        for dst in made:
+            dst.unlink(missing_ok=True)
+        _remove_empty(raw, cache_dir())
+        raise
     return root
 
 

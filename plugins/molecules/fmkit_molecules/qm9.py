@@ -411,8 +411,8 @@ def _unreadable_fix(path: Path) -> str:
     """How to replace a truncated/corrupt source: only the tarball can be downloaded again, and only a
     file the `qm9` dataset looks for has it as an alternative (``xyz_molecules`` reads any XYZ file)."""
     if path.name == QM9_TAR:
-        return (f"delete it and download it again: set the dataset option `download: true`, or fetch {QM9_URL} "
-                f"({QM9_TAR_SIZE:,} bytes) by hand")
+        return (f"delete it and download it again: fetch {QM9_URL} ({QM9_TAR_SIZE:,} bytes) by hand, or let the "
+                f"`qm9` dataset fetch it (its option `download: true`)")
     again = f"copy {path.name} again from where it came from (fmkit cannot download it)"
     if path.name not in XYZ_NAMES:
         return again

@@ -8,6 +8,7 @@ User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* wit
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -71,45 +72,60 @@ def _run() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code if isinstance(code, int) else 0)
-    except Exception as exc:  # usage errors and genuine bugs
-        # usage errors: click's, or the copy of click that recent typer vendors (no `click` module then)
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            # click turns EOFError and KeyboardInterrupt raised anywhere into a silent Abort; fmkit has
-            # no prompts, so an EOFError is a file that ended early (a truncated data file, say)
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, KeyboardInterrupt):
-                err_console.print("[bold red]interrupted[/]")
-                sys.exit(130)
-            if not isinstance(cause, EOFError):
-                sys.exit(1)
-            if _STATE["debug"]:
-                raise cause
-            from rich.markup import escape
-
-            err_console.print(f"[bold red]error:[/] a file ended unexpectedly ({escape(f'EOFError: {cause}')})\n"
-                              "  fix:   a data or checkpoint file is probably truncated: check the files the recipe "
-                              "reads (rerun with `fmkit --debug ...` to see which one)", highlight=False, soft_wrap=True)
-            sys.exit(1)
-        if _STATE["debug"]:
-            raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or _STATE["debug"]:
+            _unexpected(exc)
         from rich.markup import escape
 
-        culprit = _plugin_frame(exc)
-        if culprit is not None:  # the innermost frame of fmkit or a plugin is the plugin's: not our bug
-            plugin, place = culprit
-            err_console.print(f"[bold red]error in plugin {escape(repr(plugin))}[/] ({escape(place)}): "
-                              f"{escape(f'{type(exc).__name__}: {exc}')}\n"
-                              "  fix:   this is a bug in that plugin or its use; report it to its authors (fmkit is "
-                              "not the cause); `fmkit --debug ...` shows the traceback",
-                              highlight=False, soft_wrap=True)
+        where = f"\n  where: {escape(str(exc.filename))}" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] no space left on the device ({escape(exc.strerror or str(exc))})"
+                          f"{where}\n  fix:   free space on that disk; a run goes on from its last complete "
+                          "checkpoint with `fmkit train --resume RUN`", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # usage errors and genuine bugs
+        _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> None:
+    """Report an exception that is no FmkitError: a usage error, a plugin's bug, or fmkit's own."""
+    # usage errors: click's, or the copy of click that recent typer vendors (no `click` module then)
+    if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+        exc.show()
+        sys.exit(exc.exit_code)
+    if type(exc).__name__ == "Abort":
+        # click turns EOFError and KeyboardInterrupt raised anywhere into a silent Abort; fmkit has
+        # no prompts, so an EOFError is a file that ended early (a truncated data file, say)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            err_console.print("[bold red]interrupted[/]")
+            sys.exit(130)
+        if not isinstance(cause, EOFError):
             sys.exit(1)
-        err_console.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
-                          "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False,
-                          soft_wrap=True)
+        if _STATE["debug"]:
+            raise cause
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] a file ended unexpectedly ({escape(f'EOFError: {cause}')})\n"
+                          "  fix:   a data or checkpoint file is probably truncated: check the files the recipe "
+                          "reads (rerun with `fmkit --debug ...` to see which one)", highlight=False, soft_wrap=True)
         sys.exit(1)
+    if _STATE["debug"]:
+        raise
+    from rich.markup import escape
+
+    culprit = _plugin_frame(exc)
+    if culprit is not None:  # the innermost frame of fmkit or a plugin is the plugin's: not our bug
+        plugin, place = culprit
+        err_console.print(f"[bold red]error in plugin {escape(repr(plugin))}[/] ({escape(place)}): "
+                          f"{escape(f'{type(exc).__name__}: {exc}')}\n"
+                          "  fix:   this is a bug in that plugin or its use; report it to its authors (fmkit is "
+                          "not the cause); `fmkit --debug ...` shows the traceback",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+    err_console.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
+                      "  rerun with `fmkit --debug ...` for the traceback, and please report it", highlight=False,
+                      soft_wrap=True)
+    sys.exit(1)
 
 
 def _plugin_frame(exc: BaseException) -> tuple[str, str] | None:

@@ -43,7 +43,8 @@ def sample(
     import torch
 
     from fmkit.engine.evaluation import each, sample_in_chunks
-    from fmkit.engine.files import save_tensors
+    from fmkit.engine.files import disk_full, save_tensors
+    from fmkit.errors import OutputError
     from fmkit.flow.state import flat_tensors
 
     rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
@@ -67,10 +68,22 @@ def sample(
                              ) from None
         raise
     dt = time.perf_counter() - t0
-    save_tensors(flat_tensors(samples), out_dir / "samples.safetensors")
     files = [out_dir / "samples.safetensors"]
     step = int(ck.name.split("_")[-1])
-    failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
+    try:
+        save_tensors(flat_tensors(samples), files[0])
+        failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
+        if isinstance(failed, OSError):
+            raise failed
+    except OSError as exc:  # a full disk: take back what this command wrote, and its folder
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if not disk_full(exc):
+            raise
+        raise OutputError("no space left on the device to write the samples; nothing of them was kept",
+                          where=str(exc.filename or out_dir), fix="free space on that disk and sample again") from None
     console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
     for f in files:
         console.print(f"  {f}")
@@ -142,6 +155,8 @@ def evaluate(
         rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
         rows.append(("likelihood nfe", str(res.nfe)))
         rows.append(("likelihood solver", labout))
+    if not rows and failed is not None:  # its metrics all failed: say why, not that there are none
+        raise failed
     if not rows:
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")

@@ -1,0 +1,324 @@
+"""Reliability, round three (issue 28): resource blow-ups, divergence without NaN, full disks, damaged
+run files, an early Ctrl-C. Each case failed on the code before it (minutes of CPU and a 254 MB
+message, an internal error, a leaked temporary folder, lost rows), and each is now a what/where/fix
+error or handled.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import fmkit
+import fmkit.app.registry
+import pytest
+import torch
+from fmkit.engine import checkpoint as ck
+from fmkit.errors import TrainingError
+from reliability_helpers import TINY, cli, fresh_registry, squash
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", fresh_registry())
+    monkeypatch.delenv("FMKIT_DEBUG", raising=False)
+
+
+def clean_error(r, *needles: str, code: int = 2) -> str:
+    """A what/where/fix error: the exit code, no traceback, no internal error; returns the message."""
+    assert r.code == code, r.text
+    assert "Traceback" not in r.text and "internal error" not in r.text, r.text
+    msg = squash(r.err)
+    for n in needles:
+        assert n in msg, f"{n!r} not in:\n{msg}"
+    return msg
+
+
+# -- 1. resource blow-ups -----------------------------------------------------------------------
+def _alias_bomb(levels: int = 8, width: int = 9) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\ndata: {{name: moons, n: *a{levels}}}\nmodel: {{name: mlp}}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message():
+    """Old code: 8 nested anchors of 9 aliases took 52 s (minutes here) and printed 254 MB."""
+    Path("bomb.yaml").write_text(_alias_bomb())
+    t = time.perf_counter()
+    r = cli("recipe", "validate", "bomb.yaml")
+    assert time.perf_counter() - t < 5
+    msg = clean_error(r, "recipe expands to more than 100,000 values through YAML aliases", "where: bomb.yaml",
+                      "fix: write the values out")
+    assert len(r.text) < 500, len(r.text)
+    r = cli("train", "bomb.yaml", "--out", "run")
+    clean_error(r, "through YAML aliases")
+    assert not Path("run").exists(), msg
+
+
+def test_a_self_referring_alias_and_a_bomb_through_set_are_refused():
+    Path("rec.yaml").write_text("a: &a [*a]\ndata: {name: moons}\nmodel: {name: mlp}\n")
+    clean_error(cli("recipe", "validate", "rec.yaml"), "recipe has a YAML alias that contains itself")
+    Path("tiny.yaml").write_text(TINY)
+    bomb = "[" + ", ".join(["&b0 [" + ", ".join(["x"] * 50) + "]"] + ["*b0"] * 49) + "]"
+    bomb = "{k: &c " + bomb + ", l: [" + ", ".join(["*c"] * 50) + "]}"
+    clean_error(cli("recipe", "validate", "tiny.yaml", "--set", f"data.n={bomb}"), "through YAML aliases",
+                "where: --set")
+
+
+def test_aliases_of_ordinary_size_still_work():
+    text = TINY.replace("model: {name: mlp, hidden: 8, depth: 1, time_dim: 4}",
+                        "model: &m {name: mlp, hidden: 8, depth: 1, time_dim: 4}")
+    Path("ok.yaml").write_text(text + "eval: {metrics: [{name: w2}, {name: w2}]}\n".replace("{name: w2}, {name: w2}",
+                                                                                          "&w {name: w2}"))
+    r = cli("recipe", "validate", "ok.yaml")
+    assert r.code == 0, r.text
+
+
+# -- 2. divergence without NaN ----------------------------------------------------------------------
+class BlowsUp(nn.Module):
+    """A working MLP whose output is multiplied by 1e8 from its ``at``-th forward call on: a loss that
+    leaps by ~1e16 and stays finite."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        from fmkit.app.builtin.mlp import MLP
+        from fmkit.app.builtin.toy import ToyDataset
+
+        self.net = MLP.from_data(ToyDataset("moons", n=8).info, hidden=8, depth=1, time_dim=4)
+        self.at, self.calls = at, 0
+
+    def forward(self, x_t, t, cond=None):
+        self.calls += 1
+        out = self.net(x_t, t, cond)
+        return {k: v * 1e8 for k, v in out.items()} if self.calls >= self.at else out
+
+
+def test_a_finite_loss_that_leaps_stops_training_keeping_the_last_checkpoint(tmp_path):
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.app.builtin.toy import ToyDataset
+
+    opts = TrainerOptions(steps=20, batch_size=32, device="cpu", progress=False, checkpoint_every=4, log_every=1)
+    tr = Trainer(BlowsUp(at=7), ToyDataset("moons", n=256), options=opts, run_dir=tmp_path / "run")
+    with pytest.raises(TrainingError) as e:
+        tr.fit()
+    err = squash(e.value.render())
+    assert "the loss diverged at step 7:" in err and "more than 1000 times its running level" in err, err
+    assert "the weights of this step were not saved; the last checkpoint, step_000000004, is kept" in err, err
+    assert "TrainerOptions(divergence=null)" in err and "TrainerOptions(lr=0.0001)" in err, err
+    assert [p.name for p in ck.complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000004"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_the_divergence_check_can_be_turned_off(tmp_path):
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.app.builtin.toy import ToyDataset
+
+    opts = TrainerOptions(steps=8, batch_size=32, device="cpu", progress=False, divergence=None)
+    Trainer(BlowsUp(at=3), ToyDataset("moons", n=256), options=opts).fit()  # no error: the user asked for it
+
+
+def test_lr_1e4_without_clipping_stops_with_the_step_and_a_fix():
+    """Old code: the loss reached 1e27 without a word, then `internal error: ValueError: matrix contains
+    invalid numeric entries` in the final evaluation."""
+    Path("tiny.yaml").write_text(TINY + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    r = cli("train", "tiny.yaml", "--out", "run", "--set", "trainer.lr=1e4", "--set", "trainer.grad_clip=null")
+    clean_error(r, "the loss diverged at step", "no checkpoint was written yet", "where: run",
+                "fix: lower trainer.lr (e.g. --set trainer.lr=1000)", "--set trainer.divergence=null")
+
+
+class NanWhenSampling(nn.Module):
+    """Trains like an MLP; its velocity is NaN once in eval mode: a diverged model's samples."""
+
+    def __init__(self, data_info) -> None:
+        super().__init__()
+        from fmkit.app.builtin.mlp import MLP
+
+        self.net = MLP.from_data(data_info, hidden=8, depth=1, time_dim=4)
+
+    def forward(self, x_t, t, cond=None):
+        out = self.net(x_t, t, cond)
+        return out if self.training else {k: v * float("nan") for k, v in out.items()}
+
+
+class NanSamplingPlugin:
+    @fmkit.hookimpl
+    def register_models(self, register):
+        register("nan_sampling", NanWhenSampling, None, "NaN velocity when sampling")
+
+
+def test_a_metric_failing_on_nan_samples_is_named_by_train_and_evaluate(monkeypatch):
+    """Old code: `internal error: ValueError: matrix contains invalid numeric entries`, and `fmkit
+    evaluate` then said "the run's recipe lists no metrics" although it lists w2."""
+    reg = fresh_registry()
+    reg.add_plugin(NanSamplingPlugin(), name="nan_sampling")
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", reg)
+    Path("tiny.yaml").write_text(TINY.replace("name: mlp, hidden: 8, depth: 1, time_dim: 4", "name: nan_sampling")
+                                 + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    r = cli("train", "tiny.yaml", "--out", "run")
+    clean_error(r, "metric 'w2' failed: 64 of 64 samples hold NaN/Inf in field 'x' (ValueError: ",
+                "where: metric 'w2' (eval.metrics)", "fix: the model diverged")
+    assert ck.has_checkpoint(Path("run"))
+    r = cli("evaluate", "run")
+    msg = clean_error(r, "metric 'w2' failed: 64 of 64 samples hold NaN/Inf in field 'x'")
+    assert "lists no metrics" not in msg
+
+
+# -- 3. a full disk ----------------------------------------------------------------------------
+def _disk_full_from(monkeypatch, when) -> None:
+    """Make safetensors writes fail as on a full disk (its own error, as safetensors raises it) for the
+    paths ``when(path)`` picks, after writing part of the file; other writes go through."""
+    import fmkit.engine.files as files
+    from safetensors import SafetensorError
+
+    real = files.save_file
+
+    def full(tensors, path, *a, **k):
+        if when(Path(path)):
+            Path(path).write_bytes(b"\0" * 100)
+            raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at '
+                                  f'path "{path}"')
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(files, "save_file", full)
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_leaves_no_temporary_folder(monkeypatch):
+    """Old code: `internal error: SafetensorError ... please report it`, and a `.tmp-step_*` folder left."""
+    Path("tiny.yaml").write_text(TINY)
+    with monkeypatch.context() as m:
+        _disk_full_from(m, lambda p: "step_000000006" in str(p))
+        r = cli("train", "tiny.yaml", "--out", "run")
+    clean_error(r, "cannot write the checkpoint of step 6: no space left on the device; nothing of it was kept and "
+                "the previous checkpoint, step_000000003, is intact",
+                "fix: free space on that disk (or lower trainer.keep_checkpoints), then resume the run: resume with "
+                "`fmkit train --resume run`")
+    ckpts = Path("run/checkpoints")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000000003"]
+    ck.usable(ckpts / "step_000000003")
+    r = cli("train", "--resume", "run")  # once there is room again
+    assert r.code == 0, r.text
+    assert ck.load_checkpoint(ck.find_latest(ckpts)).meta["step"] == 6
+
+
+def test_a_full_disk_while_writing_the_checkpoint_meta(monkeypatch):
+    import fmkit.engine.checkpoint as ckmod
+
+    real = ckmod._write_bytes
+
+    def full(path, data):
+        if "step_000000006" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(ckmod, "_write_bytes", full)
+    Path("tiny.yaml").write_text(TINY)
+    clean_error(cli("train", "tiny.yaml", "--out", "run"), "cannot write the checkpoint of step 6: no space left")
+    assert not list(Path("run/checkpoints").glob(".tmp-*"))
+
+
+def test_a_full_disk_while_writing_samples_leaves_no_empty_folder(monkeypatch):
+    """The final evaluation's samples and `fmkit sample`: a clear error, no empty samples folder; the
+    evaluation runs on resume."""
+    Path("tiny.yaml").write_text(TINY + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
+    with monkeypatch.context() as m:
+        _disk_full_from(m, lambda p: "samples" in str(p))
+        r = cli("train", "tiny.yaml", "--out", "run")
+        clean_error(r, "cannot write the samples of step 6: no space left on the device",
+                    "fix: free space on that disk, then resume with `fmkit train --resume run` (from its last "
+                    "checkpoint)")
+        assert not Path("run/samples").exists()
+        r = cli("sample", "run", "-n", "8")
+        clean_error(r, "no space left on the device to write the samples; nothing of them was kept",
+                    "/run/samples/cli-",
+                    "fix: free space on that disk and sample again")
+        assert not Path("run/samples").exists() or not any(Path("run/samples").iterdir())
+    r = cli("train", "--resume", "run")
+    assert r.code == 0 and "w2" in r.out, r.text
+    assert list(Path("run/samples").glob("samples_step0000006.safetensors"))
+
+
+# -- 4. damaged run files ------------------------------------------------------------------------
+def _tiny_trainer(run_dir: Path, callbacks=(), **options):
+    from fmkit import Trainer, TrainerOptions
+    from fmkit.app.builtin.mlp import MLP
+    from fmkit.app.builtin.toy import ToyDataset
+
+    ds = ToyDataset("moons", n=256)
+    opts = TrainerOptions(**{"steps": 6, "batch_size": 32, "device": "cpu", "progress": False, "log_every": 1,
+                             "checkpoint_every": 3, **options})
+    return Trainer(MLP.from_data(ds.info, hidden=8, depth=1, time_dim=4), ds, run_dir=run_dir, options=opts,
+                   callbacks=list(callbacks))
+
+
+class AtStep:
+    """A callback that calls ``act(trainer)`` at the end of step ``step``."""
+
+    def __init__(self, step: int, act) -> None:
+        self.step, self.act = step, act
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_step_end(self, trainer, step):
+        if step == self.step:
+            self.act(trainer)
+
+
+def test_metrics_csv_deleted_mid_run_is_written_again_with_every_row(tmp_path, capsys):
+    """Old code: the rows after the deletion went to the deleted file: lost, with exit code 0."""
+    from fmkit.engine.metrics_log import read_metrics
+
+    run = tmp_path / "run"
+    _tiny_trainer(run, [AtStep(3, lambda tr: (run / "metrics.csv").unlink())]).fit()
+    assert [s for s, _ in read_metrics(run)["loss"]] == [1, 2, 3, 4, 5, 6]
+    err = squash(capsys.readouterr().err)
+    assert "note: metrics.csv was deleted or replaced while training ran; it is written again" in err, err
+
+
+class _Refusing:
+    def writerows(self, rows):
+        raise PermissionError(1, "Operation not permitted")
+
+
+def test_metrics_csv_made_unwritable_mid_run_stops_with_a_checkpoint_and_a_fix(tmp_path):
+    """Old code: `internal error: PermissionError`. (Root may write any file: the refusal is injected at
+    the write, as an immutable file refuses it.)"""
+    run = tmp_path / "run"
+
+    def refuse(tr):
+        tr.logger._w = _Refusing()
+
+    with pytest.raises(fmkit.errors.OutputError) as e:
+        _tiny_trainer(run, [AtStep(4, refuse)]).fit()
+    err = squash(e.value.render())
+    assert "cannot write the run's metrics.csv: Operation not permitted; a checkpoint of step 5 was saved" in err, err
+    assert "chattr -i" in err and "resume with `trainer.fit(resume=True)`" in err, err
+    assert ck.load_checkpoint(ck.find_latest(run / "checkpoints")).meta["step"] == 5
+
+
+def test_garbage_in_metrics_csv_is_skipped_with_a_note_by_curves_and_resume():
+    """Old code: `fmkit curves` and `fmkit train --resume` ended in internal errors (UnicodeDecodeError,
+    ValueError), one resume after training and checkpointing."""
+    Path("tiny.yaml").write_text(TINY)
+    assert cli("train", "tiny.yaml", "--out", "run").code == 0
+    log = Path("run/metrics.csv")
+    good = log.read_bytes()
+    log.write_bytes(good + b"abc,loss,1\n3,loss,x\n" + bytes(range(256)) + b"\n")
+    r = cli("curves", "run")
+    assert r.code == 0 and "Traceback" not in r.text, r.text
+    err = squash(r.err)
+    assert "damaged row(s) of metrics.csv skipped (the first, line" in err and "'abc,loss,1')" in err, err
+    r = cli("train", "--resume", "run", "--set", "trainer.steps=9")
+    assert r.code == 0 and "internal error" not in r.text, r.text
+    assert "damaged row(s) of metrics.csv dropped from the log" in squash(r.err), r.err
+    from fmkit.engine.metrics_log import parse_rows, read_metrics
+
+    assert parse_rows(log)[1] == [] and [s for s, _ in read_metrics(Path("run"))["loss"]] == list(range(1, 10))
+    log.write_bytes(bytes(range(256)) * 4)  # nothing but garbage
+    r = cli("curves", "run")
+    clean_error(r, "no metrics to plot")
