@@ -45,6 +45,14 @@ def atom_stability(pos: np.ndarray, types: np.ndarray) -> np.ndarray:
     return order.sum(1) == np.asarray(VALENCE)[np.asarray(types, dtype=np.int64)]
 
 
+def add_conformer(mol: Chem.RWMol, pos: np.ndarray) -> None:
+    """Attach positions [n, 3] (Angstrom) to ``mol`` as its conformer."""
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for k, (x, y, z) in enumerate(np.asarray(pos, dtype=np.float64)):
+        conf.SetAtomPosition(k, (float(x), float(y), float(z)))
+    mol.AddConformer(conf, assignId=True)
+
+
 def build_molecule(types: np.ndarray, order: np.ndarray, pos: np.ndarray | None = None) -> Chem.RWMol:
     """RDKit molecule with the given atoms and bonds (no sanitisation); a conformer if ``pos`` is given."""
     mol = Chem.RWMol()
@@ -54,10 +62,7 @@ def build_molecule(types: np.ndarray, order: np.ndarray, pos: np.ndarray | None 
     for i, j in zip(ii.tolist(), jj.tolist()):
         mol.AddBond(i, j, _BOND_TYPES[int(order[i, j])])
     if pos is not None:
-        conf = Chem.Conformer(len(types))
-        for k, (x, y, z) in enumerate(np.asarray(pos, dtype=np.float64)):
-            conf.SetAtomPosition(k, (float(x), float(y), float(z)))
-        mol.AddConformer(conf, assignId=True)
+        add_conformer(mol, pos)
     return mol
 
 
@@ -135,10 +140,7 @@ def graph_molecule(types: np.ndarray, bonds: np.ndarray, charges: np.ndarray,
     for i, j in zip(ii.tolist(), jj.tolist()):
         mol.AddBond(i, j, _BOND_TYPES[int(up[i, j])])
     if pos is not None:
-        conf = Chem.Conformer(len(types))
-        for k, (x, y, z) in enumerate(np.asarray(pos, dtype=np.float64)):
-            conf.SetAtomPosition(k, (float(x), float(y), float(z)))
-        mol.AddConformer(conf, assignId=True)
+        add_conformer(mol, pos)
     return mol
 
 
