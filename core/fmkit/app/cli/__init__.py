@@ -24,7 +24,7 @@ from fmkit.app.cli import train, generate, inspect_cmds  # noqa: F401
 from fmkit.app.cli.common import _STATE, MAX_SAMPLES, app, err_console, registry
 from fmkit.errors import FmkitError
 
-__all__ = ["MAX_SAMPLES", "app", "run"]
+__all__ = ["MAX_SAMPLES", "app", "load_plugins", "run"]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -162,6 +162,16 @@ def _short_file(filename: str, root: str) -> str:
 
 
 _commands_added = False
+
+
+def load_plugins() -> None:
+    """Import the installed plugins and add their commands ahead of :func:`run`, while
+    ``fmkit.__main__`` holds stop signals; a failure is left for :func:`run` to report."""
+    global _commands_added
+    try:
+        _registry_commands()
+    except Exception:  # noqa: BLE001 - run() tries again and reports what went wrong
+        _commands_added = False
 
 
 def _registry_commands() -> None:
