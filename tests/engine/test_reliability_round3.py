@@ -193,8 +193,8 @@ def test_a_full_disk_while_checkpointing_is_a_clear_error_and_leaves_no_temporar
         r = cli("train", "tiny.yaml", "--out", "run")
     clean_error(r, "cannot write the checkpoint of step 6: no space left on the device; nothing of it was kept and "
                 "the previous checkpoint, step_000000003, is intact",
-                "fix: free space on that disk (or lower trainer.keep_checkpoints), then resume the run: resume with "
-                "`fmkit train --resume run`")
+                "where: run/checkpoints", "fix: free space on that disk (or lower trainer.keep_checkpoints), then "
+                "resume with `fmkit train --resume run`")
     ckpts = Path("run/checkpoints")
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000000003"]
     ck.usable(ckpts / "step_000000003")
@@ -389,7 +389,7 @@ class Net(nn.Module):
 
 
 def broken_factory(data_info):
-    raise ValueError("boom in the author's factory")
+    raise RuntimeError("boom in the author's factory")
 '''
 
 
@@ -416,7 +416,7 @@ def test_an_authors_model_or_factory_failing_under_fresh_registry_is_attributed_
             register("broken", broken_factory)
 
     for name, needle in (("net", "acme_pkg/net.py:11, in forward): RuntimeError: boom in the author's forward"),
-                         ("broken", "acme_pkg/net.py:15, in broken_factory): ValueError: boom")):
+                         ("broken", "acme_pkg/net.py:15, in broken_factory): RuntimeError: boom")):
         Path("a.yaml").write_text(TINY.replace("mlp, hidden: 8, depth: 1, time_dim: 4", name))
         r = run_cli("train", "a.yaml", "--out", f"run_{name}", registry=authors_registry(AuthorsPlugin()))
         assert r.code == 1 and "internal error" not in r.err, r.err

@@ -52,8 +52,8 @@ def test_dequantised_bits_per_dim_match_the_closed_form():
 
 def test_a_sharp_model_at_the_bin_centres_is_never_below_zero_bits():
     """A model concentrated on one bin centre (s = 0.02): its density there is huge, so the undequantised
-    protocol gives negative bits/dim; dequantised, the bits bound -log2 P(u) >= 0 and match the
-    closed form."""
+    protocol gives negative bits/dim; dequantised, their expectation over the noise bounds -log2 P(u) >= 0,
+    and the mean over examples matches the closed form."""
     deq = Dequantization(levels=4, low=-1.0, high=1.0)
     c = torch.full((500, 2), 0.25, dtype=torch.float64)
     m, s = 0.25, 0.02
@@ -62,7 +62,7 @@ def test_a_sharp_model_at_the_bin_centres_is_never_below_zero_bits():
     assert old.bits_per_dim.mean().item() < -3  # what the old protocol printed: no bits/dim can be negative
     new = data_log_likelihood(flow, {"x": c}, GaussianSource(), SOLVER, deq, estimator="exact",
                               generator=torch.Generator().manual_seed(2))
-    assert (new.bits_per_dim >= 0).all()
+    assert new.bits_per_dim.mean().item() > 0  # (one draw of one example may dip below: the bound is in expectation)
     want = closed_form_bpd(c, m, s, deq.width).mean().item()
     assert abs(new.bits_per_dim.mean().item() - want) / want < 0.1, (new.bits_per_dim.mean().item(), want)
 

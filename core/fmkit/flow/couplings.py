@@ -312,7 +312,10 @@ def check_x1_together(p1: State, x1: State, who: str) -> None:
     but not its labels would train on wrong labels without a word (docs/plugins.md)."""
     from fmkit.errors import ContractError
 
-    given, got = _entries(x1), _entries(p1)
+    from fmkit.flow.state import X0
+
+    given = {k: v for k, v in _entries(x1).items() if k.split(".")[0] != X0}  # stored pairs' x0: taken out
+    got = _entries(p1)
     fix = "keep x1 as it was given and re-order x0 only (or apply one permutation to every entry of x1)"
     for k in given:
         if k not in got or got[k].shape != given[k].shape:

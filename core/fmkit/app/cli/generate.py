@@ -124,7 +124,7 @@ def evaluate(
     if scale is not None:
         about += f", guidance {scale:g}"
     num = n or rec.eval.num_samples
-    dequant = None
+    dequant, protocol = None, None
     if likelihood:  # before any sampling: data whose likelihood means nothing must not cost an evaluation
         from fmkit.flow.likelihood import declared_likelihood
 
@@ -170,7 +170,6 @@ def evaluate(
         rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
         rows.append(("likelihood nfe", str(res.nfe)))
         rows.append(("likelihood solver", labout))
-        rows.append(("likelihood protocol", protocol))
     if not rows and failed is not None:  # its metrics all failed: say why, not that there are none
         raise failed
     if not rows:
@@ -178,6 +177,8 @@ def evaluate(
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
     title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
     print_tables(title, rows, comps.metrics.values())
+    if protocol is not None:
+        console.print(f"likelihood protocol: {protocol}", highlight=False, soft_wrap=True)
     if failed is not None:  # after the rows the other metrics gave are shown
         raise failed
 
