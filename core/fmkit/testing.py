@@ -1,7 +1,11 @@
 """Contract checks and test helpers for plugin authors: call them in your plugin's own tests.
 
-Each ``check_*`` raises an ``AssertionError`` (or fmkit's own :class:`~fmkit.errors.ContractError`)
-saying what broke the contract, and returns nothing when the component keeps it::
+Each ``check_*`` returns nothing when the component keeps its contract and otherwise raises, saying
+what broke it: an ``AssertionError``, except where the core's own check runs (the one training runs
+too): ``check_dataset`` raises :class:`~fmkit.errors.ContractError` for examples or a batch that do
+not fit the dataset's info, ``check_model`` a :class:`~fmkit.errors.ModelError` (a ContractError) for
+an output of the wrong fields or shapes. ``pytest.raises((AssertionError, ContractError))`` catches
+every breach::
 
     from fmkit.testing import check_dataset, check_model
 
@@ -36,7 +40,7 @@ from fmkit.flow.data import Dataset
 from fmkit.flow.data_check import check_dataset as _check_contract
 from fmkit.flow.paths import ProbPath
 from fmkit.flow.solvers import Solution, Solver
-from fmkit.flow.state import COND, MASK, State, broadcast_mask, field_mask, fields
+from fmkit.flow.state import COND, MASK, State, as_state, broadcast_mask, field_mask, fields
 
 __all__ = ["CliResult", "check_coupling", "check_dataset", "check_model", "check_path", "check_solver",
            "fresh_registry", "read_metrics", "run_cli", "use_registry"]
@@ -112,9 +116,13 @@ def check_path(path: ProbPath, x0: Tensor, x1: Tensor, *, atol: float = 1e-4) ->
         "derivative of the path (a stochastic path must draw its noise from a generator it is given)"
 
 
-def check_coupling(coupling: Coupling, x0: State, x1: State) -> None:
+def check_coupling(coupling: Coupling, x0: State | Tensor, x1: State | Tensor) -> None:
     """A coupling's contract: ``pair(x0, x1)`` returns the same fields and shapes; x1 (with its mask
-    and cond) is kept or permuted as a whole; x0's rows are a permutation of the given ones."""
+    and cond) is kept or permuted as a whole; x0's rows are a permutation of the given ones. ``x0``
+    and ``x1`` are states or bare tensors (a bare tensor is the state ``{"x": tensor}``, as
+    ``Coupling.__call__`` hands it to ``pair``)."""
+    x0, _ = as_state(x0)
+    x1, _ = as_state(x1)
     r0, r1 = coupling.pair(dict(x0), dict(x1))
     for side, given, got in (("x0", x0, r0), ("x1", x1, r1)):
         for k, v in given.items():

@@ -812,6 +812,54 @@ def test_e68_one_plugin_registers_a_name_twice(tmp_path):
            tmp_path)
 
 
+def test_e69_yaml_alias_bomb(tmp_path):
+    lines = ["a0: &a0 [" + ", ".join(["x"] * 9) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    write("bomb.yaml", "\n".join(lines) + "\ndata: {name: moons, n: *a8}\nmodel: {name: mlp}\n")
+    msg = user_error(cli("recipe", "validate", "bomb.yaml"), "through YAML aliases", "where: bomb.yaml", "fix:")
+    record("E69", "YAML alias bomb", "8 nested anchors of 9 aliases each", msg, tmp_path)
+
+
+def test_e70_loss_diverges_without_nan(tmp_path):
+    write("tiny.yaml", TINY)
+    r = cli("train", "tiny.yaml", "--out", "run", "--set", "trainer.lr=1e4", "--set", "trainer.grad_clip=null")
+    msg = user_error(r, "the loss diverged at step", "where: run", "fix: lower trainer.lr")
+    msg = re.sub(r"step (\d+): \S+ is more than 1000 times its running level \S+ ",
+                 r"step \1: <loss> is more than 1000 times its running level <level> ", msg)  # (BLAS-dependent digits)
+    record("E70", "loss diverges without NaN/Inf", "`--set trainer.lr=1e4 --set trainer.grad_clip=null`", msg, tmp_path)
+
+
+def test_e71_disk_full_while_checkpointing(tmp_path, monkeypatch):
+    import fmkit.engine.files as files
+    from safetensors import SafetensorError
+
+    real = files.save_file
+
+    def full(tensors, path, *a, **k):
+        if "step_000000006" in str(path):
+            raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at '
+                                  f'path "{path}"')
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(files, "save_file", full)
+    write("tiny.yaml", TINY)
+    msg = user_error(cli("train", "tiny.yaml", "--out", "run"), "no space left on the device", "fix: free space")
+    record("E71", "disk full while writing a checkpoint", "ENOSPC writing the checkpoint of step 6", msg, tmp_path)
+    assert not list(Path("run/checkpoints").glob(".tmp-*"))
+
+
+def test_e72_likelihood_of_data_that_declares_nothing(tmp_path):
+    import lzma
+
+    Path("points.txt.xz").write_bytes(lzma.compress(("0.5 1.5\n-0.5 0.25\n" * 200).encode()))
+    write("r.yaml", TINY.replace("data: {name: moons, n: 256}", "data: {name: xz_points, path: points.txt.xz}"))
+    assert cli("train", "r.yaml", "--out", "run").code == 0
+    msg = user_error(cli("evaluate", "run", "--likelihood", "--likelihood-n", "16"), "does not declare",
+                     "fix: the dataset's plugin declares it")
+    record("E72", "likelihood of data that does not say what it is", "`fmkit evaluate run --likelihood` (a plugin "
+           "dataset without `meta['likelihood']`)", msg, tmp_path)
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from fmkit.errors import RecipeError
 

@@ -361,8 +361,21 @@ class Registry:
             root = str(module).split(".")[0]
             if root not in ("fmkit", "__main__", "builtins"):
                 out.setdefault(root, name)
+        # the packages of the components looked up so far: a plugin object defined in a test module may
+        # register a model or factory from its own package (``fmkit.testing.fresh_registry(MyPlugin())``)
+        for entries in list(self._cache.values()):
+            for e in entries.values() if isinstance(entries, dict) else ():
+                if not isinstance(e, Entry) or e.plugin == BUILTIN:
+                    continue
+                root = str(getattr(e.factory, "__module__", None) or "").split(".")[0]
+                if root and root not in _NOT_PLUGINS:
+                    out.setdefault(root, e.plugin)
         return out
 
+
+#: packages a plugin's component may come from that are never the plugin's own code
+_NOT_PLUGINS = frozenset({"fmkit", "__main__", "builtins", "torch", "torchvision", "torchaudio", "numpy", "scipy",
+                          "functools"})
 
 _DEFAULT: Registry | None = None
 

@@ -67,10 +67,8 @@ def save_checkpoint(ckpt_root: Path, step: int, data: CheckpointData, keep: int 
         kept = f"the previous checkpoint, {done[-1].name}, is intact" if done else "no earlier checkpoint exists"
         cause = "no space left on the device" if disk_full(exc) else f"{exc.strerror or exc}"
         raise OutputError(f"cannot write the checkpoint of step {step}: {cause}; nothing of it was kept and {kept}",
-                          where=str(exc.filename or ckpt_root),
-                          fix="free space on that disk (or lower trainer.keep_checkpoints), then resume the run"
-                          if disk_full(exc) else "make the run's checkpoints/ folder writable, then resume the run"
-                          ) from None
+                          where=str(ckpt_root), fix="free space on that disk (or lower trainer.keep_checkpoints)"
+                          if disk_full(exc) else "make the run's checkpoints/ folder writable") from None
     if final.exists():  # a re-save of the same step (e.g. an interrupt right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -368,7 +368,7 @@ class Trainer:
                                             keep=self.opts.keep_checkpoints)
             except OutputError as exc:  # a full disk: say how to go on once there is room
                 raise OutputError(exc.what, where=exc.where,
-                                  fix=f"{exc.fix}: {self.hints.resume_hint(self.run_dir)}") from None
+                                  fix=f"{exc.fix}, then {self.hints.resume_hint(self.run_dir)}") from None
             for cb in self.callbacks:
                 cb.on_checkpoint(self, self.step, path)
         self.barrier()

@@ -11,6 +11,7 @@ only examples with identical masks may be paired (other pairs cost ``+inf`` in e
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -269,4 +270,66 @@ def draw_and_pair(source: Any, coupling: Coupling, x1: State) -> tuple[State, St
         check_same_fields(p0, x1, f"the coupling ({type(coupling).__name__}), its x0")
     if p1 is not x1:
         check_same_fields(p1, x1, f"the coupling ({type(coupling).__name__}), its x1")
+        if not _checked(coupling):  # on its first batch: the rows compared on the host once, not every step
+            check_x1_together(p1, x1, f"the coupling ({type(coupling).__name__})")
     return p0, p1
+
+
+_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _checked(coupling: Coupling) -> bool:
+    """Whether ``coupling``'s x1 was checked already (this call marks it)."""
+    try:
+        if coupling in _CHECKED:
+            return True
+        _CHECKED.add(coupling)
+    except TypeError:  # not weakly referable (__slots__): checked every time
+        pass
+    return False
+
+
+def _entries(state: State) -> dict[str, Tensor]:
+    """Every batch tensor of a state, nested masks included (``masks.bonds``)."""
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if isinstance(v, Tensor) and v.dim() >= 1:
+            out[k] = v
+        elif isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, Tensor) and vv.dim() >= 1})
+    return out
+
+
+def _rows(v: Tensor) -> list[tuple]:
+    """The rows of ``v`` as tuples of floats (NaN as a number: NaN != NaN would fail any comparison)."""
+    flat = torch.nan_to_num(v.detach().reshape(v.shape[0], -1).double().cpu(), nan=-1.25e300)
+    return [tuple(r) for r in flat.tolist()]
+
+
+def check_x1_together(p1: State, x1: State, who: str) -> None:
+    """A :class:`ContractError` unless ``p1`` is ``x1`` with one permutation of its rows (none at all
+    included) applied to every entry, its ``mask`` and ``cond`` too: a coupling that reorders the data
+    but not its labels would train on wrong labels without a word (docs/plugins.md)."""
+    from fmkit.errors import ContractError
+
+    from fmkit.flow.state import X0
+
+    given = {k: v for k, v in _entries(x1).items() if k.split(".")[0] != X0}  # stored pairs' x0: taken out
+    got = _entries(p1)
+    fix = "keep x1 as it was given and re-order x0 only (or apply one permutation to every entry of x1)"
+    for k in given:
+        if k not in got or got[k].shape != given[k].shape:
+            raise ContractError(f"{who} dropped or reshaped x1's {k!r}", where=who, fix=fix)
+        if sorted(_rows(got[k])) != sorted(_rows(given[k])):
+            raise ContractError(f"{who} changed the values of x1's {k!r} (its rows are not the given ones)",
+                                where=who, fix=fix)
+    flowing = fields(x1)
+    keys = [k for k in given if k in flowing] + [k for k in given if k not in flowing]  # the data's first
+    if len(keys) < 2:
+        return
+    cols = {k: (_rows(given[k]), _rows(got[k])) for k in keys}
+    first = keys[0]
+    for k in keys[1:]:
+        if sorted(zip(cols[first][0], cols[k][0])) != sorted(zip(cols[first][1], cols[k][1])):
+            raise ContractError(f"{who} re-ordered x1 but not its {k!r} with it: {k!r} no longer belongs to the "
+                                f"rows of {first!r} (wrong labels or masks for the data)", where=who, fix=fix)

@@ -82,13 +82,14 @@ def make_probes(like: dict[str, Tensor], kind: str, mask: Tensor | None) -> dict
 
 def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Source, solver: Solver, *,
                    estimator: str = "exact", probe: str = "rademacher",
-                   dequantization_offset: float = 0.0) -> LikelihoodResult:
+                   dequantization_offset: float | Tensor = 0.0) -> LikelihoodResult:
     """log p_1(x1) of the flow ``velocity`` (which sees a state without mask/cond, and a scalar t).
 
     ``x1`` may carry ``mask`` (padding excluded from the dims) and ``cond``. Bits per dim are
     ``(-log p + offset) / (D ln 2)`` with D the real dimensions of each example; ``estimator``
     "exact", "hutchinson" or "auto" (exact up to ``EXACT_MAX_DIMS`` dims per example); pass
-    ``dequantization_offset = D log 256``-style corrections yourself for discrete data.
+    ``dequantization_offset = D log 256``-style corrections (nats, a number or one per example [B])
+    yourself for discrete data, or use :func:`data_log_likelihood`.
     On bare tensors: ``x1`` a tensor, ``velocity(x, t) -> tensor``, ``source`` a per-field
     :class:`Source`; the result's ``x0`` is then a tensor too.
     """
@@ -146,3 +147,87 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
     dims = sum(count_dims(v, mask) for v in xf.values()).to(logp.dtype)
     bpd = (-logp + dequantization_offset) / (dims * math.log(2.0))
     return LikelihoodResult(logp, bpd, sol.nfe, x0[DEFAULT_FIELD] if bare else x0)
+
+
+# -- what the likelihood of a data set means: declared by the data -----------------------------------
+#: the key of ``DataInfo.meta`` by which a dataset declares how its likelihood is measured
+LIKELIHOOD_META = "likelihood"
+
+
+@dataclass(frozen=True)
+class Dequantization:
+    """Uniform dequantisation of data on a grid of ``levels`` values over ``[low, high]`` (8-bit images
+    scaled to [-1, 1]: 256, -1, 1). Each value u is spread uniformly over its bin of width
+    w = (high - low) / levels; then log P(u) >= E_U[log p(x)] + D log w (Jensen), so the NLL of the
+    discrete data is bounded by -log p(x) - D log w, never below 0 (Theis et al. 2016; Ho et al. 2019)."""
+
+    levels: int
+    low: float
+    high: float
+
+    @property
+    def width(self) -> float:
+        return (self.high - self.low) / self.levels
+
+    def apply(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x`` (values in their bins, e.g. at the centres) spread uniformly over each bin."""
+        k = torch.floor((x.double() - self.low) / self.width).clamp(0, self.levels - 1)
+        u = torch.rand(x.shape, generator=generator).double().to(x.device)  # on the CPU: the same on every device
+        return (self.low + (k + u) * self.width).to(x.dtype)
+
+    @property
+    def nats_per_dim(self) -> float:
+        """What each dimension adds to the NLL: -log w."""
+        return -math.log(self.width)
+
+    def describe(self) -> str:
+        return (f"uniform dequantisation of {self.levels} levels over [{self.low:g}, {self.high:g}] (1 draw; "
+                f"+ln({self.levels}/{self.high - self.low:g}) nats per dim)")
+
+
+def declared_likelihood(meta: dict, who: str) -> Dequantization | None:
+    """What a dataset's ``info.meta["likelihood"]`` declares: ``"continuous"`` (the density of the data
+    as it is: None) or ``{"dequantize": {"levels": L, "low": a, "high": b}}`` (discrete values on a grid:
+    a :class:`Dequantization`). A dataset that declares neither is refused: a density evaluated at
+    discrete values (8-bit pixels at their bin centres) grows without bound as a model fits them, and
+    its bits/dim go negative."""
+    from fmkit.errors import FmkitError
+
+    decl = meta.get(LIKELIHOOD_META)
+    fix = ("the dataset's plugin declares it in DataInfo.meta['likelihood']: 'continuous', or "
+           "{'dequantize': {'levels': 256, 'low': -1.0, 'high': 1.0}} for values on a grid (docs/plugins.md)")
+    if decl == "continuous":
+        return None
+    if isinstance(decl, dict) and isinstance(decl.get("dequantize"), dict):
+        d = decl["dequantize"]
+        try:
+            levels, low, high = int(d["levels"]), float(d["low"]), float(d["high"])
+        except (KeyError, TypeError, ValueError):
+            levels, low, high = 0, 0.0, 0.0
+        if levels >= 2 and math.isfinite(low) and math.isfinite(high) and high > low:
+            return Dequantization(levels, low, high)
+        raise FmkitError(f"{who} declares a dequantisation that is not one: {d!r}", where=f"{who}: info.meta",
+                         fix="give levels >= 2 and finite low < high, e.g. {'levels': 256, 'low': -1.0, 'high': 1.0}")
+    if decl is None:
+        raise FmkitError(f"{who} does not declare what its log-likelihood is: the density of continuous data, or "
+                         "of discrete values that need dequantisation (else bits/dim can come out negative)",
+                         where=f"{who}: info.meta", fix=fix)
+    raise FmkitError(f"{who} declares likelihood {decl!r}, which fmkit does not know", where=f"{who}: info.meta",
+                     fix=fix)
+
+
+def data_log_likelihood(velocity: Callable, x1: State, source: StateSource | Source, solver: Solver,
+                        dequantization: Dequantization | None, *, estimator: str = "auto",
+                        generator: torch.Generator | None = None) -> LikelihoodResult:
+    """:func:`log_likelihood` of the data ``x1`` under the protocol its dataset declares: with a
+    ``dequantization`` its continuous fields are dequantised (one draw from ``generator``) and the
+    bits/dim include the -log(bin width) per dimension, so they bound the discrete data's NLL."""
+    if dequantization is None:
+        return log_likelihood(velocity, x1, source, solver, estimator=estimator)
+    x = dict(x1)
+    mask = x1.get("mask")
+    for n, v in fields(x1).items():
+        if v.is_floating_point():
+            x[n] = apply_mask(dequantization.apply(v, generator), mask)
+    offset = sum(count_dims(v, mask) for v in fields(x1).values()) * dequantization.nats_per_dim  # [B]
+    return log_likelihood(velocity, x, source, solver, estimator=estimator, dequantization_offset=offset)

@@ -217,7 +217,7 @@ class MelDataset(Dataset):
             meta={"modality": "audio", "name": name, "key": key, "front_end": opts.mel.model_dump(),
                   "mel_mean": self.stats.mean, "mel_std": self.stats.std, "max_frames": self.max_frames,
                   "frame_multiple": fm, "class_names": list(class_names), "sample_rate": opts.mel.sample_rate,
-                  "hop_length": opts.mel.hop_length},
+                  "hop_length": opts.mel.hop_length, "likelihood": "continuous"},
         )
 
     def _stats(self, train_mels: list[Tensor], key: str) -> MelStats:

@@ -199,7 +199,9 @@ class ImageDataset(Dataset):
         self.name = name
         self.info = DataInfo(fields={"x": FieldInfo(tuple(train.shape[1:]))}, num_cond_classes=len(self.classes),
                              meta={"dataset": name, "classes": self.classes, "pixel_range": (-1.0, 1.0),
-                                   "levels": 256})
+                                   "levels": 256,
+                                   # 8-bit pixels: their likelihood needs dequantisation (bits/dim >= 0)
+                                   "likelihood": {"dequantize": {"levels": 256, "low": -1.0, "high": 1.0}}})
 
     def __len__(self) -> int:
         return len(self.images) * (2 if self.hflip else 1)

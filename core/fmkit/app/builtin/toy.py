@@ -103,7 +103,7 @@ class ToyDataset(Dataset):
         self.conditional = conditional
         dim = self.x.shape[1]
         self.info = DataInfo({"x": FieldInfo((dim,))}, num_cond_classes=ncls if conditional else None,
-                             meta={"distribution": kind})
+                             meta={"distribution": kind, "likelihood": "continuous"})
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -24,7 +24,7 @@ from fmkit.app.cli import train, generate, inspect_cmds  # noqa: F401
 from fmkit.app.cli.common import _STATE, MAX_SAMPLES, app, err_console, registry
 from fmkit.errors import FmkitError
 
-__all__ = ["MAX_SAMPLES", "app", "run"]
+__all__ = ["MAX_SAMPLES", "app", "load_plugins", "run"]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -52,7 +52,7 @@ def _run() -> None:
         # without standalone mode, typer *returns* the code of an Exit (130 for a Ctrl-C it caught)
         if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
             if rv == 130:
-                err_console.print("[bold red]interrupted[/]")
+                _interrupted()
             sys.exit(rv)
     except FmkitError as exc:
         if _STATE["debug"]:
@@ -65,10 +65,11 @@ def _run() -> None:
             sys.exit(exc.exit_code)  # every rank stopped at the same step: rank 0 says so, once
         label = "[bold yellow]stopped:[/]" if isinstance(exc, TrainingInterrupted) else "[bold red]error:[/]"
         err_console.print(f"{label} {escape(exc.render())}", markup=True, highlight=False, soft_wrap=True)
+        if exc.exit_code == 130:
+            clear_unhandled_interrupt()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        _interrupted()
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code if isinstance(code, int) else 0)
@@ -86,6 +87,27 @@ def _run() -> None:
         _unexpected(exc)
 
 
+def _interrupted() -> None:
+    """Say ``interrupted`` and exit 130. A KeyboardInterrupt that went through code an extension ran
+    with ``PyRun_String`` (a lazy import inside torch, say) sets CPython's
+    ``_Py_UnhandledKeyboardInterrupt`` although fmkit handled it, and the interpreter would then end by
+    killing itself with SIGINT (exit -2, not the documented 130): the flag is cleared first."""
+    err_console.print("[bold red]interrupted[/]")
+    clear_unhandled_interrupt()
+    sys.exit(130)
+
+
+def clear_unhandled_interrupt() -> None:
+    """Clear CPython's record of an unhandled KeyboardInterrupt (see :func:`_interrupted`); a no-op where
+    the interpreter has no such symbol."""
+    try:
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _unexpected(exc: Exception) -> None:
     """Report an exception that is no FmkitError: a usage error, a plugin's bug, or fmkit's own."""
     # usage errors: click's, or the copy of click that recent typer vendors (no `click` module then)
@@ -97,8 +119,7 @@ def _unexpected(exc: Exception) -> None:
         # no prompts, so an EOFError is a file that ended early (a truncated data file, say)
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, KeyboardInterrupt):
-            err_console.print("[bold red]interrupted[/]")
-            sys.exit(130)
+            _interrupted()
         if not isinstance(cause, EOFError):
             sys.exit(1)
         if _STATE["debug"]:
@@ -162,6 +183,16 @@ def _short_file(filename: str, root: str) -> str:
 
 
 _commands_added = False
+
+
+def load_plugins() -> None:
+    """Import the installed plugins and add their commands ahead of :func:`run`, while
+    ``fmkit.__main__`` holds stop signals; a failure is left for :func:`run` to report."""
+    global _commands_added
+    try:
+        _registry_commands()
+    except Exception:  # noqa: BLE001 - run() tries again and reports what went wrong
+        _commands_added = False
 
 
 def _registry_commands() -> None:

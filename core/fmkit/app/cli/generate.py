@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -124,6 +125,15 @@ def evaluate(
     if scale is not None:
         about += f", guidance {scale:g}"
     num = n or rec.eval.num_samples
+    dequant, protocol = None, None
+    if likelihood:  # before any sampling: data whose likelihood means nothing must not cost an evaluation
+        from fmkit.flow.likelihood import declared_likelihood
+
+        categorical = [k for k, f in comps.dataset.info.fields.items() if f.categorical]
+        if categorical:
+            raise FmkitError(f"log-likelihood is not available for this run: field(s) {categorical} are categorical",
+                             where="--likelihood", fix="the likelihood covers continuous fields only")
+        dequant = declared_likelihood(comps.dataset.info.meta, f"dataset {rec.data.name!r}")
     rows: list[tuple[str, str]] = []
     failed: BaseException | None = None
     if comps.metrics:
@@ -134,9 +144,9 @@ def evaluate(
         results, failed = score(comps.metrics, samples, comps.dataset)
         rows += [(k, f"{v:.4f}") for k, v in results.items()]
     if likelihood:
-        from fmkit.flow.likelihood import log_likelihood
+        from fmkit.flow.likelihood import data_log_likelihood
         from fmkit.flow.sampling import model_velocity
-        from fmkit.flow.state import to_device
+        from fmkit.flow.state import count_dims, fields, to_device
 
         torch.manual_seed(seed)
         ref = to_device(comps.dataset.reference(likelihood_n, seed=seed + 1), dev)
@@ -144,14 +154,20 @@ def evaluate(
             lsolver, labout = s, about
         else:  # the likelihood needs an accurate solve, whatever the recipe samples with
             lsolver, labout = build_solver(rec, "dopri5", None, 1e-5, 1e-5)
+        # the model's own density: its unguided field (guidance shapes samples, it has no density of its own)
+        field_of = "the model's unguided field" + (", conditional on each example's label" if "cond" in ref else "")
+        protocol = f"{field_of}; " + (dequant.describe() if dequant is not None else "continuous data, as it is")
         try:
             with console.status(f"log-likelihood of {likelihood_n} examples ({estimator} divergence, {labout})"):
-                res = log_likelihood(model_velocity(bare, comps.path, ref.get("mask"), ref.get("cond")), ref,
-                                     comps.source, lsolver, estimator=estimator)
+                res = data_log_likelihood(model_velocity(bare, comps.path, ref.get("mask"), ref.get("cond")), ref,
+                                          comps.source, lsolver, dequant, estimator=estimator,
+                                          generator=torch.Generator().manual_seed(seed + 2))
         except (NotImplementedError, ValueError) as exc:
             raise FmkitError(f"log-likelihood is not available for this run: {exc}",
                              fix="use a source with a closed-form density and continuous fields only") from None
-        rows.append(("nll (nats)", f"{-res.log_prob.mean().item():.4f}"))
+        dims = sum(count_dims(v, ref.get("mask")) for v in fields(ref).values())
+        nll = res.bits_per_dim.double().cpu() * dims.cpu() * math.log(2.0)  # -log p, plus the dequantisation's term
+        rows.append(("nll (nats)", f"{nll.mean().item():.4f}"))
         rows.append(("bits/dim", f"{res.bits_per_dim.mean().item():.4f}"))
         rows.append(("likelihood nfe", str(res.nfe)))
         rows.append(("likelihood solver", labout))
@@ -162,6 +178,8 @@ def evaluate(
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
     title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
     print_tables(title, rows, comps.metrics.values())
+    if protocol is not None:
+        console.print(f"likelihood protocol: {protocol}", highlight=False, soft_wrap=True)
     if failed is not None:  # after the rows the other metrics gave are shown
         raise failed
 
