@@ -41,6 +41,7 @@ class DiscreteOptions(_Options):
     exponent: float = Field(1.0, gt=0.0, description="kappa_t = t^exponent")
     stochasticity: float = Field(0.0, ge=0.0, description="sampling only, mask source: rate at which "
                                  "unmasked tokens are masked again (Campbell et al. 2024)")
+    temperature: float = Field(1.0, gt=0.0, description="sampling only: jumps draw from p(x1|x_t)^(1/T)")
 
     @model_validator(mode="after")
     def _noise_needs_mask(self) -> DiscreteOptions:

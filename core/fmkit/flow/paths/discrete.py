@@ -21,9 +21,12 @@ class DiscretePath(ProbPath):
     unmasked are masked again at rate eta and masked ones unmask faster to keep the path's marginals
     (detailed-balance noise, Campbell et al. 2024, "Generative Flows on Discrete State-Spaces",
     sec. 3.3), so a class chosen early from a poor prediction can be revised later.
+    ``temperature`` (> 0) also acts on sampling only: jumps draw from p(x1 | x_t)^(1/T), renormalised;
+    T < 1 trades diversity for fewer draws of unlikely classes (T = 1: the exact path).
     """
 
-    def __init__(self, source: str = "mask", exponent: float = 1.0, stochasticity: float = 0.0) -> None:
+    def __init__(self, source: str = "mask", exponent: float = 1.0, stochasticity: float = 0.0,
+                 temperature: float = 1.0) -> None:
         if source not in ("mask", "uniform"):
             raise ValueError(f"discrete path source must be 'mask' or 'uniform', got {source!r}")
         if stochasticity < 0 or (stochasticity > 0 and source != "mask"):
@@ -32,6 +35,9 @@ class DiscretePath(ProbPath):
         self.source_kind = source
         self.exponent = float(exponent)
         self.stochasticity = float(stochasticity)
+        if not temperature > 0:
+            raise ValueError(f"discrete path temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
 
     def kappa(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return t**self.exponent, self.exponent * t ** (self.exponent - 1.0)
@@ -68,7 +74,8 @@ class DiscretePath(ProbPath):
             last = k_next >= 1.0
         else:
             coef = dk / (1.0 - k).clamp_min(1e-6)
-        p = torch.softmax(pred if pred.dtype == torch.float64 else pred.float(), dim=-1)
+        logits = pred if pred.dtype == torch.float64 else pred.float()
+        p = torch.softmax(logits / self.temperature if self.temperature != 1.0 else logits, dim=-1)
         if self.source_kind == "mask":
             p = F.pad(p, (0, 1))  # the mask token is never a target
         onehot = F.one_hot(x_t.long(), p.shape[-1]).to(p.dtype)
