@@ -1,12 +1,17 @@
 """The engine's options: how the Trainer trains (:class:`TrainerOptions`) and evaluates
-(:class:`EvalOptions`). A recipe's ``trainer:`` and ``eval:`` sections are these models (the recipe adds
-the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer` directly."""
+(:class:`EvalOptions`), and the batch sizes they make (:class:`BatchSizes`). A recipe's ``trainer:`` and
+``eval:`` sections are these models (the recipe adds the metrics and writers to build); in Python they
+are passed to :class:`fmkit.Trainer` directly."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from fmkit.errors import TrainingError
 
 #: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
 #: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
@@ -73,11 +78,56 @@ class TrainerOptions(BaseModel):
 
 
 class EvalOptions(BaseModel):
-    """How often and how many samples to draw for evaluation, and with which weights / guidance."""
+    """How often and how many samples to draw for evaluation, and with which weights / guidance.
+
+    ``chunk_size`` was called ``batch_size`` (which elsewhere means the training batch); the old key is
+    still read, so recipes and run directories written before keep working."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     num_samples: int = Field(1000, ge=1)
-    batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
+    chunk_size: int = Field(1000, ge=1, description="samples generated per solver call (formerly batch_size)")
     use_ema: bool = True
-    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data)")
+    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data); 1 = "
+                                         "the conditional model, at the cost of an unguided one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_chunk_key(cls, data: Any) -> Any:
+        """``batch_size`` (the old name) read as ``chunk_size``; both at once is ambiguous and refused."""
+        if isinstance(data, Mapping) and "batch_size" in data:
+            if "chunk_size" in data:
+                raise ValueError("eval.batch_size is the old name of eval.chunk_size (samples per solver call): "
+                                 "set eval.chunk_size alone")
+            data = {("chunk_size" if k == "batch_size" else k): v for k, v in data.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """A fit's training batch, named by meaning (the evaluation's chunk is ``EvalOptions.chunk_size``).
+
+    ``global_batch`` examples make one optimizer step (``trainer.batch_size``): ``grad_accum``
+    micro-steps on each of ``processes`` ranks, each a ``micro_batch`` of this rank's own examples.
+    """
+
+    global_batch: int
+    grad_accum: int = 1
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % (self.grad_accum * self.processes):
+            raise TrainingError(
+                f"trainer.batch_size={self.global_batch} is not divisible by grad_accum x processes = "
+                f"{self.grad_accum} x {self.processes}", where="trainer.batch_size",
+                fix="pick a batch size that is a multiple of both")
+
+    @property
+    def micro_batch(self) -> int:
+        """Examples per forward/backward on one rank: global_batch / (grad_accum x processes)."""
+        return self.global_batch // (self.grad_accum * self.processes)
+
+    @classmethod
+    def of(cls, opts: TrainerOptions, processes: int = 1) -> BatchSizes:
+        """The batch sizes of ``opts`` on ``processes`` ranks; refused (TrainingError) when they do not divide."""
+        return cls(opts.batch_size, opts.grad_accum, processes)

@@ -14,10 +14,11 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import EvalOptions, TrainerOptions
+from fmkit.engine.options import TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
 from fmkit.flow.data import DataInfo
+from fmkit.flow.guidance import NULL_CLASS_FIX
 from fmkit.flow.time_sampling import sample_time
 
 
@@ -127,27 +128,19 @@ def time_sampler(opts: TrainerOptions, n: int, device: torch.device) -> torch.Te
                        beta=opts.time_beta, device=device, grid=opts.time_grid)
 
 
-def check_options(opts: TrainerOptions, eval_opts: EvalOptions, info: DataInfo, world_size: int) -> None:
-    """Trainer options that contradict the data, each other or the number of processes, refused before any work."""
-    o = opts
-    if o.batch_size % (o.grad_accum * world_size):
-        raise TrainingError(
-            f"trainer.batch_size={o.batch_size} is not divisible by grad_accum x processes = "
-            f"{o.grad_accum} x {world_size}", where="trainer.batch_size",
-            fix="pick a batch size that is a multiple of both")
-    unknown = sorted(set(o.loss_weights) - set(info.fields))
+def check_options(opts: TrainerOptions, info: DataInfo) -> None:
+    """Trainer options that contradict the data, refused before any work (the batch sizes:
+    :class:`~fmkit.engine.options.BatchSizes`; the evaluation's options: its
+    :class:`~fmkit.engine.evaluation.Evaluator`)."""
+    unknown = sorted(set(opts.loss_weights) - set(info.fields))
     if unknown:  # a misspelt field would otherwise train with every weight at 1, silently
         raise TrainingError(f"trainer.loss_weights names {unknown}, which the data does not have",
                             where="trainer.loss_weights",
                             fix=f"weigh the data's fields: {sorted(info.fields)}")
-    if info.num_cond_classes is None and (o.cond_dropout > 0 or eval_opts.guidance_scale is not None):
-        key = "trainer.cond_dropout" if o.cond_dropout > 0 else "eval.guidance_scale"
-        raise TrainingError(
-            f"{key} needs a null class for dropped conditions, and the dataset declares no number of "
-            f"condition classes (its info.num_cond_classes is None)", where=key,
-            fix="if the data has class labels, declare K condition classes (DataInfo(num_cond_classes=K), "
-                "TensorDataset(data, num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a "
-                "label embedding needs K + 1 rows; otherwise drop cond_dropout/guidance_scale")
+    if info.null_class is None and opts.cond_dropout > 0:
+        raise TrainingError("trainer.cond_dropout needs a null class for dropped conditions, and the dataset "
+                            "declares no number of condition classes (its info.num_cond_classes is None)",
+                            where="trainer.cond_dropout", fix=f"{NULL_CLASS_FIX}; otherwise drop cond_dropout")
 
 
 def training_device(opts: TrainerOptions, dist: DistInfo) -> torch.device:
