@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -84,6 +84,8 @@ class EvalOptions(BaseModel):
     still read, so recipes and run directories written before keep working."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    #: old key -> its new name; a recipe file may hold either, not both (``--set`` of the old name sets the new)
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "chunk_size"}
     every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     num_samples: int = Field(1000, ge=1)
     chunk_size: int = Field(1000, ge=1, description="samples generated per solver call (formerly batch_size)")
@@ -94,13 +96,14 @@ class EvalOptions(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _old_chunk_key(cls, data: Any) -> Any:
-        """``batch_size`` (the old name) read as ``chunk_size``; both at once is ambiguous and refused."""
-        if isinstance(data, Mapping) and "batch_size" in data:
-            if "chunk_size" in data:
-                raise ValueError("eval.batch_size is the old name of eval.chunk_size (samples per solver call): "
-                                 "set eval.chunk_size alone")
-            data = {("chunk_size" if k == "batch_size" else k): v for k, v in data.items()}
-        return data
+        """Old names (:attr:`RENAMED`: ``batch_size``) read as the new; both at once is ambiguous and refused."""
+        if not isinstance(data, Mapping):
+            return data
+        for old, new in cls.RENAMED.items():
+            if old in data and new in data:
+                raise ValueError(f"eval.{old} is the old name of eval.{new} (samples per solver call): "
+                                 f"set eval.{new} alone")
+        return {cls.RENAMED.get(k, k): v for k, v in data.items()}
 
 
 @dataclass(frozen=True)
