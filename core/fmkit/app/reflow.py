@@ -229,12 +229,12 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
     """Pairs from a trained run (what ``fmkit reflow RUN --pairs N --out PAIRS`` calls): its recipe's
     model, path, source and data templates; its newest checkpoint (or ``checkpoint``), EMA weights
     unless ``use_ema`` is false; its solver unless ``solver`` is given; its device and CPU threads."""
+    from fmkit.app.inference import guided
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
     from fmkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fmkit.engine.fingerprint import check_fingerprint
     from fmkit.engine.setup import pick_device, set_cpu_threads
     from fmkit.engine.train_state import load_model_state
-    from fmkit.app.inference import guided
 
     run = Path(run)
     rec = load_run_recipe(run, overrides or [])
