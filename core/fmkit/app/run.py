@@ -147,7 +147,7 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     tr = Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                  options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                  callbacks=[*c.callbacks, _RecordProvenance()], run_dir=run_dir, seed=recipe.seed,
-                 fingerprint=fingerprint(recipe), hints=FixHints.cli())
+                 fingerprint=fingerprint(recipe), hints=FixHints.cli(), objective=recipe.objective)
     tr.provenance = provenance(recipe, reg)
     return tr
 

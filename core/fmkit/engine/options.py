@@ -1,12 +1,13 @@
-"""The engine's options: how the Trainer trains (:class:`TrainerOptions`) and evaluates
-(:class:`EvalOptions`). A recipe's ``trainer:`` and ``eval:`` sections are these models (the recipe adds
-the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer` directly."""
+"""The engine's options: how the Trainer trains (:class:`TrainerOptions`), what loss it minimises
+(:data:`ObjectiveOptions`) and how it evaluates (:class:`EvalOptions`). A recipe's ``trainer:``,
+``objective:`` and ``eval:`` sections are these models (the recipe adds the metrics and writers to
+build); in Python they are passed to :class:`fmkit.Trainer` directly."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, model_validator
 
 #: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
 #: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
@@ -81,3 +82,30 @@ class EvalOptions(BaseModel):
     batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
     use_ema: bool = True
     guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data)")
+
+
+class CFMObjectiveOptions(BaseModel):
+    """``objective: {name: cfm}``: conditional flow matching (:class:`fmkit.flow.objectives.CFMObjective`);
+    its times, condition dropout and loss weights are ``trainer:`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["cfm"] = "cfm"
+
+
+#: objective name -> its options model; the ``objective:`` section is one of them, told apart by ``name``
+OBJECTIVES: dict[str, type[BaseModel]] = {"cfm": CFMObjectiveOptions}
+
+
+def _objective_name(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name", "cfm")
+    return getattr(value, "name", None) if isinstance(value, BaseModel) else None
+
+
+#: the recipe's ``objective:`` section (default ``{name: cfm}``); an unknown name is refused with the known ones
+ObjectiveOptions = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in OBJECTIVES.items())],  # type: ignore[misc]
+    Discriminator(_objective_name, custom_error_type="unknown_objective",
+                  custom_error_message=f"must be {{name: <objective>}} with one of the objectives: "
+                                       f"{', '.join(OBJECTIVES)}"),
+]

@@ -1,5 +1,5 @@
-"""Where and how a model trains: device, CPU threads, its call signature, memory layout, and the
-DDP / torch.compile wrappers around it."""
+"""Where and how a model trains: device, CPU threads, its call signature, memory layout, the
+DDP / torch.compile wrappers around it, and the objective it minimises."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import EvalOptions, TrainerOptions
+from fmkit.engine.options import CFMObjectiveOptions, EvalOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
+from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
+from fmkit.flow.objectives import CFMObjective, Objective, TimeSampler
+from fmkit.flow.paths import StatePath
+from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
 
 
@@ -125,6 +129,38 @@ def time_sampler(opts: TrainerOptions, n: int, device: torch.device) -> torch.Te
     """``n`` training times from ``trainer.time_sampler`` and its parameters."""
     return sample_time(n, opts.time_sampler, mean=opts.time_mean, std=opts.time_std, alpha=opts.time_alpha,
                        beta=opts.time_beta, device=device, grid=opts.time_grid)
+
+
+def objective_options(value: Any) -> ObjectiveOptions:
+    """The Trainer's ``objective``: an objective's options model, a mapping ``{name: ..., ...}``
+    (validated: an unknown name is refused with the known ones), or None for ``{name: cfm}``."""
+    from pydantic import TypeAdapter
+
+    if value is None:
+        return CFMObjectiveOptions()
+    return TypeAdapter(ObjectiveOptions).validate_python(dict(value) if isinstance(value, Mapping) else value)
+
+
+def build_objective(opts: ObjectiveOptions, path: StatePath, source: StateSource, coupling: Coupling, *,
+                    time: TimeSampler, cond_dropout: float, null_class: int,
+                    weights: Mapping[str, float]) -> Objective:
+    """The loss the trainer minimises, built once from its options and the trainer's parts.
+
+    Args:
+        opts: the ``objective:`` section (which objective, with its own options).
+        path, source, coupling: the flow's parts, as the trainer samples with them.
+        time: ``trainer.time_sampler``'s draw, ``time(n, device) -> t`` [n].
+        cond_dropout: ``trainer.cond_dropout``.
+        null_class: the data's null class (its number of classes).
+        weights: ``trainer.loss_weights``.
+
+    Returns:
+        The objective, called per micro-step as ``objective(model, x1, x0)``.
+    """
+    if isinstance(opts, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
+        return CFMObjective(path, source, coupling, time=time, cond_dropout=cond_dropout, null_class=null_class,
+                            weights=weights)
+    raise TypeError(f"no objective is built from {type(opts).__name__}")
 
 
 def check_options(opts: TrainerOptions, eval_opts: EvalOptions, info: DataInfo, world_size: int) -> None:

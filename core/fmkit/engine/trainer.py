@@ -1,8 +1,8 @@
 """The one CFM training engine, for every modality: :class:`Trainer`.
 
-A step is :func:`~fmkit.engine.objective.cfm_loss` and an AdamW update; each job around it lives in
-its own module of :mod:`fmkit.engine` (data stream, setup, optim, snapshot, evaluation, log window,
-stopping), so the loop below reads in one screen.
+A step is the objective (:class:`~fmkit.flow.objectives.CFMObjective`) and an AdamW update; each job
+around it lives in its own module of :mod:`fmkit.engine` (data stream, setup, model call, optim,
+snapshot, evaluation, log window, stopping), so the loop below reads in one screen.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from fmkit.engine.callbacks import Callback, Metric, Writer
 from fmkit.engine.hints import FixHints
 from fmkit.engine.logwindow import LogWindow
 from fmkit.engine.metrics_log import MetricsLogger, ProgressBar
-from fmkit.engine.objective import cfm_loss
+from fmkit.engine.model_call import TrainingForward
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
-from fmkit.engine.options import EvalOptions, TrainerOptions
+from fmkit.engine.options import EvalOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing
 from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError
@@ -47,6 +47,7 @@ class Trainer:
     ``fingerprint`` (any JSON-able dict; a recipe's: every option of its model, data, path and
     source) is stored in checkpoints, and resuming from one with another fingerprint is refused.
     ``hints``: the fixes its error messages give (:class:`FixHints`; the CLI passes its own).
+    ``objective``: the loss to minimise (a recipe's ``objective:`` section; default ``{name: cfm}``).
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
@@ -55,7 +56,7 @@ class Trainer:
                  eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
-                 hints: FixHints | None = None):
+                 hints: FixHints | None = None, objective: ObjectiveOptions | Mapping[str, Any] | None = None):
         self.opts = o = setup.coerce_options(TrainerOptions, options, "options")
         self.eval_opts = setup.coerce_options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
@@ -99,6 +100,11 @@ class Trainer:
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
         self.time = functools.partial(setup.time_sampler, o)
+        self.objective = setup.build_objective(setup.objective_options(objective), self.path, self.source,
+                                               self.coupling, time=self.time, cond_dropout=o.cond_dropout,
+                                               null_class=self.null_cond or 0, weights=o.loss_weights)
+        # the model as the objective calls it: precision and memory layout stay with the engine
+        self.forward = TrainingForward(self.train_model, autocast=self.autocast, channels_last=self.channels_last)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
@@ -122,12 +128,9 @@ class Trainer:
         return self.stream.next_on(self.device)
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
-        the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
-        o = self.opts
-        return cfm_loss(self.train_model, self.path, self.source, self.coupling, batch, x0=x0, time=self.time,
-                        cond_dropout=o.cond_dropout, null_cond=self.null_cond or 0, loss_weights=o.loss_weights,
-                        autocast=self.autocast, channels_last=self.channels_last)
+        """The objective's loss of one (micro-)batch already on the device: total and per-field means.
+        ``x0`` is the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
+        return self.objective(self.forward, batch, x0)
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
