@@ -83,7 +83,7 @@ def test_guidance_without_condition_classes_is_refused():
         with pytest.raises(TrainingError, match="num_cond_classes"):
             fmkit.Trainer(fmkit.TensorModel(Net()), ds, **{"options": OPTS, **kw})
     ok = fmkit.TensorDataset({"x": data(), "cond": torch.randint(0, 3, (64,))}, num_cond_classes=3)
-    assert fmkit.Trainer(fmkit.TensorModel(Net()), ok, options=dict(OPTS, cond_dropout=0.2)).null_class == 3
+    assert fmkit.Trainer(fmkit.TensorModel(Net()), ok, options=dict(OPTS, cond_dropout=0.2)).objective.null_class == 3
 
 
 def test_an_adaptive_solver_for_categorical_data_is_refused_before_training():

@@ -8,6 +8,7 @@ A recipe names every component by its registry key with its options inline::
     source:  {name: eight_gaussians}
     coupling: {name: exact_ot}
     solver:  {name: euler, steps: 100}
+    objective: {name: cfm}                                    # the loss (default)
     trainer: {steps: 3000, batch_size: 256, lr: 1e-3}
     eval:    {every: 1000, num_samples: 2000, metrics: [{name: w2}], writers: [{name: scatter}]}
 
@@ -28,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmkit.app.component_options import format_validation_error
 from fmkit.app.registry import Registry, get_registry
-from fmkit.engine.options import MAX_STEPS, EvalOptions, TrainerOptions  # noqa: F401 - the sections a recipe composes
+from fmkit.engine.options import (  # noqa: F401 - the sections a recipe composes
+    MAX_STEPS,
+    CFMObjectiveOptions,
+    EvalOptions,
+    ObjectiveOptions,
+    TrainerOptions,
+)
 from fmkit.errors import FmkitError, RecipeError
 
 
@@ -68,6 +75,8 @@ class Recipe(BaseModel):
     source: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="gaussian"))
     coupling: Component = Field(default_factory=lambda: Component(name="independent"))
     solver: Component = Field(default_factory=lambda: Component(name="euler", steps=100))
+    objective: ObjectiveOptions = Field(default_factory=CFMObjectiveOptions,
+                                        description="the loss: {name: cfm} (conditional flow matching)")
     trainer: TrainerOptions = Field(default_factory=TrainerOptions)
     eval: EvalSection = Field(default_factory=EvalSection)
     callbacks: list[Component] = Field(default_factory=list)

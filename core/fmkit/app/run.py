@@ -151,7 +151,8 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                    callbacks=[*callbacks, *c.callbacks, RecordProvenance(run_dir, made_by)], run_dir=run_dir,
-                   seed=recipe.seed, fingerprint=fingerprint(recipe), hints=FixHints.cli(), provenance=made_by)
+                   seed=recipe.seed, fingerprint=fingerprint(recipe), hints=FixHints.cli(), provenance=made_by,
+                   objective=recipe.objective)
 
 
 class RecordProvenance(Callback):

@@ -1,15 +1,16 @@
-"""The engine's options: how the Trainer trains (:class:`TrainerOptions`) and evaluates
-(:class:`EvalOptions`), and the batch sizes they make (:class:`BatchSizes`). A recipe's ``trainer:`` and
-``eval:`` sections are these models (the recipe adds the metrics and writers to build); in Python they
-are passed to :class:`fmkit.Trainer` directly."""
+"""The engine's options: how the Trainer trains (:class:`TrainerOptions`), what loss it minimises
+(:data:`ObjectiveOptions`) and how it evaluates (:class:`EvalOptions`), and the batch sizes they make
+(:class:`BatchSizes`). A recipe's ``trainer:``, ``objective:`` and ``eval:`` sections are these models
+(the recipe adds the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer`
+directly."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, model_validator
 
 from fmkit.errors import TrainingError
 
@@ -104,6 +105,33 @@ class EvalOptions(BaseModel):
                 raise ValueError(f"eval.{old} is the old name of eval.{new} (samples per solver call): "
                                  f"set eval.{new} alone")
         return {cls.RENAMED.get(k, k): v for k, v in data.items()}
+
+
+class CFMObjectiveOptions(BaseModel):
+    """``objective: {name: cfm}``: conditional flow matching (:class:`fmkit.flow.objectives.CFMObjective`);
+    its times, condition dropout and loss weights are ``trainer:`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["cfm"] = "cfm"
+
+
+#: objective name -> its options model; the ``objective:`` section is one of them, told apart by ``name``
+OBJECTIVES: dict[str, type[BaseModel]] = {"cfm": CFMObjectiveOptions}
+
+
+def _objective_name(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name", "cfm")
+    return getattr(value, "name", None) if isinstance(value, BaseModel) else None
+
+
+#: the recipe's ``objective:`` section (default ``{name: cfm}``); an unknown name is refused with the known ones
+ObjectiveOptions = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in OBJECTIVES.items())],  # type: ignore[misc]
+    Discriminator(_objective_name, custom_error_type="unknown_objective",
+                  custom_error_message=f"must be {{name: <objective>}} with one of the objectives: "
+                                       f"{', '.join(OBJECTIVES)}"),
+]
 
 
 @dataclass(frozen=True)

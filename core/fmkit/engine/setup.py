@@ -1,8 +1,9 @@
-"""Where and how a model trains: device, CPU threads, its call signature, memory layout, and the
-DDP / torch.compile wrappers around it."""
+"""Where and how a model trains: device, CPU threads, its call signature, memory layout, the
+DDP / torch.compile wrappers around it, and the objective it minimises."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Mapping
@@ -14,11 +15,15 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import TrainerOptions
+from fmkit.engine.options import CFMObjectiveOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
+from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
 from fmkit.flow.guidance import NULL_CLASS_FIX
+from fmkit.flow.objectives import CFMObjective, Objective, TimeSampler
+from fmkit.flow.paths import StatePath
+from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
 
 
@@ -126,6 +131,38 @@ def time_sampler(opts: TrainerOptions, n: int, device: torch.device) -> torch.Te
     """``n`` training times from ``trainer.time_sampler`` and its parameters."""
     return sample_time(n, opts.time_sampler, mean=opts.time_mean, std=opts.time_std, alpha=opts.time_alpha,
                        beta=opts.time_beta, device=device, grid=opts.time_grid)
+
+
+def objective_options(value: ObjectiveOptions | Mapping[str, Any] | None) -> ObjectiveOptions:
+    """The Trainer's ``objective``: an objective's options model, a mapping ``{name: ..., ...}``
+    (validated: an unknown name is refused with the known ones), or None for ``{name: cfm}``."""
+    from pydantic import TypeAdapter
+
+    if value is None:
+        return CFMObjectiveOptions()
+    return TypeAdapter(ObjectiveOptions).validate_python(dict(value) if isinstance(value, Mapping) else value)
+
+
+def build_objective(spec: ObjectiveOptions | Mapping[str, Any] | None, opts: TrainerOptions, path: StatePath,
+                    source: StateSource, coupling: Coupling, null_class: int | None) -> Objective:
+    """The loss a trainer minimises, built once from the ``objective:`` section and the trainer's parts.
+
+    Args:
+        spec: the ``objective:`` section (which objective, with its own options; a mapping is validated,
+            None is ``{name: cfm}``).
+        opts: the ``trainer:`` options an objective takes: the time sampler, ``cond_dropout``, ``loss_weights``.
+        path, source, coupling: the flow's parts, as the trainer samples with them.
+        null_class: the label of a dropped condition (``DataInfo.null_class``: K for labels 0..K-1; None
+            without condition classes).
+
+    Returns:
+        The objective, called per micro-step as ``objective(model, x1, x0)``.
+    """
+    spec = objective_options(spec)
+    if isinstance(spec, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
+        return CFMObjective(path, source, coupling, time=functools.partial(time_sampler, opts),
+                            cond_dropout=opts.cond_dropout, null_class=null_class or 0, weights=opts.loss_weights)
+    raise TypeError(f"no objective is built from {type(spec).__name__}")
 
 
 def check_options(opts: TrainerOptions, info: DataInfo) -> None:

@@ -1,16 +1,15 @@
 """The one CFM training engine, for every modality: :class:`Trainer`.
 
-A step (:meth:`Trainer._loop`, :meth:`Trainer._gradients`) is :func:`~fmkit.engine.objective.cfm_loss`
-over ``grad_accum`` micro-batches and an AdamW update. The Trainer owns the objects around it, each from
-a module of its own: the batch sizes (options.py), the data stream (stream.py), its evaluation
-(:class:`~fmkit.engine.evaluation.Evaluator`), its resumable state
-(:class:`~fmkit.engine.train_state.TrainState`), the log window and the stop checks.
+A step (:meth:`Trainer._loop`, :meth:`Trainer._gradients`) is the objective built once
+(:class:`~fmkit.flow.objectives.CFMObjective`) over ``grad_accum`` micro-batches and an AdamW update. The
+Trainer owns the objects around it, each from a module of its own: the batch sizes (options.py), the data
+stream (stream.py), the model call (model_call.py), its evaluation (:class:`~fmkit.engine.evaluation.Evaluator`),
+its resumable state (:class:`~fmkit.engine.train_state.TrainState`), the log window and the stop checks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,9 +26,9 @@ from fmkit.engine.evaluation import Evaluator
 from fmkit.engine.hints import FixHints
 from fmkit.engine.logwindow import LogWindow
 from fmkit.engine.metrics_log import MetricsLogger, ProgressBar
-from fmkit.engine.objective import cfm_loss
+from fmkit.engine.model_call import TrainingForward
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
-from fmkit.engine.options import BatchSizes, EvalOptions, TrainerOptions
+from fmkit.engine.options import BatchSizes, EvalOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing, resume_index
 from fmkit.engine.train_state import TrainState, load_model_state, rng_state
@@ -57,6 +56,7 @@ class Trainer:
             stored in checkpoints; resuming from one with another fingerprint is refused.
         hints, provenance: the fixes its errors give (:class:`FixHints`); who made the components (JSON-able,
             recorded in checkpoints).
+        objective: the loss to minimise (a recipe's ``objective:`` section, or a dict of it; default ``{name: cfm}``).
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
@@ -65,7 +65,8 @@ class Trainer:
                  eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
-                 hints: FixHints | None = None, provenance: Mapping[str, Any] | None = None):
+                 hints: FixHints | None = None, provenance: Mapping[str, Any] | None = None,
+                 objective: ObjectiveOptions | Mapping[str, Any] | None = None):
         self.opts = o = setup.coerce_options(TrainerOptions, options, "options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
@@ -107,8 +108,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, o, self.device)
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
-        self.null_class = dataset.info.null_class  # the label of a dropped condition (classifier-free guidance)
-        self.time = functools.partial(setup.time_sampler, o)
+        # the loss, built once, and the model as it calls it: precision and memory layout stay with the engine
+        self.objective = setup.build_objective(objective, o, self.path, self.source, self.coupling,
+                                               dataset.info.null_class)
+        self.forward = TrainingForward(self.train_model, autocast=self.autocast, channels_last=self.channels_last)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
@@ -127,12 +130,9 @@ class Trainer:
         return self.stream.next_on(self.device)
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
+        """The objective's loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
         the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
-        o = self.opts
-        return cfm_loss(self.train_model, self.path, self.source, self.coupling, batch, x0=x0, time=self.time,
-                        cond_dropout=o.cond_dropout, null_cond=self.null_class or 0, loss_weights=o.loss_weights,
-                        autocast=self.autocast, channels_last=self.channels_last)
+        return self.objective(self.forward, batch, x0)
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
