@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fmkit._version import __version__
 
 #: public name -> module defining it
 _WHERE = {

@@ -174,7 +174,7 @@ def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     distribution and version that registered it (``{"components": {"models.unet": {...}}}``)."""
     import platform
 
-    import fmkit
+    from fmkit._version import __version__
 
     used = [f"datasets.{recipe.data.name}", f"models.{recipe.model.name}", f"couplings.{recipe.coupling.name}",
             f"solvers.{recipe.solver.name}"]
@@ -183,7 +183,7 @@ def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     for kind, comps in (("metrics", recipe.eval.metrics), ("writers", recipe.eval.writers),
                         ("callbacks", recipe.callbacks)):
         used += [f"{kind}.{c.name}" for c in comps]
-    return {"fmkit": fmkit.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"fmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "components": registry.provenance(used)}
 
 
