@@ -23,7 +23,7 @@ import torch
 from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
 from fmkit.engine.evaluation import sample_in_chunks, score
-from fmkit.engine.snapshot import load_model_state
+from fmkit.engine.train_state import load_model_state
 from fmkit.flow.solvers import FixedStepSolver
 
 
