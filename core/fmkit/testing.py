@@ -174,14 +174,13 @@ def fresh_registry(*plugins: object) -> Any:
 def use_registry(registry: Any) -> Iterator[Any]:
     """Make ``registry`` the process-wide one (what the CLI and ``fmkit.load_recipe`` use) inside the
     block, and register its plugins' sub-commands on the CLI."""
-    import fmkit.app.registry
+    from fmkit.app.registry import set_registry
 
-    old = fmkit.app.registry._DEFAULT
-    fmkit.app.registry._DEFAULT = registry
+    old = set_registry(registry)
     try:
         yield registry
     finally:
-        fmkit.app.registry._DEFAULT = old
+        set_registry(old)
 
 
 @dataclass
@@ -203,20 +202,14 @@ def run_cli(*args: object, registry: Any = None) -> CliResult:
     argv = sys.argv
     sys.argv = ["fmkit", *(str(a) for a in args)]
     ctx = use_registry(registry) if registry is not None else contextlib.nullcontext()
-    added = cli._commands_added
-    groups = list(cli.app.registered_groups), list(cli.app.registered_commands)
     try:
-        with ctx, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli._commands_added = False  # this registry's plugin commands, as in a new process
-            cli._STATE["debug"] = False
+        with ctx, cli.as_new_process(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 cli.run()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
-        cli._commands_added = added
-        cli.app.registered_groups[:], cli.app.registered_commands[:] = groups
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

@@ -76,7 +76,7 @@ def install(monkeypatch, tmp_path, **modules: str) -> None:
         monkeypatch.delitem(sys.modules, f"fmkit_p_{name}", raising=False)  # each test imports its own
         eps.append(EntryPoint(name=name, value=f"fmkit_p_{name}", group="fmkit"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: eps if group == "fmkit" else [])
+    monkeypatch.setattr(fmkit.app.plugin_host, "entry_points", lambda group: eps if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DEBUG", raising=False)

@@ -10,6 +10,7 @@ import pytest
 import typer
 
 import fmkit
+from fmkit.testing import fresh_registry
 
 import fmkit_audio.plugin as plugin
 
@@ -19,7 +20,7 @@ RECIPES = ["audio_digits", "audio_digits_cpu"]
 
 @pytest.fixture()
 def reg():
-    return fmkit.Registry.fresh(entry_points=False, plugins=[plugin])
+    return fresh_registry(plugin)
 
 
 def test_everything_registered_with_strict_options(reg):

@@ -24,14 +24,12 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     assert res.exit_code == 0, res.output
     acc = float(res.output.split("test accuracy:")[1].split()[0])
 
-    from fmkit.app.run import build_trainer
-
     over = [f"data.root={root}", "data.limit=300", "data.test_limit=100", "trainer.steps=6", "trainer.batch_size=32",
             "trainer.progress=false", "model.channels=16", "model.attention_resolutions=[]", "eval.num_samples=20",
             "eval.batch_size=20", "solver.steps=2",
             "eval.metrics=[{name: image_classifier}]", "eval.writers=[{name: image_grid}]"]
     rec = fmkit.load_recipe(_recipe(), over)
-    tr = build_trainer(rec, tmp_path / "run")
+    tr = fmkit.build_trainer(rec, tmp_path / "run")
     tr.fit()
     out = tr.evaluate()
     assert {"class_acc", "cfd", "cfd_floor"} <= set(out)
@@ -41,7 +39,7 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     with Image.open(grids[0]) as im:  # 10 images a row, one row per class drawn (30 px a cell with padding)
         assert im.width == 10 * 30 + 2 and im.height >= 30
 
-    from fmkit.flow.sampling import model_velocity
+    from fmkit.plugin import model_velocity
     from fmkit_image.likelihood import bits_per_dim
 
     imgs, _ = tr.dataset.split("test")

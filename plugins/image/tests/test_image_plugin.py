@@ -9,8 +9,8 @@ import fmkit
 import fmkit_image.plugin as plugin
 import pytest
 import torch
-from fmkit.app.registry import Registry
 from fmkit.plugin import DataError
+from fmkit.testing import fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
@@ -18,7 +18,7 @@ RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
 
 @pytest.fixture()
 def reg():
-    return Registry.fresh(entry_points=False, plugins=[plugin])
+    return fresh_registry(plugin)
 
 
 def test_everything_registered_with_strict_options(reg):
@@ -40,10 +40,8 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_validate(reg, name):
-    from fmkit.app.recipe import read_yaml, validate
-
     path = reg.recipes()[name][0]
-    assert validate(read_yaml(path), reg, where=str(path)).model.name == "unet"
+    assert fmkit.load_recipe(path, registry=reg).model.name == "unet"
 
 
 def test_cifar10_missing_files_is_a_data_error(tmp_path):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import fmkit
 import pytest
-from fmkit.flow.data import DataInfo, FieldInfo
-from fmkit.plugin import FmkitError, ModelError, RecipeError
+from fmkit.plugin import DataInfo, FieldInfo, FmkitError, ModelError, RecipeError
 from fmkit_image.unet import UNet, UNetOptions, build_unet
 
 RECIPE = Path(__file__).resolve().parents[1] / "fmkit_image" / "recipes" / "images_mnist_cpu.yaml"
