@@ -42,7 +42,6 @@ _WHERE = {
     **dict.fromkeys(["EvalOptions", "TrainerOptions"], "fmkit.engine.options"),
     **dict.fromkeys(["Recipe", "load_recipe"], "fmkit.app.recipe"),
     **dict.fromkeys(["Registry", "get_registry"], "fmkit.app.registry"),
-    **dict.fromkeys(["build_components", "build_trainer"], "fmkit.app.run"),
     "hookimpl": "fmkit.app.hookspecs",
     "MLP": "fmkit.app.builtin.mlp",
     "W2Metric": "fmkit.app.builtin.metrics",
@@ -75,7 +74,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.app.hookspecs import hookimpl
     from fmkit.app.recipe import Recipe, load_recipe
     from fmkit.app.registry import Registry, get_registry
-    from fmkit.app.run import build_components, build_trainer
     from fmkit.engine.callbacks import Callback
     from fmkit.engine.hints import FixHints
     from fmkit.engine.objective import cfm_loss

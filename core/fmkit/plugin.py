@@ -7,8 +7,10 @@ inside the core (its tests add :mod:`fmkit.testing`):
   recipes the plugin ships), ``ComponentOf``/``ComponentSpec`` (an option naming a component), and
   ``Registry``/``get_registry``/``load_recipe`` for the plugin's own commands;
 - the contracts: ``Dataset``, ``DataInfo``, ``FieldInfo``, ``Source``, ``Coupling``, ``ProbPath``,
-  ``AffinePath`` and ``Scheduler``, ``Solver`` (implement ``integrate``) and ``Solution``,
-  ``Callback``, ``Metric``, ``Writer``;
+  ``Scheduler``, ``Solver`` (implement ``integrate``) and ``Solution``, ``Callback``, ``Metric``,
+  ``Writer``;
+- the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``,
+  ``GaussianSource``, ``FixedStepSolver``, ``ClassifierFreeGuidance``;
 - helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes, the OT
   ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
   functions, ``frechet_distance``;
@@ -40,11 +42,12 @@ from fmkit.errors import (
 )
 from fmkit.flow.couplings import Coupling, assignment, require_finite
 from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices, TensorDataset, bucketed_batches
+from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.likelihood import Dequantization, data_log_likelihood, declared_likelihood, log_likelihood
 from fmkit.flow.paths import AffinePath, PathSample, ProbPath, Scheduler, SchedulerOutput, expand_t, takes_step
 from fmkit.flow.sampling import model_velocity
-from fmkit.flow.solvers import Solution, Solver, ctmc_jump
-from fmkit.flow.sources import Source
+from fmkit.flow.solvers import FixedStepSolver, Solution, Solver, ctmc_jump
+from fmkit.flow.sources import GaussianSource, Source
 from fmkit.flow.state import (
                           COND,
                           MASK,
@@ -60,11 +63,12 @@ from fmkit.flow.state import (
 from fmkit.flow.stats import frechet_distance
 
 __all__ = [
-    "AffinePath", "COND", "Callback", "CheckpointError", "ComponentOf", "ComponentSpec", "ContractError",
-    "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError", "Dequantization", "FieldInfo", "FmkitError",
-    "Indices", "MASK", "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample",
-    "ProbPath", "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver",
-    "Source", "State", "TensorDataset", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
+    "AffinePath", "COND", "Callback", "CheckpointError", "ClassifierFreeGuidance", "ComponentOf",
+    "ComponentSpec", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
+    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices", "MASK",
+    "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
+    "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
+    "State", "TensorDataset", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
     "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "expand_t",
     "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical", "load_recipe",
     "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",

@@ -121,19 +121,19 @@ def test_x1_prediction_outputs_x_t_plus_the_velocity_head(kind):
 
 def test_recipe_path_prediction_reaches_the_model(xyz_file):
     """``path: {prediction: x1}`` in a recipe builds the model with ``predictions={"pos": "x1"}``."""
-    import fmkit
     import fmkit_molecules.plugin as plugin
-    from fmkit.testing import fresh_registry
+    from fmkit.plugin import load_recipe
+    from fmkit.testing import build_components, fresh_registry
 
     reg = fresh_registry(plugin)
     for prediction in ("velocity", "x1"):
-        recipe = fmkit.load_recipe({
+        recipe = load_recipe({
             "name": "x1_wiring", "data": {"name": "xyz_molecules", "path": str(xyz_file)},
             "model": {"name": "egnn", "hidden": 8, "layers": 1},
             "path": {"name": "condot", "prediction": prediction, "fields": {"atoms": {"name": "discrete"}}},
             "source": {"name": "com_free_gaussian"},
         }, registry=reg)
-        comps = fmkit.build_components(recipe, reg, with_eval=False)
+        comps = build_components(recipe, reg, with_eval=False)
         assert comps.model.predicts_x1 == (prediction == "x1")
         assert comps.path.for_field("pos").prediction == prediction
 

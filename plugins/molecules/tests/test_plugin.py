@@ -6,8 +6,8 @@ import filecmp
 from pathlib import Path
 
 import fmkit_molecules.plugin as plugin
-import fmkit
 import pytest
+from fmkit.plugin import load_recipe
 from fmkit.testing import fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
@@ -44,5 +44,5 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 @pytest.mark.parametrize("name", ["molecules_qm9", "molecules_qm9_cpu", "molecules_qm9_smoke"])
 def test_recipes_validate(reg, name):
     path = reg.recipes()[name][0]
-    recipe = fmkit.load_recipe(path, registry=reg)
+    recipe = load_recipe(path, registry=reg)
     assert recipe.coupling.name == "equivariant_ot"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import fmkit
 import fmkit_molecules.plugin as plugin
 import pytest
-from fmkit.testing import fresh_registry
+from fmkit.plugin import load_recipe
+from fmkit.testing import build_trainer, fresh_registry
 
 
 @pytest.mark.parametrize("model,encoding", [
@@ -33,8 +33,8 @@ def test_recipe_trains_and_evaluates(tmp_path, xyz_file, model, encoding):
                  "metrics": [{"name": "molecules"}],
                  "writers": [{"name": "sdf"}, {"name": "xyz"}, {"name": "mol_grid"}]},
     }
-    r = fmkit.load_recipe(recipe, registry=reg)
-    trainer = fmkit.build_trainer(r, tmp_path / "run", reg)
+    r = load_recipe(recipe, registry=reg)
+    trainer = build_trainer(r, tmp_path / "run", reg)
     trainer.fit()  # evaluates once at the end (eval.every = 0) and logs to metrics.csv
     rows = [line.split(",") for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
     metrics = {k.removeprefix("eval/"): float(v) for _, k, v in rows if k.startswith("eval/")}

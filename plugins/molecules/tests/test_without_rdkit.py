@@ -12,14 +12,13 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.modules["rdkit"] = None  # any `import rdkit...` now raises ImportError
-    import fmkit
-    from fmkit.plugin import DependencyError
-    from fmkit.testing import fresh_registry
+    from fmkit.plugin import DependencyError, load_recipe
+    from fmkit.testing import build_trainer, fresh_registry
     import fmkit_molecules.plugin as plugin
 
     xyz, run = sys.argv[1], sys.argv[2]
     reg = fresh_registry(plugin)
-    recipe = fmkit.load_recipe({
+    recipe = load_recipe({
         "name": "no_rdkit",
         "data": {"name": "xyz_molecules", "path": xyz},
         "model": {"name": "e3nn_flow", "scalars": 8, "vectors": 2, "layers": 1, "num_basis": 4, "radial_hidden": 8},
@@ -32,7 +31,7 @@ SCRIPT = textwrap.dedent("""
         "eval": {"every": 0, "num_samples": 4, "batch_size": 4, "metrics": [{"name": "molecules"}],
                  "writers": [{"name": "sdf"}, {"name": "xyz"}]},
     }, registry=reg)
-    tr = fmkit.build_trainer(recipe, run, reg)
+    tr = build_trainer(recipe, run, reg)
     out = {"error": None}
     try:
         tr.fit()  # 4 steps, then the final evaluation needs RDKit

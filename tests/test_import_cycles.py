@@ -1,13 +1,16 @@
-"""No import cycle inside the core's application layer: each module of ``core/fmkit/app`` can be read
-knowing only the modules it imports, and none of them needs another that needs it back (the registry,
-the plugin host and the component table form no circle). Checked on the source, over module-level
-imports (those under ``if TYPE_CHECKING:`` included: a type a module names is a dependency too); an
-import inside a function is a deliberate late one and is not counted."""
+"""No import cycle in the core: each module of ``core/fmkit`` can be read knowing only the modules it
+imports, and none of them needs another that needs it back (in ``fmkit.app`` the registry, the plugin
+host and the component tables form no circle; ``fmkit.plugin`` and ``fmkit.testing`` sit on top of the
+layers they re-export). Checked on the source, over module-level imports (those under ``if
+TYPE_CHECKING:`` included: a type a module names is a dependency too); an import inside a function is
+a deliberate late one and is not counted."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 
 CORE = Path(__file__).resolve().parents[1] / "core"
@@ -33,7 +36,8 @@ def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
 
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     """Module -> the modules of ``package`` it imports at module level (``root`` holds the package)."""
-    modules = {module_name(p, root): p for p in sorted((root / package.replace(".", "/")).rglob("*.py"))}
+    modules = {module_name(p, root): p for p in sorted((root / package.replace(".", "/")).rglob("*.py"))
+               if "scaffold_templates" not in p.parts}  # package data: the files of a plugin `new-plugin` writes
     graph: dict[str, set[str]] = {}
     for mod, path in modules.items():
         deps = set()
@@ -85,11 +89,23 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_the_application_layer_has_no_import_cycle():
-    graph = import_graph(CORE, "fmkit.app")
-    assert {"fmkit.app.registry", "fmkit.app.plugin_host", "fmkit.app.components"} <= set(graph)
-    found = cycles(graph)
-    assert not found, "import cycles in fmkit.app:\n" + "\n".join(" <-> ".join(c) for c in found)
+def _shown(found: list[list[str]]) -> str:
+    return "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_no_import_cycle_outside_the_engine():
+    graph = import_graph(CORE, "fmkit")
+    assert {"fmkit.app.registry", "fmkit.app.plugin_host", "fmkit.app.components", "fmkit.plugin",
+            "fmkit.testing", "fmkit.flow.data"} <= set(graph)
+    found = [c for c in cycles(graph) if not all(m.startswith("fmkit.engine.") for m in c)]
+    assert not found, _shown(found)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 32 item 1 (the Trainer owning its evaluation and state) is on "
+                                       "another branch: drop this mark when it is merged")
+def test_no_import_cycle_in_the_engine():
+    found = cycles(import_graph(CORE, "fmkit"))
+    assert not found, _shown(found)
 
 
 def test_the_checker_finds_a_cycle_through_a_type_checking_import(tmp_path):
