@@ -98,7 +98,7 @@ def _cwd(tmp_path, monkeypatch):
     (BROKEN_IMPORT, "import", "RuntimeError: boom at import"),
     (MISSPELLED, "hooks", "implements hook 'register_model', which no hook specification declares (did you mean "
                           "'register_models'?)"),
-    (UNMARKED, "hooks", "its function 'register_models' is not marked with @fmkit.hookimpl"),
+    (UNMARKED, "hooks", "its function 'register_models' is not marked with @hookimpl (from fmkit.plugin)"),
     (RAISES_IN_HOOK, "register_models", "KeyError: 'oops in the hook'"),
 ])
 def test_a_broken_plugin_is_set_aside_with_its_error_and_the_others_work(monkeypatch, tmp_path, source, stage, needle):

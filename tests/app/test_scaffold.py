@@ -5,6 +5,7 @@ ships."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -13,10 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
-import ast
 import zipfile
+from pathlib import Path
 
 import pytest
 from fmkit.app.scaffold import KINDS, TEMPLATES, scaffold

@@ -112,7 +112,7 @@ def short_path(filename: str) -> str:
 
 def hook_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     """What is wrong with ``plugin``'s hooks: implementations of hooks no spec declares (a misspelled
-    ``register_model``) and ``register_*`` functions that lack the ``@fmkit.hookimpl`` marker."""
+    ``register_model``) and ``register_*`` functions that lack the ``@hookimpl`` marker of :mod:`fmkit.plugin`."""
     specs = sorted(name for name, caller in vars(pm.hook).items()
                    if isinstance(caller, pluggy.HookCaller) and caller.spec is not None)
     problems = []
@@ -129,8 +129,8 @@ def hook_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
             continue  # a name it imported, not its own function
         close = attr if attr in specs else next(iter(difflib.get_close_matches(attr, specs, n=1, cutoff=0.8)), None)
         if close is not None:
-            problems.append(f"its function {attr!r} is not marked with @fmkit.hookimpl, so fmkit never calls it"
-                            + ("" if close == attr else f" (and the hook is named {close!r})"))
+            problems.append(f"its function {attr!r} is not marked with @hookimpl (from fmkit.plugin), so fmkit never "
+                            "calls it" + ("" if close == attr else f" (and the hook is named {close!r})"))
     return problems
 
 
