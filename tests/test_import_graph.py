@@ -198,7 +198,7 @@ def test_the_core_graph_covers_every_part_of_the_core():
         assert any(g[m] for m in mods), f"no module of the {part} imports another fmkit module"
     assert {"fmkit.engine.evaluation", "fmkit.engine.stream"} <= g["fmkit.engine.trainer"]
     assert "fmkit.flow.state" in g["fmkit.flow.sampling"]
-    assert {"fmkit.app.factories", "fmkit.app.plugin_loading"} <= g["fmkit.app.registry"]
+    assert {"fmkit.app.plugin_host", "fmkit.app.components"} <= g["fmkit.app.registry"]
     assert {"fmkit._version", "fmkit.app.registry", "fmkit.engine.trainer"} <= g["fmkit"]  # its TYPE_CHECKING list
     strict = import_graph(function_level=True)
     assert "fmkit.app.run" in strict["fmkit.app.cli.train"] - g["fmkit.app.cli.train"]  # a command's lazy import

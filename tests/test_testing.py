@@ -150,8 +150,8 @@ def test_check_solver_passes_rk4_and_fails_too_few_steps_and_a_wrong_count():
         check_solver(FixedStepSolver("euler", 2))
 
     class Miscounts(FixedStepSolver):
-        def _solve(self, velocity, x0, t0, t1, *, trajectory):
-            sol = super()._solve(velocity, x0, t0, t1, trajectory=trajectory)
+        def integrate(self, velocity, x0, t0, t1, *, trajectory):
+            sol = super().integrate(velocity, x0, t0, t1, trajectory=trajectory)
             return Solution(x=sol.x, nfe=sol.nfe + 1)
 
     with pytest.raises(AssertionError, match="nfe"):

@@ -1,14 +1,30 @@
 """The one import for plugin authors: ``from fmkit.plugin import hookimpl, Dataset, ...``.
 
-Everything a plugin builds on — the hook marker, the component contracts (dataset, source,
-coupling, path, scheduler, solver, callback), the state helpers for masked fields, and the error
-classes whose what/where/fix the CLI prints — is re-exported here, so a plugin never depends on
-where a name lives inside the core. The library API for users of the core is ``fmkit`` itself.
+Everything a plugin builds on is re-exported here, so a plugin never depends on where a name lives
+inside the core (its tests add :mod:`fmkit.testing`):
+
+- hooks: ``hookimpl``, ``hookspec`` (kinds of the plugin's own), ``register_recipe_folder`` (the
+  recipes the plugin ships), ``ComponentOf``/``ComponentSpec`` (an option naming a component), and
+  ``Registry``/``get_registry``/``load_recipe`` for the plugin's own commands;
+- the contracts: ``Dataset``, ``DataInfo``, ``FieldInfo``, ``Source``, ``Coupling``, ``ProbPath``,
+  ``Scheduler``, ``Solver`` (implement ``integrate``) and ``Solution``, ``Callback``, ``Metric``,
+  ``Writer``;
+- the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``,
+  ``GaussianSource``, ``FixedStepSolver``, ``ClassifierFreeGuidance``;
+- helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes, the OT
+  ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
+  functions, ``frechet_distance``;
+- the error classes whose what / where / fix the CLI prints, and ``note`` for a non-fatal one.
+
+The library API for users of the core is ``fmkit`` itself.
 """
 
 from __future__ import annotations
 
+from fmkit.app.component_options import ComponentOf, ComponentSpec
 from fmkit.app.hookspecs import hookimpl, hookspec
+from fmkit.app.recipe import load_recipe, register_recipe_folder
+from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, Metric, Writer
 from fmkit.errors import (
                           CheckpointError,
@@ -25,10 +41,13 @@ from fmkit.errors import (
                           note,
 )
 from fmkit.flow.couplings import Coupling, assignment, require_finite
-from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices
-from fmkit.flow.paths import PathSample, ProbPath, Scheduler, expand_t
-from fmkit.flow.solvers import Solution, Solver
-from fmkit.flow.sources import Source
+from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices, TensorDataset, bucketed_batches
+from fmkit.flow.guidance import ClassifierFreeGuidance
+from fmkit.flow.likelihood import Dequantization, data_log_likelihood, declared_likelihood, log_likelihood
+from fmkit.flow.paths import AffinePath, PathSample, ProbPath, Scheduler, SchedulerOutput, expand_t, takes_step
+from fmkit.flow.sampling import model_velocity
+from fmkit.flow.solvers import FixedStepSolver, Solution, Solver, ctmc_jump
+from fmkit.flow.sources import GaussianSource, Source
 from fmkit.flow.state import (
                           COND,
                           MASK,
@@ -44,10 +63,14 @@ from fmkit.flow.state import (
 from fmkit.flow.stats import frechet_distance
 
 __all__ = [
-    "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",
-    "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "MASKS", "Metric", "ModelError",
-    "NonFiniteDataError", "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler",
-    "Solution", "Solver", "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment",
-    "broadcast_mask", "count_dims", "expand_t", "field_mask", "frechet_distance", "hookimpl", "hookspec",
-    "is_categorical", "masked_mean_per_example", "note", "require_finite",
+    "AffinePath", "COND", "Callback", "CheckpointError", "ClassifierFreeGuidance", "ComponentOf",
+    "ComponentSpec", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
+    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices", "MASK",
+    "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
+    "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
+    "State", "TensorDataset", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
+    "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "expand_t",
+    "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical", "load_recipe",
+    "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
+    "require_finite", "takes_step",
 ]

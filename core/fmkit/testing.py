@@ -20,6 +20,11 @@ every breach::
 installed plugin), ``use_registry(reg)`` makes it the one the CLI sees, ``run_cli(*args)`` runs
 ``fmkit ARGS`` in-process, plugin sub-commands included, returning its exit code and output, and
 ``read_metrics(run_dir)`` reads a run's ``metrics.csv`` as ``{name: [(step, value), ...]}``.
+
+An end-to-end test trains through the library as a user does, with the names re-exported here:
+``build_trainer(recipe, run_dir, registry)`` (the recipe from :func:`fmkit.plugin.load_recipe`),
+``build_components(recipe, registry)``, and ``Trainer``/``TrainerOptions`` for a model and dataset
+of the plugin's own. With :mod:`fmkit.plugin` that is all a plugin's tests import from fmkit.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fmkit import Trainer, TrainerOptions  # noqa: F401 - re-exported: the library route of end-to-end tests
+from fmkit.app.run import build_components, build_trainer  # noqa: F401 - re-exported, as above
 from fmkit.engine.metrics_log import read_metrics  # noqa: F401 - re-exported: a run's metrics.csv by name
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import Dataset
@@ -42,8 +49,9 @@ from fmkit.flow.paths import ProbPath
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.state import COND, MASK, State, as_state, broadcast_mask, field_mask, fields
 
-__all__ = ["CliResult", "check_coupling", "check_dataset", "check_model", "check_path", "check_solver",
-           "fresh_registry", "read_metrics", "run_cli", "use_registry"]
+__all__ = ["CliResult", "Trainer", "TrainerOptions", "build_components", "build_trainer", "check_coupling",
+           "check_dataset", "check_model", "check_path", "check_solver", "fresh_registry", "read_metrics", "run_cli",
+           "use_registry"]
 
 
 def check_dataset(dataset: Dataset, *, n: int = 4, batch_size: int = 2, seed: int = 0) -> None:
@@ -174,14 +182,13 @@ def fresh_registry(*plugins: object) -> Any:
 def use_registry(registry: Any) -> Iterator[Any]:
     """Make ``registry`` the process-wide one (what the CLI and ``fmkit.load_recipe`` use) inside the
     block, and register its plugins' sub-commands on the CLI."""
-    import fmkit.app.registry
+    from fmkit.app.registry import set_registry
 
-    old = fmkit.app.registry._DEFAULT
-    fmkit.app.registry._DEFAULT = registry
+    old = set_registry(registry)
     try:
         yield registry
     finally:
-        fmkit.app.registry._DEFAULT = old
+        set_registry(old)
 
 
 @dataclass
@@ -203,20 +210,14 @@ def run_cli(*args: object, registry: Any = None) -> CliResult:
     argv = sys.argv
     sys.argv = ["fmkit", *(str(a) for a in args)]
     ctx = use_registry(registry) if registry is not None else contextlib.nullcontext()
-    added = cli._commands_added
-    groups = list(cli.app.registered_groups), list(cli.app.registered_commands)
     try:
-        with ctx, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli._commands_added = False  # this registry's plugin commands, as in a new process
-            cli._STATE["debug"] = False
+        with ctx, cli.as_new_process(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 cli.run()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
-        cli._commands_added = added
-        cli.app.registered_groups[:], cli.app.registered_commands[:] = groups
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

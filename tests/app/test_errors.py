@@ -616,7 +616,7 @@ def test_e60_plugin_that_fails_to_import(tmp_path, monkeypatch):
     from fmkit.app.registry import Registry
 
     broken = EntryPoint(name="broken", value="fmkit_no_such_module.plugin", group="fmkit")
-    monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: [broken] if group == "fmkit" else [])
+    monkeypatch.setattr(fmkit.app.plugin_host, "entry_points", lambda group: [broken] if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
     monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", Registry.fresh())

@@ -17,7 +17,7 @@ EXAMPLE = ROOT / "examples" / "fmkit-timeseries"
 def test_the_example_plugin_installs_from_its_pyproject_and_passes_its_tests(tmp_path):
     site = tmp_path / "site"
     env = {k: v for k, v in os.environ.items() if k not in ("FMKIT_PLUGINS", "FMKIT_DISABLE_PLUGINS", "FMKIT_DEBUG")}
-    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(site),
                         str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=300)

@@ -92,7 +92,7 @@ class Impl:
 class WidgetMaker:
     @fmkit.hookimpl
     def register_widgets(self, register):
-        register("w")
+        register("w", dict, description="a widget")
 
 
 def _check(hook: str, reg) -> None:
@@ -132,10 +132,8 @@ def _check(hook: str, reg) -> None:
     elif hook == "register_hookspecs":
         reg.add_plugin(WidgetMaker(), name="widgets")
         reg.entries("models")  # no "unknown hook" error: the spec was declared first
-        made = []
-        for impl in reg.pm.hook.register_widgets.get_hookimpls():
-            impl.function(register=made.append)
-        assert made == ["w"]
+        assert "widgets" in reg.kinds()  # a kind of components, served as the core's (tests/app/test_plugin_kinds.py)
+        assert reg.get("widgets", "w").plugin == "widgets" and reg.build("widgets", "w") == {}
     else:  # pragma: no cover - a new hookspec needs its case here
         raise AssertionError(f"no test for hook {hook}: add a case to _check")
 

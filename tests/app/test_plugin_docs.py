@@ -61,7 +61,7 @@ def test_in_process_test_example_runs_with_the_plugin_installed_too(plugin_packa
     assert (plugin_package / "a" / "run" / "checkpoints").is_dir()
 
     ep = EntryPoint(name="myplugin", value="fmkit_myplugin.data", group="fmkit")
-    monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: [ep] if group == "fmkit" else [])
+    monkeypatch.setattr(fmkit.app.plugin_host, "entry_points", lambda group: [ep] if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
     installed = code.replace("fresh_registry(my_data)", "__import__('fmkit').Registry.fresh(plugins=[my_data])")

@@ -76,7 +76,7 @@ def install(monkeypatch, tmp_path, **modules: str) -> None:
         monkeypatch.delitem(sys.modules, f"fmkit_p_{name}", raising=False)  # each test imports its own
         eps.append(EntryPoint(name=name, value=f"fmkit_p_{name}", group="fmkit"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: eps if group == "fmkit" else [])
+    monkeypatch.setattr(fmkit.app.plugin_host, "entry_points", lambda group: eps if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DEBUG", raising=False)
@@ -98,7 +98,7 @@ def _cwd(tmp_path, monkeypatch):
     (BROKEN_IMPORT, "import", "RuntimeError: boom at import"),
     (MISSPELLED, "hooks", "implements hook 'register_model', which no hook specification declares (did you mean "
                           "'register_models'?)"),
-    (UNMARKED, "hooks", "its function 'register_models' is not marked with @fmkit.hookimpl"),
+    (UNMARKED, "hooks", "its function 'register_models' is not marked with @hookimpl (from fmkit.plugin)"),
     (RAISES_IN_HOOK, "register_models", "KeyError: 'oops in the hook'"),
 ])
 def test_a_broken_plugin_is_set_aside_with_its_error_and_the_others_work(monkeypatch, tmp_path, source, stage, needle):

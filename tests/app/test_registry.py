@@ -113,7 +113,7 @@ def _entry_points(monkeypatch, tmp_path, **modules: str):
             (tmp_path / f"fmkit_t_{name}.py").write_text(src)
         eps.append(EntryPoint(name=name, value=f"fmkit_t_{name}", group="fmkit"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(fmkit.app.registry, "entry_points", lambda group: eps if group == "fmkit" else [])
+    monkeypatch.setattr(fmkit.app.plugin_host, "entry_points", lambda group: eps if group == "fmkit" else [])
     monkeypatch.delenv("FMKIT_PLUGINS", raising=False)
     monkeypatch.delenv("FMKIT_DISABLE_PLUGINS", raising=False)
 

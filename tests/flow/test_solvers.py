@@ -198,13 +198,13 @@ def test_velocity_of_the_wrong_shape_is_refused(solver):
 
 
 def test_a_solver_subclass_gets_the_same_checks():
-    """The shape check wraps the velocity before ``_solve``: a third-party solver gets it too, and a
-    ``_solve`` that returns something other than a Solution is named."""
+    """The shape check wraps the velocity before ``integrate``: a third-party solver gets it too, and an
+    ``integrate`` that returns something other than a Solution is named."""
     from fmkit.errors import ContractError
     from fmkit.flow.solvers import Solution, Solver
 
     class Heun3(Solver):  # a third-party method: two Euler half-steps
-        def _solve(self, velocity, x0, t0, t1, *, trajectory):
+        def integrate(self, velocity, x0, t0, t1, *, trajectory):
             x, h = dict(x0), (t1 - t0) / 2
             for k in range(2):
                 v = velocity(x, torch.tensor(t0 + k * h, dtype=D))
@@ -216,11 +216,26 @@ def test_a_solver_subclass_gets_the_same_checks():
     assert Heun3().solve(lambda x, t: -x, torch.ones(3, 2, dtype=D)).x.shape == (3, 2)
 
     class Broken(Solver):
-        def _solve(self, velocity, x0, t0, t1, *, trajectory):
+        def integrate(self, velocity, x0, t0, t1, *, trajectory):
             return dict(x0)
 
-    with pytest.raises(ContractError, match="Broken._solve returned a dict, not a Solution"):
+    with pytest.raises(ContractError, match="Broken.integrate returned a dict, not a Solution"):
         Broken().solve(lambda x, t: -x, torch.ones(3, 2, dtype=D))
+
+
+def test_a_solver_written_against_the_old_underscored_name_still_works_and_is_told_the_new_one():
+    """``_solve`` was the extension point before ``integrate``: a plugin's solver that overrides it keeps
+    working (it becomes its ``integrate``), with a DeprecationWarning that names the new method."""
+    from fmkit.flow.solvers import Solution, Solver
+
+    with pytest.warns(DeprecationWarning, match="implements _solve, which fmkit now calls integrate"):
+        class Old(Solver):
+            def _solve(self, velocity, x0, t0, t1, *, trajectory):
+                v = velocity(x0, torch.tensor(t0, dtype=D))
+                return Solution({n: x0[n] + (t1 - t0) * v[n] for n in x0}, 1)
+
+    sol = Old().solve(lambda x, t: -x, torch.ones(3, 2, dtype=D))
+    assert sol.nfe == 1 and torch.allclose(sol.x, torch.zeros(3, 2, dtype=D))
 
 
 def test_solver_argument_validation():

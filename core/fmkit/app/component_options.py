@@ -1,15 +1,48 @@
-"""A component's pydantic options as a recipe sees them: the keys it may use, the options dumped as
-plain data, and the messages about them (a validation error, an unknown key with its closest match,
-the one-line summary `fmkit plugins --options` shows)."""
+"""A component's pydantic options as a recipe sees them: the keys it may use, the options that name
+components of their own (:class:`ComponentOf`), the options dumped as plain data, and the messages
+about them (a validation error, an unknown key with its closest match, the one-line summary
+`fmkit plugins --options` shows)."""
 
 from __future__ import annotations
 
 import difflib
 import typing
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ValidationError
+
+
+#: what an option naming a component holds: its name, or ``{name: ..., **its options}``
+ComponentSpec = str | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ComponentOf:
+    """Marks an option whose value is a component of ``kind`` (a name or ``{name, ...options}``)::
+
+        vocoder: Annotated[ComponentSpec, ComponentOf("vocoders")] = "griffin_lim"
+
+    The registry checks it as it checks a recipe's own components (the name, with the closest one
+    when unknown; its options), hands the factory the spec with every default filled in, and records
+    the plugin that made it in the run's provenance. The factory builds it with the ``registry``
+    that its signature may ask for: ``registry.build("vocoders", vocoder, ...)``."""
+
+    kind: str
+
+
+def component_fields(model: type[BaseModel]) -> dict[str, tuple[str, str]]:
+    """``{field: (recipe key, kind)}`` for each option of ``model`` marked :class:`ComponentOf`."""
+    keys = option_keys(model)
+    out = {}
+    for name, f in model.model_fields.items():
+        kind = next((m.kind for m in f.metadata if isinstance(m, ComponentOf)), None)
+        if kind is not None:
+            key = name if name in keys else next((k for k in (f.validation_alias, f.alias)
+                                                  if isinstance(k, str) and k in keys), name)
+            out[name] = (key, kind)
+    return out
 
 
 def option_keys(model: type[BaseModel]) -> set[str]:

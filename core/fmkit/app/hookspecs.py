@@ -1,8 +1,8 @@
 """Hook specifications: one hook per component kind, each handed a ``register`` callable.
 
-A plugin implements any of these with ``@fmkit.hookimpl``::
+A plugin implements any of these with ``@hookimpl`` (from :mod:`fmkit.plugin`)::
 
-    @fmkit.hookimpl
+    @hookimpl
     def register_models(register):
         from my_plugin.net import Net, NetOptions   # heavy imports only when called
         register("my_net", Net, options=NetOptions, description="...")
@@ -10,8 +10,12 @@ A plugin implements any of these with ``@fmkit.hookimpl``::
 ``register(name, factory, options=None, description="")``: ``factory`` is called with the validated
 options as keyword arguments plus any build-context names its signature asks for: ``data_info``
 (every kind but solvers and datasets), ``predictions`` (models: ``{field: "velocity" | "x1"}``) and
-``field_info``/``field`` (sources built for one field, ``source.fields.<f>``, only). ``options`` is
-a pydantic model (``extra="forbid"``; unknown keys are refused either way) or None for none.
+``field_info``/``field`` (sources built for one field, ``source.fields.<f>``, only) and ``registry``
+(every kind: the registry building it). ``options`` is a pydantic model (``extra="forbid"``; unknown
+keys are refused either way) or None for none.
+
+A plugin may declare kinds of its own (``register_hookspecs``): a hook ``register_<kind>(register)``
+it declares is a component kind the registry serves as it serves these.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def register_solvers(register):
 
 @hookspec
 def register_datasets(register):
-    """Datasets: factories returning :class:`fmkit.flow.data.Dataset`."""
+    """Datasets: factories returning :class:`fmkit.plugin.Dataset`."""
 
 
 @hookspec
@@ -68,7 +72,7 @@ def register_writers(register):
 
 @hookspec
 def register_callbacks(register):
-    """Trainer callbacks (see :class:`fmkit.Callback`, in :mod:`fmkit.engine.callbacks`)."""
+    """Trainer callbacks (:class:`fmkit.plugin.Callback`)."""
 
 
 @hookspec
@@ -83,5 +87,6 @@ def register_recipes(register):
 
 @hookspec
 def register_hookspecs(register):
-    """A plugin's own hook kinds: ``register(specs)`` with a class or module of ``@fmkit.plugin.hookspec``
-    functions (the audio plugin's ``register_vocoders``), declared before any plugin's hooks are checked."""
+    """A plugin's own hooks: ``register(specs)`` with a class or module of ``@fmkit.plugin.hookspec``
+    functions, declared before any plugin's hooks are checked; each ``register_<kind>(register)`` among
+    them is a component kind (the audio plugin's ``register_vocoders``)."""

@@ -20,7 +20,7 @@ Recipes can only name registered components, never import paths.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -340,13 +340,26 @@ def components(recipe: Recipe) -> list[tuple[str, Component, str]]:
     return out
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
-    """Read, override and fully validate a recipe file, or a recipe a plugin ships (by its name, when
-    no such file exists)."""
-    path = find_recipe(path, registry or get_registry())
-    data = read_yaml(path)
+def load_recipe(path: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
+                registry: Registry | None = None) -> Recipe:
+    """Read, override and fully validate a recipe: a file, a recipe a plugin ships (by its name, when no
+    such file exists), or the recipe's data itself as a mapping."""
+    if isinstance(path, Mapping):
+        data, where = dict(path), "<recipe>"
+    else:
+        path = find_recipe(path, registry or get_registry())
+        data, where = read_yaml(path), str(path)
     apply_overrides(data, overrides)
-    return validate(data, registry, where=str(path))
+    return validate(data, registry, where=where)
+
+
+def used_components(recipe: Recipe, registry: Registry) -> list[str]:
+    """``"<kind>.<name>"`` of every component ``recipe`` uses, those its components' options name
+    included (a writer's vocoder): what its run records the provenance of."""
+    out: list[str] = []
+    for kind, comp, _ in components(recipe):
+        out += [u for u in registry.uses(kind, comp.spec()) if u not in out]
+    return out
 
 
 def find_recipe(path: str | Path, registry: Registry) -> Path:
@@ -366,3 +379,14 @@ def find_recipe(path: str | Path, registry: Registry) -> Path:
     raise RecipeError(f"recipe {str(path)!r} is neither a file nor a recipe shipped by a plugin", where=str(Path.cwd()),
                       fix=f"{hint}pass a recipe file (shipped ones live in recipes/), or one of the plugins' recipes: "
                           f"{names} (`fmkit recipe list`)")
+
+
+def register_recipe_folder(register: Callable[[str, Path], None], folder: str | Path) -> list[str]:
+    """Call a ``register_recipes`` hook's ``register`` for every ``*.yaml`` in ``folder`` (a plugin's
+    ``recipes/`` package folder), each under its file name without ``.yaml``, in name order; returns
+    the names. A folder that does not exist (a wheel built without its package-data) registers none."""
+    names = []
+    for p in sorted(Path(folder).glob("*.yaml")):
+        register(p.stem, p)
+        names.append(p.stem)
+    return names

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, validate
+from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, used_components, validate
 from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, TrainerView
 from fmkit.engine.checkpoint import has_checkpoint
@@ -170,21 +170,15 @@ class RecordProvenance(Callback):
 
 
 def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
-    """Versions of fmkit, torch and Python, and for each component the recipe uses, the plugin,
-    distribution and version that registered it (``{"components": {"models.unet": {...}}}``)."""
+    """Versions of fmkit, torch and Python, and for each component the recipe uses (those its
+    components' options name too), the plugin, distribution and version that registered it
+    (``{"components": {"models.unet": {...}}}``)."""
     import platform
 
     from fmkit._version import __version__
 
-    used = [f"datasets.{recipe.data.name}", f"models.{recipe.model.name}", f"couplings.{recipe.coupling.name}",
-            f"solvers.{recipe.solver.name}"]
-    for kind, comp in (("paths", recipe.path), ("sources", recipe.source)):
-        used += [f"{kind}.{c.name}" for c in (comp, *comp.fields.values())]
-    for kind, comps in (("metrics", recipe.eval.metrics), ("writers", recipe.eval.writers),
-                        ("callbacks", recipe.callbacks)):
-        used += [f"{kind}.{c.name}" for c in comps]
     return {"fmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "components": registry.provenance(used)}
+            "components": registry.provenance(used_components(recipe, registry))}
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -115,6 +115,36 @@ class Dataset(torch.utils.data.Dataset):
         return self.collate([self[i] for i in idx])
 
 
+def bucketed_batches(sizes: Sequence[int] | np.ndarray, epoch: int, batch_size: int, seed: int, *,
+                     stream: int = 0) -> list[list[int]]:
+    """Batches of examples of similar size, so little of a padded batch is padding: what a dataset of
+    variable sizes (atoms, frames) returns from :meth:`Dataset.batches`.
+
+    A random ``len % batch_size`` examples are left out (so no size is always the one dropped); the
+    rest are sorted by size with random tie-breaks, cut into batches and the batches shuffled. The
+    result is a pure function of its arguments (exact resume and DDP sharding rely on it).
+
+    Args:
+        sizes: each example's size [N] (atom count, number of frames).
+        epoch: the epoch whose batches these are.
+        batch_size: examples per batch.
+        seed: the run's seed.
+        stream: a constant of the dataset's own, so two datasets draw different orders from one seed.
+
+    Returns:
+        ``N // batch_size`` lists of ``batch_size`` example indices.
+    """
+    sizes = np.asarray(sizes)
+    n = len(sizes)
+    if n < batch_size:
+        raise ValueError(f"dataset has {n} examples, fewer than one batch of {batch_size}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)])
+    keep = rng.permutation(n)[: n - n % batch_size]
+    order = keep[np.lexsort((rng.random(len(keep)), sizes[keep]))]
+    chunks = order.reshape(-1, batch_size)
+    return [c.tolist() for c in chunks[rng.permutation(len(chunks))]]
+
+
 class TensorDataset(Dataset):
     """A dataset over in-memory tensors: a bare ``[N, ...]`` tensor or a state of them.
 

@@ -12,6 +12,7 @@ torchdiffeq (continuous fields only). Every solve counts function evaluations (N
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +40,22 @@ class Solution:
 class Solver(ABC):
     """Integrates ``velocity`` from ``t0`` to ``t1`` (t1 < t0 runs backwards).
 
-    ``x0`` may be a bare tensor, in which case ``velocity(x, t)`` takes and returns tensors too and
-    the solution's ``x``/``trajectory`` hold tensors.
+    Callers use :meth:`solve`; a solver implements :meth:`integrate`, the one extension point (it
+    receives a state and a velocity already checked for the state's fields and shapes). ``x0`` may be
+    a bare tensor, in which case ``velocity(x, t)`` takes and returns tensors too and the solution's
+    ``x``/``trajectory`` hold tensors.
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_solve" in vars(cls) and "integrate" not in vars(cls):  # a solver written before the rename
+            warnings.warn(f"solver {cls.__qualname__} implements _solve, which fmkit now calls integrate: rename "
+                          "the method (and any super()._solve call) to integrate", DeprecationWarning, stacklevel=2)
+            cls.integrate = vars(cls)["_solve"]  # type: ignore[method-assign]
 
     def solve(self, velocity: Callable, x0: StateLike, t0: float = 0.0, t1: float = 1.0, *,
               trajectory: bool = False) -> Solution:
+        """Integrate ``velocity`` from ``x0`` at ``t0`` to ``t1``; with ``trajectory`` keep the states visited."""
         state, bare = as_state(x0)
         if bare:
             fn = velocity
@@ -52,28 +63,30 @@ class Solver(ABC):
             def velocity(x: State, t: Tensor) -> State:  # noqa: F811 - adapt a tensor field
                 return {"x": fn(x["x"], t)}
 
-        sol = self._solve(CheckedVelocity(velocity), state, float(t0), float(t1), trajectory=trajectory)
+        sol = self.integrate(CheckedVelocity(velocity), state, float(t0), float(t1), trajectory=trajectory)
         if not isinstance(sol, Solution):
-            raise ContractError(f"{type(self).__name__}._solve returned a {type(sol).__name__}, not a Solution",
+            raise ContractError(f"{type(self).__name__}.integrate returned a {type(sol).__name__}, not a Solution",
                                 where=f"solver {type(self).__name__}",
-                                fix="return fmkit.flow.solvers.Solution(x=final_state, nfe=evaluations)")
+                                fix="return fmkit.plugin.Solution(x=final_state, nfe=evaluations)")
         if bare:
             sol.x = unwrap(sol.x, True)  # type: ignore[assignment]
             sol.trajectory = [unwrap(s, True) for s in sol.trajectory]  # type: ignore[misc]
         return sol
 
     @abstractmethod
-    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+    def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
         """Integrate ``velocity(x, t)`` (x a state of ``x0``'s fields; t a 0-d tensor of x0's float dtype)
         from ``t0`` to ``t1`` (t1 < t0 runs backwards: the likelihood integrates 1 -> 0). Return a
         :class:`Solution` with the final state, the number of velocity calls, and with ``trajectory``
         the times and states visited. Categorical fields (integer tensors) are CTMC states whose
-        "velocity" is a rate [..., K]: jump them (see ``_jump``) or refuse them."""
+        "velocity" is a rate [..., K]: jump them (:func:`ctmc_jump`) or refuse them. To jump over a
+        step of size h, call ``velocity(x, t, step=h)`` when ``takes_step(velocity)``: the velocity
+        then returns the rate averaged over the step (exact for discrete paths)."""
 
 
 class CheckedVelocity:
     """A velocity whose first output's fields and shapes are checked against its input (a velocity of
-    the wrong shape would broadcast into the state without an error): what every solver's ``_solve``
+    the wrong shape would broadcast into the state without an error): what every solver's ``integrate``
     and the likelihood's augmented ODE call."""
 
     def __init__(self, fn: Velocity) -> None:
@@ -99,8 +112,9 @@ class _Counter:
         return self.fn(x, t, **step)
 
 
-def _jump(x: Tensor, rate: Tensor, h: float) -> Tensor:
-    """One CTMC Euler step: sample from delta_x + h * rate, clipped to a distribution."""
+def ctmc_jump(x: Tensor, rate: Tensor, h: float) -> Tensor:
+    """One CTMC Euler step of categorical states ``x`` [...] (class indices) with ``rate`` [..., K] over a
+    step of size ``h``: sample from delta_x + |h| rate, clipped to a distribution (Gat et al. 2024)."""
     p = torch.nn.functional.one_hot(x.long(), rate.shape[-1]).to(rate.dtype) + abs(h) * rate
     p = p.clamp_min(0.0)
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -141,7 +155,7 @@ class FixedStepSolver(Solver):
             return (t0 + (t1 - t0) * g).to(device)
         return torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
 
-    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+    def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
         f = _Counter(velocity)
         a, b, c = _TABLEAUX[self.method]
         device = next(iter(x0.values())).device
@@ -171,7 +185,7 @@ class FixedStepSolver(Solver):
             new = {}
             for name, v in x.items():
                 if is_categorical(v):  # a CTMC Euler jump with the rate at the step's start (see the class doc)
-                    new[name] = _jump(v, ks[0][name], h)
+                    new[name] = ctmc_jump(v, ks[0][name], h)
                     continue
                 comb = sum(b[j] * ks[j][name] for j in range(len(b)) if b[j] != 0.0)
                 new[name] = v + h * comb.to(v.dtype)
@@ -217,7 +231,7 @@ class AdaptiveSolver(Solver):
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.eval_points = max(2, int(eval_points))
 
-    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+    def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
         from torchdiffeq import odeint
 
         names = list(x0)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from fmkit.plugin import hookimpl
+from fmkit.plugin import hookimpl, register_recipe_folder
 
 
 @hookimpl
@@ -29,5 +29,4 @@ def register_metrics(register):
 
 @hookimpl
 def register_recipes(register):
-    for p in sorted((Path(__file__).parent / "recipes").glob("*.yaml")):
-        register(p.stem, p)
+    register_recipe_folder(register, Path(__file__).parent / "recipes")

@@ -37,12 +37,12 @@ def train_classifier_cmd(
 ) -> None:
     """Train the digit classifier of the audio_digits metric on the recipe's data (fixed seed), cache its
     weights where the metric reads them, and print its real test accuracy (the accuracy ceiling)."""
-    import fmkit
+    from fmkit.plugin import get_registry, load_recipe
 
     from fmkit_audio.classifier import train_classifier
 
-    rec = fmkit.load_recipe(recipe, set_ or [])
-    dataset = fmkit.get_registry().build("datasets", rec.data.spec(), where="data")
+    rec = load_recipe(recipe, set_ or [])
+    dataset = get_registry().build("datasets", rec.data.spec(), where="data")
     e, s = classifier_settings(rec)
     e, s = epochs or e, s if seed is None else seed
     t0 = time.monotonic()
@@ -55,9 +55,12 @@ def train_classifier_cmd(
 
 @app.command("vocoders")
 def vocoders_cmd() -> None:
-    """List the registered vocoders (the audio plugin's own kind) with the plugin of each and its options."""
-    from fmkit_audio.vocoders import vocoders
+    """List the registered vocoders (the audio plugin's own kind, also in `fmkit plugins --kind vocoders`)
+    with the plugin of each and its options."""
+    from fmkit.plugin import get_registry
 
-    for name, e in sorted(vocoders().items()):
+    from fmkit_audio.vocoders import KIND
+
+    for name, e in sorted(get_registry().entries(KIND).items()):
         opts = ", ".join(f"{k}={f.default!r}" for k, f in e.options.model_fields.items()) if e.options else "-"
         typer.echo(f"{name:16s} {e.plugin:16s} {e.description}  [options: {opts}]")

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, note
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, bucketed_batches, note
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -264,14 +264,7 @@ class MelDataset(Dataset):
 
     def batches(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
         """Length-bucketed batches (little padding), a pure function of ``(seed, epoch)``."""
-        n = len(self)
-        if n < batch_size:
-            raise ValueError(f"dataset has {n} examples, fewer than one batch of {batch_size}")
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x6D656C])
-        keep = rng.permutation(n)[: n - n % batch_size]
-        order = keep[np.lexsort((rng.random(len(keep)), self.lengths[keep]))]
-        chunks = order.reshape(-1, batch_size)
-        return [c.tolist() for c in chunks[rng.permutation(len(chunks))]]
+        return bucketed_batches(self.lengths, epoch, batch_size, seed, stream=0x6D656C)
 
     def template(self, n: int, seed: int = 0) -> State:
         """``n`` training examples drawn with replacement (length and label of each sample follow the

@@ -1,15 +1,16 @@
 """fmkit hook implementations of the audio plugin (heavy imports happen inside the hooks).
 
-Besides the core's kinds, the plugin declares one of its own, ``vocoders`` (mel -> waveform), with
-pluggy's ``add_hookspecs``: any plugin may implement ``register_vocoders(register)`` and recipes
-select one by name (``eval.writers: [{name: wav, vocoder: griffin_lim}]``). See :mod:`fmkit_audio.vocoders`.
+Besides the core's kinds, the plugin declares one of its own, ``vocoders`` (mel -> waveform), in its
+``register_hookspecs`` hook: any plugin may implement ``register_vocoders(register)``, fmkit's
+registry serves the kind as its own, and recipes select one by name (``eval.writers: [{name: wav,
+vocoder: griffin_lim}]``). See :mod:`fmkit_audio.vocoders`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fmkit.plugin import hookimpl
+from fmkit.plugin import hookimpl, register_recipe_folder
 
 _HERE = Path(__file__).parent
 
@@ -43,8 +44,7 @@ def register_models(register):
 
 @hookimpl
 def register_recipes(register):
-    for p in sorted((_HERE / "recipes").glob("*.yaml")):
-        register(p.stem, p)
+    register_recipe_folder(register, _HERE / "recipes")
 
 
 @hookimpl

@@ -1,8 +1,10 @@
 """Vocoders (log-mel -> waveform) as a component kind that any plugin can add.
 
-The audio plugin declares the hook ``register_vocoders(register)`` on the registry's plugin manager
-with pluggy's ``add_hookspecs`` (the core knows nothing of vocoders). A third-party plugin adds one
-without touching fmkit or this plugin::
+The audio plugin declares the hook ``register_vocoders(register)`` (its ``register_hookspecs`` hook
+hands fmkit :class:`VocoderSpecs`), and from then on fmkit's registry serves vocoders as it serves
+its own kinds: lookup with the closest name, options validation, set-aside of a plugin that fails,
+provenance, and rows in ``fmkit plugins --kind vocoders``. A third-party plugin adds one without
+touching fmkit or this plugin::
 
     @hookimpl                                   # from fmkit.plugin
     def register_vocoders(register):
@@ -18,25 +20,21 @@ InverseMelScale + GriffinLim is the built-in default.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import fmkit
 import torch
-from fmkit.plugin import RecipeError, RegistryError, hookspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fmkit.plugin import Registry, get_registry, hookspec
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from fmkit_audio.mel import FrontEndOptions
 
-HOOK = "register_vocoders"
+KIND = "vocoders"
 
 
 class VocoderSpecs:
-    """The hook the audio plugin adds to fmkit's plugin manager."""
+    """The hook the audio plugin adds to fmkit's plugin manager: the ``vocoders`` kind."""
 
     @hookspec
     def register_vocoders(self, register):
@@ -44,71 +42,11 @@ class VocoderSpecs:
         ``vocoder(log_mel [B, M, T]) -> waveform [B, L]``."""
 
 
-@dataclass(frozen=True)
-class VocoderEntry:
-    name: str
-    factory: Callable[..., Any]
-    options: type[BaseModel] | None
-    plugin: str
-    description: str
-
-
-def ensure_hookspec(registry: fmkit.Registry) -> None:
-    """Declare ``register_vocoders`` on ``registry``'s plugin manager (once); pluggy then checks the
-    implementations that plugins registered before it."""
-    caller = getattr(registry.pm.hook, HOOK, None)
-    if caller is None or caller.spec is None:
-        registry.pm.add_hookspecs(VocoderSpecs)
-
-
-def vocoders(registry: fmkit.Registry | None = None) -> dict[str, VocoderEntry]:
-    """Every registered vocoder by name (the process-wide registry by default)."""
-    reg = registry or fmkit.get_registry()
-    reg.plugins()  # loads the entry points
-    ensure_hookspec(reg)
-    found: dict[str, VocoderEntry] = {}
-    for impl in reversed(getattr(reg.pm.hook, HOOK).get_hookimpls()):
-        def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
-                     description: str = "", _plugin: str = impl.plugin_name) -> None:
-            if name in found:
-                raise RegistryError(f"vocoder {name!r} is registered twice: by plugin {found[name].plugin!r} and by "
-                                    f"plugin {_plugin!r}", fix="rename one, or disable a plugin with "
-                                    "FMKIT_DISABLE_PLUGINS")
-            found[name] = VocoderEntry(name, factory, options, _plugin,
-                                       description or (inspect.getdoc(factory) or "").split("\n")[0])
-        impl.function(register=register)
-    return found
-
-
 def build_vocoder(spec: str | Mapping[str, Any], front_end: FrontEndOptions, *, where: str = "vocoder",
-                  registry: fmkit.Registry | None = None) -> Callable[[Tensor], Tensor]:
-    """The vocoder ``spec`` names (``"griffin_lim"`` or ``{name: ..., **options}``), built for ``front_end``."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
-    table = vocoders(registry)
-    if name not in table:
-        close = difflib.get_close_matches(str(name), sorted(table), n=1, cutoff=0.5)
-        raise RecipeError(f"unknown vocoder {name!r}", where=f"{where}.name" if isinstance(name, str) else where,
-                          fix=("did you mean " + repr(close[0]) + "? " if close else "")
-                          + f"available vocoders: {', '.join(sorted(table)) or '(none)'}; a plugin adds one with "
-                            "the register_vocoders hook")
-    e = table[name]
-    if e.options is None:
-        if spec:
-            raise RecipeError(f"vocoder {name!r} takes no options, got {sorted(spec)}", where=where, fix="remove them")
-        kwargs: dict[str, Any] = {}
-    else:
-        try:
-            opts = e.options.model_validate(spec)
-        except ValidationError as exc:
-            lines = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in exc.errors())
-            raise RecipeError(f"invalid options for vocoder {name!r}: {lines}", where=where,
-                              fix=f"its options: {', '.join(e.options.model_fields)}") from None
-        kwargs = {k: getattr(opts, k) for k in type(opts).model_fields}
-    params = inspect.signature(e.factory).parameters
-    if "front_end" in params:
-        kwargs["front_end"] = front_end
-    return e.factory(**kwargs)
+                  registry: Registry | None = None) -> Callable[[Tensor], Tensor]:
+    """The vocoder ``spec`` names (``"griffin_lim"`` or ``{name: ..., **options}``), built for ``front_end``
+    by ``registry`` (the process-wide one by default)."""
+    return (registry or get_registry()).build(KIND, spec, where=where, front_end=front_end)
 
 
 # ---------------------------------------------------------------------------------------------

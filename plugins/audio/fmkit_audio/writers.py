@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import torch
-from fmkit.plugin import State
+from fmkit.plugin import ComponentOf, ComponentSpec, Registry, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_audio.mel import FrontEndOptions
@@ -44,20 +44,21 @@ def _stats_file(dataset, out_dir: Path) -> Path:
 
 class WavOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vocoder: str | dict[str, Any] = Field("griffin_lim", description="a registered vocoder: name or {name, ...}")
+    vocoder: Annotated[ComponentSpec, ComponentOf("vocoders")] = Field(
+        "griffin_lim", description="a registered vocoder: name or {name, ...options}")
     num: int = Field(10, ge=1, description="how many samples to write")
 
 
 class WavWriter:
     """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples.
 
-    The vocoder is looked up when the writer is built (before training, with ``data_info`` from the
-    run's dataset), so a recipe naming a vocoder no installed plugin registers fails at once, not
-    after the training. The lookup uses the process-wide registry (installed plugins' entry points);
-    ``registry`` overrides it for library use."""
+    fmkit checks the vocoder with the recipe (a ``vocoders`` component: :class:`fmkit.plugin.ComponentOf`)
+    and builds the writer with the ``registry`` that holds it; the vocoder is built when the writer
+    is (before training, with ``data_info`` from the run's dataset). Built by hand, the writer uses
+    the process-wide registry unless given one."""
 
-    def __init__(self, vocoder: str | dict[str, Any] = "griffin_lim", num: int = 10, *, data_info=None,
-                 registry=None) -> None:
+    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int = 10, *, data_info=None,
+                 registry: Registry | None = None) -> None:
         self.vocoder_spec, self.num = vocoder, num
         self.registry = registry
         self._vocoder = None

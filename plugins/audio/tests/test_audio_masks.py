@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import fmkit
+from fmkit.testing import Trainer, TrainerOptions
 
 from fmkit_audio.data import build_fsdd
 from fmkit_audio.model import MelUNet
@@ -77,8 +76,8 @@ def test_a_real_frame_does_reach_the_other_real_frames(dataset):
 def test_padded_frames_are_out_of_the_loss(dataset):
     net = awake_net(dataset)
     net.train()
-    tr = fmkit.Trainer(net, dataset, options=fmkit.TrainerOptions(steps=1, batch_size=4, device="cpu",
-                                                                     ema_decay=None, progress=False))
+    tr = Trainer(net, dataset, options=TrainerOptions(steps=1, batch_size=4, device="cpu", ema_decay=None,
+                                                      progress=False))
     b = uneven_batch(dataset)
     torch.manual_seed(0)
     x0 = dict(tr.source.sample(b))

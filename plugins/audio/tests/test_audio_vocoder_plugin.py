@@ -1,10 +1,13 @@
 """A third-party vocoder, registered through the audio plugin's ``register_vocoders`` hook, is selectable
 from a recipe: in-process on a fresh registry, and as a tiny installed distribution (a dist-info with
-an entry point in group ``fmkit`` on the path of a fresh ``fmkit train`` process)."""
+an entry point in group ``fmkit`` on the path of a fresh ``fmkit train`` process). fmkit's registry
+serves the plugin-declared kind as its own: hints, options, listing and provenance."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -14,12 +17,12 @@ import torch
 import yaml
 from audio_testlib import run_fmkit
 
-import fmkit
 from fmkit.plugin import RecipeError, RegistryError, hookimpl
+from fmkit.testing import fresh_registry, run_cli
 
 import fmkit_audio.plugin as audio_plugin
 from fmkit_audio.mel import FrontEndOptions
-from fmkit_audio.vocoders import build_vocoder, vocoders
+from fmkit_audio.vocoders import build_vocoder
 from fmkit_audio.writers import WavWriter
 
 # The third-party plugin's source: a sine-bank vocoder (one oscillator per mel band at its centre
@@ -73,8 +76,9 @@ FE = FrontEndOptions(sample_rate=8000, n_fft=512, hop_length=128, n_mels=64, f_m
 
 
 def test_a_plugin_on_a_fresh_registry_adds_a_vocoder():
-    reg = fmkit.Registry.fresh(entry_points=False, plugins=[audio_plugin, sine_module()])
-    table = vocoders(reg)
+    reg = fresh_registry(audio_plugin, sine_module())
+    assert "vocoders" in reg.kinds()
+    table = reg.entries("vocoders")
     assert {"griffin_lim", "sine_bank"} <= set(table)
     assert table["sine_bank"].plugin != table["griffin_lim"].plugin
     voc = build_vocoder({"name": "sine_bank", "gain": 0.25}, FE, registry=reg)
@@ -83,19 +87,30 @@ def test_a_plugin_on_a_fresh_registry_adds_a_vocoder():
     with pytest.raises(RecipeError) as e:
         build_vocoder({"name": "sine_bank", "gain": 2.0}, FE, registry=reg)
     assert "gain" in str(e.value)
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(RegistryError) as e:
         build_vocoder("sine_bnk", FE, registry=reg)
     assert "did you mean 'sine_bank'" in e.value.fix
     # without the third-party plugin the name is unknown
-    with pytest.raises(RecipeError):
-        build_vocoder("sine_bank", FE, registry=fmkit.Registry.fresh(entry_points=False, plugins=[audio_plugin]))
+    with pytest.raises(RegistryError, match="unknown vocoder 'sine_bank'"):
+        build_vocoder("sine_bank", FE, registry=fresh_registry(audio_plugin))
+
+
+def test_fmkit_plugins_lists_the_vocoders_with_their_plugins():
+    reg = fresh_registry(audio_plugin, sine_module())
+    r = run_cli("plugins", "--json", registry=reg)
+    assert r.code == 0, r.err
+    rows = {c["name"]: c for c in json.loads(r.out)["components"] if c["kind"] == "vocoder"}
+    assert rows["griffin_lim"]["plugin"] == "fmkit_audio.plugin"
+    assert rows["sine_bank"]["plugin"] == "fmkit_sinevoc_inproc"
+    r = run_cli("plugins", "--kind", "vocoders", "--options", registry=reg)
+    assert r.code == 0 and "griffin_lim" in r.out and "n_iter" in r.out and "sine_bank" in r.out, r.out + r.err
 
 
 def test_the_writer_uses_the_registry_it_is_given(synth_fsdd, tmp_path):
     from fmkit_audio.data import build_fsdd
 
     ds = build_fsdd(root=str(synth_fsdd), limit=20)
-    reg = fmkit.Registry.fresh(entry_points=False, plugins=[audio_plugin, sine_module()])
+    reg = fresh_registry(audio_plugin, sine_module())
     w = WavWriter(vocoder={"name": "sine_bank", "gain": 0.3}, num=2, data_info=ds.info, registry=reg)
     paths = [p for p in w(ds.template(2), tmp_path, ds, 0) if p.suffix == ".wav"]
     import soundfile as sf
@@ -109,9 +124,9 @@ def test_two_plugins_registering_one_vocoder_name_is_an_error():
         def register_vocoders(self, register):
             register("griffin_lim", lambda **k: None)
 
-    reg = fmkit.Registry.fresh(entry_points=False, plugins=[audio_plugin, Dup()])
-    with pytest.raises(RegistryError, match="registered twice"):
-        vocoders(reg)
+    reg = fresh_registry(audio_plugin, Dup())
+    with pytest.raises(RegistryError, match="vocoder 'griffin_lim' is registered twice"):
+        reg.entries("vocoders")
 
 
 def install_tiny_dist(site: Path) -> Path:
@@ -149,13 +164,22 @@ def test_an_installed_vocoder_plugin_is_selectable_from_a_recipe(synth_fsdd, tmp
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(synth_fsdd, [
         {"name": "wav", "vocoder": {"name": "sine_bank", "gain": 0.4}, "num": 2}, {"name": "mel_safetensors"}])))
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     listed = run_fmkit(["audio", "vocoders"], env=env)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines() if line.strip()}
     assert rows.get("sine_bank") == "sinevoc" and rows.get("griffin_lim") == "audio", listed.stdout
+    listed = run_fmkit(["plugins", "--json"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {c["name"]: c["plugin"] for c in json.loads(listed.stdout)["components"] if c["kind"] == "vocoder"}
+    assert rows == {"griffin_lim": "audio", "sine_bank": "sinevoc"}, rows
     r = run_fmkit(["train", str(recipe), "--out", str(tmp_path / "run")], env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())["components"]
+    assert prov["vocoders.sine_bank"] == {"plugin": "sinevoc", "distribution": "fmkit-sinevoc", "version": "0.1.0"}
+    assert prov["writers.wav"]["plugin"] == "audio"
+    resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert resolved["eval"]["writers"][0]["vocoder"] == {"name": "sine_bank", "gain": 0.4}  # defaults filled in
     out = tmp_path / "run" / "samples"
     wavs = sorted(out.glob("step*_*.wav"))
     assert len(wavs) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmkit.plugin import RecipeError
+from fmkit.plugin import RecipeError, RegistryError
 
 from fmkit_audio.data import build_fsdd
 from fmkit_audio.writers import MelPngWriter, MelSafetensorsWriter, WavWriter
@@ -99,7 +99,7 @@ def test_torchaudio_front_end_agrees_with_the_file_read_back(dataset, samples, t
 
 
 def test_unknown_vocoder_fails_when_the_writer_is_built(dataset):
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(RegistryError) as e:
         WavWriter(vocoder="grifin_lim", data_info=dataset.info)
     assert "griffin_lim" in e.value.fix and e.value.where == "eval.writers.wav.vocoder.name"
     with pytest.raises(RecipeError, match="n_iter"):

@@ -4,7 +4,8 @@ An image u in {0..255}^D is dequantised as y = (u + U) / 256, U ~ U[0,1)^D, and 
 x = 2y - 1 in [-1, 1]; then log P(u) >= E_U[log p_x(x)] - D log 128 (Jensen; the Jacobian of
 u -> x is (2/256)^D), so bits/dim = (-log p_x(x) + D ln 128) / (D ln 2) = -log p_x / (D ln 2) + 7,
 averaged over ``draws`` dequantisation noises (Theis et al. 2016; FM-OT CIFAR-10: 3.11 with one
-draw, 2.99 with 50, Lipman et al. 2023, table 4). log p_x comes from the core's ``fmkit.log_likelihood``.
+draw, 2.99 with 50, Lipman et al. 2023, table 4). log p_x comes from the core's ``log_likelihood``
+(:mod:`fmkit.plugin`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import fmkit
 import torch
+from fmkit.plugin import log_likelihood
 from torch import Tensor
 
 OFFSET_PER_DIM = math.log(128.0)
@@ -53,7 +54,7 @@ def bits_per_dim(velocity: Callable, u8: Tensor, source, solver, *, cond: Tensor
             st = {"x": x[i:i + batch_size].to(device)}
             if cond is not None:
                 st["cond"] = cond[i:i + batch_size].to(device)
-            res = fmkit.log_likelihood(velocity, st, source, solver, estimator=estimator,
+            res = log_likelihood(velocity, st, source, solver, estimator=estimator,
                                        dequantization_offset=dims * OFFSET_PER_DIM)
             out[i:i + batch_size] += res.bits_per_dim.double().cpu()
             nfe = res.nfe

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fmkit
+from fmkit.plugin import hookimpl, register_recipe_folder
 
 _HERE = Path(__file__).parent
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_datasets(register):
     from fmkit_image.data import (
         ImageFolderOptions,
@@ -30,7 +30,7 @@ def register_datasets(register):
              description="your own images: root/<class>/*.png, resized and centre-cropped (torchvision ImageFolder)")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_models(register):
     from fmkit_image.unet import UNetOptions, build_unet
 
@@ -38,13 +38,12 @@ def register_models(register):
              description="ADM/DDPM U-Net: res blocks, GroupNorm, attention, class embedding with a null class")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_recipes(register):
-    for p in sorted((_HERE / "recipes").glob("*.yaml")):
-        register(p.stem, p)
+    register_recipe_folder(register, _HERE / "recipes")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_metrics(register):
     from fmkit_image.metrics import ClassifierMetric, ClassifierMetricOptions
 
@@ -56,7 +55,7 @@ def register_metrics(register):
              description="real FID (torchmetrics' Inception) from local weights: pip install 'fmkit-image[fid]'")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_writers(register):
     from fmkit_image.writers import GridOptions, GridWriter
 
@@ -64,7 +63,7 @@ def register_writers(register):
              description="PNG grid of samples (torchvision make_grid), one row per class")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_commands(app):
     from fmkit_image.cli import app as image_app
 

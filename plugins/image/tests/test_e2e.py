@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-import fmkit
 import pytest
+from fmkit.plugin import FixedStepSolver, load_recipe
+from fmkit.testing import build_trainer
 from image_testlib import real_mnist, write_idx
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,13 +25,11 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     assert res.exit_code == 0, res.output
     acc = float(res.output.split("test accuracy:")[1].split()[0])
 
-    from fmkit.app.run import build_trainer
-
     over = [f"data.root={root}", "data.limit=300", "data.test_limit=100", "trainer.steps=6", "trainer.batch_size=32",
             "trainer.progress=false", "model.channels=16", "model.attention_resolutions=[]", "eval.num_samples=20",
             "eval.batch_size=20", "solver.steps=2",
             "eval.metrics=[{name: image_classifier}]", "eval.writers=[{name: image_grid}]"]
-    rec = fmkit.load_recipe(_recipe(), over)
+    rec = load_recipe(_recipe(), over)
     tr = build_trainer(rec, tmp_path / "run")
     tr.fit()
     out = tr.evaluate()
@@ -41,12 +40,12 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     with Image.open(grids[0]) as im:  # 10 images a row, one row per class drawn (30 px a cell with padding)
         assert im.width == 10 * 30 + 2 and im.height >= 30
 
-    from fmkit.flow.sampling import model_velocity
+    from fmkit.plugin import model_velocity
     from fmkit_image.likelihood import bits_per_dim
 
     imgs, _ = tr.dataset.split("test")
     b = bits_per_dim(model_velocity(tr.ema.model, tr.path, None, None), imgs[:8], tr.source,
-                     fmkit.FixedStepSolver("euler", 2), draws=1)
+                     FixedStepSolver("euler", 2), draws=1)
     assert b.nfe == 2 and b.per_image.shape == (8,)
     # a barely trained flow is close to the identity: N(0, I) on [-1, 1] pixels gives ~9 bits/dim
     assert math.isfinite(b.bits_per_dim) and 1.0 < b.bits_per_dim < 12.0, b.bits_per_dim

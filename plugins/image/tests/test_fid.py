@@ -55,10 +55,10 @@ def test_a_named_weights_file_that_is_absent(no_weights, monkeypatch):
 
 
 def test_missing_weights_fail_at_build_time_through_the_registry(no_weights):
-    from fmkit.app.registry import Registry
+    from fmkit.testing import fresh_registry
     from fmkit_image import plugin
 
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    reg = fresh_registry(plugin)
     assert reg.entries("metrics")["fid"].options.model_config.get("extra") == "forbid"
     with pytest.raises(DependencyError):  # what build_components does for eval.metrics: [{name: fid}]
         reg.build("metrics", {"name": "fid"}, where="eval.metrics")

@@ -1,7 +1,7 @@
 import math
 
-import fmkit
 import torch
+from fmkit.plugin import FixedStepSolver, GaussianSource
 from fmkit_image.likelihood import bits_per_dim
 
 
@@ -9,9 +9,9 @@ def test_bpd_of_known_gaussian_flow_matches_closed_form():
     """v(x, t) = 0 maps N(0, s^2) to itself; the dequantised bpd then has a closed form."""
     s = 0.5
     u8 = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    source = fmkit.GaussianSource(std=s)
+    source = GaussianSource(std=s)
     vel = lambda x, t: {"x": torch.zeros_like(x["x"]) + 0 * x["x"]}  # noqa: E731
-    res = bits_per_dim(vel, u8, source, fmkit.FixedStepSolver("euler", 4), draws=3, estimator="exact", seed=1)
+    res = bits_per_dim(vel, u8, source, FixedStepSolver("euler", 4), draws=3, estimator="exact", seed=1)
     g = torch.Generator().manual_seed(1)
     want = torch.zeros(50, dtype=torch.float64)
     d = 16
@@ -28,7 +28,7 @@ def test_image_data_declares_dequantisation_for_fmkit_evaluate():
     """`fmkit evaluate --likelihood` reads the dataset's declaration (issue 28: it scored the pixels at
     their bin centres, and a guided MNIST run printed -3.38 bits/dim): 8-bit images are dequantised
     over [-1, 1] with this plugin's offset, and one draw of the core's protocol matches ``bits_per_dim``."""
-    from fmkit.flow.likelihood import data_log_likelihood, declared_likelihood
+    from fmkit.plugin import data_log_likelihood, declared_likelihood
     from fmkit_image.data import ImageDataset
     from fmkit_image.likelihood import OFFSET_PER_DIM
 
@@ -37,9 +37,9 @@ def test_image_data_declares_dequantisation_for_fmkit_evaluate():
     deq = declared_likelihood(ds.info.meta, "dataset 'images'")
     assert deq is not None and math.isclose(deq.nats_per_dim, OFFSET_PER_DIM)
     s = 0.5
-    source = fmkit.GaussianSource(std=s)
+    source = GaussianSource(std=s)
     vel = lambda x, t: {"x": torch.zeros_like(x["x"]) + 0 * x["x"]}  # noqa: E731
-    solver = fmkit.FixedStepSolver("euler", 4)
+    solver = FixedStepSolver("euler", 4)
     core = data_log_likelihood(vel, {"x": ds.scale(u8)}, source, solver, deq, estimator="exact",
                                generator=torch.Generator().manual_seed(1))
     plugin = bits_per_dim(vel, u8, source, solver, draws=1, estimator="exact", seed=1)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-import fmkit
 import fmkit_image.plugin as plugin
 import pytest
 import torch
-from fmkit.app.registry import Registry
-from fmkit.plugin import DataError
+from fmkit.plugin import DataError, load_recipe
+from fmkit.testing import Trainer, TrainerOptions, fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
@@ -18,7 +17,7 @@ RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
 
 @pytest.fixture()
 def reg():
-    return Registry.fresh(entry_points=False, plugins=[plugin])
+    return fresh_registry(plugin)
 
 
 def test_everything_registered_with_strict_options(reg):
@@ -40,10 +39,8 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_validate(reg, name):
-    from fmkit.app.recipe import read_yaml, validate
-
     path = reg.recipes()[name][0]
-    assert validate(read_yaml(path), reg, where=str(path)).model.name == "unet"
+    assert load_recipe(path, registry=reg).model.name == "unet"
 
 
 def test_cifar10_missing_files_is_a_data_error(tmp_path):
@@ -68,7 +65,7 @@ def test_cifar_shaped_generated_images_train(tmp_path):
     assert b["x"].min() >= -1 and b["x"].max() <= 1
     m = UNet(data_info=ds.info, channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[16],
              num_heads=2, dropout=0.1, norm_groups=8)
-    tr = fmkit.Trainer(m, ds, options=fmkit.TrainerOptions(steps=3, batch_size=8, device="cpu", cond_dropout=0.2,
-                                                   progress=False))
+    tr = Trainer(m, ds, options=TrainerOptions(steps=3, batch_size=8, device="cpu", cond_dropout=0.2,
+                                               progress=False))
     tr.fit()
     assert tr.step == 3

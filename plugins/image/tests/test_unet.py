@@ -1,6 +1,6 @@
-import fmkit
 import pytest
 import torch
+from fmkit.plugin import ClassifierFreeGuidance
 from fmkit_image.unet import UNet
 
 
@@ -40,7 +40,7 @@ def test_null_class_and_guidance_zero_is_unconditional():
     cond = torch.tensor([1, 3, 5, 7])
     uncond = m({"x": x}, t, torch.full((4,), 10))["x"]
     assert torch.allclose(m({"x": x}, t, None)["x"], uncond)
-    g0 = fmkit.ClassifierFreeGuidance(m, 0.0, 10)({"x": x}, t, cond)["x"]
+    g0 = ClassifierFreeGuidance(m, 0.0, 10)({"x": x}, t, cond)["x"]
     torch.testing.assert_close(g0, uncond, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(m({"x": x}, t, cond)["x"], uncond)
 

@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fmkit
 import pytest
-from fmkit.flow.data import DataInfo, FieldInfo
-from fmkit.plugin import FmkitError, ModelError, RecipeError
+from fmkit.plugin import DataInfo, FieldInfo, FmkitError, ModelError, RecipeError, load_recipe
 from fmkit_image.unet import UNet, UNetOptions, build_unet
 
 RECIPE = Path(__file__).resolve().parents[1] / "fmkit_image" / "recipes" / "images_mnist_cpu.yaml"
@@ -21,7 +19,7 @@ MNIST = DataInfo(fields={"x": FieldInfo((1, 28, 28))}, num_cond_classes=10)
 
 def _build(info: DataInfo = MNIST, **over):
     """The registry's path: the recipe's model section validated by UNetOptions, then the factory with the data."""
-    rec = fmkit.load_recipe(RECIPE, [f"model.{k}={v}" for k, v in over.items()])
+    rec = load_recipe(RECIPE, [f"model.{k}={v}" for k, v in over.items()])
     opts = {k: v for k, v in rec.model.spec().items() if k != "name"}
     return build_unet(info, **UNetOptions(**opts).model_dump())
 
@@ -35,7 +33,7 @@ def _build(info: DataInfo = MNIST, **over):
 ])
 def test_recipe_validation_rejects_size_independent_mistakes(over, key, words):
     with pytest.raises(RecipeError) as e:
-        fmkit.load_recipe(RECIPE, [f"model.{k}={v}" for k, v in over.items()])
+        load_recipe(RECIPE, [f"model.{k}={v}" for k, v in over.items()])
     text = str(e.value)
     assert "model" in text and key in text, text
     for w in words:

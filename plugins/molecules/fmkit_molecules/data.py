@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, bucketed_batches
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmkit_molecules import qm9
@@ -109,20 +109,8 @@ class MoleculeDataset(Dataset):
         return collate_molecules(items)
 
     def batches(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
-        """Size-bucketed batches, a pure function of ``(seed, epoch)``.
-
-        A random ``len % batch_size`` examples are left out (so no size is always dropped); the rest
-        is sorted by atom count with random tie-breaks, cut into batches, and the batch order shuffled.
-        """
-        n = len(self)
-        if n < batch_size:
-            raise ValueError(f"dataset has {n} examples, fewer than one batch of {batch_size}")
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x6D6F6C])
-        keep = rng.permutation(n)[: n - n % batch_size]
-        order = keep[np.lexsort((rng.random(len(keep)), self.counts[keep]))]
-        chunks = order.reshape(-1, batch_size)
-        chunks = chunks[rng.permutation(len(chunks))]
-        return [c.tolist() for c in chunks]
+        """Size-bucketed batches (little padding), a pure function of ``(seed, epoch)``."""
+        return bucketed_batches(self.counts, epoch, batch_size, seed, stream=0x6D6F6C)
 
     def padding_fraction(self, batches: list[list[int]]) -> float:
         """Share of padded atom slots over the given batches."""

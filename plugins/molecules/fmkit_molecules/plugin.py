@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fmkit
+from fmkit.plugin import hookimpl, register_recipe_folder
 
 _HERE = Path(__file__).parent
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_datasets(register):
     from fmkit_molecules.data import QM9Options, XYZMoleculesOptions, build_qm9, build_xyz
 
@@ -20,7 +20,7 @@ def register_datasets(register):
              description="molecules from a local multi-frame XYZ file, split like QM9")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_models(register):
     from fmkit_molecules.models.e3nn_flow import E3nnFlow, E3nnFlowOptions
     from fmkit_molecules.models.egnn import EGNN, EGNNOptions
@@ -33,7 +33,7 @@ def register_models(register):
              description="EGNN with edge channels: positions, atom types, charges and bonds together (molecules)")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_sources(register):
     from fmkit_molecules.source import ComFreeGaussian, ComFreeGaussianOptions
 
@@ -41,7 +41,7 @@ def register_sources(register):
              description="Gaussian positions with zero centre of mass over each molecule's real atoms")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_couplings(register):
     from fmkit_molecules.coupling import EquivariantOTCoupling, EquivariantOTOptions
 
@@ -49,7 +49,7 @@ def register_couplings(register):
              description="Kabsch + Hungarian aligned exact minibatch OT among same-size molecules")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_metrics(register):
     from fmkit_molecules.metrics import MoleculeMetrics, MoleculeMetricsOptions
 
@@ -58,7 +58,7 @@ def register_metrics(register):
                          "for generated bonds also the generated-bond protocol and bond length/angle W1")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_writers(register):
     from fmkit_molecules.writers import GridOptions, MoleculeGridWriter, SDFOptions, SDFWriter, XYZWriter
 
@@ -68,7 +68,6 @@ def register_writers(register):
              description="PNG grid of 2-D depictions of valid samples")
 
 
-@fmkit.hookimpl
+@hookimpl
 def register_recipes(register):
-    for p in sorted((_HERE / "recipes").glob("*.yaml")):
-        register(p.stem, p)
+    register_recipe_folder(register, _HERE / "recipes")

@@ -133,7 +133,7 @@ def test_per_atom_fields_are_permuted_with_positions():
 @given(n=st.integers(1, 12), seed=st.integers(0, 10_000), ties=st.booleans())
 def test_radial_matching_by_sorting_is_the_optimal_assignment(n, seed, ties):
     """The sort-based start of the alignment reaches the Hungarian optimum of sum (ra - rb)^2."""
-    from fmkit.flow.couplings import assignment
+    from fmkit.plugin import assignment
     from fmkit_molecules.coupling import radial_matching
 
     g = torch.Generator().manual_seed(seed)

@@ -247,7 +247,7 @@ def test_without_rdkit_a_cached_graph_is_read_and_a_missing_one_says_what_to_ins
     import sys
 
     import fmkit_molecules
-    from fmkit.errors import DependencyError
+    from fmkit.plugin import DependencyError
 
     src = _qm9_root(tmp_path, small_mols, monkeypatch)
     with_rdkit = build_qm9(split="all", bonds=True)  # perceives and caches the graph

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fmkit.flow.data import DataInfo, FieldInfo
-from fmkit.plugin import ModelError
+from fmkit.plugin import DataInfo, FieldInfo, ModelError
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.graph import symmetric_from_upper
 from fmkit_molecules.models.egnn_graph import EGNNGraph
@@ -171,11 +170,11 @@ def test_a_state_without_the_graph_is_a_clear_error(missing):
 
 
 def test_registry_builds_the_graph_model_from_data_info():
-    from fmkit.app.registry import Registry
-    from fmkit.errors import RecipeError
+    from fmkit.plugin import RecipeError
+    from fmkit.testing import fresh_registry
     from fmkit_molecules import plugin
 
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    reg = fresh_registry(plugin)
     info = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None,), num_classes=5),
                             "charges": FieldInfo((None,), num_classes=3),
                             "bonds": FieldInfo((None, None), num_classes=4)}, has_mask=True)

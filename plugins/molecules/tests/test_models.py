@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fmkit.flow.data import DataInfo, FieldInfo
+from fmkit.plugin import DataInfo, FieldInfo
 from fmkit_molecules.geometry import random_rotation, remove_mean
 from fmkit_molecules.models.e3nn_flow import E3nnFlow
 from fmkit_molecules.models.egnn import EGNN
@@ -122,18 +122,17 @@ def test_x1_prediction_outputs_x_t_plus_the_velocity_head(kind):
 def test_recipe_path_prediction_reaches_the_model(xyz_file):
     """``path: {prediction: x1}`` in a recipe builds the model with ``predictions={"pos": "x1"}``."""
     import fmkit_molecules.plugin as plugin
-    from fmkit.app.recipe import validate
-    from fmkit.app.registry import Registry
-    from fmkit.app.run import build_components
+    from fmkit.plugin import load_recipe
+    from fmkit.testing import build_components, fresh_registry
 
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    reg = fresh_registry(plugin)
     for prediction in ("velocity", "x1"):
-        recipe = validate({
+        recipe = load_recipe({
             "name": "x1_wiring", "data": {"name": "xyz_molecules", "path": str(xyz_file)},
             "model": {"name": "egnn", "hidden": 8, "layers": 1},
             "path": {"name": "condot", "prediction": prediction, "fields": {"atoms": {"name": "discrete"}}},
             "source": {"name": "com_free_gaussian"},
-        }, reg)
+        }, registry=reg)
         comps = build_components(recipe, reg, with_eval=False)
         assert comps.model.predicts_x1 == (prediction == "x1")
         assert comps.path.for_field("pos").prediction == prediction
@@ -141,9 +140,9 @@ def test_recipe_path_prediction_reaches_the_model(xyz_file):
 
 def test_registry_builds_models_from_data_info():
     import fmkit_molecules.plugin as plugin
-    from fmkit.app.registry import Registry
+    from fmkit.testing import fresh_registry
 
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    reg = fresh_registry(plugin)
     info = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None,), num_classes=5)}, has_mask=True,
                     meta={"max_atoms": 29})
     m = reg.build("models", {"name": "e3nn_flow", "scalars": 8, "vectors": 2, "layers": 1}, data_info=info)
@@ -151,7 +150,7 @@ def test_registry_builds_models_from_data_info():
     info1h = DataInfo(fields={"pos": FieldInfo((None, 3)), "atoms": FieldInfo((None, 5))}, has_mask=True)
     m2 = reg.build("models", {"name": "egnn", "hidden": 16, "layers": 1}, data_info=info1h)
     assert m2.encoding == "onehot"
-    from fmkit.errors import RecipeError
+    from fmkit.plugin import RecipeError
 
     with pytest.raises(RecipeError, match="unknown option"):
         reg.build("models", {"name": "egnn", "hiden": 16}, data_info=info)

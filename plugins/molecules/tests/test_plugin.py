@@ -7,7 +7,8 @@ from pathlib import Path
 
 import fmkit_molecules.plugin as plugin
 import pytest
-from fmkit.app.registry import Registry
+from fmkit.plugin import load_recipe
+from fmkit.testing import fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
 EXPECTED = {
@@ -18,7 +19,7 @@ EXPECTED = {
 
 @pytest.fixture()
 def reg():
-    return Registry.fresh(entry_points=False, plugins=[plugin])
+    return fresh_registry(plugin)
 
 
 def test_everything_registered_with_strict_options(reg):
@@ -42,8 +43,6 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 
 @pytest.mark.parametrize("name", ["molecules_qm9", "molecules_qm9_cpu", "molecules_qm9_smoke"])
 def test_recipes_validate(reg, name):
-    from fmkit.app.recipe import read_yaml, validate
-
     path = reg.recipes()[name][0]
-    recipe = validate(read_yaml(path), reg, where=str(path))
+    recipe = load_recipe(path, registry=reg)
     assert recipe.coupling.name == "equivariant_ot"

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from fmkit.errors import DataError
+from fmkit.plugin import DataError
 from fmkit_molecules import qm9
 from fmkit_molecules.data import build_qm9, build_xyz
 from fmkit_molecules.xyz import Failure, Record, iter_frames, parse_frame

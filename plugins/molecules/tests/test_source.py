@@ -46,7 +46,7 @@ def test_log_prob_equals_gaussian_density_in_subspace_coordinates():
 def test_a_field_that_is_not_positions_is_refused():
     """One-hot atom types [B,N,5] under the default source got noise centred over the atoms, per
     channel, without a word (and a log-density counting (n-1)*5 dimensions)."""
-    from fmkit.errors import ContractError
+    from fmkit.plugin import ContractError
 
     with pytest.raises(ContractError, match=r"3-D positions \[B, N, 3\].*\(2, 4, 5\)") as err:
         ComFreeGaussian().sample(torch.zeros(2, 4, 5))

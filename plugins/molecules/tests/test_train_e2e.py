@@ -7,9 +7,8 @@ import math
 
 import fmkit_molecules.plugin as plugin
 import pytest
-from fmkit.app.recipe import validate
-from fmkit.app.registry import Registry
-from fmkit.app.run import build_trainer
+from fmkit.plugin import load_recipe
+from fmkit.testing import build_trainer, fresh_registry
 
 
 @pytest.mark.parametrize("model,encoding", [
@@ -17,7 +16,7 @@ from fmkit.app.run import build_trainer
     ({"name": "e3nn_flow", "scalars": 8, "vectors": 2, "layers": 1, "num_basis": 4, "radial_hidden": 8}, "onehot"),
 ])
 def test_recipe_trains_and_evaluates(tmp_path, xyz_file, model, encoding):
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
+    reg = fresh_registry(plugin)
     recipe = {
         "name": "mol_e2e",
         "data": {"name": "xyz_molecules", "path": str(xyz_file), "atom_encoding": encoding},
@@ -34,7 +33,7 @@ def test_recipe_trains_and_evaluates(tmp_path, xyz_file, model, encoding):
                  "metrics": [{"name": "molecules"}],
                  "writers": [{"name": "sdf"}, {"name": "xyz"}, {"name": "mol_grid"}]},
     }
-    r = validate(recipe, reg)
+    r = load_recipe(recipe, registry=reg)
     trainer = build_trainer(r, tmp_path / "run", reg)
     trainer.fit()  # evaluates once at the end (eval.every = 0) and logs to metrics.csv
     rows = [line.split(",") for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]

@@ -12,15 +12,13 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import json, sys
     sys.modules["rdkit"] = None  # any `import rdkit...` now raises ImportError
-    from fmkit.errors import DependencyError
-    from fmkit.app.recipe import validate
-    from fmkit.app.registry import Registry
-    from fmkit.app.run import build_trainer
+    from fmkit.plugin import DependencyError, load_recipe
+    from fmkit.testing import build_trainer, fresh_registry
     import fmkit_molecules.plugin as plugin
 
     xyz, run = sys.argv[1], sys.argv[2]
-    reg = Registry.fresh(entry_points=False, plugins=[plugin])
-    recipe = validate({
+    reg = fresh_registry(plugin)
+    recipe = load_recipe({
         "name": "no_rdkit",
         "data": {"name": "xyz_molecules", "path": xyz},
         "model": {"name": "e3nn_flow", "scalars": 8, "vectors": 2, "layers": 1, "num_basis": 4, "radial_hidden": 8},
@@ -32,7 +30,7 @@ SCRIPT = textwrap.dedent("""
                     "log_every": 2, "num_workers": 0},
         "eval": {"every": 0, "num_samples": 4, "batch_size": 4, "metrics": [{"name": "molecules"}],
                  "writers": [{"name": "sdf"}, {"name": "xyz"}]},
-    }, reg)
+    }, registry=reg)
     tr = build_trainer(recipe, run, reg)
     out = {"error": None}
     try:

@@ -199,9 +199,9 @@ class PairsOptions(_Options):
         "teacher's own data, rebuilt from the data options its checkpoint recorded")
 
 
-def _pairs_dataset(path: str, limit: int | None, verify: bool, reference: str):
+def _pairs_dataset(path: str, limit: int | None, verify: bool, reference: str, registry):
+    """The pairs; with ``reference: teacher`` the teacher's data, built by the ``registry`` building this."""
     from fmkit.app.builtin.pairs import PairsDataset
-    from fmkit.app.registry import get_registry
     from fmkit.errors import DataError
 
     ds = PairsDataset(path, limit=limit, verify=verify)
@@ -210,7 +210,7 @@ def _pairs_dataset(path: str, limit: int | None, verify: bool, reference: str):
         if not spec:
             raise DataError(f"the pairs in {path} record no teacher data options", where="data.reference",
                             fix="use data.reference: pairs (pairs saved by save_pairs or write_pairs name no recipe)")
-        ds.reference_data = get_registry().build("datasets", spec, where="data.reference (the teacher's data)")
+        ds.reference_data = registry.build("datasets", spec, where="data.reference (the teacher's data)")
     return ds
 
 

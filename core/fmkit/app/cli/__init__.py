@@ -8,11 +8,13 @@ User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* wit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -24,7 +26,7 @@ from fmkit.app.cli import train, generate, inspect_cmds  # noqa: F401
 from fmkit.app.cli.common import _STATE, MAX_SAMPLES, app, err_console, registry
 from fmkit.errors import FmkitError
 
-__all__ = ["MAX_SAMPLES", "app", "load_plugins", "run"]
+__all__ = ["MAX_SAMPLES", "app", "as_new_process", "load_plugins", "run"]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -193,6 +195,21 @@ def load_plugins() -> None:
         _registry_commands()
     except Exception:  # noqa: BLE001 - run() tries again and reports what went wrong
         _commands_added = False
+
+
+@contextlib.contextmanager
+def as_new_process() -> Iterator[None]:
+    """Inside the block, :func:`run` behaves as in a new ``fmkit`` process (no ``--debug``; the plugin
+    sub-commands of the registry in use now are added); after it, the app is as it was before."""
+    global _commands_added
+    added, debug = _commands_added, _STATE["debug"]
+    groups, commands = list(app.registered_groups), list(app.registered_commands)
+    _commands_added, _STATE["debug"] = False, False
+    try:
+        yield
+    finally:
+        _commands_added, _STATE["debug"] = added, debug
+        app.registered_groups[:], app.registered_commands[:] = groups, commands
 
 
 def _registry_commands() -> None:

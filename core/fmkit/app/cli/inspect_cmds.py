@@ -36,19 +36,19 @@ def plugins(
     """The installed plugins (distribution, version, hooks; those that failed to load, with file:line),
     then every registered component, its kind and the plugin that gave it."""
     from fmkit.app.component_options import describe_options
-    from fmkit.app.hookspecs import KINDS
+    from fmkit.app.components import singular
 
     reg = registry()
-    kinds = KINDS
+    kinds = reg.kinds()  # the core's and those plugins declare (the audio plugin's vocoders)
     if kind is not None:
-        singular = {k[:-1]: k for k in KINDS}
-        if kind not in KINDS and kind not in singular:
+        by_name = {**{singular(k): k for k in kinds}, **{k: k for k in kinds}}
+        if kind not in by_name:
             import difflib
 
-            close = difflib.get_close_matches(kind, KINDS, n=1)
+            close = difflib.get_close_matches(kind, kinds, n=1)
             raise FmkitError(f"unknown component kind {kind!r}", where="--kind",
-                             fix=(f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(KINDS)}")
-        kinds = (singular.get(kind, kind),)
+                             fix=(f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(kinds)}")
+        kinds = (by_name[kind],)
     components = [(k, name, e) for k in kinds for name, e in sorted(reg.entries(k).items())]
     infos = reg.plugin_infos()
     if as_json:
@@ -58,7 +58,7 @@ def plugins(
                "broken": [{k: v for k, v in b.as_dict().items() if k != "traceback" or _STATE["debug"]}
                           for b in reg.broken.values()],
                "disabled": reg.disabled,
-               "components": [{"kind": k[:-1], "name": n, "plugin": e.plugin, "description": e.description,
+               "components": [{"kind": singular(k), "name": n, "plugin": e.plugin, "description": e.description,
                                **({"options": describe_options(e.options) if e.options else None} if options else {})}
                               for k, n, e in components],
                "recipes": {n: {"path": str(p), "plugin": pl} for n, (p, pl) in sorted(reg.recipes().items())}}
@@ -84,7 +84,7 @@ def plugins(
     for col in ("kind", "name", "plugin", "description") + (("options",) if options else ()):
         table.add_column(col)
     for k, name, e in components:
-        row = [k[:-1], name, e.plugin, e.description or "(no description)"]
+        row = [singular(k), name, e.plugin, e.description or "(no description)"]
         if options:
             row.append(describe_options(e.options) if e.options is not None else "(none)")
         table.add_row(*row)

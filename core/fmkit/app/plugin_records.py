@@ -1,10 +1,11 @@
-"""Loading plugins so that a broken one never stops the others, and knowing where each came from.
+"""What the plugin host knows of each plugin, and how it finds out: records and diagnostics.
 
 A plugin whose import fails, whose hooks are misspelled or unmarked, or whose ``register_*`` hook
 raises is set aside as a :class:`BrokenPlugin` (its error, file:line and traceback kept): the rest
 load, ``fmkit plugins`` reports it, and only a recipe that names one of its components fails,
 naming it. :class:`PluginInfo` is what ``fmkit plugins`` shows and what a run records as
-provenance: the plugin's distribution, version and the hooks it implements.
+provenance: the plugin's distribution, version and the hooks it implements. The selection by
+environment variable (``FMKIT_PLUGINS``, ``FMKIT_DISABLE_PLUGINS``) is read here too.
 """
 
 from __future__ import annotations
@@ -13,22 +14,15 @@ import difflib
 import importlib.metadata
 import inspect
 import os
-import re
 import sys
 import sysconfig
 import traceback
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pluggy
-
-from fmkit.errors import RegistryError, note
-
-#: what a component name may be: it is typed in YAML and on command lines
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -88,21 +82,21 @@ def error_location(exc: BaseException, target: str) -> str | None:
     SyntaxError, the offending line itself), else of the innermost frame outside the standard
     library, fmkit and pluggy; None when there is none (the plugin's module itself is missing)."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{_short(exc.filename)}:{exc.lineno}"
+        return f"{short_path(exc.filename)}:{exc.lineno}"
     root = target.split(":")[0].split(".")[0]
     frames = [(f, n) for f, n in traceback.walk_tb(exc.__traceback__) if not f.f_code.co_filename.startswith("<")]
     for frame, lineno in reversed(frames):
         if str(frame.f_globals.get("__name__", "")).split(".")[0] == root:
-            return f"{_short(frame.f_code.co_filename)}:{lineno}"
+            return f"{short_path(frame.f_code.co_filename)}:{lineno}"
     stdlib = sysconfig.get_paths()["stdlib"]
     for frame, lineno in reversed(frames):
         module = str(frame.f_globals.get("__name__", ""))
         if not frame.f_code.co_filename.startswith(stdlib) and module.split(".")[0] not in ("fmkit", "pluggy"):
-            return f"{_short(frame.f_code.co_filename)}:{lineno}"
+            return f"{short_path(frame.f_code.co_filename)}:{lineno}"
     return None
 
 
-def _short(filename: str) -> str:
+def short_path(filename: str) -> str:
     """A file's path from the folder on ``sys.path`` that holds it (``fmkit_acme/plugin.py``)."""
     path = Path(filename).resolve()
     best = None
@@ -118,7 +112,7 @@ def _short(filename: str) -> str:
 
 def hook_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     """What is wrong with ``plugin``'s hooks: implementations of hooks no spec declares (a misspelled
-    ``register_model``) and ``register_*`` functions that lack the ``@fmkit.hookimpl`` marker."""
+    ``register_model``) and ``register_*`` functions that lack the ``@hookimpl`` marker of :mod:`fmkit.plugin`."""
     specs = sorted(name for name, caller in vars(pm.hook).items()
                    if isinstance(caller, pluggy.HookCaller) and caller.spec is not None)
     problems = []
@@ -135,28 +129,13 @@ def hook_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
             continue  # a name it imported, not its own function
         close = attr if attr in specs else next(iter(difflib.get_close_matches(attr, specs, n=1, cutoff=0.8)), None)
         if close is not None:
-            problems.append(f"its function {attr!r} is not marked with @fmkit.hookimpl, so fmkit never calls it"
-                            + ("" if close == attr else f" (and the hook is named {close!r})"))
+            problems.append(f"its function {attr!r} is not marked with @hookimpl (from fmkit.plugin), so fmkit never "
+                            "calls it" + ("" if close == attr else f" (and the hook is named {close!r})"))
     return problems
 
 
-def check_name(kind: str, name: object, plugin: str) -> None:
-    """Refuse a component name that a recipe could not spell (``"Lab Net!"``)."""
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise RegistryError(f"plugin {plugin!r} registers {kind[:-1]} {name!r}: not a valid component name",
-                            where=f"hook register_{kind} of plugin {plugin!r}",
-                            fix="use letters, digits, '_', '-' or '.', starting with a letter or '_' (at most 64), "
-                                "e.g. 'lab_net'")
-
-
-def own_description(factory: Any) -> str:
-    """The first line of ``factory``'s own docstring: not one it inherits from a base class."""
-    doc = factory.__dict__.get("__doc__") if inspect.isclass(factory) else getattr(factory, "__doc__", None)
-    doc = inspect.cleandoc(doc) if isinstance(doc, str) else ""
-    return doc.splitlines()[0] if doc else ""
-
-
 def entry_point_dist(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    """The (distribution, version) that installed entry point ``ep``."""
     dist = getattr(ep, "dist", None)
     if dist is None:
         return distribution_of_module(ep.value.split(":")[0])
@@ -184,96 +163,49 @@ def _packages_distributions() -> dict[str, list[str]]:
     return dict(importlib.metadata.packages_distributions())
 
 
-def env_notes(allow: list[str] | None, block: set[str], installed: set[str], var_allow: str, var_block: str,
-              raw_allow: str | None) -> list[str]:
-    """Notes for plugin selections that select nothing: a typo in FMKIT_PLUGINS, an empty value, a
-    disabled name that is not installed."""
-    notes = []
-    if raw_allow is not None and not raw_allow.strip():
-        notes.append(f"{var_allow} is set but empty, so no plugin is loaded (write {var_allow}=none to say so, or "
-                     "unset it to load every installed plugin)")
-    for name in sorted(set(allow or ()) - installed - {"none"}):
-        notes.append(_not_installed(var_allow, name, installed))
-    for name in sorted(block - installed):
-        notes.append(_not_installed(var_block, name, installed))
-    return notes
+ALLOW, BLOCK = "FMKIT_PLUGINS", "FMKIT_DISABLE_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which installed plugins load: ``FMKIT_PLUGINS`` is an allow list of entry-point names (``none``
+    loads none), ``FMKIT_DISABLE_PLUGINS`` a block list."""
+
+    allow: list[str] | None
+    block: frozenset[str]
+    raw_allow: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Selection:
+        return cls(_env_list(ALLOW), frozenset(_env_list(BLOCK) or ()), os.environ.get(ALLOW))
+
+    def why_not(self, name: str) -> str | None:
+        """Why the installed plugin ``name`` is not loaded; None when it is."""
+        if self.allow is not None and name not in self.allow:
+            return f"it is not in {ALLOW}"
+        if name in self.block:
+            return f"{BLOCK} names it"
+        return None
+
+    def notes(self, installed: set[str]) -> list[str]:
+        """Notes for selections that select nothing: a typo in FMKIT_PLUGINS, an empty value, a disabled
+        name that is not installed."""
+        notes = []
+        if self.raw_allow is not None and not self.raw_allow.strip():
+            notes.append(f"{ALLOW} is set but empty, so no plugin is loaded (write {ALLOW}=none to say so, or "
+                         "unset it to load every installed plugin)")
+        for name in sorted(set(self.allow or ()) - installed - {"none"}):
+            notes.append(_not_installed(ALLOW, name, installed))
+        for name in sorted(self.block - installed):
+            notes.append(_not_installed(BLOCK, name, installed))
+        return notes
 
 
 def _not_installed(var: str, name: str, installed: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(installed), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{var} names {name!r}, which is not an installed plugin: {hint}installed: {', '.join(sorted(installed)) or '(none)'}"
-
-
-class LoadTarget(Protocol):
-    """What loading entry points reads and fills of a registry: the :class:`fmkit.app.registry.Registry`,
-    described by what this module uses of it (the registry imports this module, not the other way)."""
-
-    pm: pluggy.PluginManager
-    broken: dict[str, BrokenPlugin]  # plugins set aside, by name
-    disabled: dict[str, str]  # installed plugins not loaded (FMKIT_PLUGINS / FMKIT_DISABLE_PLUGINS): name -> why
-
-    def record_distribution(self, name: str, dist: tuple[str | None, str | None]) -> None: ...
-    def named_in_process(self, plugin: object) -> bool: ...
-    def declare_hookspecs(self) -> None: ...
-
-
-def load_entry_points(reg: LoadTarget, eps: Iterable[importlib.metadata.EntryPoint]) -> None:
-    """Import and register the allowed entry points ``eps`` into ``reg``. One that fails to import,
-    that pluggy refuses, or whose hooks are misspelled or unmarked is set aside in ``reg.broken``
-    (reported once, as a note) and the rest load; a lookup of a name only it could give names it.
-    Selections that select nothing (a typo in ``FMKIT_PLUGINS``) are notes too."""
-    raw_allow = os.environ.get("FMKIT_PLUGINS")
-    allow = _env_list("FMKIT_PLUGINS")
-    block = set(_env_list("FMKIT_DISABLE_PLUGINS") or [])
-    eps = list(eps)
-    notes = env_notes(allow, block, {ep.name for ep in eps}, "FMKIT_PLUGINS", "FMKIT_DISABLE_PLUGINS", raw_allow)
-    loaded: list[tuple[str, object, str, tuple[str | None, str | None]]] = []
-    for ep in eps:
-        if allow is not None and ep.name not in allow:
-            reg.disabled[ep.name] = "it is not in FMKIT_PLUGINS"
-            continue
-        if ep.name in block:
-            reg.disabled[ep.name] = "FMKIT_DISABLE_PLUGINS names it"
-            continue
-        if reg.pm.has_plugin(ep.name) or ep.name in reg.broken:
-            continue
-        dist = entry_point_dist(ep)
-        try:
-            module = ep.load()
-        except Exception as exc:  # a broken plugin must not take the others down
-            reg.broken[ep.name] = broken_from_exception(ep.name, ep.value, "import", exc, dist=dist)
-            continue
-        reg.record_distribution(ep.name, dist)
-        # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too: it
-        # keeps its registration, under its entry point's name (as the CLI names it in errors)
-        if reg.pm.is_registered(module):
-            if not reg.named_in_process(module) and reg.pm.get_name(module) != ep.name:
-                reg.pm.unregister(module)
-                reg.pm.register(module, name=ep.name)
-        elif all(m is not module for _, m, _, _ in loaded):
-            loaded.append((ep.name, module, ep.value, dist))
-    registered = []
-    for name, module, target, dist in loaded:
-        try:
-            reg.pm.register(module, name=name)
-            registered.append((name, module, target, dist))
-        except Exception as exc:  # pluggy refused it (a name clash, a malformed hook implementation)
-            reg.broken[name] = broken_from_exception(name, target, "register", exc, dist=dist)
-    reg.declare_hookspecs()
-    for name, module, target, dist in registered:
-        if name in reg.broken:
-            continue
-        problems = hook_problems(reg.pm, module)
-        if problems:
-            reg.pm.unregister(module)
-            where = getattr(module, "__file__", None)
-            reg.broken[name] = BrokenPlugin(name, target, "hooks", "; ".join(problems),
-                                             _short(where) if where else None, "", *dist)
-    for b in reg.broken.values():
-        note(b.summary(), fix=b.fix())
-    for text in notes:
-        note(text)
+    return (f"{var} names {name!r}, which is not an installed plugin: {hint}installed: "
+            f"{', '.join(sorted(installed)) or '(none)'}")
 
 
 def _env_list(var: str) -> list[str] | None:

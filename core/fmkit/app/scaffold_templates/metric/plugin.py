@@ -1,0 +1,17 @@
+"""fmkit plugin __plugin__: registers its __kind__ and ships a recipe (entry point group ``fmkit``)."""
+
+from pathlib import Path
+
+from fmkit.plugin import hookimpl, register_recipe_folder
+
+
+@hookimpl
+def register_metrics(register):
+    from fmkit___plugin__.metrics import MomentGap
+
+    register("__plugin___moments", MomentGap, options=None, description="__desc__")
+
+
+@hookimpl
+def register_recipes(register):
+    register_recipe_folder(register, Path(__file__).parent / "recipes")

@@ -1,0 +1,17 @@
+"""fmkit plugin __plugin__: registers its __kind__ and ships a recipe (entry point group ``fmkit``)."""
+
+from pathlib import Path
+
+from fmkit.plugin import hookimpl, register_recipe_folder
+
+
+@hookimpl
+def register_models(register):
+    from fmkit___plugin__.net import ResNet, ResNetOptions
+
+    register("__plugin___net", ResNet.from_data, options=ResNetOptions, description="__desc__")
+
+
+@hookimpl
+def register_recipes(register):
+    register_recipe_folder(register, Path(__file__).parent / "recipes")
