@@ -45,7 +45,7 @@ def sample(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate samples from a trained run and write them (artefacts + safetensors)."""
+    """Generate samples from a trained run, a model folder or hf://, and write them (artefacts + safetensors)."""
     import torch
 
     from fmkit.engine.evaluation import each, sample_in_chunks
@@ -114,7 +114,7 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
+    """Sample from a run (or a model folder, hf://) and print its metrics (and optionally the test log-likelihood)."""
     import torch
 
     from fmkit.engine.evaluation import sample_in_chunks, score
