@@ -57,15 +57,12 @@ def require_hub(purpose: str) -> Any:
 def download(ref: str) -> Path:
     """The local folder of ``hf://ORG/NAME[@REVISION]``: the snapshot in the Hub cache, downloaded first
     when it is not there (and the Hub reachable)."""
-    import fmkit
-
     repo_id, revision = parse_hub_ref(ref)
     hub = require_hub(f"loading {ref}")
     from huggingface_hub import errors
 
     try:
-        return Path(hub.snapshot_download(repo_id, revision=revision, library_name="fmkit",
-                                          library_version=fmkit.__version__))
+        return Path(hub.snapshot_download(repo_id, revision=revision, library_name="fmkit"))
     except getattr(errors, "IncompleteSnapshotError", ()):  # a partial snapshot (recent huggingface_hub only)
         raise FmkitError(f"the cached copy of {ref} is incomplete and the Hub cannot be reached", where=ref,
                          fix="download it again with network access (unset HF_HUB_OFFLINE)") from None

@@ -56,14 +56,19 @@ def pick_checkpoint(run: Path, which: str | None) -> Path:
 def load_for_inference(run: Path | str, set_: list[str] | None, which: str | None = None) -> LoadedRun:
     """RUN's recipe (with ``set_`` overrides), components and checkpoint (``which``: see :func:`pick_checkpoint`).
     RUN may also be a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]`` (one on the
-    Hugging Face Hub, through its cache): see :func:`fmkit.app.model_folder.load_model_folder`."""
+    Hugging Face Hub, through its cache): its plugins are checked and its files verified first
+    (:func:`fmkit.app.model_folder.open_model_folder`)."""
     from fmkit.app.hub import is_hub_ref
-    from fmkit.app.model_folder import is_model_folder, load_model_folder, weights_kind
+    from fmkit.app.model_folder import is_model_folder, weights_kind
     from fmkit.app.run import build_components, load_run_recipe
     from fmkit.engine.checkpoint import load_checkpoint, load_resolved
 
     if is_hub_ref(str(run)) or is_model_folder(Path(run)):
-        return load_model_folder(str(run), set_, which)
+        if which is not None:
+            raise FmkitError("a model folder holds one set of weights; --checkpoint picks one of a run's checkpoints",
+                             where="--checkpoint", fix="drop --checkpoint, or export the checkpoint you want: "
+                                                       "`fmkit export RUN DIR --checkpoint STEP`")
+        return _load_model_folder(str(run), set_)
     run = Path(run)
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
@@ -72,14 +77,29 @@ def load_for_inference(run: Path | str, set_: list[str] | None, which: str | Non
     else:
         ck = pick_checkpoint(run, which)
         data = load_checkpoint(ck)
-    install_weights(comps.model, data.tensors[weights_kind(rec.eval.use_ema, data.tensors)], rec,
-                    data.meta.get("fingerprint") or {}, str(ck),
-                    fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
-                        "recipe")
+    _install_weights(comps.model, data.tensors[weights_kind(rec.eval.use_ema, data.tensors)], rec,
+                     data.meta.get("fingerprint") or {}, str(ck),
+                     fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
+                         "recipe")
     return LoadedRun(rec, comps, ck, data)
 
 
-def install_weights(model: torch.nn.Module, weights: dict, rec: Any, recorded: dict, where: str, fix: str) -> None:
+def _load_model_folder(source: str, set_: list[str] | None) -> LoadedRun:
+    """A model folder or ``hf://`` reference loaded as a run's checkpoint would be (``checkpoint``: the folder)."""
+    from fmkit.app.model_folder import MODEL_FILE, open_model_folder
+    from fmkit.app.run import build_components, load_run_recipe
+    from fmkit.engine.checkpoint import CheckpointData
+
+    folder, weights = open_model_folder(source)  # plugins checked, files verified: before anything is built
+    rec = load_run_recipe(folder.path, set_ or [])
+    comps = build_components(rec)
+    _install_weights(comps.model, weights, rec, folder.meta.get("fingerprint") or {}, str(folder.path / MODEL_FILE),
+                     fix="drop --set for these keys: the weights were trained with the folder's recipe.yaml")
+    return LoadedRun(rec, comps, folder.path, CheckpointData({folder.meta.get("weights", "model"): weights},
+                                                             {"step": folder.step}))
+
+
+def _install_weights(model: torch.nn.Module, weights: dict, rec: Any, recorded: dict, where: str, fix: str) -> None:
     """Load ``weights`` into ``model`` once the ``recorded`` fingerprint of their recipe matches ``rec``'s:
     the model's output means what the path's prediction and the source say, so all three must match."""
     from fmkit.app.run import fingerprint

@@ -150,28 +150,14 @@ def weights_kind(use_ema: bool, groups: Mapping[str, Any]) -> str:
     return "ema" if use_ema and "ema" in groups else "model"
 
 
-def load_model_folder(source: str, set_: list[str] | None, which: str | None = None) -> Any:
-    """A model folder (a path, or ``hf://ORG/NAME[@REVISION]`` fetched through the Hub's cache) loaded
-    for inference as a :class:`fmkit.app.inference.LoadedRun`: its plugins checked, its files verified,
-    its recipe (with ``set_`` overrides) built, its weights in the model."""
+def open_model_folder(source: str) -> tuple[ModelFolder, dict[str, Tensor]]:
+    """A model folder (a path, or ``hf://ORG/NAME[@REVISION]`` fetched through the Hub's cache), its
+    plugins checked, its files verified, and its weights; :func:`fmkit.app.inference.load_for_inference`
+    builds its recipe around them."""
     from fmkit.app.hub import download, is_hub_ref
-    from fmkit.app.inference import LoadedRun, install_weights
     from fmkit.app.registry import get_registry
-    from fmkit.app.run import build_components, load_run_recipe
-    from fmkit.engine.checkpoint import CheckpointData
 
-    if which is not None:
-        raise FmkitError("a model folder holds one set of weights; --checkpoint picks one of a run's checkpoints",
-                         where="--checkpoint", fix="drop --checkpoint, or export the checkpoint you want: "
-                                                   "`fmkit export RUN DIR --checkpoint STEP`")
-    path = download(source) if is_hub_ref(source) else Path(source)
-    folder = read_model_folder(path)
+    folder = read_model_folder(download(source) if is_hub_ref(source) else Path(source))
     check_plugins(folder, get_registry())
     verify_files(folder)
-    rec = load_run_recipe(path, set_ or [])
-    comps = build_components(rec)
-    weights = load_weights(folder)
-    install_weights(comps.model, weights, rec, folder.meta.get("fingerprint") or {}, str(path / MODEL_FILE),
-                    fix="drop --set for these keys: the weights were trained with the folder's recipe.yaml")
-    return LoadedRun(rec, comps, path, CheckpointData({str(folder.meta.get("weights", "model")): weights},
-                                                      {"step": folder.step}))
+    return folder, load_weights(folder)
