@@ -268,3 +268,13 @@ def test_push_uploads_the_folder_with_upload_folder(work: Path, monkeypatch) -> 
     assert up["repo_id"] == REPO and up["files"] == FILES and up["revision"] is None
     assert calls[2][1]["hf"], "the card of a pushed run shows how to load it from the Hub"
     assert not Path(up["folder_path"]).exists(), "the temporary export was left behind"
+
+
+def test_hf_ref_without_huggingface_hub_says_how_to_install_it(work: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed: importing it fails
+    r = cli("sample", f"hf://{REPO}", "-n", "4")
+    assert r.code == 2 and "needs the package huggingface_hub, which is not installed" in squash(r.err), r.err
+    assert "pip install 'fmkit[hub]'" in r.err
+    r = cli("push", work / "run", REPO)
+    assert r.code == 2 and "fmkit push needs the package huggingface_hub" in squash(r.err), r.err
+    assert cli("push", work / "run", REPO, "--dry-run").code == 0  # a dry run does not need it
