@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-import fmkit
 from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
 from fmkit.engine.evaluation import sample_in_chunks
-from fmkit.engine.snapshot import load_model_state
+from fmkit.engine.train_state import load_model_state
+from fmkit.flow.guidance import with_guidance
 from fmkit.flow.solvers import FixedStepSolver
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     load_model_state(comps.model, data.tensors["ema"] if "ema" in data.tensors else data.tensors["model"], str(ck))
     model = comps.model.to(device).eval()
     ds = comps.dataset
-    guided = fmkit.ClassifierFreeGuidance(model, a.guidance, ds.info.num_cond_classes)
+    guided = with_guidance(model, a.guidance, ds.info.null_class)
     solver = FixedStepSolver("euler", a.steps)
     fe = FrontEndOptions(**ds.info.meta["front_end"])
     a.out.mkdir(parents=True, exist_ok=True)

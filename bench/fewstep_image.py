@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-import fmkit
 import torch
 from fmkit.app.inference import inference_device, load_for_inference
 from fmkit.engine.evaluation import sample_in_chunks
+from fmkit.flow.guidance import with_guidance
 from fmkit.flow.solvers import FixedStepSolver
 
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
@@ -45,7 +45,7 @@ def main() -> None:
         rec, comps = loaded.recipe, loaded.components
         dev = inference_device(rec)
         model = comps.model.to(dev).eval()
-        guided = fmkit.ClassifierFreeGuidance(model, a.guidance, comps.dataset.info.num_cond_classes)
+        guided = with_guidance(model, a.guidance, comps.dataset.info.null_class)
         for method, steps_list in zip(pairs[0::2], pairs[1::2]):
             for steps in [int(s) for s in steps_list.split(",")]:
                 t0 = time.time()

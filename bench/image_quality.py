@@ -15,12 +15,12 @@ import json
 import time
 from pathlib import Path
 
-import fmkit
 import torch
 from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
 from fmkit.engine.evaluation import sample_in_chunks
-from fmkit.engine.snapshot import load_model_state
+from fmkit.engine.train_state import load_model_state
+from fmkit.flow.guidance import with_guidance
 from fmkit.flow.sampling import model_velocity
 from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver
 
@@ -46,8 +46,7 @@ def main() -> None:
     data = load_checkpoint(ck)
     load_model_state(comps.model, data.tensors["ema"], str(ck))
     model = comps.model.eval()
-    null = comps.dataset.info.num_cond_classes
-    guided = fmkit.ClassifierFreeGuidance(model, a.guidance, null)
+    guided = with_guidance(model, a.guidance, comps.dataset.info.null_class)
     a.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"run": str(a.run), "checkpoint": ck.name, "hardware": "2-core CPU, no GPU"}
     t0 = time.time()

@@ -23,7 +23,7 @@ import torch
 from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
 from fmkit.engine.evaluation import sample_in_chunks, score
-from fmkit.engine.snapshot import load_model_state
+from fmkit.engine.train_state import load_model_state
 from fmkit.flow.solvers import FixedStepSolver
 
 
@@ -43,9 +43,11 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=250, help="samples per solver call")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for sampling, e.g. path.fields.bonds.stochasticity=10")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    rec = load_run_recipe(a.run, [])
+    rec = load_run_recipe(a.run, a.overrides)
     comps = build_components(rec)
     start = (a.run / "recipe.yaml").stat().st_mtime
     a.out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def main() -> None:
                    "sampling_s": round(t_sample, 2), **{k: round(float(v), 5) for k, v in results.items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"run": str(a.run), "recipe": rec.name, "solver": "euler", "weights": "ema",
+    meta = {"run": str(a.run), "recipe": rec.name, "overrides": a.overrides, "solver": "euler", "weights": "ema",
             "hardware": f"{os.cpu_count()}-core CPU, no GPU", "torch_threads": a.threads,
             "loadavg_end": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None}
     (a.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

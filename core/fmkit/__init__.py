@@ -2,9 +2,9 @@
 
 Three layers, imported one way only (application -> engine -> math):
 
-- ``fmkit.flow``   the math: states, the dataset contract, paths, couplings, sources, solvers,
-  sampling, likelihood, guidance;
-- ``fmkit.engine`` the Trainer and what it runs on (CFM objective, data stream, checkpoints, ...);
+- ``fmkit.flow``   the math: states, the dataset contract, paths, couplings, sources, the training
+  objectives, solvers, sampling, likelihood, guidance;
+- ``fmkit.engine`` the Trainer and what it runs on (data stream, checkpoints, ...);
 - ``fmkit.app``    recipes, the plugin registry, the built-in plugin, runs and the ``fmkit`` CLI.
 
 Plugin authors import :mod:`fmkit.plugin`. The names below load on first use, so ``import fmkit``
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fmkit._version import __version__
 
 #: public name -> module defining it
 _WHERE = {
@@ -30,6 +30,7 @@ _WHERE = {
     **dict.fromkeys(["DataInfo", "Dataset", "FieldInfo", "TensorDataset"], "fmkit.flow.data"),
     **dict.fromkeys(["CategoricalSource", "GaussianSource", "Source", "StateSource"], "fmkit.flow.sources"),
     **dict.fromkeys(["AdaptiveSolver", "FixedStepSolver", "Solution", "Solver"], "fmkit.flow.solvers"),
+    "CFMObjective": "fmkit.flow.objectives",
     "ClassifierFreeGuidance": "fmkit.flow.guidance",
     "log_likelihood": "fmkit.flow.likelihood",
     "generate": "fmkit.flow.sampling",
@@ -37,7 +38,6 @@ _WHERE = {
     "FmkitError": "fmkit.errors",
     "Trainer": "fmkit.engine.trainer",
     "Callback": "fmkit.engine.callbacks",
-    "cfm_loss": "fmkit.engine.objective",
     "FixHints": "fmkit.engine.hints",
     **dict.fromkeys(["EvalOptions", "TrainerOptions"], "fmkit.engine.options"),
     **dict.fromkeys(["Recipe", "load_recipe"], "fmkit.app.recipe"),
@@ -76,7 +76,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.app.registry import Registry, get_registry
     from fmkit.engine.callbacks import Callback
     from fmkit.engine.hints import FixHints
-    from fmkit.engine.objective import cfm_loss
     from fmkit.engine.options import EvalOptions, TrainerOptions
     from fmkit.engine.trainer import Trainer
     from fmkit.errors import FmkitError
@@ -85,6 +84,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.flow.data import DataInfo, Dataset, FieldInfo, TensorDataset
     from fmkit.flow.guidance import ClassifierFreeGuidance
     from fmkit.flow.likelihood import log_likelihood
+    from fmkit.flow.objectives import CFMObjective
     from fmkit.flow.paths import (
         AffinePath,
         CondOTScheduler,

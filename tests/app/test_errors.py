@@ -286,6 +286,7 @@ def test_e29_batch_not_divisible_by_grad_accum(tmp_path):
                      "trainer.batch_size=32 is not divisible by grad_accum x processes = 3 x 1",
                      "where: trainer.batch_size", "fix:")
     record("E29", "batch size not divisible by grad_accum", "`--set trainer.grad_accum=3` with 32", msg, tmp_path)
+    assert not Path("runs").exists()  # the trainer is built before its run directory is made
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -70,7 +70,7 @@ def test_pairs_round_trip_bitwise_with_masks_and_conditions(tmp_path):
     ds = Blobs()
     src = StateSource(GaussianSource())
     solver = fmkit.FixedStepSolver("euler", 3)
-    res = write_pairs(tmp_path / "p", Shrink(), condot(), src, solver, ds, 50, seed=7, shard_size=16, batch_size=8,
+    res = write_pairs(tmp_path / "p", Shrink(), condot(), src, solver, ds, 50, seed=7, shard_size=16, chunk_size=8,
                       progress=False)
     assert (res.num_pairs, res.shards, res.shards_written, res.nfe_per_pair) == (50, 4, 4, 3)
     man = json.loads((tmp_path / "p" / P.MANIFEST).read_text())

@@ -26,12 +26,12 @@ def test_readme_library_example_runs_and_recovers_the_mean():
     assert torch.allclose(sol.x.std(0), torch.tensor([0.5, 0.5]), atol=0.15)
 
 
-def test_readme_cfm_loss_line_runs_in_the_example_scope():
+def test_readme_objective_line_runs_in_the_example_scope():
     """The one-call form the README offers for the loop's loss, on the example's own names."""
     text = README.read_text()
     section = text.split("## As a library", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    line = re.search(r"`(loss, _ = fmkit\.cfm_loss\(.*?\))`", section, re.S).group(1)
+    line = re.search(r"`(loss, _ = fmkit\.CFMObjective\(.*?\))`", section, re.S).group(1)
     scope: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code + "\nimport fmkit\n" + line, str(README), "exec"), scope)

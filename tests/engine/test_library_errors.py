@@ -83,7 +83,7 @@ def test_guidance_without_condition_classes_is_refused():
         with pytest.raises(TrainingError, match="num_cond_classes"):
             fmkit.Trainer(fmkit.TensorModel(Net()), ds, **{"options": OPTS, **kw})
     ok = fmkit.TensorDataset({"x": data(), "cond": torch.randint(0, 3, (64,))}, num_cond_classes=3)
-    assert fmkit.Trainer(fmkit.TensorModel(Net()), ok, options=dict(OPTS, cond_dropout=0.2)).null_cond == 3
+    assert fmkit.Trainer(fmkit.TensorModel(Net()), ok, options=dict(OPTS, cond_dropout=0.2)).objective.null_class == 3
 
 
 def test_an_adaptive_solver_for_categorical_data_is_refused_before_training():
@@ -98,7 +98,7 @@ def test_an_adaptive_solver_for_categorical_data_is_refused_before_training():
 def test_options_as_a_dict_are_validated_and_a_wrong_type_or_device_is_named():
     tr = fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options={"steps": 3, "device": "cpu"},
                        eval_options={"num_samples": 8})
-    assert tr.opts.steps == 3 and tr.eval_opts.num_samples == 8
+    assert tr.opts.steps == 3 and tr.evaluator.options.num_samples == 8
     with pytest.raises(TypeError, match="options must be a TrainerOptions or a dict"):
         fmkit.Trainer(fmkit.TensorModel(Net()), fmkit.TensorDataset(data()), options=["steps", 3])
     with pytest.raises(TrainingError, match="'gpu' is not a device torch knows"):

@@ -110,7 +110,7 @@ def test_generate_hands_the_masks_to_every_model_call_and_returns_them():
 def test_guidance_doubles_the_per_field_masks_with_the_batch():
     x = pair_state()
     net = PairNet()
-    cfg = ClassifierFreeGuidance(net, 2.0, null_value=9)
+    cfg = ClassifierFreeGuidance(net, 2.0, null_class=9)
     out = cfg({k: v for k, v in x.items()}, torch.rand(B), torch.zeros(B, dtype=torch.long))
     assert net.seen[-1]["bonds"].shape == (2 * B, N, N)
     assert out["bonds"].shape == (B, N, N, K)

@@ -277,3 +277,64 @@ def test_mask_path_unmasking_follows_kappa(method):
         assert abs(frac - expect) < 4 * se + 1e-9, (tk, frac, expect)
         masked *= 1.0 - min(1.0, h / max(1.0 - k * h, 1e-6))
     assert torch.equal(sol.x["c"], target)
+
+
+def test_mask_path_stochasticity_keeps_the_marginals_and_revises_tokens():
+    """Detailed-balance noise (Campbell et al. 2024): with the exact posterior, remasking at rate eta
+    and the matching extra unmasking leave the fraction unmasked at grid time t equal to kappa_t = t
+    in expectation (checked while no jump probability is clipped at 1); tokens do get masked again
+    (none would with eta = 0), and every token ends on its target with none left masked at t = 1."""
+    K, B, N, steps, eta = 5, 8, 500, 50, 4.0
+    path = DiscretePath("mask", 1.0, stochasticity=eta)
+    target = torch.randint(0, K, (B, N), generator=torch.Generator().manual_seed(0))
+    logits = torch.nn.functional.one_hot(target, K).to(D) * 60.0
+
+    def velocity(s, t, step=None):
+        return {"c": path.velocity(logits, s["c"], t.reshape(1).expand(B), step=step)}
+
+    torch.manual_seed(1)
+    sol = FixedStepSolver("euler", steps).solve(velocity, {"c": torch.full((B, N), K)}, trajectory=True)
+    h, remasked = 1.0 / steps, 0
+    times = sol.times.tolist()
+    for k in range(1, len(times)):
+        tk, xk, prev = times[k], sol.trajectory[k]["c"], sol.trajectory[k - 1]["c"]
+        assert torch.all((xk == K) | (xk == target))
+        remasked += int(((prev != K) & (xk == K)).sum())
+        t_prev = tk - h
+        if h * (1 + eta * t_prev) / (1 - t_prev) <= 1.0:  # no unmasking probability clipped
+            frac = (xk == target).double().mean().item()
+            se = math.sqrt(max(tk * (1 - tk), 1e-12) / (B * N))
+            assert abs(frac - tk) < 4 * se + 1e-9, (tk, frac)
+    assert remasked > 100
+    assert torch.equal(sol.x["c"], target)
+
+
+def test_stochasticity_needs_the_mask_source():
+    with pytest.raises(ValueError, match="mask source"):
+        DiscretePath("uniform", 1.0, stochasticity=1.0)
+    from fmkit.app.builtin.plugin import DiscreteOptions
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs source: mask"):
+        DiscreteOptions(source="uniform", stochasticity=2.0)
+    assert DiscreteOptions(source="mask", stochasticity=2.0).stochasticity == 2.0
+
+
+def test_mask_path_temperature_sharpens_the_draws():
+    """With a fixed posterior p = (0.6, 0.4) every token ends drawn from p^(1/T) renormalised:
+    (0.6, 0.4) at T = 1, (0.692, 0.308) at T = 0.5."""
+    B, N, steps = 4, 5000, 10
+    logits = torch.log(torch.tensor([0.6, 0.4], dtype=D)).expand(B, N, 2)
+    for temp, want in ((1.0, 0.6), (0.5, 0.36 / 0.52)):
+        path = DiscretePath("mask", 1.0, temperature=temp)
+
+        def velocity(s, t, step=None, path=path):
+            return {"c": path.velocity(logits, s["c"], t.reshape(1).expand(B), step=step)}
+
+        torch.manual_seed(0)
+        x = FixedStepSolver("euler", steps).solve(velocity, {"c": torch.full((B, N), 2)}).x["c"]
+        assert (x != 2).all()
+        frac = (x == 0).double().mean().item()
+        assert abs(frac - want) < 4 * math.sqrt(want * (1 - want) / (B * N)), (temp, frac, want)
+    with pytest.raises(ValueError, match="temperature"):
+        DiscretePath("mask", 1.0, temperature=0.0)

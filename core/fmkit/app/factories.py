@@ -1,17 +1,30 @@
-"""Calling a component's factory: its options as keywords plus the build context its signature asks
-for, and refusing (as the plugin's bug, not the recipe's) a factory whose signature does not fit its
-options model."""
+"""A registered component (:class:`Entry`) and calling its factory: its options as keywords plus the
+build context its signature asks for, and refusing (as the plugin's bug, not the recipe's) a factory
+whose signature does not fit its options model."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
 
 from fmkit.errors import RegistryError
 
-if TYPE_CHECKING:
-    from fmkit.app.registry import Entry
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: its kind and name, the factory that builds it, its options model and
+    the plugin that registered it (the registry's table holds these)."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel] | None
+    plugin: str
+    description: str = ""
 
 
 def check_factory(entry: Entry, kwargs: Mapping[str, Any], context: Mapping[str, Any], where: str) -> None:

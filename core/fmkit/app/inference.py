@@ -104,7 +104,7 @@ def _install_weights(model: torch.nn.Module, weights: dict, rec: Any, recorded: 
     the model's output means what the path's prediction and the source say, so all three must match."""
     from fmkit.app.run import fingerprint
     from fmkit.engine.fingerprint import check_fingerprint
-    from fmkit.engine.snapshot import load_model_state
+    from fmkit.engine.train_state import load_model_state
 
     check_fingerprint(recorded, fingerprint(rec), where, sections=("model", "path", "source"), fix=fix)
     load_model_state(model, weights, where)
@@ -153,19 +153,19 @@ def build_solver(rec: Any, solver: str | None, steps: int | None, rtol: float | 
     return reg.build("solvers", resolved, where="solver"), describe_solver(resolved)
 
 
-def guided(model: torch.nn.Module, rec: Any, num_cond_classes: int | None, scale: float | None = None
+def guided(model: torch.nn.Module, rec: Any, null_class: int | None, scale: float | None = None
            ) -> tuple[torch.nn.Module, float | None]:
-    """``model`` under classifier-free guidance at ``scale`` (``--guidance``), else at the recipe's
-    ``eval.guidance_scale`` (what the trainer's evaluation and ``fmkit reflow`` sample with); returns
-    the model and the scale used (None: unguided)."""
+    """The field a run samples: ``model`` under classifier-free guidance at ``scale`` (``--guidance``), else at
+    the recipe's ``eval.guidance_scale``, through :func:`fmkit.flow.guidance.with_guidance` as the trainer's
+    evaluation and ``fmkit reflow`` do; returns it and the scale used (None: unguided)."""
     from fmkit.flow.guidance import with_guidance
 
-    if scale is not None and num_cond_classes is None:
-        raise FmkitError("--guidance needs a conditional dataset (labels in `cond`)", where="--guidance",
-                         fix="drop --guidance")
+    where = "--guidance" if scale is not None else "eval.guidance_scale"
     scale = scale if scale is not None else rec.eval.guidance_scale
-    guided_model = with_guidance(model, scale, num_cond_classes)
-    return guided_model, (None if guided_model is model else float(scale))
+    if scale is not None and null_class is None:
+        raise FmkitError(f"{where} needs a conditional dataset (labels in `cond`, and a null class)", where=where,
+                         fix=f"drop {where}" if where == "--guidance" else "--set eval.guidance_scale=null")
+    return with_guidance(model, scale, null_class), (None if scale is None else float(scale))
 
 
 def describe_solver(spec: dict) -> str:

@@ -21,14 +21,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pluggy
 
 from fmkit.errors import RegistryError, note
-
-if TYPE_CHECKING:
-    from fmkit.app.registry import Registry
 
 #: what a component name may be: it is typed in YAML and on command lines
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
@@ -208,7 +205,20 @@ def _not_installed(var: str, name: str, installed: set[str]) -> str:
     return f"{var} names {name!r}, which is not an installed plugin: {hint}installed: {', '.join(sorted(installed)) or '(none)'}"
 
 
-def load_entry_points(reg: Registry, eps: Iterable[importlib.metadata.EntryPoint]) -> None:
+class LoadTarget(Protocol):
+    """What loading entry points reads and fills of a registry: the :class:`fmkit.app.registry.Registry`,
+    described by what this module uses of it (the registry imports this module, not the other way)."""
+
+    pm: pluggy.PluginManager
+    broken: dict[str, BrokenPlugin]  # plugins set aside, by name
+    disabled: dict[str, str]  # installed plugins not loaded (FMKIT_PLUGINS / FMKIT_DISABLE_PLUGINS): name -> why
+
+    def record_distribution(self, name: str, dist: tuple[str | None, str | None]) -> None: ...
+    def named_in_process(self, plugin: object) -> bool: ...
+    def declare_hookspecs(self) -> None: ...
+
+
+def load_entry_points(reg: LoadTarget, eps: Iterable[importlib.metadata.EntryPoint]) -> None:
     """Import and register the allowed entry points ``eps`` into ``reg``. One that fails to import,
     that pluggy refuses, or whose hooks are misspelled or unmarked is set aside in ``reg.broken``
     (reported once, as a note) and the rest load; a lookup of a name only it could give names it.
@@ -234,11 +244,11 @@ def load_entry_points(reg: Registry, eps: Iterable[importlib.metadata.EntryPoint
         except Exception as exc:  # a broken plugin must not take the others down
             reg.broken[ep.name] = broken_from_exception(ep.name, ep.value, "import", exc, dist=dist)
             continue
-        reg._dists[ep.name] = dist
+        reg.record_distribution(ep.name, dist)
         # a plugin added in-process (Registry.fresh(plugins=[module])) that is installed too: it
         # keeps its registration, under its entry point's name (as the CLI names it in errors)
         if reg.pm.is_registered(module):
-            if id(module) not in reg._named and reg.pm.get_name(module) != ep.name:
+            if not reg.named_in_process(module) and reg.pm.get_name(module) != ep.name:
                 reg.pm.unregister(module)
                 reg.pm.register(module, name=ep.name)
         elif all(m is not module for _, m, _, _ in loaded):
@@ -250,7 +260,7 @@ def load_entry_points(reg: Registry, eps: Iterable[importlib.metadata.EntryPoint
             registered.append((name, module, target, dist))
         except Exception as exc:  # pluggy refused it (a name clash, a malformed hook implementation)
             reg.broken[name] = broken_from_exception(name, target, "register", exc, dist=dist)
-    reg._declare_hookspecs()
+    reg.declare_hookspecs()
     for name, module, target, dist in registered:
         if name in reg.broken:
             continue

@@ -8,6 +8,7 @@ A recipe names every component by its registry key with its options inline::
     source:  {name: eight_gaussians}
     coupling: {name: exact_ot}
     solver:  {name: euler, steps: 100}
+    objective: {name: cfm}                                    # the loss (default)
     trainer: {steps: 3000, batch_size: 256, lr: 1e-3}
     eval:    {every: 1000, num_samples: 2000, metrics: [{name: w2}], writers: [{name: scatter}]}
 
@@ -28,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmkit.app.component_options import format_validation_error
 from fmkit.app.registry import Registry, get_registry
-from fmkit.engine.options import MAX_STEPS, EvalOptions, TrainerOptions  # noqa: F401 - the sections a recipe composes
+from fmkit.engine.options import (  # noqa: F401 - the sections a recipe composes
+    MAX_STEPS,
+    CFMObjectiveOptions,
+    EvalOptions,
+    ObjectiveOptions,
+    TrainerOptions,
+)
 from fmkit.errors import FmkitError, RecipeError
 
 
@@ -68,6 +75,8 @@ class Recipe(BaseModel):
     source: FieldedComponent = Field(default_factory=lambda: FieldedComponent(name="gaussian"))
     coupling: Component = Field(default_factory=lambda: Component(name="independent"))
     solver: Component = Field(default_factory=lambda: Component(name="euler", steps=100))
+    objective: ObjectiveOptions = Field(default_factory=CFMObjectiveOptions,
+                                        description="the loss: {name: cfm} (conditional flow matching)")
     trainer: TrainerOptions = Field(default_factory=TrainerOptions)
     eval: EvalSection = Field(default_factory=EvalSection)
     callbacks: list[Component] = Field(default_factory=list)
@@ -217,8 +226,20 @@ def parse_yaml(text: str, where: str = "<recipe>") -> dict[str, Any]:
     return data
 
 
+#: renamed recipe keys, by section: ``{section: {old: new}}``. A file may hold either name (the options
+#: model reads the old one); ``--set`` of either sets the new name, replacing the file's old one.
+RENAMED_KEYS: dict[str, Mapping[str, str]] = {"eval": EvalOptions.RENAMED}
+
+
+def _current_names(parts: list[str]) -> list[str]:
+    """An override's key path under today's names (``eval.batch_size`` -> ``eval.chunk_size``)."""
+    renamed = RENAMED_KEYS.get(parts[0], {}) if len(parts) == 2 else {}
+    return [parts[0], renamed[parts[1]]] if parts[-1] in renamed else parts
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a recipe mapping, in place."""
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a recipe mapping, in place; a renamed
+    key (:data:`RENAMED_KEYS`) is set under its new name, whichever name the override and the file use."""
     for ov in overrides:
         if not isinstance(ov, str) or "=" not in ov:
             raise RecipeError(f"override {ov!r} is not of the form key.path=value", where="--set",
@@ -227,6 +248,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         parts = key.strip().split(".")
         if not key.strip() or any(not p for p in parts):
             raise RecipeError(f"override {ov!r} has an empty key", where="--set", fix="write e.g. --set trainer.lr=1e-4")
+        parts = _current_names(parts)
         try:
             value = _load_bounded(raw) if raw.strip() else ""
         except _AliasBomb as exc:
@@ -250,6 +272,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             idx = _list_index(node, last, key)
             node[idx] = value
         elif isinstance(node, dict):
+            if len(parts) == 2:  # the file's old name of this key goes: the override replaces its value
+                for gone in [o for o, n in RENAMED_KEYS.get(parts[0], {}).items() if n == last]:
+                    node.pop(gone, None)
             node[last] = value
         else:
             raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a mapping", where="--set",

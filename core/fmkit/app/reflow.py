@@ -28,10 +28,10 @@ from fmkit.engine.stopping import TrainingInterrupted
 from fmkit.errors import OutputError
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import StatePath
-from fmkit.flow.sampling import model_velocity
+from fmkit.flow.sampling import generate
 from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, Solver
 from fmkit.flow.sources import StateSource
-from fmkit.flow.state import MASKS, PASSENGERS, State, fields, to_device
+from fmkit.flow.state import State, fields, to_device
 
 REFLOW_STREAM = 0x7265666C  # "refl": the pairs' random streams, apart from training's and sampling's
 
@@ -108,25 +108,17 @@ class _StopOnSignal:
 
 @torch.no_grad()
 def draw_pairs(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
-               template_seed: int, n: int, batch_size: int, device: torch.device) -> tuple[State, State]:
-    """``n`` pairs in batches of ``batch_size`` from the random stream seeded already: x0 from
-    ``source`` for templates of ``dataset`` (their masks and conditions ride with x1), x1 the solve
-    of ``model``'s velocity from x0. CPU tensors."""
+               template_seed: int, n: int, chunk_size: int, device: torch.device) -> tuple[State, State]:
+    """``n`` pairs, ``chunk_size`` per solver call, from the random stream seeded already: x0 from ``source``
+    for templates of ``dataset`` (their masks and conditions ride with x1), x1 the solve of ``model``'s
+    field from x0 (:func:`fmkit.flow.sampling.generate`). CPU tensors."""
     x0s: list[State] = []
     x1s: list[State] = []
-    for j, start in enumerate(range(0, n, batch_size)):
-        m = min(batch_size, n - start)
-        template = to_device(dataset.template(m, seed=template_seed + j), device)
+    for j, start in enumerate(range(0, n, chunk_size)):
+        template = to_device(dataset.template(min(chunk_size, n - start), seed=template_seed + j), device)
         x0 = source.sample(template)
-        mask, cond = template.get("mask"), template.get("cond")
-        sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0))
-        x1 = {k: v.cpu() for k, v in sol.x.items()}
-        for k in PASSENGERS:
-            if k in template:
-                v = template[k]
-                x1[k] = {kk: vv.cpu() for kk, vv in v.items()} if isinstance(v, Mapping) else v.cpu()
-        x0s.append({k: v.cpu() for k, v in fields(x0).items()})
-        x1s.append(x1)
+        x0s.append(to_device(fields(x0), "cpu"))
+        x1s.append(to_device(generate(model, path, source, solver, template, x0=x0).x, "cpu"))
     var = {k for k, f in dataset.info.fields.items() if any(s is None for s in f.shape)}
     return P._concat(x0s, var), P._concat(x1s, var)
 
@@ -141,7 +133,7 @@ def _nfe(solver: Solver) -> int:
 
 def write_pairs(out: str | Path, model: nn.Module, path: StatePath, source: StateSource, solver: Solver,
                 dataset: Dataset, num_pairs: int, *, teacher: Mapping[str, Any] | None = None,
-                solver_about: str | None = None, seed: int = 0, shard_size: int = 4096, batch_size: int = 1000,
+                solver_about: str | None = None, seed: int = 0, shard_size: int = 4096, chunk_size: int = 1000,
                 device: torch.device | str = "cpu", progress: bool = True) -> ReflowResult:
     """Write ``num_pairs`` pairs of ``model`` into the folder ``out`` (resuming what is there).
 
@@ -150,9 +142,9 @@ def write_pairs(out: str | Path, model: nn.Module, path: StatePath, source: Stat
     configuration (teacher, solver, seed, count, shard size) is refused rather than mixed."""
     out = Path(out)
     device = torch.device(device)
-    if num_pairs < 1 or shard_size < 1 or batch_size < 1:
-        raise OutputError(f"num_pairs, shard_size and batch_size must be >= 1 (got {num_pairs}, {shard_size}, "
-                          f"{batch_size})", where="reflow", fix="pass positive sizes (--pairs N)")
+    if num_pairs < 1 or shard_size < 1 or chunk_size < 1:
+        raise OutputError(f"num_pairs, shard_size and chunk_size must be >= 1 (got {num_pairs}, {shard_size}, "
+                          f"{chunk_size})", where="reflow", fix="pass positive sizes (--pairs N)")
     config = {"num_pairs": int(num_pairs), "shard_size": int(shard_size), "seed": int(seed),
               "teacher": dict(teacher or {}), "solver": solver_record(solver, solver_about)}
     manifest = _open(out, config, dataset)
@@ -173,7 +165,7 @@ def write_pairs(out: str | Path, model: nn.Module, path: StatePath, source: Stat
                 m = min(shard_size, num_pairs - start)
                 shard_seed = fold_seed(seed, REFLOW_STREAM, k)
                 seed_generators(shard_seed, device)
-                x0, x1 = draw_pairs(model, path, source, solver, dataset, shard_seed % (2**31), m, batch_size, device)
+                x0, x1 = draw_pairs(model, path, source, solver, dataset, shard_seed % (2**31), m, chunk_size, device)
                 entry = P.write_shard(out, k, x0, x1)
                 entry["start"] = start
                 manifest["shards"] = sorted([*manifest["shards"], entry], key=lambda s: s["start"])
@@ -232,17 +224,17 @@ def _json(v: Any) -> Any:
 
 def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solver | None = None,
                solver_about: str | None = None, checkpoint: str | Path | None = None, use_ema: bool = True,
-               seed: int = 0, shard_size: int = 4096, batch_size: int | None = None,
+               seed: int = 0, shard_size: int = 4096, chunk_size: int | None = None,
                overrides: list[str] | None = None, progress: bool = True) -> ReflowResult:
     """Pairs from a trained run (what ``fmkit reflow RUN --pairs N --out PAIRS`` calls): its recipe's
     model, path, source and data templates; its newest checkpoint (or ``checkpoint``), EMA weights
     unless ``use_ema`` is false; its solver unless ``solver`` is given; its device and CPU threads."""
+    from fmkit.app.inference import guided
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
     from fmkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fmkit.engine.fingerprint import check_fingerprint
     from fmkit.engine.setup import pick_device, set_cpu_threads
-    from fmkit.engine.snapshot import load_model_state
-    from fmkit.flow.guidance import with_guidance
+    from fmkit.engine.train_state import load_model_state
 
     run = Path(run)
     rec = load_run_recipe(run, overrides or [])
@@ -257,9 +249,8 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
     device = pick_device(rec.trainer.device)
     if device.type == "cpu":
         set_cpu_threads(rec.trainer)
-    model: nn.Module = comps.model.to(device).eval()
     guidance = rec.eval.guidance_scale
-    model = with_guidance(model, guidance, comps.dataset.info.num_cond_classes)
+    model, _ = guided(comps.model.to(device).eval(), rec, comps.dataset.info.null_class)
     s = solver or comps.solver
     if isinstance(s, AdaptiveSolver):
         from fmkit.flow.solvers import check_continuous_only
@@ -270,4 +261,4 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
                "fingerprint": data.meta.get("fingerprint") or {}}
     return write_pairs(out, model, comps.path, comps.source, s, comps.dataset, num_pairs, teacher=teacher,
                        solver_about=solver_about, seed=seed, shard_size=shard_size,
-                       batch_size=batch_size or rec.eval.batch_size, device=device, progress=progress)
+                       chunk_size=chunk_size or rec.eval.chunk_size, device=device, progress=progress)

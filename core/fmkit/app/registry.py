@@ -15,7 +15,6 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ValidationError
 
+from fmkit._version import __version__
 from fmkit.app import hookspecs
 from fmkit.app.component_options import (
     closest_name,
@@ -32,7 +32,7 @@ from fmkit.app.component_options import (
     option_keys,
     unknown_option_line,
 )
-from fmkit.app.factories import _qualname, call_with_context, check_factory
+from fmkit.app.factories import Entry, _qualname, call_with_context, check_factory
 from fmkit.app.plugin_loading import (
     BrokenPlugin,
     PluginInfo,
@@ -47,18 +47,6 @@ from fmkit.errors import FmkitError, RecipeError, RegistryError, note
 
 ENTRY_POINT_GROUP = "fmkit"
 BUILTIN = "fmkit.app.builtin.plugin"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One registered component."""
-
-    kind: str
-    name: str
-    factory: Callable[..., Any]
-    options: type[BaseModel] | None
-    plugin: str
-    description: str = ""
 
 
 class Registry:
@@ -112,7 +100,7 @@ class Registry:
         """Entry points loaded and every plugin's hooks checked: what each lookup needs first."""
         self._ensure_entry_points()
         if self._unchecked:
-            self._declare_hookspecs()
+            self.declare_hookspecs()
             for plugin in list(self._unchecked):
                 if not self.pm.is_registered(plugin):
                     self._unchecked.remove(plugin)
@@ -125,7 +113,15 @@ class Registry:
                                             "fmkit.app.hookspecs (register_models, register_datasets, ...)")
                 self._unchecked.remove(plugin)
 
-    def _declare_hookspecs(self) -> None:
+    def record_distribution(self, name: str, dist: tuple[str | None, str | None]) -> None:
+        """Remember the distribution and version that plugin ``name`` was installed from (its entry point's)."""
+        self._dists[name] = dist
+
+    def named_in_process(self, plugin: object) -> bool:
+        """Whether :meth:`add_plugin` gave ``plugin`` its name (it keeps that name when also installed)."""
+        return id(plugin) in self._named
+
+    def declare_hookspecs(self) -> None:
         """Let plugins declare their own hook kinds (``register_hookspecs``) before hooks are checked;
         a plugin whose declaration raises is set aside."""
         for impl in self.pm.hook.register_hookspecs.get_hookimpls():
@@ -333,9 +329,7 @@ class Registry:
         if name in self._dists:
             return self._dists[name]
         if name == BUILTIN:
-            import fmkit
-
-            return "fmkit", fmkit.__version__
+            return "fmkit", __version__
         return distribution_of(obj)
 
     def provenance(self, used: Iterable[str]) -> dict[str, dict[str, Any]]:

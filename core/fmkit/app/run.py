@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from torch import nn
 
 from fmkit.app.recipe import FieldedComponent, Recipe, read_yaml, validate
 from fmkit.app.registry import Registry, get_registry
-from fmkit.engine.callbacks import Callback
+from fmkit.engine.callbacks import Callback, TrainerView
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.hints import FixHints
 from fmkit.engine.trainer import Trainer
@@ -139,28 +140,33 @@ def _key(d: dict[str, Any], name: str) -> str:
     return k
 
 
-def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None) -> Trainer:
-    """The recipe's Trainer. Its checkpoints record, and its run directory gets in
-    ``provenance.json`` when training starts, which plugin, distribution and version made each component."""
+def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | None = None, *,
+                  callbacks: Sequence[Callback] = ()) -> Trainer:
+    """The recipe's Trainer, writing to ``run_dir`` (nothing is made there before it trains), with ``callbacks``
+    before the recipe's own. Its checkpoints record, and its run directory gets in ``provenance.json`` when
+    training starts, which plugin, distribution and version made each component."""
     reg = registry or get_registry()
     c = build_components(recipe, reg)
-    tr = Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
-                 options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
-                 callbacks=[*c.callbacks, _RecordProvenance()], run_dir=run_dir, seed=recipe.seed,
-                 fingerprint=fingerprint(recipe), hints=FixHints.cli())
-    tr.provenance = provenance(recipe, reg)
-    return tr
+    made_by = provenance(recipe, reg)
+    return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
+                   options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
+                   callbacks=[*callbacks, *c.callbacks, RecordProvenance(run_dir, made_by)], run_dir=run_dir,
+                   seed=recipe.seed, fingerprint=fingerprint(recipe), hints=FixHints.cli(), provenance=made_by,
+                   objective=recipe.objective)
 
 
-class _RecordProvenance(Callback):
+class RecordProvenance(Callback):
     """Writes ``RUN/provenance.json`` as training starts (fresh or resumed: the versions of this session)."""
 
-    def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.run_dir is None or not trainer.is_main or trainer.provenance is None:
+    def __init__(self, run_dir: Path | None, provenance: dict[str, Any]) -> None:
+        self.run_dir, self.provenance = run_dir, provenance
+
+    def on_train_start(self, trainer: TrainerView) -> None:
+        if self.run_dir is None or not trainer.is_main:
             return
         from fmkit.engine.files import write_atomic_text
 
-        write_atomic_text(trainer.run_dir / PROVENANCE_FILE, json.dumps(trainer.provenance, indent=2) + "\n")
+        write_atomic_text(Path(self.run_dir) / PROVENANCE_FILE, json.dumps(self.provenance, indent=2) + "\n")
 
 
 def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     distribution and version that registered it (``{"components": {"models.unet": {...}}}``)."""
     import platform
 
-    import fmkit
+    from fmkit._version import __version__
 
     used = [f"datasets.{recipe.data.name}", f"models.{recipe.model.name}", f"couplings.{recipe.coupling.name}",
             f"solvers.{recipe.solver.name}"]
@@ -177,7 +183,7 @@ def provenance(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     for kind, comps in (("metrics", recipe.eval.metrics), ("writers", recipe.eval.writers),
                         ("callbacks", recipe.callbacks)):
         used += [f"{kind}.{c.name}" for c in comps]
-    return {"fmkit": fmkit.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"fmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "components": registry.provenance(used)}
 
 
@@ -188,10 +194,15 @@ def holds_run(run_dir: Path) -> bool:
     return has_checkpoint(run_dir)
 
 
+def run_dir_name(recipe: Recipe, out: Path | None) -> Path:
+    """Where a new run goes: ``out``, or ``runs/<name>-<time>``; nothing is made (:func:`new_run_dir` makes it)."""
+    return Path(out) if out is not None else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def new_run_dir(recipe: Recipe, out: Path | None) -> Path:
-    """``out`` or ``runs/<name>-<time>``; refuses a directory that already holds a run (a checkpoint),
-    and replaces what a run that never reached its first checkpoint left there."""
-    run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """Makes :func:`run_dir_name`'s directory with the resolved recipe in it; refuses a directory that already
+    holds a run (a checkpoint), and replaces what a run that never reached its first checkpoint left there."""
+    run_dir = run_dir_name(recipe, out)
     if holds_run(run_dir):
         raise OutputError(f"{run_dir} already holds a run", where=str(run_dir),
                           fix=f"continue it with `fmkit train --resume {run_dir}`, or pick another --out")

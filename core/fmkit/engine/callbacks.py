@@ -8,18 +8,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import torch
+from torch import nn
 
 from fmkit.flow.data import Dataset
 from fmkit.flow.state import State
-
-if TYPE_CHECKING:
-    from fmkit.engine.trainer import Trainer
 
 #: ``metric(samples, dataset) -> {name: value}``
 Metric = Callable[[State, Dataset], Mapping[str, float]]
 #: ``writer(samples, out_dir, dataset, step) -> written paths``
 Writer = Callable[[State, Path, Dataset, int], Sequence[Path]]
+
+
+class TrainerView(Protocol):
+    """What a callback is handed: the :class:`~fmkit.engine.trainer.Trainer` running the fit, by the
+    members callbacks use (the trainer module imports this one, so the trainer is described, not imported)."""
+
+    step: int  # optimizer steps done
+    model: nn.Module  # the raw weights (``trainer.ema.model``: the EMA's, when it keeps one)
+    device: torch.device
+    is_main: bool  # rank 0 (the one that writes)
+    run_dir: Path | None
+
+    def log(self, scalars: Mapping[str, float]) -> None: ...
+    def request_stop(self, reason: str = "requested") -> None: ...
 
 
 class Callback:
@@ -29,8 +43,8 @@ class Callback:
     evaluation; a later resume continues to ``trainer.steps``). Every rank runs the hooks under DDP.
     """
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
-    def on_eval_end(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None: ...
-    def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_start(self, trainer: TrainerView) -> None: ...
+    def on_step_end(self, trainer: TrainerView, step: int) -> None: ...
+    def on_eval_end(self, trainer: TrainerView, step: int, metrics: Mapping[str, float]) -> None: ...
+    def on_checkpoint(self, trainer: TrainerView, step: int, path: Path) -> None: ...
+    def on_train_end(self, trainer: TrainerView) -> None: ...

@@ -118,6 +118,12 @@ def all_reduce_mean(x: torch.Tensor, world_size: int) -> torch.Tensor:
     return x
 
 
+def barrier(world_size: int) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
 class StopVote:
     """Ranks agree on a stop signal (Ctrl-C, SIGTERM) at the same optimizer step.
 

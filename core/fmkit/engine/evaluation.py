@@ -1,30 +1,30 @@
-"""Evaluation of a model: samples drawn in seeded chunks (split over DDP ranks), scored by the metrics
-and turned into files by the writers, with a record of the last evaluation that finished."""
+"""Evaluation of a model: samples drawn in seeded chunks (split over DDP ranks), under guidance when
+``eval.guidance_scale`` asks, scored by the metrics and turned into files by the writers, with a record of
+the last evaluation that finished. :class:`Evaluator` holds it all for a Trainer."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from fmkit.engine.callbacks import Metric
+from fmkit.engine.callbacks import Metric, Writer
 from fmkit.engine.distributed import SAMPLING_STREAM, DistInfo, all_gather_objects, fold_seed, seed_generators
 from fmkit.engine.files import disk_full, save_tensors, write_atomic_text
-from fmkit.errors import ContractError, FmkitError, OutputError
+from fmkit.engine.hints import FixHints
+from fmkit.engine.options import EvalOptions
+from fmkit.errors import ContractError, FmkitError, OutputError, TrainingError
 from fmkit.flow.data import Dataset
-from fmkit.flow.guidance import with_guidance
+from fmkit.flow.guidance import NULL_CLASS_FIX, with_guidance
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import generate
-from fmkit.flow.solvers import Solver
+from fmkit.flow.solvers import Solver, check_continuous_only
 from fmkit.flow.sources import StateSource
 from fmkit.flow.state import State, flat_tensors, to_device
-
-if TYPE_CHECKING:
-    from fmkit.engine.trainer import Trainer
 
 #: the step of the last evaluation that ran to its end, so a resume can finish one a signal ended
 EVALUATED_FILE = "evaluated.json"
@@ -83,7 +83,6 @@ def each(components: Mapping[str, Any], call: Callable[[str, Any], Any]) -> Base
         except Exception as exc:  # noqa: BLE001 - raised again by the caller
             first = first or exc
     return first
-
 
 
 def non_finite_samples(samples: State) -> str | None:
@@ -161,47 +160,98 @@ def mark_evaluated(run_dir: Path, step: int) -> None:
     write_atomic_text(run_dir / EVALUATED_FILE, json.dumps({"step": step}) + "\n")
 
 
-def run(tr: Trainer) -> dict[str, float]:
-    """One evaluation of ``tr`` (see :meth:`Trainer.evaluate`): samples saved first, so that a metric or
-    writer that fails loses nothing; every metric and writer runs, and the first failure is raised after."""
-    samples = tr.sample(tr.eval_opts.num_samples, distributed=True)
-    if not tr.is_main:
-        tr.barrier()
-        return {}
-    out = tr.run_dir / "samples" if tr.run_dir is not None else None
-    if out is not None:
-        save_samples(samples, out, tr.step, fix=f"free space on that disk, then {tr.hints.resume_hint(tr.run_dir)} (from "
-                     "its last checkpoint)")
-    results, failed = score(tr.metrics, samples, tr.dataset)
-    if out is not None:
-        failed = each(tr.writers, lambda _, w: w(samples, out, tr.dataset, tr.step)) or failed
-    if tr.logger is not None and results:
-        tr.logger.log(tr.step, {f"eval/{k}": v for k, v in results.items()})
-    if failed is not None:
-        raise failed
-    for cb in tr.callbacks:
-        cb.on_eval_end(tr, tr.step, results)
-    tr.barrier()
-    return results
+class Evaluator:
+    """A run's evaluation: ``eval.num_samples`` samples from the run's path, source and solver, drawn in
+    seeded chunks of ``eval.chunk_size`` (split over the DDP ranks) under guidance at
+    ``eval.guidance_scale``, saved first, then scored by the metrics and written by the writers.
 
+    Built once by the :class:`~fmkit.engine.trainer.Trainer` and holding no weights: each call is handed
+    the field to sample, which :meth:`sampling_model` makes of the trainer's weights.
 
-def sampling_model(tr: Trainer) -> nn.Module:
-    """``tr``'s model that samples: the EMA's when ``eval.use_ema``, under guidance when ``eval.guidance_scale``."""
-    m = tr.ema.model if (tr.ema is not None and tr.eval_opts.use_ema) else tr.model
-    return with_guidance(m, tr.eval_opts.guidance_scale, tr.null_cond)
+    Args:
+        path, source, solver: how samples are drawn (x0 ~ source, integrated along the path's field).
+        dataset: gives the sample templates (sizes, masks, conditions) and the metrics' reference.
+        options: the ``eval:`` section.
+        metrics, writers: ``{name: metric}`` and ``{name: writer}`` (run on rank 0).
+        device, dist: where to sample; the DDP ranks to split the chunks over (None: one process).
+        run_dir: where samples, artefacts and the last finished evaluation go (None: nowhere).
+        hints: the fixes error messages give.
+    """
 
+    def __init__(self, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
+                 options: EvalOptions, *, metrics: Mapping[str, Metric] | None = None,
+                 writers: Mapping[str, Writer] | None = None, device: torch.device | str = "cpu",
+                 dist: DistInfo | None = None, run_dir: Path | None = None, hints: FixHints | None = None) -> None:
+        self.path, self.source, self.solver, self.dataset, self.options = path, source, solver, dataset, options
+        self.metrics, self.writers = dict(metrics or {}), dict(writers or {})
+        self.device, self.dist, self.run_dir = torch.device(device), dist, run_dir
+        self.hints = hints or FixHints()
+        self.null_class = dataset.info.null_class
+        if options.guidance_scale is not None and self.null_class is None:
+            raise TrainingError("eval.guidance_scale needs a null class for dropped conditions, and the dataset "
+                                "declares no number of condition classes (its info.num_cond_classes is None)",
+                                where="eval.guidance_scale", fix=f"{NULL_CLASS_FIX}; otherwise drop guidance_scale")
+        # before any training: evaluation would otherwise fail at its first sample, hours in
+        check_continuous_only(solver, [k for k, f in dataset.info.fields.items() if f.categorical])
 
-@torch.no_grad()
-def sample(tr: Trainer, n: int, solver: Solver | None = None, seed: int = 0, distributed: bool = False) -> State:
-    """``n`` samples from ``tr`` (see :meth:`Trainer.sample`); the global RNG and the model's mode are restored."""
-    model = sampling_model(tr)
-    was_training = model.training
-    model.eval()
-    rng = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return sample_in_chunks(model, tr.path, tr.source, solver or tr.solver, tr.dataset, n, tr.eval_opts.batch_size,
-                                tr.device, seed, dist=tr.dist if distributed else None)
-    finally:
-        torch.set_rng_state(rng)
-        model.train(was_training)
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to evaluate (a metric or a writer)."""
+        return bool(self.metrics or self.writers)
+
+    def due(self, step: int) -> bool:
+        """Whether ``eval.every`` asks for an evaluation after ``step`` (the last step's comes anyway)."""
+        return bool(self.options.every) and step % self.options.every == 0
+
+    def sampling_model(self, model: nn.Module, ema: nn.Module | None = None) -> nn.Module:
+        """The field that samples: the EMA weights ``ema`` when given and ``eval.use_ema``, else ``model``;
+        under guidance at ``eval.guidance_scale`` (:func:`~fmkit.flow.guidance.with_guidance`)."""
+        weights = ema if ema is not None and self.options.use_ema else model
+        return with_guidance(weights, self.options.guidance_scale, self.null_class)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, n: int, solver: Solver | None = None, seed: int = 0,
+               distributed: bool = False) -> State:
+        """``n`` samples (CPU tensors) of ``model``, the field :meth:`sampling_model` gives; the global RNG
+        and the model's mode are restored. ``distributed``: split over the DDP ranks (each must call)."""
+        was_training = model.training
+        model.eval()
+        rng = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return sample_in_chunks(model, self.path, self.source, solver or self.solver, self.dataset, n,
+                                    self.options.chunk_size, self.device, seed, dist=self.dist if distributed else None)
+        finally:
+            torch.set_rng_state(rng)
+            model.train(was_training)
+
+    def run(self, model: nn.Module, step: int, log: Callable[[Mapping[str, float]], None]) -> dict[str, float]:
+        """One evaluation of ``model`` (:meth:`sampling_model`'s) at ``step``; every rank calls, rank 0 alone
+        scores and writes. Samples are saved first, so that a metric or writer that fails loses nothing;
+        every metric and writer runs, their results go to ``log`` as ``eval/<name>``, and the first failure
+        is raised after. Returns the metrics (rank 0; ``{}`` elsewhere)."""
+        samples = self.sample(model, self.options.num_samples, distributed=True)
+        if self.dist is not None and self.dist.rank != 0:
+            return {}
+        out = self.run_dir / "samples" if self.run_dir is not None else None
+        if out is not None:
+            resume = self.hints.resume_hint(self.run_dir)
+            save_samples(samples, out, step, fix=f"free space on that disk, then {resume} (from its last checkpoint)")
+        results, failed = score(self.metrics, samples, self.dataset)
+        if out is not None:
+            failed = each(self.writers, lambda _, w: w(samples, out, self.dataset, step)) or failed
+        if results:
+            log({f"eval/{k}": v for k, v in results.items()})
+        if failed is not None:
+            raise failed
+        return results
+
+    def unfinished(self, step: int) -> bool:
+        """Whether the evaluation of ``step`` is due but never ran to its end (a stop signal ended it): a run
+        with a directory and something to evaluate whose last finished evaluation is of another step."""
+        return self.run_dir is not None and self.active and evaluated_step(self.run_dir) != step
+
+    def mark_finished(self, step: int) -> None:
+        """Record that the evaluation of ``step`` ran to its end (rank 0 of a run with a directory)."""
+        if self.run_dir is not None and (self.dist is None or self.dist.rank == 0):
+            mark_evaluated(self.run_dir, step)

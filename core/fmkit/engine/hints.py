@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmkit.errors import OutputError
+
 
 @dataclass(frozen=True)
 class FixHints:
@@ -35,3 +37,8 @@ class FixHints:
     def set_option(self, key: str, value: object) -> str:
         """How to set trainer option ``key`` to ``value`` (``--set trainer.lr=0.001``, ``TrainerOptions(lr=0.001)``)."""
         return self.option.format(key=key, value=value)
+
+    def then_resume(self, exc: OutputError, run_dir: Path | None, more: str = "") -> OutputError:
+        """``exc`` (a file of the run that could not be written; ``more`` added to its message) with how to go
+        on once that is fixed."""
+        return OutputError(exc.what + more, where=exc.where, fix=f"{exc.fix}, then {self.resume_hint(run_dir)}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from fmkit.engine import checkpoint as ckpt
 from fmkit.engine.files import write_atomic_text
+from fmkit.engine.train_state import load_model_state
 from fmkit.errors import CheckpointError
 
 LINEAGE_FILE = "lineage.json"
@@ -37,8 +38,6 @@ def init_from_run(model: nn.Module, source: str | Path, use_ema: bool = True) ->
                                   "its checkpoints/step_* folders)") from None
     data = ckpt.load_checkpoint(ck)
     which = "ema" if use_ema and "ema" in data.tensors else "model"
-    from fmkit.engine.snapshot import load_model_state
-
     run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
     load_model_state(model, data.tensors[which], f"trainer.init_from: {ck}",
                      fix=f"trainer.init_from needs a model of the same architecture as the run's: copy its `model:` "

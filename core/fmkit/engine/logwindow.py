@@ -5,21 +5,35 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
+from fmkit.engine.distributed import all_reduce_mean
+
 
 class LogWindow:
-    """``losses`` is the trainer's list of this window's step losses (kept in checkpoints, so a resumed
-    run's next line averages the same steps); the window appends to it and clears it."""
+    """The steps since the last log line. ``losses``: their losses (device tensors, not synced), which a
+    checkpoint keeps so that a resumed run's next line averages the same steps; ``losses`` passed in are
+    such a checkpoint's. The window's clock starts with :meth:`start` (each fit)."""
 
-    def __init__(self, step: int, losses: list[Tensor]) -> None:
-        self.losses = losses
+    def __init__(self, losses: Iterable[Tensor] = ()) -> None:
+        self.losses: list[Tensor] = list(losses)
+        self.start(0)
+
+    def start(self, step: int) -> None:
+        """Time from now on, at ``step``; the losses so far stay in the window."""
         self._start_time, self._start_step = time.perf_counter(), step
         self.wait = 0.0  # host seconds spent waiting for batches
         self._aside = 0.0  # seconds of checkpoints and evaluations: not training, kept out of steps/s
+
+    def pending(self, world_size: int) -> list[float]:
+        """The window's losses for a checkpoint, each averaged over the ranks as the log line will be
+        (a collective under DDP: every rank calls)."""
+        if world_size > 1 and self.losses:
+            return all_reduce_mean(torch.stack(self.losses).float(), world_size).tolist()
+        return [float(v) for v in self.losses]
 
     @contextlib.contextmanager
     def aside(self) -> Iterator[None]:

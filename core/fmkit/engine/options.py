@@ -1,12 +1,18 @@
-"""The engine's options: how the Trainer trains (:class:`TrainerOptions`) and evaluates
-(:class:`EvalOptions`). A recipe's ``trainer:`` and ``eval:`` sections are these models (the recipe adds
-the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer` directly."""
+"""The engine's options: how the Trainer trains (:class:`TrainerOptions`), what loss it minimises
+(:data:`ObjectiveOptions`) and how it evaluates (:class:`EvalOptions`), and the batch sizes they make
+(:class:`BatchSizes`). A recipe's ``trainer:``, ``objective:`` and ``eval:`` sections are these models
+(the recipe adds the metrics and writers to build); in Python they are passed to :class:`fmkit.Trainer`
+directly."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, model_validator
+
+from fmkit.errors import TrainingError
 
 #: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
 #: that, but a run of 10^9 steps is a typo, e.g. `steps: 1e26`)
@@ -73,11 +79,86 @@ class TrainerOptions(BaseModel):
 
 
 class EvalOptions(BaseModel):
-    """How often and how many samples to draw for evaluation, and with which weights / guidance."""
+    """How often and how many samples to draw for evaluation, and with which weights / guidance.
+
+    ``chunk_size`` was called ``batch_size`` (which elsewhere means the training batch); the old key is
+    still read, so recipes and run directories written before keep working."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    #: old key -> its new name; a recipe file may hold either, not both (``--set`` of the old name sets the new)
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "chunk_size"}
     every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     num_samples: int = Field(1000, ge=1)
-    batch_size: int = Field(1000, ge=1, description="samples generated per solver call")
+    chunk_size: int = Field(1000, ge=1, description="samples generated per solver call (formerly batch_size)")
     use_ema: bool = True
-    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data)")
+    guidance_scale: float | None = Field(None, description="classifier-free guidance scale (conditional data); 1 = "
+                                         "the conditional model, at the cost of an unguided one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_chunk_key(cls, data: Any) -> Any:
+        """Old names (:attr:`RENAMED`: ``batch_size``) read as the new; both at once is ambiguous and refused."""
+        if not isinstance(data, Mapping):
+            return data
+        for old, new in cls.RENAMED.items():
+            if old in data and new in data:
+                raise ValueError(f"eval.{old} is the old name of eval.{new} (samples per solver call): "
+                                 f"set eval.{new} alone")
+        return {cls.RENAMED.get(k, k): v for k, v in data.items()}
+
+
+class CFMObjectiveOptions(BaseModel):
+    """``objective: {name: cfm}``: conditional flow matching (:class:`fmkit.flow.objectives.CFMObjective`);
+    its times, condition dropout and loss weights are ``trainer:`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["cfm"] = "cfm"
+
+
+#: objective name -> its options model; the ``objective:`` section is one of them, told apart by ``name``
+OBJECTIVES: dict[str, type[BaseModel]] = {"cfm": CFMObjectiveOptions}
+
+
+def _objective_name(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name", "cfm")
+    return getattr(value, "name", None) if isinstance(value, BaseModel) else None
+
+
+#: the recipe's ``objective:`` section (default ``{name: cfm}``); an unknown name is refused with the known ones
+ObjectiveOptions = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in OBJECTIVES.items())],  # type: ignore[misc]
+    Discriminator(_objective_name, custom_error_type="unknown_objective",
+                  custom_error_message=f"must be {{name: <objective>}} with one of the objectives: "
+                                       f"{', '.join(OBJECTIVES)}"),
+]
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """A fit's training batch, named by meaning (the evaluation's chunk is ``EvalOptions.chunk_size``).
+
+    ``global_batch`` examples make one optimizer step (``trainer.batch_size``): ``grad_accum``
+    micro-steps on each of ``processes`` ranks, each a ``micro_batch`` of this rank's own examples.
+    """
+
+    global_batch: int
+    grad_accum: int = 1
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % (self.grad_accum * self.processes):
+            raise TrainingError(
+                f"trainer.batch_size={self.global_batch} is not divisible by grad_accum x processes = "
+                f"{self.grad_accum} x {self.processes}", where="trainer.batch_size",
+                fix="pick a batch size that is a multiple of both")
+
+    @property
+    def micro_batch(self) -> int:
+        """Examples per forward/backward on one rank: global_batch / (grad_accum x processes)."""
+        return self.global_batch // (self.grad_accum * self.processes)
+
+    @classmethod
+    def of(cls, opts: TrainerOptions, processes: int = 1) -> BatchSizes:
+        """The batch sizes of ``opts`` on ``processes`` ranks; refused (TrainingError) when they do not divide."""
+        return cls(opts.batch_size, opts.grad_accum, processes)

@@ -1,8 +1,9 @@
-"""Where and how a model trains: device, CPU threads, its call signature, memory layout, and the
-DDP / torch.compile wrappers around it."""
+"""Where and how a model trains: device, CPU threads, its call signature, memory layout, the
+DDP / torch.compile wrappers around it, and the objective it minimises."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Mapping
@@ -14,10 +15,15 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import EvalOptions, TrainerOptions
+from fmkit.engine.options import CFMObjectiveOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
+from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
+from fmkit.flow.guidance import NULL_CLASS_FIX
+from fmkit.flow.objectives import CFMObjective, Objective, TimeSampler
+from fmkit.flow.paths import StatePath
+from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
 
 
@@ -127,27 +133,51 @@ def time_sampler(opts: TrainerOptions, n: int, device: torch.device) -> torch.Te
                        beta=opts.time_beta, device=device, grid=opts.time_grid)
 
 
-def check_options(opts: TrainerOptions, eval_opts: EvalOptions, info: DataInfo, world_size: int) -> None:
-    """Trainer options that contradict the data, each other or the number of processes, refused before any work."""
-    o = opts
-    if o.batch_size % (o.grad_accum * world_size):
-        raise TrainingError(
-            f"trainer.batch_size={o.batch_size} is not divisible by grad_accum x processes = "
-            f"{o.grad_accum} x {world_size}", where="trainer.batch_size",
-            fix="pick a batch size that is a multiple of both")
-    unknown = sorted(set(o.loss_weights) - set(info.fields))
+def objective_options(value: ObjectiveOptions | Mapping[str, Any] | None) -> ObjectiveOptions:
+    """The Trainer's ``objective``: an objective's options model, a mapping ``{name: ..., ...}``
+    (validated: an unknown name is refused with the known ones), or None for ``{name: cfm}``."""
+    from pydantic import TypeAdapter
+
+    if value is None:
+        return CFMObjectiveOptions()
+    return TypeAdapter(ObjectiveOptions).validate_python(dict(value) if isinstance(value, Mapping) else value)
+
+
+def build_objective(spec: ObjectiveOptions | Mapping[str, Any] | None, opts: TrainerOptions, path: StatePath,
+                    source: StateSource, coupling: Coupling, null_class: int | None) -> Objective:
+    """The loss a trainer minimises, built once from the ``objective:`` section and the trainer's parts.
+
+    Args:
+        spec: the ``objective:`` section (which objective, with its own options; a mapping is validated,
+            None is ``{name: cfm}``).
+        opts: the ``trainer:`` options an objective takes: the time sampler, ``cond_dropout``, ``loss_weights``.
+        path, source, coupling: the flow's parts, as the trainer samples with them.
+        null_class: the label of a dropped condition (``DataInfo.null_class``: K for labels 0..K-1; None
+            without condition classes).
+
+    Returns:
+        The objective, called per micro-step as ``objective(model, x1, x0)``.
+    """
+    spec = objective_options(spec)
+    if isinstance(spec, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
+        return CFMObjective(path, source, coupling, time=functools.partial(time_sampler, opts),
+                            cond_dropout=opts.cond_dropout, null_class=null_class or 0, weights=opts.loss_weights)
+    raise TypeError(f"no objective is built from {type(spec).__name__}")
+
+
+def check_options(opts: TrainerOptions, info: DataInfo) -> None:
+    """Trainer options that contradict the data, refused before any work (the batch sizes:
+    :class:`~fmkit.engine.options.BatchSizes`; the evaluation's options: its
+    :class:`~fmkit.engine.evaluation.Evaluator`)."""
+    unknown = sorted(set(opts.loss_weights) - set(info.fields))
     if unknown:  # a misspelt field would otherwise train with every weight at 1, silently
         raise TrainingError(f"trainer.loss_weights names {unknown}, which the data does not have",
                             where="trainer.loss_weights",
                             fix=f"weigh the data's fields: {sorted(info.fields)}")
-    if info.num_cond_classes is None and (o.cond_dropout > 0 or eval_opts.guidance_scale is not None):
-        key = "trainer.cond_dropout" if o.cond_dropout > 0 else "eval.guidance_scale"
-        raise TrainingError(
-            f"{key} needs a null class for dropped conditions, and the dataset declares no number of "
-            f"condition classes (its info.num_cond_classes is None)", where=key,
-            fix="if the data has class labels, declare K condition classes (DataInfo(num_cond_classes=K), "
-                "TensorDataset(data, num_cond_classes=K)): labels are 0..K-1 and the null label is K, so a "
-                "label embedding needs K + 1 rows; otherwise drop cond_dropout/guidance_scale")
+    if info.null_class is None and opts.cond_dropout > 0:
+        raise TrainingError("trainer.cond_dropout needs a null class for dropped conditions, and the dataset "
+                            "declares no number of condition classes (its info.num_cond_classes is None)",
+                            where="trainer.cond_dropout", fix=f"{NULL_CLASS_FIX}; otherwise drop cond_dropout")
 
 
 def training_device(opts: TrainerOptions, dist: DistInfo) -> torch.device:

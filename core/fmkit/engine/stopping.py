@@ -1,20 +1,23 @@
-"""Why a fit stops before its last step, and what it says: stop signals (SIGINT, SIGTERM, SIGHUP)
-and a loss that became NaN/Inf."""
+"""Why a fit stops before its last step, and what it says: stop signals (SIGINT, SIGTERM, SIGHUP),
+and a loss that became NaN/Inf or diverged (:class:`LossGuard`)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
+from fmkit.engine.checkpoint import complete_checkpoints
 from fmkit.engine.distributed import all_gather_objects, all_reduce_mean
 from fmkit.engine.hints import FixHints
+from fmkit.engine.options import BatchSizes
 from fmkit.errors import TrainingError
 from fmkit.flow.state import State, fields
 
@@ -107,6 +110,43 @@ class DivergenceWatch:
         return None
 
 
+class LossGuard:
+    """Stops a fit whose loss went bad: NaN/Inf (naming the batch's broken fields, else blaming divergence)
+    or finite far above its running level (:class:`DivergenceWatch`, ``trainer.divergence``); the error
+    says what was kept. Under DDP every rank decides on the same numbers (the checks are collective), so
+    all stop at the same step. ``met``: fields in which a coupling met NaN/Inf during the fit."""
+
+    def __init__(self, factor: float | None, lr: float, world_size: int, run_dir: Path | None,
+                 hints: FixHints) -> None:
+        self.divergence = DivergenceWatch(factor)
+        self.lr, self.world_size, self.run_dir, self.hints = lr, world_size, run_dir, hints
+        self.met: set[str] = set()
+
+    def check(self, loss: Tensor, batch: State, step: int, save: Callable[[], Any] | None) -> None:
+        """Raise if the loss of step ``step + 1`` (``batch`` its last micro-batch) is bad; ``save`` keeps the
+        last good state (the weights before this step's update), None when they are not known to be good."""
+        value = loss_value(loss, self.world_size)
+        if not math.isfinite(value):
+            self.non_finite(batch, step, save)
+        level = self.divergence(value)
+        if level is not None:
+            done = complete_checkpoints(self.run_dir / "checkpoints") if self.run_dir is not None else []
+            raise diverged_error(step + 1, value, level, self.divergence.factor or 0.0, done[-1].name if done else None,
+                                 self.run_dir, self.hints, self.lr)
+
+    def non_finite(self, batch: State, step: int, save: Callable[[], Any] | None) -> NoReturn:
+        """Raise for NaN/Inf met at step ``step + 1``, after ``save`` (if any) kept the last good state."""
+        bad = bad_fields(batch, self.met, self.world_size)
+        if self.run_dir is None:
+            saved = "nothing was saved (the trainer has no run_dir)"
+        elif save is not None:
+            saved = f"the last good state (before step {step + 1}) was saved as a checkpoint"
+            save()
+        else:
+            saved = "the last good checkpoint on disk is kept (the weights in memory may be corrupt)"
+        raise non_finite_error(step + 1, bad, saved, str(self.run_dir) if self.run_dir else None)
+
+
 def bad_fields(batch: State, met: set[str], world_size: int) -> list[str]:
     """The fields that broke a step: NaN/Inf in ``batch`` or ``met`` by the coupling, gathered over the
     DDP ranks (every rank is here at the same step: the checks are collective), so all give one diagnosis."""
@@ -124,8 +164,6 @@ def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | 
     return TrainingError(f"the loss became NaN/Inf at step {step}; {cause}; {saved}", where=where,
                          fix="clean the data" if bad_fields else
                          "lower trainer.lr, keep trainer.grad_clip set, or add warmup")
-
-
 
 
 def diverged_error(step: int, loss: float, level: float, factor: float, kept: str | None, run_dir: Path | None,
@@ -162,8 +200,9 @@ def already_finished(step: int, steps: int, run_dir: Path | None, hints: FixHint
                              f"{hints.set_option('steps', steps * 2)}")
 
 
-def out_of_memory(step: int, micro_batch: int, grad_accum: int, hints: FixHints) -> TrainingError:
-    return TrainingError(f"CUDA ran out of memory at step {step} with a micro-batch of {micro_batch}",
-                         where="trainer.batch_size / trainer.grad_accum",
-                         fix=f"lower the per-step memory: e.g. {hints.set_option('grad_accum', grad_accum * 2)} "
-                             "(same effective batch) or a smaller trainer.batch_size")
+def out_of_memory(step: int, batches: BatchSizes, hints: FixHints) -> TrainingError:
+    """CUDA out of memory in the step: fewer examples per forward/backward (``batches.micro_batch``) would fit."""
+    return TrainingError(f"CUDA ran out of memory at step {step} with a micro-batch of {batches.micro_batch} "
+                         "per process", where="trainer.batch_size / trainer.grad_accum",
+                         fix=f"lower the per-step memory: e.g. {hints.set_option('grad_accum', 2 * batches.grad_accum)}"
+                             " (same effective batch) or a smaller trainer.batch_size")

@@ -61,17 +61,17 @@ class LoaderPairing:
 
 
 class BatchStream:
-    """Deterministic stream of micro-batches (see the module docstring).
+    """Deterministic stream of this rank's micro-batches (see the module docstring).
 
-    ``batch_size`` is the micro-batch of all ranks together; each global batch (``accum`` of them) is
-    cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
+    Each global batch of ``global_batch`` examples (``trainer.batch_size``, all ranks and micro-steps)
+    is cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
     (:func:`fmkit.engine.distributed.shard_slices`), so the split does not depend on the process count.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, dist: DistInfo, num_workers: int = 0,
+    def __init__(self, dataset: Dataset, global_batch: int, seed: int, dist: DistInfo, num_workers: int = 0,
                  pin_memory: bool = False, epoch: int = 0, index: int = 0, accum: int = 1,
                  pairing: LoaderPairing | None = None) -> None:
-        self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.dataset, self.global_batch, self.seed, self.dist = dataset, global_batch, seed, dist
         self.accum = accum
         self.num_workers = min(num_workers, usable_cores())  # more workers than cores only thrash
         self.pin_memory = pin_memory
@@ -83,15 +83,14 @@ class BatchStream:
 
     def _epoch_items(self) -> list[Item]:
         try:
-            batches = self.dataset.batches(self.epoch, self.batch_size * self.accum, self.seed)
+            batches = self.dataset.batches(self.epoch, self.global_batch, self.seed)
         except ValueError as exc:  # e.g. fewer examples than one batch
-            raise TrainingError(f"the dataset cannot give batches of {self.batch_size * self.accum}: {exc}",
+            raise TrainingError(f"the dataset cannot give batches of {self.global_batch}: {exc}",
                                 where="trainer.batch_size",
                                 fix="lower trainer.batch_size (the global batch of all processes), or use more "
                                     "data") from exc
         if not batches:
-            raise TrainingError(f"the dataset gives no batch of {self.batch_size * self.accum}",
-                                fix="lower trainer.batch_size")
+            raise TrainingError(f"the dataset gives no batch of {self.global_batch}", fix="lower trainer.batch_size")
         r, w, a = self.dist.rank, self.dist.world_size, self.accum
         if w == 1 and a == 1:
             return [(idx, self.epoch, b, 0) for b, idx in enumerate(batches)]

@@ -1,18 +1,18 @@
 """The one CFM training engine, for every modality: :class:`Trainer`.
 
-A step is :func:`~fmkit.engine.objective.cfm_loss` and an AdamW update; each job around it lives in
-its own module of :mod:`fmkit.engine` (data stream, setup, optim, snapshot, evaluation, log window,
-stopping), so the loop below reads in one screen.
+A step (:meth:`Trainer._loop`, :meth:`Trainer._gradients`) is the objective built once
+(:class:`~fmkit.flow.objectives.CFMObjective`) over ``grad_accum`` micro-batches and an AdamW update. The
+Trainer owns the objects around it, each from a module of its own: the batch sizes (options.py), the data
+stream (stream.py), the model call (model_call.py), its evaluation (:class:`~fmkit.engine.evaluation.Evaluator`),
+its resumable state (:class:`~fmkit.engine.train_state.TrainState`), the log window and the stop checks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import os
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +20,43 @@ import torch
 from torch import Tensor, nn
 
 from fmkit.engine import checkpoint as ckpt
-from fmkit.engine import distributed, evaluation, lineage, setup, snapshot, stopping
+from fmkit.engine import distributed, lineage, setup, stopping
 from fmkit.engine.callbacks import Callback, Metric, Writer
+from fmkit.engine.evaluation import Evaluator
 from fmkit.engine.hints import FixHints
 from fmkit.engine.logwindow import LogWindow
 from fmkit.engine.metrics_log import MetricsLogger, ProgressBar
-from fmkit.engine.objective import cfm_loss
+from fmkit.engine.model_call import TrainingForward
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
-from fmkit.engine.options import EvalOptions, TrainerOptions
+from fmkit.engine.options import BatchSizes, EvalOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.runlock import RunLock
-from fmkit.engine.stream import BatchStream, LoaderPairing
+from fmkit.engine.stream import BatchStream, LoaderPairing, resume_index
+from fmkit.engine.train_state import TrainState, load_model_state, rng_state
 from fmkit.errors import CheckpointError, NonFiniteDataError, OutputError
 from fmkit.flow.couplings import Coupling, IndependentCoupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import AffinePath, CondOTScheduler, ProbPath, StatePath
-from fmkit.flow.solvers import FixedStepSolver, Solver, check_continuous_only
+from fmkit.flow.solvers import FixedStepSolver, Solver
 from fmkit.flow.sources import GaussianSource, Source, StateSource
 from fmkit.flow.state import State
 
 
 class Trainer:
-    """Trains ``model`` on ``dataset`` by conditional flow matching.
+    """Trains ``model`` on ``dataset`` by conditional flow matching; configured by this constructor alone.
 
-    ``path``/``source`` may be per-field objects (used for every field) or composed State* objects.
-    ``run_dir`` is where checkpoints, metrics and artefacts go (nothing is written when None).
-    ``fingerprint`` (any JSON-able dict; a recipe's: every option of its model, data, path and
-    source) is stored in checkpoints, and resuming from one with another fingerprint is refused.
-    ``hints``: the fixes its error messages give (:class:`FixHints`; the CLI passes its own).
+    Args:
+        model, dataset: ``forward(x_t, t, cond) -> velocity`` per field (logits for categorical fields); the data.
+        path, source, coupling: the probability path, p_0 and the pairing of x0 with x1 (``path``/``source``:
+            per-field objects, used for every field, or composed State* objects); solver: what evaluation uses.
+        options, eval_options: :class:`TrainerOptions`, :class:`EvalOptions` (or dicts of their fields).
+        metrics, writers, callbacks: what evaluation computes and writes; :class:`Callback` hooks into the loop.
+        run_dir: where checkpoints, metrics and artefacts go (nothing is written when None).
+        seed: of the data order and every random stream of the fit.
+        fingerprint: any JSON-able dict (a recipe's: every option of its model, data, path and source),
+            stored in checkpoints; resuming from one with another fingerprint is refused.
+        hints, provenance: the fixes its errors give (:class:`FixHints`); who made the components (JSON-able,
+            recorded in checkpoints).
+        objective: the loss to minimise (a recipe's ``objective:`` section, or a dict of it; default ``{name: cfm}``).
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
@@ -55,37 +65,38 @@ class Trainer:
                  eval_options: EvalOptions | None = None, metrics: Mapping[str, Metric] | None = None,
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
-                 hints: FixHints | None = None):
+                 hints: FixHints | None = None, provenance: Mapping[str, Any] | None = None,
+                 objective: ObjectiveOptions | Mapping[str, Any] | None = None):
         self.opts = o = setup.coerce_options(TrainerOptions, options, "options")
-        self.eval_opts = setup.coerce_options(EvalOptions, eval_options, "eval_options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
         self.source = source if isinstance(source, StateSource) else StateSource(source or GaussianSource())
         self.coupling = coupling or IndependentCoupling()
         self.solver = solver or FixedStepSolver("euler", 100)
-        # before any training: evaluation would otherwise fail at its first sample, hours in
-        check_continuous_only(self.solver, [k for k, f in dataset.info.fields.items() if f.categorical])
-        self.metrics, self.writers, self.callbacks = dict(metrics or {}), dict(writers or {}), list(callbacks)
+        self.callbacks = list(callbacks)
         self.seed, self.fingerprint, self.hints = seed, dict(fingerprint or {}), hints or FixHints()
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.provenance = dict(provenance) if provenance is not None else None
         # under torchrun (WORLD_SIZE > 1) a library script need not set up the process group itself
         in_torchrun = "WORLD_SIZE" in os.environ
         self.dist = distributed.init_from_env(device=o.device) if in_torchrun else distributed.dist_info()
         self.device = setup.training_device(o, self.dist)
         self.is_main = self.dist.rank == 0
+        self.batches = BatchSizes.of(o, self.dist.world_size)
+        setup.check_options(o, dataset.info)
+        eval_opts = setup.coerce_options(EvalOptions, eval_options, "eval_options")
+        self.evaluator = Evaluator(self.path, self.source, self.solver, dataset, eval_opts, metrics=metrics,
+                                   writers=writers, device=self.device, dist=self.dist, run_dir=self.run_dir,
+                                   hints=self.hints)
         self.step, self.finished = 0, False
         self.lineage: dict[str, Any] | None = None  # trainer.init_from: whose weights this run started from
-        self.provenance: dict[str, Any] | None = None  # who made the components (recorded in checkpoints)
         self.signals = stopping.StopSignals()
-        self.divergence = stopping.DivergenceWatch(o.divergence)  # a finite loss that blew up
+        self.guard = stopping.LossGuard(o.divergence, o.lr, self.dist.world_size, self.run_dir, self.hints)
         self._vote: distributed.StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
         self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
-        self.pending: list[Tensor] = []  # losses of the steps since the last log line (kept in checkpoints)
-        self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
-        setup.check_options(o, self.eval_opts, dataset.info, self.dist.world_size)
-        self.micro_batch = o.batch_size // o.grad_accum
+        self.window = LogWindow()  # the steps since the last log line (their losses are kept in checkpoints)
         setup.check_model_signature(model)
         self.model = model.to(self.device)
         self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last)
@@ -97,8 +108,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, o, self.device)
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
-        self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
-        self.time = functools.partial(setup.time_sampler, o)
+        # the loss, built once, and the model as it calls it: precision and memory layout stay with the engine
+        self.objective = setup.build_objective(objective, o, self.path, self.source, self.coupling,
+                                               dataset.info.null_class)
+        self.forward = TrainingForward(self.train_model, autocast=self.autocast, channels_last=self.channels_last)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
@@ -107,14 +120,9 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------
     def _make_stream(self, epoch: int = 0, index: int = 0) -> BatchStream:
         pairing = LoaderPairing(self.source, self.coupling) if self.pair_in_loader else None
-        return BatchStream(self.dataset, self.micro_batch, self.seed, self.dist, self.opts.num_workers,
+        return BatchStream(self.dataset, self.batches.global_batch, self.seed, self.dist, self.opts.num_workers,
                            pin_memory=self.device.type == "cuda", epoch=epoch, index=index,
-                           accum=self.opts.grad_accum, pairing=pairing)
-
-    def restart_stream(self, epoch: int, index: int) -> None:
-        """Continue the data from ``(epoch, index)`` (a resume)."""
-        self.stream.close()
-        self.stream = self._make_stream(epoch, index)
+                           accum=self.batches.grad_accum, pairing=pairing)
 
     def next_batch(self) -> tuple[State | None, State]:
         """The next micro-batch on the device: ``(x0, x1)`` with x0 paired already when the data
@@ -122,39 +130,30 @@ class Trainer:
         return self.stream.next_on(self.device)
 
     def loss(self, batch: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """CFM loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
+        """The objective's loss of one (micro-)batch already on the device: total and per-field means. ``x0`` is
         the batch's source sample when it was drawn and paired already (see :meth:`next_batch`)."""
-        o = self.opts
-        return cfm_loss(self.train_model, self.path, self.source, self.coupling, batch, x0=x0, time=self.time,
-                        cond_dropout=o.cond_dropout, null_cond=self.null_cond or 0, loss_weights=o.loss_weights,
-                        autocast=self.autocast, channels_last=self.channels_last)
+        return self.objective(self.forward, batch, x0)
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
-        """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest
-        checkpoint, a path resumes from that checkpoint. ``until`` stops early at that step (with a
-        checkpoint), keeping the schedule of the full run — a later ``fit(resume=True)`` continues.
-        The run directory is locked for the fit (:class:`fmkit.engine.runlock.RunLock`): a second trainer of
-        the same run is refused, naming the first."""
+        """Train to ``options.steps``; ``resume=True`` continues from the run directory's latest checkpoint,
+        a path resumes from that checkpoint. ``until`` stops early at that step (with a checkpoint), keeping
+        the schedule of the full run: a later ``fit(resume=True)`` continues. The run directory is locked for
+        the fit (:class:`~fmkit.engine.runlock.RunLock`): a second trainer of the run is refused, naming the first."""
         if self.run_dir is not None and self.is_main:
             setup.check_writable(self.run_dir)
-        lock = RunLock(self.run_dir) if self.run_dir is not None and self.is_main else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with RunLock(self.run_dir) if self.run_dir is not None and self.is_main else contextlib.nullcontext():
             return self._fit(resume, until)
-        finally:
-            if lock is not None:
-                lock.release()
 
     def _fit(self, resume: bool | str | Path, until: int | None) -> Trainer:
-        self.stopped_early, self._bad_fields = None, set()
+        self.stopped_early = None
+        self.guard.met.clear()
         if resume:
             self.resume(None if resume is True else Path(resume))
         else:
             self._start_fresh()
-        if self.step >= self.opts.steps and self._evaluation_pending():  # stopped during its final evaluation
-            with self._logging(), self.signals.installed(self._interrupted_evaluation):
+        if self.step >= self.opts.steps and self.evaluator.unfinished(self.step):  # a signal ended the last one
+            with self._session():
                 self.evaluate()
             return self
         if self.step >= self.opts.steps:
@@ -165,11 +164,11 @@ class Trainer:
         # them if asked again); one stopped at ``until`` or by request_stop keeps them for the next fit
         ended = True
         try:
-            with self._logging(), self.signals.installed(self._interrupted_evaluation):
+            with self._session():
                 self._loop(min(until, self.opts.steps) if until is not None else self.opts.steps)
             ended = self.step >= self.opts.steps
         except torch.cuda.OutOfMemoryError:
-            raise stopping.out_of_memory(self.step, self.micro_batch, self.opts.grad_accum, self.hints) from None
+            raise stopping.out_of_memory(self.step, self.batches, self.hints) from None
         finally:
             if ended:
                 self.stream.close()
@@ -181,29 +180,32 @@ class Trainer:
         """Step 0: refuse a run directory with checkpoints, seed, and take ``trainer.init_from``'s weights."""
         if self.run_dir is not None:
             setup.check_fresh_start(self.run_dir)
-        # torch.manual_seed would visit every GPU
-        distributed.seed_generators(self.seed + 7919 * self.dist.rank, self.device)
+        distributed.seed_generators(self.seed + 7919 * self.dist.rank, self.device)  # manual_seed visits every GPU
         if self.opts.init_from and self.lineage is None:  # a fresh run only: a resumed one has its own weights
             self.lineage = lineage.start_from(self.opts.init_from, self.opts.init_from_ema, self.model, self.ema,
                                               self.run_dir if self.is_main else None)
 
     @contextlib.contextmanager
-    def _logging(self) -> Iterator[None]:
-        """``metrics.csv`` open for the block (rank 0 of a run with a directory), rows past this step dropped."""
-        if self.run_dir is not None and self.is_main:
-            self.logger = MetricsLogger(self.run_dir, truncate_after=self.step)
+    def _session(self) -> Iterator[None]:
+        """For the block: stop signals handled, ``metrics.csv`` open (rank 0 of a run with a directory; rows
+        past this step dropped)."""
+        self.logger = MetricsLogger(self.run_dir, truncate_after=self.step) if self.run_dir and self.is_main else None
         try:
-            yield
+            with self.signals.installed(lambda name: stopping.interrupted(name, self.step, self.run_dir, self.hints,
+                                                                          evaluating=True)):
+                yield
         finally:
             if self.logger is not None:
                 self.logger.close()
-                self.logger = None
+            self.logger = None
 
     def _loop(self, stop: int) -> None:
         o = self.opts
         check_every = 1 if self.device.type == "cpu" else o.log_every  # on a GPU a check syncs the host
+        keep_good = self.save_checkpoint if check_every == 1 else None  # a bad loss: the weights before it are good
         bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
-        window = LogWindow(self.step, self.pending)
+        window = self.window
+        window.start(self.step)
         self._vote = vote = self._vote or distributed.StopVote(self.dist.world_size)
         try:
             with bar:
@@ -211,7 +213,7 @@ class Trainer:
                     set_lr(self.optimizer, self.step, o)
                     loss, batch = self._gradients(window)
                     if (self.step + 1) % check_every == 0:
-                        self._check_loss(loss, batch, check_every)
+                        self.guard.check(loss, batch, self.step, keep_good)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self._params, o.grad_clip) if o.grad_clip else None
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -219,18 +221,17 @@ class Trainer:
                         self.ema.update()
                     self.step += 1
                     window.losses.append(loss)
-                    self._report(window, bar, batch, grad_norm, check_every)
+                    self._report(window, bar, batch, grad_norm, keep_good)
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step)
                     if self._after_step(stop, window, vote):
                         break
-        except stopping.TrainingInterrupted:  # agreed by every rank: no vote is in flight
-            raise
-        except BaseException:  # maybe on this rank alone: its vote in flight is abandoned with it
-            self._vote = None
+        except BaseException as exc:  # on this rank alone, maybe: its vote in flight is abandoned with it
+            if not isinstance(exc, stopping.TrainingInterrupted):  # (a stop signal: agreed by every rank)
+                self._vote = None
             raise
         vote.finish()  # the last step's vote, which every rank posted
-        if (self.metrics or self.writers) and (self.step == o.steps or self.stopped_early is not None) \
+        if self.evaluator.active and (self.step == o.steps or self.stopped_early is not None) \
                 and self._evaluated_at != self.step:
             self.evaluate()
 
@@ -252,25 +253,25 @@ class Trainer:
                     loss, _ = self.loss(batch, x0)
                 except NonFiniteDataError as exc:  # the coupling met NaN/Inf: before any update
                     if self.dist.world_size == 1:
-                        self._non_finite(batch, check_every=1)
+                        self.guard.non_finite(batch, self.step, self.save_checkpoint)
                     # the other ranks are in this step's collectives already: go on unpaired, so the NaN
                     # reaches the loss, whose check stops every rank at the same step
-                    self._bad_fields.update(f.removeprefix("x1.") for f in exc.fields)
+                    self.guard.met.update(f.removeprefix("x1.") for f in exc.fields)
                     loss, _ = self.loss(batch, self.source.sample(batch))
                 (loss / o.grad_accum if o.grad_accum > 1 else loss).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         return (loss_sum / o.grad_accum if o.grad_accum > 1 else loss_sum), batch  # type: ignore[return-value]
 
     def _report(self, window: LogWindow, bar: ProgressBar, batch: State, grad_norm: Tensor | None,
-                check_every: int) -> None:
+                keep_good: Callable[[], Any] | None) -> None:
         """The progress bar after each step; a ``metrics.csv`` line (means over ranks) every ``log_every``."""
         o = self.opts
         if self.step % o.log_every == 0 or self.step == o.steps:
             losses = distributed.all_reduce_mean(torch.stack(window.losses).float(), self.dist.world_size)
             if not torch.isfinite(losses).all().item():
-                self._non_finite(batch, check_every)
-            scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"], o.batch_size,
-                                   grad_norm, self.device)
+                self.guard.non_finite(batch, self.step, keep_good)
+            scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"],
+                                   self.batches.global_batch, grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
             if self.logger:
                 try:
@@ -280,9 +281,8 @@ class Trainer:
                     if self.dist.world_size == 1:  # (under DDP the other ranks are not here to save with it)
                         self.save_checkpoint()
                         saved = f"; a checkpoint of step {self.step} was saved"
-                    raise OutputError(exc.what + saved, where=exc.where,
-                                      fix=f"{exc.fix}, then {self.hints.resume_hint(self.run_dir)}") from None
-        elif bar.enabled and check_every == 1:  # on a CPU the losses are on the host: the window's mean so far
+                    raise self.hints.then_resume(exc, self.run_dir, saved) from None
+        elif bar.enabled and self.device.type == "cpu":  # the losses are on the host: the window's mean so far
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
             bar.update(self.step)
@@ -296,7 +296,7 @@ class Trainer:
             if saved:
                 self.finished = done
                 self.save_checkpoint()
-            if self.eval_opts.every and self.step % self.eval_opts.every == 0 and not done:
+            if self.evaluator.due(self.step) and not done:
                 self.evaluate()
         if self._stop_requested is not None and not done:
             if not saved:
@@ -321,93 +321,65 @@ class Trainer:
         if self.logger is not None:
             self.logger.log(self.step, {k: float(v) for k, v in scalars.items()})
 
-    def _interrupted_evaluation(self, signal_name: str) -> stopping.TrainingInterrupted:
-        return stopping.interrupted(signal_name, self.step, self.run_dir, self.hints, evaluating=True)
-
-    def _check_loss(self, loss: Tensor, batch: State, check_every: int) -> None:
-        """Stop on a NaN/Inf loss, or on a finite one far above its running level (it diverged); under DDP
-        all ranks decide on the mean, so they stop together."""
-        value = stopping.loss_value(loss, self.dist.world_size)
-        if not math.isfinite(value):
-            self._non_finite(batch, check_every)
-        level = self.divergence(value)
-        if level is not None:
-            done = ckpt.complete_checkpoints(self.run_dir / "checkpoints") if self.run_dir is not None else []
-            kept = done[-1].name if done else None
-            raise stopping.diverged_error(self.step + 1, value, level, self.opts.divergence or 0.0, kept,
-                                          self.run_dir, self.hints, self.opts.lr)
-
-    def _non_finite(self, batch: State, check_every: int) -> None:
-        """Stop on NaN/Inf: name the batch's bad fields (or blame divergence) and keep the last good state."""
-        bad = stopping.bad_fields(batch, self._bad_fields, self.dist.world_size)
-        if self.run_dir is None:
-            saved = "nothing was saved (the trainer has no run_dir)"
-        elif check_every == 1:
-            saved = f"the last good state (before step {self.step + 1}) was saved as a checkpoint"
-            self.save_checkpoint()
-        else:
-            saved = "the last good checkpoint on disk is kept (the weights in memory may be corrupt)"
-        raise stopping.non_finite_error(self.step + 1, bad, saved, str(self.run_dir) if self.run_dir else None)
-
     # -- checkpoints ---------------------------------------------------------------------------
-    def checkpoint_data(self, pending: list[float] | None = None) -> ckpt.CheckpointData:
-        """What a checkpoint holds; ``pending``: the current log window's losses (default this rank's)."""
-        return snapshot.capture(self, pending)
+    def train_state(self, pending: list[float] | None = None) -> TrainState:
+        """What a resume needs of this trainer; ``pending``: the log window's losses (default: this rank's)."""
+        ema = self.ema
+        return TrainState(
+            step=self.step, finished=self.finished, model=self.model.state_dict(), rng=rng_state(self.device),
+            optimizer=self.optimizer.state_dict(), data=self.stream.position(), seed=self.seed,
+            ema=ema.model.state_dict() if ema else None, ema_updates=ema.num_updates if ema else 0,
+            pending_losses=self.window.pending(1) if pending is None else pending, world_size=self.dist.world_size,
+            fingerprint=self.fingerprint, lineage=self.lineage, provenance=self.provenance)
 
     def save_checkpoint(self) -> Path | None:
         """A checkpoint of this step (rank 0 writes; a collective: every rank saves at the same steps)."""
-        # the log window's losses so far, averaged over ranks as the log line will be; each rank's RNG
-        # differs, and only rank 0's is stored: the others re-derive theirs on resume
-        pending = None
-        if self.dist.world_size > 1 and self.pending:
-            pending = distributed.all_reduce_mean(torch.stack(self.pending).float(), self.dist.world_size).tolist()
-        path = None
+        # each rank's RNG differs, and only rank 0's is stored: the others re-derive theirs on resume
+        pending, path = self.window.pending(self.dist.world_size), None
         if self.run_dir is not None and self.is_main:
             try:
-                path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, snapshot.capture(self, pending),
-                                            keep=self.opts.keep_checkpoints)
+                path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
+                                            self.train_state(pending).to_checkpoint(), keep=self.opts.keep_checkpoints)
             except OutputError as exc:  # a full disk: say how to go on once there is room
-                raise OutputError(exc.what, where=exc.where,
-                                  fix=f"{exc.fix}, then {self.hints.resume_hint(self.run_dir)}") from None
+                raise self.hints.then_resume(exc, self.run_dir) from None
             for cb in self.callbacks:
                 cb.on_checkpoint(self, self.step, path)
-        self.barrier()
+        distributed.barrier(self.dist.world_size)
         return path
 
-    def barrier(self) -> None:
-        """Wait for every DDP rank (a no-op on one process)."""
-        if self.dist.world_size > 1:
-            torch.distributed.barrier()
-
     def resume(self, path: Path | None = None) -> None:
-        """Restore model, EMA, optimizer, RNG and data position from a checkpoint (default: the run's latest)."""
+        """Go on from a checkpoint (default: the run's latest): see :meth:`load_state`."""
         if path is None and self.run_dir is None:
             raise CheckpointError("resume needs a run directory or a checkpoint path")
-        path = path if path is not None else self.run_dir
-        _, data = ckpt.load_resolved(path)
-        self.load_state(data, where=str(path))
+        self.load_state(ckpt.load_resolved(path or self.run_dir)[1], where=str(path or self.run_dir))
 
-    def load_state(self, data: ckpt.CheckpointData, where: str = "checkpoint") -> None:
-        """Restore from checkpoint ``data`` (read from ``where``)."""
-        snapshot.restore(self, data, where)
+    def load_state(self, state: TrainState | ckpt.CheckpointData, where: str = "checkpoint") -> None:
+        """Put this trainer where ``state`` (or a checkpoint's data, read from ``where``) was: weights, EMA,
+        optimizer, random streams, step, log window and data position; its fingerprint and weights checked first."""
+        if isinstance(state, ckpt.CheckpointData):
+            state = TrainState.from_checkpoint(state, where)
+        state.check_fingerprint(self.fingerprint, where, self.hints)
+        load_model_state(self.model, state.model, where, fix=self.hints.model)
+        if self.ema is not None:
+            weights = state.model if state.ema is None else state.ema  # a checkpoint of a run without EMA
+            load_model_state(self.ema.model, weights, where, fix=self.hints.model)
+            self.ema.num_updates = state.ema_updates
+        state.load_optimizer(self.optimizer, where)
+        state.restore_rng(self.seed, self.dist.rank, self.dist.world_size, self.device)
+        self.step, self.finished, self.lineage = state.step, state.finished, state.lineage
+        self.window = LogWindow(torch.tensor(v, dtype=torch.float32, device=self.device) for v in state.pending_losses)
+        self.stream.close()  # the data from the stored position on
+        self.stream = self._make_stream(int(state.data.get("epoch", 0)), resume_index(state.data, self.opts.grad_accum))
 
     # -- sampling and evaluation ---------------------------------------------------------------
     def sampling_model(self) -> nn.Module:
-        """The model that samples: the EMA's when ``eval.use_ema``, under guidance when ``eval.guidance_scale``."""
-        return evaluation.sampling_model(self)
+        """The model that samples: see :meth:`Evaluator.sampling_model`."""
+        return self.evaluator.sampling_model(self.model, ema=self.ema.model if self.ema is not None else None)
 
     def sample(self, n: int, solver: Solver | None = None, seed: int = 0, distributed: bool = False) -> State:
-        """``n`` samples with the EMA model (if any), sizes/conditions drawn from the data.
-
-        ``distributed=True`` (every rank must call it then) splits the chunks over the DDP ranks and
-        gathers them: every rank gets the same ``n`` samples a single process would draw."""
-        return evaluation.sample(self, n, solver, seed, distributed)
-
-    def _evaluation_pending(self) -> bool:
-        """Whether this finished run's final evaluation never completed (a stop signal ended it)."""
-        if self.run_dir is None or not (self.metrics or self.writers):
-            return False
-        return evaluation.evaluated_step(self.run_dir) != self.step
+        """``n`` samples of :meth:`sampling_model`, sizes/conditions drawn from the data; ``distributed=True``
+        (every rank calls) splits the chunks over the DDP ranks: each gets the ``n`` one process would draw."""
+        return self.evaluator.sample(self.sampling_model(), n, solver, seed, distributed)
 
     def evaluate(self) -> dict[str, float]:
         """Sample (split over the DDP ranks), compute metrics, write artefacts; returns the metrics (rank 0).
@@ -415,9 +387,12 @@ class Trainer:
         self.signals.evaluating = self.dist.world_size == 1  # under DDP the other ranks are in its collectives
         try:
             self._evaluated_at = self.step
-            results = evaluation.run(self)
+            results = self.evaluator.run(self.sampling_model(), self.step, self.log)
+            if self.is_main:
+                for cb in self.callbacks:
+                    cb.on_eval_end(self, self.step, results)
+            distributed.barrier(self.dist.world_size)
         finally:
             self.signals.evaluating = False
-        if self.run_dir is not None and self.is_main:
-            evaluation.mark_evaluated(self.run_dir, self.step)
+        self.evaluator.mark_finished(self.step)
         return results

@@ -48,6 +48,12 @@ class DataInfo:
     has_mask: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def null_class(self) -> int | None:
+        """The label of a dropped condition (classifier-free guidance): K for labels 0..K-1, so a label
+        embedding has K + 1 rows; None for data without condition classes."""
+        return self.num_cond_classes
+
     def dim(self, name: str = "x") -> int:
         """Flat size of a fixed-shape field."""
         shape = self.fields[name].shape

@@ -35,9 +35,11 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
 
 @torch.no_grad()
 def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, template: State, *,
-             trajectory: bool = False) -> Solution:
-    """Samples shaped like ``template`` (its mask and cond are kept; its field values are ignored)."""
-    x0 = source.sample(template)
+             trajectory: bool = False, x0: State | None = None) -> Solution:
+    """Samples shaped like ``template`` (its mask and cond are kept; its field values are ignored), integrated
+    from ``x0`` (default: drawn from ``source``). ``model``: the field to integrate, guided already when
+    guidance is wanted (:func:`fmkit.flow.guidance.with_guidance`)."""
+    x0 = source.sample(template) if x0 is None else x0
     mask, cond = template.get(MASK), template.get(COND)
     sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0),
                        trajectory=trajectory)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -201,6 +202,16 @@ def _work(args: tuple[np.ndarray, np.ndarray, np.ndarray]) -> PerceivedChunk:
     return perceive_chunk(*args)
 
 
+def _worker_signals() -> None:
+    """Pool initializer: a forked worker drops the handlers it inherited (``fmkit`` turns SIGTERM into
+    KeyboardInterrupt), so the pool's own SIGTERM at shutdown ends it quietly, and leaves Ctrl-C to
+    the parent, which stops the pool."""
+    for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def perceive_packed(atoms: np.ndarray, pos: np.ndarray, offsets: np.ndarray, *, processes: int = 2,
                     progress: Callable[[int], None] | None = None) -> PerceivedChunk:
     """:func:`perceive_chunk` over all molecules, in chunks of :data:`CHUNK` molecules spread over up
@@ -224,7 +235,7 @@ def perceive_packed(atoms: np.ndarray, pos: np.ndarray, offsets: np.ndarray, *, 
         # fork (as torch's DataLoader workers): spawn would re-run a user's unguarded script in each worker;
         # the workers touch only numpy and RDKit, never torch's thread pools
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = multiprocessing.get_context(method).Pool(procs)
+        pool = multiprocessing.get_context(method).Pool(procs, initializer=_worker_signals)
         results = pool.imap(_work, jobs)
     try:
         for job, part in zip(jobs, results):

@@ -114,6 +114,35 @@ def test_parallel_chunks_give_the_same_graphs_as_one_process(small_mols, monkeyp
     assert one.ok.all()
 
 
+def _work_reporting_signals(args):
+    """perceive's worker function, also returning the worker's SIGTERM/SIGINT handlers."""
+    import signal
+
+    return perceive.perceive_chunk(*args), (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+
+
+def test_pool_workers_drop_the_clis_signal_handlers(small_mols, monkeypatch):
+    """The CLI turns SIGTERM into KeyboardInterrupt; forked workers inherited that, so the pool's
+    SIGTERM at shutdown printed a KeyboardInterrupt traceback per worker into training logs.
+    A worker must end on SIGTERM by default and leave Ctrl-C to the parent."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    packed = qm9.pack([Record(f"m{i}", tuple(s), p) for i, (s, p) in enumerate(small_mols.values())], "t")
+    monkeypatch.setattr(perceive, "CHUNK", 3)
+    seen = []
+    monkeypatch.setattr(perceive, "_work", _work_reporting_signals)
+    monkeypatch.setattr(perceive, "_concat", lambda parts: seen.extend(h for _, h in parts))
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        perceive.perceive_packed(packed.atoms.numpy(), packed.pos.numpy(), packed.offsets.numpy(), processes=2)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert seen and all(h == (signal.SIG_DFL, signal.SIG_IGN) for h in seen), seen
+
+
 # -- the datasets ----------------------------------------------------------------------------------
 
 def test_collate_pads_graph_fields_and_gives_the_pair_mask(xyz_file):

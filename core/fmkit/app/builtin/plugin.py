@@ -39,6 +39,16 @@ class PolynomialOptions(AffineOptions):
 class DiscreteOptions(_Options):
     source: Literal["mask", "uniform"] = "mask"
     exponent: float = Field(1.0, gt=0.0, description="kappa_t = t^exponent")
+    stochasticity: float = Field(0.0, ge=0.0, description="sampling only, mask source: rate at which "
+                                 "unmasked tokens are masked again (Campbell et al. 2024)")
+    temperature: float = Field(1.0, gt=0.0, description="sampling only: jumps draw from p(x1|x_t)^(1/T)")
+
+    @model_validator(mode="after")
+    def _noise_needs_mask(self) -> DiscreteOptions:
+        if self.stochasticity > 0 and self.source != "mask":
+            raise ValueError("stochasticity > 0 re-masks tokens and needs source: mask "
+                             f"(got source: {self.source}); set stochasticity: 0 or source: mask")
+        return self
 
 
 @hookimpl

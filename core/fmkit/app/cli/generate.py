@@ -30,7 +30,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="RUN", help="run directory, mo
 def sample(
     run: SourceArg,
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples (generated "
-                                   "in chunks of eval.batch_size)")] = 1000,
+                                   "in chunks of eval.chunk_size)")] = 1000,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
@@ -58,20 +58,20 @@ def sample(
     dev = inference_device(rec)
     s, _ = build_solver(rec, solver, steps, rtol, atol)
     out_dir = sample_dir(samples_home(run), out, overwrite)
-    model, _ = guided(comps.model.to(dev).eval(), rec, comps.dataset.info.num_cond_classes, guidance)
+    model, _ = guided(comps.model.to(dev).eval(), rec, comps.dataset.info.null_class, guidance)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     try:
-        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.batch_size, dev,
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.chunk_size, dev,
                                    seed)
         check_finite(samples)
     except BaseException as exc:
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no empty samples/cli-* folder behind
         if isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
-            raise FmkitError(f"ran out of memory while sampling chunks of {rec.eval.batch_size} on {dev}",
-                             where="eval.batch_size",
-                             fix=f"sample in smaller chunks: --set eval.batch_size={max(1, rec.eval.batch_size // 4)}"
+            raise FmkitError(f"ran out of memory while sampling chunks of {rec.eval.chunk_size} on {dev}",
+                             where="eval.chunk_size",
+                             fix=f"sample in smaller chunks: --set eval.chunk_size={max(1, rec.eval.chunk_size // 4)}"
                              ) from None
         raise
     dt = time.perf_counter() - t0
@@ -128,7 +128,7 @@ def evaluate(
     dev = inference_device(rec)
     s, about = build_solver(rec, solver, steps, rtol, atol)
     bare = comps.model.to(dev).eval()
-    model, scale = guided(bare, rec, comps.dataset.info.num_cond_classes, guidance)
+    model, scale = guided(bare, rec, comps.dataset.info.null_class, guidance)
     if scale is not None:
         about += f", guidance {scale:g}"
     num = n or rec.eval.num_samples
@@ -145,7 +145,7 @@ def evaluate(
     failed: BaseException | None = None
     if comps.metrics:
         torch.manual_seed(seed)
-        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, num, rec.eval.batch_size, dev,
+        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, num, rec.eval.chunk_size, dev,
                                    seed)
         # the trainer's scoring: a metric returning a non-number is named; one that fails spares the others
         results, failed = score(comps.metrics, samples, comps.dataset)

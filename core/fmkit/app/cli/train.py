@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from fmkit.app.cli.common import _STATE, SetOpt, app, console, err_console, print_eval
+from fmkit.engine.callbacks import Callback, TrainerView
 from fmkit.errors import FmkitError
+
+if TYPE_CHECKING:
+    from fmkit.app.recipe import Recipe
+    from fmkit.engine.trainer import Trainer
 
 
 @app.command()
@@ -33,74 +38,110 @@ def train(
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         launch_torchrun(ctx, nproc_per_node, recipe, resume, set_)
         return
-    from fmkit.app.recipe import load_recipe
-    from fmkit.app.run import RECIPE_FILE, build_trainer, load_run_recipe, new_run_dir
     from fmkit.engine.distributed import init_from_env
 
-    do_resume = resume is not None
+    rec = _recipe(recipe, resume, set_)
+    dist = init_from_env(device=rec.trainer.device)  # gloo for a CPU recipe, also on a GPU host
     if resume is not None:
-        from fmkit.engine.callbacks import Callback
-        from fmkit.engine.checkpoint import has_checkpoint
-
-        rec = load_run_recipe(resume, set_ or [])
-        dist = init_from_env(device=rec.trainer.device)  # gloo for a CPU recipe, also on a GPU host
-        if recipe is not None:
-            console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
-        run_dir = resume
-        trainer = build_trainer(rec, run_dir)
-        if not has_checkpoint(resume):
-            # stopped before its first checkpoint (killed early): nothing to resume, start it afresh
-            console.print(f"[yellow]note:[/] {resume} has no checkpoint yet; training it from step 0")
-            do_resume = False
-        if dist.rank == 0 and set_:
-            class _SaveRecipe(Callback):  # only once the checkpoint has loaded into the overridden recipe
-                def on_train_start(self, trainer) -> None:
-                    from fmkit.engine.files import write_atomic_text
-
-                    write_atomic_text(run_dir / RECIPE_FILE, rec.to_yaml())  # a kill never leaves half a recipe
-
-            trainer.callbacks.append(_SaveRecipe())
+        run_dir, trainer = resume, _resumed_trainer(rec, dist, resume, set_)
     else:
-        if recipe is None:
-            raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
-        rec = load_recipe(recipe, set_ or [])
-        dist = init_from_env(device=rec.trainer.device)
-        trainer = build_trainer(rec, None)  # data and model first: a failure there leaves no run directory
-        run_dir = on_rank0(dist, lambda: new_run_dir(rec, out))  # every rank gets rank 0's directory
-        trainer.run_dir = Path(run_dir)
+        run_dir, trainer = _new_trainer(rec, dist, out)
     if dist.rank == 0 and rec.cpu_alternative and trainer.device.type == "cpu" and rec.trainer.device == "auto":
         console.print(f"[yellow]note:[/] no GPU here: this recipe is sized for one and runs very slowly on a CPU; "
                       f"on a CPU train `fmkit train {rec.cpu_alternative}` instead", highlight=False)
-    if dist.rank == 0:
-        from fmkit.engine.callbacks import Callback
-
-        class _Announce(Callback):  # once training really starts: not before a refused resume, say
-            def on_train_start(self, trainer) -> None:
-                console.print(f"run directory: [bold]{run_dir}[/]  device: {trainer.device}  "
-                              f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
-
-        trainer.callbacks.insert(0, _Announce())
-    start: bool | Path = do_resume
-    if checkpoint is not None:  # every rank resumes from it; rank 0 moves the newer ones out of the way
-        from fmkit.app.inference import pick_checkpoint
-        from fmkit.engine.checkpoint import set_aside_newer
-
-        start = pick_checkpoint(resume, checkpoint)
-        moved = set_aside_newer(resume / "checkpoints", start) if dist.rank == 0 else []
-        if moved:
-            console.print(f"[yellow]note:[/] continuing from {start.name}; the newer checkpoints "
-                          f"{', '.join(p.name for p in moved)} are kept in {moved[0].parent}", highlight=False)
+    start = _resume_from(run_dir, checkpoint, dist) if resume is not None else False
     t0 = time.perf_counter()
     try:
         trainer.fit(resume=start)
     finally:  # finished, stopped by Ctrl-C or failed: the picture of what was trained so far
         if dist.rank == 0:
-            write_curves(Path(run_dir))
+            write_curves(run_dir)
     if dist.rank == 0:
         early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
         console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
                       f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
-        print_eval(run_dir, trainer.metrics.values())
+        print_eval(run_dir, trainer.evaluator.metrics.values())
+
+
+class AnnounceRun(Callback):
+    """Prints the run directory, device and parameter count once training really starts (not before a
+    refused resume, say); ``fmkit train`` gives it to rank 0."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_train_start(self, trainer: TrainerView) -> None:
+        console.print(f"run directory: [bold]{self.run_dir}[/]  device: {trainer.device}  "
+                      f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
+
+
+class SaveRecipe(Callback):
+    """Writes a resumed run's recipe with its ``--set`` overrides into the run directory once training starts,
+    i.e. only after the checkpoint has loaded into the overridden recipe (a refused resume keeps the old one)."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe) -> None:
+        self.run_dir, self.recipe = run_dir, recipe
+
+    def on_train_start(self, trainer: TrainerView) -> None:
+        from fmkit.app.run import RECIPE_FILE
+        from fmkit.engine.files import write_atomic_text
+
+        write_atomic_text(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())  # a kill never leaves half a recipe
+
+
+def _recipe(recipe: Optional[Path], resume: Optional[Path], set_: Optional[list[str]], quiet: bool = False) -> Recipe:
+    """The recipe to train: the resumed run's own (with ``--set``; ``quiet``: no note that ``recipe`` is not
+    used), else the recipe file's."""
+    from fmkit.app.recipe import load_recipe
+    from fmkit.app.run import RECIPE_FILE, load_run_recipe
+
+    if resume is not None:
+        if recipe is not None and not quiet:
+            console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
+        return load_run_recipe(resume, set_ or [])
+    if recipe is None:
+        raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
+    return load_recipe(recipe, set_ or [])
+
+
+def _new_trainer(rec: Recipe, dist: Any, out: Optional[Path]) -> tuple[Path, Trainer]:
+    """A fresh run's directory and trainer; the directory is made only once data, model and trainer are
+    built (a failure there leaves none behind), and every rank gets rank 0's."""
+    import fmkit.app.run as run
+
+    run_dir = Path(on_rank0(dist, lambda: run.run_dir_name(rec, out)))
+    trainer = run.build_trainer(rec, run_dir, callbacks=[AnnounceRun(run_dir)] if dist.rank == 0 else [])
+    on_rank0(dist, lambda: run.new_run_dir(rec, run_dir))
+    return run_dir, trainer
+
+
+def _resumed_trainer(rec: Recipe, dist: Any, run_dir: Path, set_: Optional[list[str]]) -> Trainer:
+    """The trainer of the run in ``run_dir``; with ``--set`` overrides, rank 0 saves the recipe they make."""
+    from fmkit.app.run import build_trainer
+
+    callbacks: list[Callback] = [AnnounceRun(run_dir)] if dist.rank == 0 else []
+    if dist.rank == 0 and set_:
+        callbacks.append(SaveRecipe(run_dir, rec))
+    return build_trainer(rec, run_dir, callbacks=callbacks)
+
+
+def _resume_from(run_dir: Path, checkpoint: Optional[str], dist: Any) -> bool | Path:
+    """What ``fit(resume=...)`` gets: the ``--checkpoint`` to continue from (rank 0 moves the newer ones out
+    of the way), else True; False for a run killed before its first checkpoint, which trains from step 0."""
+    from fmkit.app.inference import pick_checkpoint
+    from fmkit.engine.checkpoint import has_checkpoint, set_aside_newer
+
+    if checkpoint is not None:  # every rank resumes from it
+        start = pick_checkpoint(run_dir, checkpoint)
+        moved = set_aside_newer(run_dir / "checkpoints", start) if dist.rank == 0 else []
+        if moved:
+            console.print(f"[yellow]note:[/] continuing from {start.name}; the newer checkpoints "
+                          f"{', '.join(p.name for p in moved)} are kept in {moved[0].parent}", highlight=False)
+        return start
+    if not has_checkpoint(run_dir):  # stopped before its first checkpoint (killed early): nothing to resume
+        console.print(f"[yellow]note:[/] {run_dir} has no checkpoint yet; training it from step 0")
+        return False
+    return True
 
 
 def launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: Optional[Path],
@@ -113,24 +154,12 @@ def launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     # check the recipe once here, so a mistake is reported once and not by every process
-    if resume is not None:
-        from fmkit.app.run import load_run_recipe
-
-        rec = load_run_recipe(resume, set_ or [])
-    elif recipe is not None:
-        from fmkit.app.recipe import load_recipe
-
-        rec = load_recipe(recipe, set_ or [])
-    else:
-        raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
-    t = rec.trainer
+    rec = _recipe(recipe, resume, set_, quiet=True)
+    from fmkit.engine.options import BatchSizes
     from fmkit.engine.setup import pick_device
 
-    pick_device(t.device)  # a device this machine lacks: said once here, not by every process
-    if t.batch_size % (t.grad_accum * n):
-        raise FmkitError(f"trainer.batch_size={t.batch_size} is not divisible by grad_accum x processes = "
-                         f"{t.grad_accum} x {n}", where="trainer.batch_size / --nproc-per-node",
-                         fix="pick a batch size that is a multiple of both")
+    pick_device(rec.trainer.device)  # a device this machine lacks: said once here, not by every process
+    BatchSizes.of(rec.trainer, n)  # a batch the n processes cannot share, likewise
     args = ["--standalone", f"--nproc-per-node={n}", "-m", "fmkit"] + (["--debug"] if _STATE["debug"] else [])
     args += replay_args(ctx, skip={"nproc_per_node"})
     try:
