@@ -57,12 +57,15 @@ def require_hub(purpose: str) -> Any:
 def download(ref: str) -> Path:
     """The local folder of ``hf://ORG/NAME[@REVISION]``: the snapshot in the Hub cache, downloaded first
     when it is not there (and the Hub reachable)."""
+    from fmkit._version import __version__
+
     repo_id, revision = parse_hub_ref(ref)
     hub = require_hub(f"loading {ref}")
     from huggingface_hub import errors
 
     try:
-        return Path(hub.snapshot_download(repo_id, revision=revision, library_name="fmkit"))
+        return Path(hub.snapshot_download(repo_id, revision=revision, library_name="fmkit",
+                                          library_version=__version__))
     except getattr(errors, "IncompleteSnapshotError", ()):  # a partial snapshot (recent huggingface_hub only)
         raise FmkitError(f"the cached copy of {ref} is incomplete and the Hub cannot be reached", where=ref,
                          fix="download it again with network access (unset HF_HUB_OFFLINE)") from None
@@ -94,10 +97,12 @@ def _cache_dir() -> str:
 def upload(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str) -> str:
     """Upload ``folder`` to the model repository ``repo_id`` (made when it does not exist) in one commit;
     returns the commit's URL. The credentials are huggingface_hub's (HF_TOKEN, or `hf auth login`)."""
+    from fmkit._version import __version__
+
     hub = require_hub("fmkit push")
     from huggingface_hub import errors
 
-    api = hub.HfApi(library_name="fmkit")
+    api = hub.HfApi(library_name="fmkit", library_version=__version__)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
