@@ -117,3 +117,23 @@ def test_disabled_by_block_list(installed):
     env = dict(installed["env"], FMKIT_DISABLE_PLUGINS="demo")
     r = _fmkit(["plugins"], env, installed["root"])
     assert r.returncode == 0 and "time_linear" not in r.stdout
+
+
+def test_an_exported_model_names_the_distribution_its_plugin_comes_from(installed):
+    """A model folder made with the plugin, loaded where the plugin is not installed (its site folder off
+    the path), says which distribution to install, before building anything."""
+    root = Path(installed["root"])
+    if not (root / "run").is_dir():
+        (root / "demo.yaml").write_text(RECIPE)
+        assert _fmkit(["train", "demo.yaml", "--out", "run"], installed["env"], str(root)).returncode == 0
+    r = _fmkit(["export", "run", "model"], installed["env"], str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    without = dict(installed["env"], PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    r = _fmkit(["sample", "model", "-n", "4"], without, str(root))
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "this model needs the plugin 'demo' (fmkit-demo-plugin 0.0.1)" in err, err
+    assert "fix: pip install fmkit-demo-plugin" in err, err
+    r = _fmkit(["sample", "model", "-n", "4"], dict(installed["env"], FMKIT_DISABLE_PLUGINS="demo"), str(root))
+    assert r.returncode == 2 and "the plugin 'demo' is installed but disabled" in " ".join(r.stderr.split())

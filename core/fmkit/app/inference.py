@@ -18,12 +18,22 @@ from fmkit.flow.state import PASSENGERS
 
 class LoadedRun(NamedTuple):
     """``recipe``: the run's (with overrides); ``components``: built from it, the model holding the
-    checkpoint's weights (EMA's when ``eval.use_ema``); ``checkpoint``: its folder; ``data``: its contents."""
+    checkpoint's weights (EMA's when ``eval.use_ema``); ``checkpoint``: its folder (a model folder's
+    own path for an exported model); ``data``: its contents (``meta["step"]``: the step trained)."""
 
     recipe: Any
     components: Any
     checkpoint: Path
     data: Any
+
+    @property
+    def step(self) -> int:
+        return int(self.data.meta["step"])
+
+    @property
+    def label(self) -> str:
+        """``step_000000040`` for a run's checkpoint, ``exported step 40`` for a model folder."""
+        return self.checkpoint.name if self.checkpoint.name.startswith("step_") else f"exported step {self.step}"
 
 
 def pick_checkpoint(run: Path, which: str | None) -> Path:
@@ -43,13 +53,23 @@ def pick_checkpoint(run: Path, which: str | None) -> Path:
                              "trainer.keep_checkpoints sets how many a run keeps")
     return ck  # verified when it is loaded
 
-def load_for_inference(run: Path, set_: list[str] | None, which: str | None = None) -> LoadedRun:
-    """RUN's recipe (with ``set_`` overrides), components and checkpoint (``which``: see :func:`pick_checkpoint`)."""
-    from fmkit.app.run import build_components, fingerprint, load_run_recipe
+def load_for_inference(run: Path | str, set_: list[str] | None, which: str | None = None) -> LoadedRun:
+    """RUN's recipe (with ``set_`` overrides), components and checkpoint (``which``: see :func:`pick_checkpoint`).
+    RUN may also be a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]`` (one on the
+    Hugging Face Hub, through its cache): its plugins are checked and its files verified first
+    (:func:`fmkit.app.model_folder.open_model_folder`)."""
+    from fmkit.app.hub import is_hub_ref
+    from fmkit.app.model_folder import is_model_folder, weights_kind
+    from fmkit.app.run import build_components, load_run_recipe
     from fmkit.engine.checkpoint import load_checkpoint, load_resolved
-    from fmkit.engine.fingerprint import check_fingerprint
-    from fmkit.engine.train_state import load_model_state
 
+    if is_hub_ref(str(run)) or is_model_folder(Path(run)):
+        if which is not None:
+            raise FmkitError("a model folder holds one set of weights; --checkpoint picks one of a run's checkpoints",
+                             where="--checkpoint", fix="drop --checkpoint, or export the checkpoint you want: "
+                                                       "`fmkit export RUN DIR --checkpoint STEP`")
+        return _load_model_folder(str(run), set_)
+    run = Path(run)
     rec = load_run_recipe(run, set_ or [])
     comps = build_components(rec)
     if which is None:  # the newest that loads (a damaged one is skipped with a note)
@@ -57,14 +77,37 @@ def load_for_inference(run: Path, set_: list[str] | None, which: str | None = No
     else:
         ck = pick_checkpoint(run, which)
         data = load_checkpoint(ck)
-    # the model's output means what the path's prediction and the source say: all three must match
-    check_fingerprint(data.meta.get("fingerprint") or {}, fingerprint(rec), str(ck),
-                      sections=("model", "path", "source"),
-                      fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
-                          "recipe")
-    weights = data.tensors.get("ema") if rec.eval.use_ema and "ema" in data.tensors else data.tensors["model"]
-    load_model_state(comps.model, weights, str(ck))
+    _install_weights(comps.model, data.tensors[weights_kind(rec.eval.use_ema, data.tensors)], rec,
+                     data.meta.get("fingerprint") or {}, str(ck),
+                     fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
+                         "recipe")
     return LoadedRun(rec, comps, ck, data)
+
+
+def _load_model_folder(source: str, set_: list[str] | None) -> LoadedRun:
+    """A model folder or ``hf://`` reference loaded as a run's checkpoint would be (``checkpoint``: the folder)."""
+    from fmkit.app.model_folder import MODEL_FILE, open_model_folder
+    from fmkit.app.run import build_components, load_run_recipe
+    from fmkit.engine.checkpoint import CheckpointData
+
+    folder, weights = open_model_folder(source)  # plugins checked, files verified: before anything is built
+    rec = load_run_recipe(folder.path, set_ or [])
+    comps = build_components(rec)
+    _install_weights(comps.model, weights, rec, folder.meta.get("fingerprint") or {}, str(folder.path / MODEL_FILE),
+                     fix="drop --set for these keys: the weights were trained with the folder's recipe.yaml")
+    return LoadedRun(rec, comps, folder.path, CheckpointData({folder.meta.get("weights", "model"): weights},
+                                                             {"step": folder.step}))
+
+
+def _install_weights(model: torch.nn.Module, weights: dict, rec: Any, recorded: dict, where: str, fix: str) -> None:
+    """Load ``weights`` into ``model`` once the ``recorded`` fingerprint of their recipe matches ``rec``'s:
+    the model's output means what the path's prediction and the source say, so all three must match."""
+    from fmkit.app.run import fingerprint
+    from fmkit.engine.fingerprint import check_fingerprint
+    from fmkit.engine.train_state import load_model_state
+
+    check_fingerprint(recorded, fingerprint(rec), where, sections=("model", "path", "source"), fix=fix)
+    load_model_state(model, weights, where)
 
 def inference_device(rec: Any) -> torch.device:
     """The recipe's device; on a CPU also its ``trainer.cpu_threads`` (sampling runs the same network)."""
@@ -143,6 +186,15 @@ def check_finite(samples: dict) -> None:
                              where="the model's velocity / the solver",
                              fix="the checkpoint's weights or the solver diverged: try another checkpoint "
                                  "(--checkpoint), more --steps, or check the run's loss curve (fmkit curves RUN)")
+
+
+def samples_home(source: Path | str) -> Path:
+    """Where ``fmkit sample`` puts its ``samples/`` folder: in RUN for a run; in the current directory
+    for a model folder or ``hf://`` (an export stays as it was made, a Hub snapshot belongs to the cache)."""
+    from fmkit.app.hub import is_hub_ref
+    from fmkit.app.model_folder import is_model_folder
+
+    return Path(".") if is_hub_ref(str(source)) or is_model_folder(Path(source)) else Path(source)
 
 
 def sample_dir(run: Path, out: str | None, overwrite: bool) -> Path:

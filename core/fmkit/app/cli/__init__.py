@@ -1,6 +1,6 @@
-"""The ``fmkit`` command line (typer): train, sample, evaluate, reflow, curves, plugins, recipe.
+"""The ``fmkit`` command line (typer): train, sample, evaluate, reflow, export, push, curves, plugins, recipe.
 
-One module per group of commands (:mod:`.train`, :mod:`.generate`, :mod:`.inspect_cmds`), the
+One module per group of commands (:mod:`.train`, :mod:`.generate`, :mod:`.share`, :mod:`.inspect_cmds`), the
 shared apps and options in :mod:`.common`; the library work they call lives in :mod:`fmkit.app`.
 User errors (:class:`fmkit.errors.FmkitError`) print as *what / where / fix* without a traceback;
 ``fmkit --debug ...`` (or ``FMKIT_DEBUG=1``) shows one.
@@ -21,7 +21,7 @@ import typer
 
 # isort: off
 # the commands register on `app` as these import; `fmkit --help` lists them in this order
-from fmkit.app.cli import train, generate, inspect_cmds  # noqa: F401
+from fmkit.app.cli import train, generate, share, inspect_cmds  # noqa: F401
 # isort: on
 from fmkit.app.cli.common import _STATE, MAX_SAMPLES, app, err_console, registry
 from fmkit.errors import FmkitError

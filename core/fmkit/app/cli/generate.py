@@ -18,21 +18,26 @@ from fmkit.app.inference import (
     load_for_inference,
     pick_checkpoint,
     sample_dir,
+    samples_home,
 )
 from fmkit.errors import FmkitError
+
+SourceArg = Annotated[str, typer.Argument(metavar="RUN", help="run directory, model folder (fmkit export) or "
+                                          "hf://ORG/NAME[@REVISION] (Hugging Face Hub, through its cache)")]
 
 
 @app.command()
 def sample(
-    run: Annotated[Path, typer.Argument(help="run directory")],
+    run: SourceArg,
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples (generated "
                                    "in chunks of eval.chunk_size)")] = 1000,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (default: a new cli-<time> "
-                                               "folder); an existing non-empty one needs --overwrite")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder name inside RUN/samples (./samples for a model "
+                                               "folder or hf://; default: a new cli-<time> folder); an existing "
+                                               "non-empty one needs --overwrite")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing --out folder, replacing "
                                             "files of the same names")] = False,
     seed: int = 0,
@@ -40,7 +45,7 @@ def sample(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate samples from a trained run and write them (artefacts + safetensors)."""
+    """Generate samples from a trained run, a model folder or hf://, and write them (artefacts + safetensors)."""
     import torch
 
     from fmkit.engine.evaluation import each, sample_in_chunks
@@ -48,10 +53,11 @@ def sample(
     from fmkit.errors import OutputError
     from fmkit.flow.state import flat_tensors
 
-    rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
+    loaded = load_for_inference(run, set_, checkpoint)
+    rec, comps = loaded.recipe, loaded.components
     dev = inference_device(rec)
     s, _ = build_solver(rec, solver, steps, rtol, atol)
-    out_dir = sample_dir(Path(run), out, overwrite)
+    out_dir = sample_dir(samples_home(run), out, overwrite)
     model, _ = guided(comps.model.to(dev).eval(), rec, comps.dataset.info.null_class, guidance)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -70,7 +76,7 @@ def sample(
         raise
     dt = time.perf_counter() - t0
     files = [out_dir / "samples.safetensors"]
-    step = int(ck.name.split("_")[-1])
+    step = loaded.step
     try:
         save_tensors(flat_tensors(samples), files[0])
         failed = each(comps.writers, lambda _, w: files.extend(w(samples, out_dir, comps.dataset, step)))
@@ -85,7 +91,7 @@ def sample(
             raise
         raise OutputError("no space left on the device to write the samples; nothing of them was kept",
                           where=str(exc.filename or out_dir), fix="free space on that disk and sample again") from None
-    console.print(f"{n} samples in {dt:.1f} s from {ck.name}; wrote:")
+    console.print(f"{n} samples in {dt:.1f} s from {loaded.label}; wrote:")
     for f in files:
         console.print(f"  {f}")
     if failed is not None:  # after the files the other writers made are listed
@@ -93,7 +99,7 @@ def sample(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run directory")],
+    run: SourceArg,
     n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, help="samples (default: eval.num_samples)")] = None,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
@@ -108,7 +114,7 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Sample from a run and print its metrics (and optionally the test log-likelihood)."""
+    """Sample from a run (or a model folder, hf://) and print its metrics (and optionally the test log-likelihood)."""
     import torch
 
     from fmkit.engine.evaluation import sample_in_chunks, score
@@ -117,7 +123,8 @@ def evaluate(
     if estimator not in ESTIMATORS:  # before any sampling: a typo must not cost a whole evaluation
         raise FmkitError(f"unknown divergence estimator {estimator!r}", where="--estimator",
                          fix=f"use one of: {', '.join(ESTIMATORS)}")
-    rec, comps, ck, _ = load_for_inference(run, set_, checkpoint)
+    loaded = load_for_inference(run, set_, checkpoint)
+    rec, comps = loaded.recipe, loaded.components
     dev = inference_device(rec)
     s, about = build_solver(rec, solver, steps, rtol, atol)
     bare = comps.model.to(dev).eval()
@@ -176,7 +183,7 @@ def evaluate(
     if not rows:
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
-    title = f"{run} @ {ck.name}" + (f" ({num} samples, {about})" if comps.metrics else "")
+    title = f"{run} @ {loaded.label}" + (f" ({num} samples, {about})" if comps.metrics else "")
     print_tables(title, rows, comps.metrics.values())
     if protocol is not None:
         console.print(f"likelihood protocol: {protocol}", highlight=False, soft_wrap=True)
