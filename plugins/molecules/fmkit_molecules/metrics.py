@@ -93,7 +93,8 @@ class MoleculeMetricsOptions(BaseModel):
                           "its split and limit (computed once, cached)")
     rdkit_protocol: bool = Field(True, description="also report RDKit-perceived validity (table 2)")
     rdkit_cov_factor: float = Field(COV_FACTOR, gt=1.0, le=1.5, description="table 2: bonded below this factor times "
-                                    "the sum of covalent radii (xyz2mol's default 1.3 rejects 5% of QM9)")
+                                    "the sum of covalent radii (xyz2mol's default 1.3 bonds the 1,3 carbons of QM9's "
+                                    "strained rings: docs/molecules.md)")
     max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
     graph_protocol: bool = Field(True, description="table 3, samples with generated bonds and charges: stability, "
                                  "validity, uniqueness, novelty of the generated graph (SemlaFlow)")

@@ -4,7 +4,7 @@ design trains on (vocabulary in :mod:`fmkit_molecules.graph`).
 RDKit's ``rdDetermineBonds`` for total charge 0: connectivity, then bond orders and charges by the
 xyz2mol algorithm (Kim & Kim 2015, "Universal structure conversion method for organic molecules").
 Connectivity is first RDKit's default connect-the-dots rule; where that yields no sanitizable
-molecule (5.3% of QM9 in the issue's measurement, mostly strained rings and long bonds) it is retried
+molecule (a few percent of QM9, mostly strained rings and long bonds: docs/molecules.md) it is retried
 with extended-Hückel connectivity (YAeHMOP, ``useHueckel=True``). The result is kekulized (orders
 1/2/3, no aromatic class) and accepted only when the graph rebuilt from the returned arrays alone --
 atoms with explicit hydrogens, bond orders, formal charges -- sanitizes, so it is exactly what a
@@ -34,7 +34,8 @@ RDLogger.DisableLog("rdApp.*")
 METHODS: tuple[str, ...] = ("default", "hueckel")
 _ORDER = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3}
 _BOND_TYPE = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
-#: molecules per work item of :func:`perceive_packed` (~0.5 s of work each)
+#: molecules per work item of :func:`perceive_packed`: enough work per item that the process pool's
+#: per-item overhead stays small
 CHUNK = 1000
 
 

@@ -43,10 +43,9 @@ from fmkit_molecules.models.common import (
 
 
 class EGNNGraphOptions(BaseModel):
-    """Defaults: the size for a CPU run (378k parameters with QM9's classes): one training step of 64
-    molecules of 18 atoms (QM9's mean), forward + backward + Adam, took 0.23 s on one core and 0.14 s
-    on two (25 atoms: 0.49 / 0.28 s), measured on the project's 2-core AMD EPYC machine with torch 2.11.
-    The pair work grows with message * N^2 per layer; ``edge: 32`` cost about +16 % per layer there."""
+    """Defaults: the size for a CPU run (378k parameters with QM9's classes; its step time is in
+    docs/molecules.md). The pair work grows with message * N^2 per layer, so ``message`` and ``edge``
+    set the cost of a step."""
 
     model_config = ConfigDict(extra="forbid")
 
