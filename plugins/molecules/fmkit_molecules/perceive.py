@@ -217,7 +217,18 @@ def perceive_packed(atoms: np.ndarray, pos: np.ndarray, offsets: np.ndarray, *, 
                     progress: Callable[[int], None] | None = None) -> PerceivedChunk:
     """:func:`perceive_chunk` over all molecules, in chunks of :data:`CHUNK` molecules spread over up
     to ``processes`` worker processes (results in molecule order, so the output does not depend on
-    ``processes``). ``progress(k)`` is called as each chunk of ``k`` molecules is done."""
+    ``processes``).
+
+    Args:
+        atoms: atom classes of all molecules, concatenated [A].
+        pos: their positions [A, 3] (Angstrom).
+        offsets: molecule m is ``offsets[m]:offsets[m+1]`` [M+1], starting at 0.
+        processes: most worker processes (capped at the CPU count and the number of chunks).
+        progress: called with ``k`` as each chunk of ``k`` molecules is done; None: silent.
+
+    Returns:
+        The graphs of all M molecules, packed, in molecule order.
+    """
     offsets = np.asarray(offsets, dtype=np.int64)
     m = len(offsets) - 1
     jobs = []

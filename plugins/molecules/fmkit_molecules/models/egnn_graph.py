@@ -133,7 +133,21 @@ class _GraphLayer(nn.Module):
 
 class EGNNGraph(nn.Module):
     """E(3)- and permutation-equivariant EGNN with edge channels:
-    ``forward({"pos","atoms","charges","bonds","mask"}, t) -> {"pos","atoms","charges","bonds"}`` (module doc)."""
+    ``forward({"pos","atoms","charges","bonds","mask"}, t) -> {"pos","atoms","charges","bonds"}`` (module doc).
+
+    Args:
+        hidden: node feature width.
+        message: width of the pair messages m_ij (None: ``hidden``); with ``edge`` it sets a step's cost.
+        edge: edge (bond) feature width.
+        layers: number of message-passing layers.
+        rbf: Gaussian radial basis functions of a distance.
+        rbf_max: Angstrom spanned by the radial basis centres (no cutoff).
+        coords_range: bound of all layers' coordinate steps together (Angstrom).
+        atom_encoding: "categorical" or "onehot", only when no dataset is at hand (else from ``data_info``).
+        num_classes: atom classes K, only when no dataset is at hand.
+        data_info: the dataset's description (build context): atom encoding and class counts.
+        predictions: the path's target per field (build context): ``pos: x1`` makes the model output x1.
+    """
 
     def __init__(self, hidden: int = 128, message: int | None = 64, edge: int = 16, layers: int = 5,
                  rbf: int = 16, rbf_max: float = 8.0, coords_range: float = 15.0,
