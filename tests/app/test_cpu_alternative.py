@@ -18,7 +18,8 @@ def _isolated(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for machines without a GPU")
 def test_a_gpu_sized_recipe_says_so_up_front_on_a_cpu():
-    """Old code: the README's main job started on a CPU with an ETA of ~2,240 hours and no word why."""
+    """On a CPU, a recipe sized for a GPU says so before training starts and names its CPU alternative
+    (it used to start a run that would take months there, with no word why)."""
     Path("g.yaml").write_text(TINY.replace("device: cpu", "device: auto")
                               + "cpu_alternative: recipes/toy_moons.yaml\n")
     r = cli("train", "g.yaml", "--out", "g")

@@ -41,7 +41,8 @@ class GridPlugin:
 
 
 def test_evaluate_likelihood_is_unguided_dequantised_and_says_so(monkeypatch):
-    """Old code: the guided field at the bin centres (-3.38 bits/dim on MNIST); now bits/dim >= 0."""
+    """`fmkit evaluate --likelihood` scores the model's unguided field on dequantised data and says so:
+    bits/dim >= 0 (the guided field at the bin centres gave negative bits/dim)."""
     reg = fresh_registry()
     reg.add_plugin(GridPlugin(), name="grid")
     monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", reg)

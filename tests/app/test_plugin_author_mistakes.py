@@ -38,8 +38,9 @@ def broken_factory(data_info):
 
 
 def test_an_authors_model_or_factory_failing_under_fresh_registry_is_attributed_to_them(tmp_path, monkeypatch):
-    """Old code: "internal error ... please report it" when the plugin object of the author's test (in
-    the test module) registered a model of their package; installed plugins were attributed."""
+    """A model or factory of the author's package that fails, registered by the plugin object of their
+    own test (``fresh_registry``), is an error in that plugin with its file:line, not an fmkit internal
+    error."""
     import sys
 
     from fmkit.testing import fresh_registry as authors_registry
@@ -91,7 +92,9 @@ def _labelled_trainer(coupling):
 
 
 def test_a_coupling_reordering_x1_but_not_its_cond_is_a_contract_error_before_training():
-    """Old code: trained on mismatched labels to exit 0, though docs/plugins.md promises a ContractError."""
+    """A coupling that re-orders x1 but not its cond is the ContractError docs/plugins.md promises,
+    before the first update (it used to train on mismatched labels); a permutation of x1 as a whole is
+    allowed."""
     from fmkit.errors import ContractError
 
     flip_x_only = _coupling(lambda x1: {**x1, "x": x1["x"].flip(0)})
@@ -108,7 +111,8 @@ def test_a_coupling_reordering_x1_but_not_its_cond_is_a_contract_error_before_tr
 
 
 def test_check_coupling_takes_bare_tensors_as_documented():
-    """Old code: an IndexError inside the author's pair() (it was handed dict(tensor))."""
+    """``check_coupling`` takes bare tensors as documented (they used to reach the author's pair()
+    malformed), and still catches a coupling that is not a permutation."""
     from fmkit import ExactOTCoupling
     from fmkit.testing import check_coupling
 

@@ -24,7 +24,8 @@ def _isolated(tmp_path, monkeypatch):
     ("data: {name: moons}\nmodel: {name: mlp}\ntrainer:\n  steps: 5\n  lr: 0.1\n  steps: 7\n", "steps", 6),
 ])
 def test_a_key_given_twice_is_refused_naming_both_lines(text, key, line):
-    """Old code: YAML kept the last value silently (a second `model:` dropped the first)."""
+    """A key given twice in one mapping is refused naming its lines (YAML keeps the last value silently:
+    a second `model:` dropped the first)."""
     Path("dup.yaml").write_text(text)
     r = cli("recipe", "validate", "dup.yaml")
     assert r.code == 2, r.text
@@ -41,8 +42,8 @@ def test_a_key_given_twice_is_refused_naming_both_lines(text, key, line):
     ("seed: 1180591620717411303424", "seed: Input should be less than 9223372036854775808"),
 ])
 def test_invalid_option_values_are_refused_naming_the_key(extra, needle):
-    """Old code: betas 1.5 trained to NaN, `steps: true` trained one step, 1e26 steps and 100000 threads
-    were accepted (the latter hung), a negative weight trained away from the data, seed 2**70 crashed."""
+    """Out-of-range or mistyped option values are refused naming the key, before anything runs: they used
+    to train to NaN, train one step, hang, train away from the data or crash."""
     Path("v.yaml").write_text(f"data: {{name: moons}}\nmodel: {{name: mlp}}\n{extra}\n")
     r = cli("recipe", "validate", "v.yaml")
     assert r.code == 2 and needle in squash(r.err), r.text
@@ -60,7 +61,7 @@ def test_invalid_component_options_are_refused(data, needle):
 
 
 def test_loss_weight_for_a_field_the_data_lacks_is_refused():
-    """Old code trained with the weight ignored (a misspelt field name is silently weight 1)."""
+    """A loss weight for a field the data lacks is refused (a misspelt field name was ignored silently)."""
     text = TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2, loss_weights: {pos: 2.0}}")
     Path("w.yaml").write_text(text)
     r = cli("train", "w.yaml", "--out", "w")
@@ -75,7 +76,8 @@ def _alias_bomb(levels: int = 8, width: int = 9) -> str:
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message():
-    """Old code: 8 nested anchors of 9 aliases took 52 s (minutes here) and printed 254 MB."""
+    """A YAML alias bomb is refused at once with a short message, by `recipe validate` and `train`,
+    instead of being expanded (which took minutes and printed a huge recipe)."""
     Path("bomb.yaml").write_text(_alias_bomb())
     t = time.perf_counter()
     r = cli("recipe", "validate", "bomb.yaml")

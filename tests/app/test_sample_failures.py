@@ -21,7 +21,8 @@ def _isolated(tmp_path, monkeypatch):
 
 
 def test_sample_count_is_bounded():
-    """Old code: `-n 1000000000000` tried to hold 10^12 samples and ran out of memory."""
+    """`fmkit sample -n` is bounded and refused above the bound before anything is sampled (an absurd
+    count used to run out of memory)."""
     run = tiny_run()
     r = cli("sample", run, "-n", 10**12)
     assert r.code == 2 and "10000000" in r.text, r.text
@@ -29,7 +30,8 @@ def test_sample_count_is_bounded():
 
 
 def test_all_nan_samples_fail_and_leave_no_empty_folder(monkeypatch):
-    """Old code wrote the NaN samples and exited 0; a failed sample left an empty samples/cli-* folder."""
+    """Samples holding NaN/Inf are an error, not written with exit code 0, and a failed sample leaves no
+    empty samples/cli-* folder."""
     import fmkit.engine.evaluation
 
     run = tiny_run()
@@ -67,8 +69,8 @@ class NanSamplingPlugin:
 
 
 def test_a_metric_failing_on_nan_samples_is_named_by_train_and_evaluate(monkeypatch):
-    """Old code: `internal error: ValueError: matrix contains invalid numeric entries`, and `fmkit
-    evaluate` then said "the run's recipe lists no metrics" although it lists w2."""
+    """A metric failing on NaN samples is named, with a fix, by `fmkit train` and `evaluate`; not an
+    internal error, and `evaluate` does not then claim the recipe lists no metrics."""
     reg = fresh_registry()
     reg.add_plugin(NanSamplingPlugin(), name="nan_sampling")
     monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", reg)

@@ -32,7 +32,8 @@ def _wait_for(path: Path, timeout: float = 120) -> None:
 
 
 def test_sigterm_during_sample_says_interrupted(tmp_path):
-    """Old code: exit -15 (killed by the signal) with no message."""
+    """SIGTERM during `fmkit sample` exits 130 saying it was interrupted, with no traceback and no samples
+    folder left (it used to die by the signal without a word)."""
     run = tiny_run()
     code = ("import sys, pathlib, fmkit.engine.evaluation as t, fmkit.app.cli as c\n"
             "real = t.sample_in_chunks\n"
@@ -60,8 +61,9 @@ EVAL_RECIPE = TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2}\neval: 
 
 
 def test_sigterm_during_the_final_evaluation_stops_it_and_resume_finishes_it(tmp_path):
-    """Old code ignored SIGTERM/SIGINT during the final evaluation (a scheduler's SIGKILL then lost it) and
-    the resume said "this run already finished", so the evaluation never happened."""
+    """SIGTERM during the final evaluation stops it, and a resume then runs it (the signal used to be
+    ignored there, so a scheduler's SIGKILL lost the evaluation, and the resume said "this run already
+    finished")."""
     Path("e.yaml").write_text(EVAL_RECIPE)
     code = ("import sys, pathlib, time, fmkit.app.builtin.metrics as m\n"
             "real = m.W2Metric.__call__\n"
@@ -93,8 +95,8 @@ def test_sigterm_during_the_final_evaluation_stops_it_and_resume_finishes_it(tmp
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_while_fmkit_starts_exits_130_without_a_traceback(tmp_path, sig):
-    """Old code: a Ctrl-C in the first ~1.3 s of `fmkit train` (torch still importing) printed a
-    KeyboardInterrupt traceback and exited -2; the docs promise 130."""
+    """A stop signal while `fmkit train` is still importing torch exits 130, as the docs promise, saying
+    it was interrupted, with no KeyboardInterrupt traceback and no checkpoint."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.Popen([sys.executable, "-m", "fmkit", "train", str(REPO_ROOT / "recipes" / "toy_moons.yaml"),
                           "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -124,8 +126,8 @@ def test_stop_signals_are_held_while_fmkit_imports():
 
 @pytest.mark.parametrize("delay", [0.6, 1.4])
 def test_ctrl_c_while_torch_and_the_plugins_import_exits_130_cleanly(tmp_path, delay):
-    """Old code: a SIGINT 1.3-1.6 s in gave "internal error: RecursionError" blamed on the audio plugin,
-    or a C++ `terminate ... KeyboardInterrupt` abort with exit code 134. Installed plugins load here."""
+    """A Ctrl-C while torch and the installed plugins import exits 130 cleanly: no internal error blamed
+    on a plugin, no C++ ``terminate`` abort. Installed plugins load here."""
     import os
     import signal
     import subprocess

@@ -47,7 +47,8 @@ def _newest(run: Path) -> tuple[Path, Path]:
 
 
 def test_latest_pointer_of_non_utf8_bytes_is_ignored():
-    """Old code: `internal error: UnicodeDecodeError` on every resume, sample and evaluate."""
+    """A `latest` pointer of non-UTF-8 bytes is ignored: the newest complete checkpoint is found and
+    resumed, not an internal error."""
     run = tiny_run()
     (run / "checkpoints" / ck.LATEST).write_bytes(b"\xff\xfe\x00step")
     assert ck.find_latest(run / "checkpoints").name == ck.step_dir_name(6)
@@ -57,8 +58,9 @@ def test_latest_pointer_of_non_utf8_bytes_is_ignored():
 
 @pytest.mark.parametrize("damage", ["manifest_entry_removed", "step_abc", "step_negative", "optimizer_tensor_lost"])
 def test_damaged_newest_checkpoint_falls_back_to_the_older_one(damage):
-    """Old code: `internal error: KeyError 'model'` / `ValueError: invalid literal for int()` / a negative
-    step resumed / a KeyError in the first optimizer step after resuming."""
+    """A newest checkpoint damaged in its manifest, meta or optimizer state is passed over for the older
+    one, naming the damage; not an internal error, a negative step resumed, or a failure in the first
+    optimizer step after resuming."""
     run = tiny_run()
     newest, older = _newest(run)
     if damage == "manifest_entry_removed":
@@ -100,8 +102,9 @@ def test_every_checkpoint_damaged_is_a_checkpoint_error_not_an_internal_error():
 
 
 def test_unreadable_checkpoint_file_is_a_permission_error_with_a_fix(tmp_path):
-    """Old code: `internal error: PermissionError`. Root reads any file, so the read is denied by
-    patching the checksum read, the way a file without read permission fails."""
+    """An unreadable checkpoint file is a CheckpointError naming the permission, with a fix, not an
+    internal error. Root reads any file, so the read is denied by patching the checksum read, the way a
+    file without read permission fails."""
     run = tiny_run()
     newest, _ = _newest(run)
     real = ck._sha256
@@ -122,7 +125,8 @@ def test_unreadable_checkpoint_file_is_a_permission_error_with_a_fix(tmp_path):
 
 
 def test_pruning_past_a_billion_steps_keeps_the_newest():
-    """Old code sorted `step_1000000000` before `step_999999999` as text and deleted the newest."""
+    """Pruning orders checkpoints by step number, not by name as text: past a billion steps the newest
+    are kept."""
     root = Path("ckpts")
     data = ck.CheckpointData({"model": {"w": torch.zeros(1)}}, {"step": 0})
     for step in (999_999_998, 999_999_999, 1_000_000_000, 1_000_000_001):

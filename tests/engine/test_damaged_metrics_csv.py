@@ -47,7 +47,8 @@ class AtStep:
 
 
 def test_metrics_csv_deleted_mid_run_is_written_again_with_every_row(tmp_path, capsys):
-    """Old code: the rows after the deletion went to the deleted file: lost, with exit code 0."""
+    """A metrics.csv deleted while training runs is written again with every row, and a note says so
+    (the rows after the deletion used to go to the deleted file, lost, with exit code 0)."""
     from fmkit.engine.metrics_log import read_metrics
 
     run = tmp_path / "run"
@@ -63,8 +64,8 @@ class _Refusing:
 
 
 def test_metrics_csv_made_unwritable_mid_run_stops_with_a_checkpoint_and_a_fix(tmp_path):
-    """Old code: `internal error: PermissionError`. (Root may write any file: the refusal is injected at
-    the write, as an immutable file refuses it.)"""
+    """A metrics.csv that becomes unwritable stops training with a checkpoint and a fix, not an internal
+    error. (Root may write any file: the refusal is injected at the write, as an immutable file refuses it.)"""
     run = tmp_path / "run"
 
     def refuse(tr):
@@ -79,8 +80,8 @@ def test_metrics_csv_made_unwritable_mid_run_stops_with_a_checkpoint_and_a_fix(t
 
 
 def test_garbage_in_metrics_csv_is_skipped_with_a_note_by_curves_and_resume():
-    """Old code: `fmkit curves` and `fmkit train --resume` ended in internal errors (UnicodeDecodeError,
-    ValueError), one resume after training and checkpointing."""
+    """Garbage rows in metrics.csv are skipped with a note by `fmkit curves` and dropped by
+    `fmkit train --resume`, not internal errors."""
     Path("tiny.yaml").write_text(TINY)
     assert cli("train", "tiny.yaml", "--out", "run").code == 0
     log = Path("run/metrics.csv")

@@ -62,8 +62,8 @@ def test_the_divergence_check_can_be_turned_off(tmp_path):
 
 
 def test_lr_1e4_without_clipping_stops_with_the_step_and_a_fix():
-    """Old code: the loss reached 1e27 without a word, then `internal error: ValueError: matrix contains
-    invalid numeric entries` in the final evaluation."""
+    """A diverging loss (lr 1e4, no clipping) stops training with the step and a fix, instead of
+    training on without a word and failing with an internal error in the final evaluation."""
     Path("tiny.yaml").write_text(TINY + "eval: {metrics: [{name: w2, num_reference: 64}], num_samples: 64}\n")
     r = cli("train", "tiny.yaml", "--out", "run", "--set", "trainer.lr=1e4", "--set", "trainer.grad_clip=null")
     clean_error(r, "the loss diverged at step", "no checkpoint was written yet", "where: run",

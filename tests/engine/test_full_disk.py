@@ -37,7 +37,8 @@ def _disk_full_from(monkeypatch, when) -> None:
 
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_leaves_no_temporary_folder(monkeypatch):
-    """Old code: `internal error: SafetensorError ... please report it`, and a `.tmp-step_*` folder left."""
+    """A full disk while checkpointing is a clear error naming the intact previous checkpoint, not an
+    internal error; no ``.tmp-step_*`` folder is left and the run resumes once there is room."""
     Path("tiny.yaml").write_text(TINY)
     with monkeypatch.context() as m:
         _disk_full_from(m, lambda p: "step_000000006" in str(p))

@@ -24,7 +24,9 @@ def _isolated(tmp_path, monkeypatch):
 
 
 def test_a_second_trainer_of_the_same_run_is_refused_naming_the_first():
-    """Old code: both resumed; one died with FileNotFoundError in .tmp-step_*, metrics.csv lost rows."""
+    """A second trainer of a run being trained is refused naming the first (PID and host), touching
+    nothing; once released, the resume goes on. Two trainers of one run used to lose checkpoints and
+    metrics rows."""
     run = tiny_run()
     with RunLock(run):
         r = cli("train", "--resume", run, "--set", "trainer.steps=9")
@@ -69,7 +71,8 @@ def _unprivileged() -> list[str]:
 
 
 def test_read_only_checkpoints_folder_is_refused_before_training(tmp_path):
-    """Old code trained to the first checkpoint (step 9 here), then failed to save it: all lost."""
+    """A read-only checkpoints/ folder is refused before training, not after training up to the first
+    checkpoint, which then could not be saved."""
     run = tiny_run()
     (run / "checkpoints").chmod(0o555)
     try:
