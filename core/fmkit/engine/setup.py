@@ -14,12 +14,18 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import CFMObjectiveOptions, EvalOptions, ObjectiveOptions, TrainerOptions
+from fmkit.engine.options import (
+    CFMObjectiveOptions,
+    EvalOptions,
+    MeanFlowObjectiveOptions,
+    ObjectiveOptions,
+    TrainerOptions,
+)
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
-from fmkit.flow.objectives import CFMObjective, Objective, TimeSampler
+from fmkit.flow.objectives import CFMObjective, MeanFlowObjective, Objective, TimeSampler
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
@@ -89,10 +95,13 @@ def use_channels_last(model: nn.Module, device: torch.device, option: bool | Non
 
 
 
-def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, compile: bool) -> nn.Module:
-    """The module the step calls: ``model`` under DDP when there are several processes, compiled
-    when asked (the plain ``model`` keeps the weights, checkpoints and EMA)."""
-    train_model = model
+def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, compile: bool,
+                      objective: Objective | None = None) -> nn.Module:
+    """The module the step calls: ``model`` (or the ``objective``'s ``training_module`` of it, e.g.
+    MeanFlow's JVP inside the forward) under DDP when there are several processes, compiled when asked
+    (the plain ``model`` keeps the weights, checkpoints and EMA)."""
+    wrap = getattr(objective, "training_module", None)
+    train_model = wrap(model) if wrap is not None else model
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -100,7 +109,7 @@ def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, co
         # buffers change in training only with running statistics (BatchNorm & co.); fmkit's are
         # constants, and broadcasting them costs a collective per forward, micro-steps included
         running = any(getattr(m, "track_running_stats", False) for m in model.modules())
-        train_model = DDP(model, device_ids=ids, broadcast_buffers=running)
+        train_model = DDP(train_model, device_ids=ids, broadcast_buffers=running)
     if compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     return train_model
@@ -160,6 +169,11 @@ def build_objective(opts: ObjectiveOptions, path: StatePath, source: StateSource
     if isinstance(opts, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
         return CFMObjective(path, source, coupling, time=time, cond_dropout=cond_dropout, null_class=null_class,
                             weights=weights)
+    if isinstance(opts, MeanFlowObjectiveOptions):
+        return MeanFlowObjective(path, source, coupling, time=time, equal_fraction=opts.equal_fraction,
+                                 adaptive_p=opts.adaptive_p, adaptive_c=opts.adaptive_c,
+                                 guidance_scale=opts.guidance_scale, guidance_mix=opts.guidance_mix,
+                                 cond_dropout=cond_dropout, null_class=null_class, weights=weights)
     raise TypeError(f"no objective is built from {type(opts).__name__}")
 
 

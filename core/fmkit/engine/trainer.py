@@ -93,16 +93,17 @@ class Trainer:
         if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
-        self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile)
-        self._params = list(self.model.parameters())  # for clipping: no module walk per step
-        self.optimizer = build_optimizer(self.model, o, self.device)
-        # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
-        self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
         self.time = functools.partial(setup.time_sampler, o)
         self.objective = setup.build_objective(setup.objective_options(objective), self.path, self.source,
                                                self.coupling, time=self.time, cond_dropout=o.cond_dropout,
                                                null_class=self.null_cond or 0, weights=o.loss_weights)
+        # the objective's module of the model (MeanFlow: its JVP inside the forward DDP syncs) under DDP/compile
+        self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile, self.objective)
+        self._params = list(self.model.parameters())  # for clipping: no module walk per step
+        self.optimizer = build_optimizer(self.model, o, self.device)
+        # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
+        self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
         # the model as the objective calls it: precision and memory layout stay with the engine
         self.forward = TrainingForward(self.train_model, autocast=self.autocast, channels_last=self.channels_last)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
