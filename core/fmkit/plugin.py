@@ -1,7 +1,8 @@
 """The one import for plugin authors: ``from fmkit.plugin import hookimpl, Dataset, ...``.
 
 Everything a plugin builds on — the hook marker, the component contracts (dataset, source,
-coupling, path, scheduler, solver, callback), the state helpers for masked fields, and the error
+coupling, path, scheduler, solver, callback), the state helpers for masked fields, the interval
+embedding of a model with two times (objective meanflow), and the error
 classes whose what/where/fix the CLI prints — is re-exported here, so a plugin never depends on
 where a name lives inside the core. The library API for users of the core is ``fmkit`` itself.
 """
@@ -42,12 +43,14 @@ from fmkit.flow.state import (
                           masked_mean_per_example,
 )
 from fmkit.flow.stats import frechet_distance
+from fmkit.flow.two_times import IntervalEmbedding, takes_r
 
 __all__ = [
     "COND", "Callback", "CheckpointError", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset",
-    "DependencyError", "FieldInfo", "FmkitError", "Indices", "MASK", "MASKS", "Metric", "ModelError",
+    "DependencyError", "FieldInfo", "FmkitError", "Indices", "IntervalEmbedding", "MASK", "MASKS", "Metric",
+    "ModelError",
     "NonFiniteDataError", "OutputError", "PathSample", "ProbPath", "RecipeError", "RegistryError", "Scheduler",
     "Solution", "Solver", "Source", "State", "TrainingError", "Writer", "apply_mask", "assignment",
     "broadcast_mask", "count_dims", "expand_t", "field_mask", "frechet_distance", "hookimpl", "hookspec",
-    "is_categorical", "masked_mean_per_example", "note", "require_finite",
+    "is_categorical", "masked_mean_per_example", "note", "require_finite", "takes_r",
 ]
