@@ -63,3 +63,20 @@ def test_the_step_is_finite_over_a_few_steps(precision):
     tr.fit()
     x = tr.sample(64, solver=fmkit.MeanFlowSolver(1))["x"]
     assert torch.isfinite(x).all()
+
+
+def test_channels_last_stays_off_for_meanflow_and_is_refused_when_asked():
+    """torch's forward-mode GroupNorm fails on channels-last tensors, so the objective says so: null
+    resolves to off where it would be on (a CUDA conv model), true is refused before training."""
+    from fmkit.engine.setup import use_channels_last
+    from fmkit.errors import TrainingError
+    from fmkit.flow.objectives import CFMObjective, MeanFlowObjective
+
+    path = fmkit.AffinePath(fmkit.CondOTScheduler())
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
+    cuda = torch.device("cuda")  # only its type is read
+    assert use_channels_last(conv, cuda, None, CFMObjective(path)) is True
+    assert use_channels_last(conv, cuda, None, MeanFlowObjective(path)) is False
+    with pytest.raises(TrainingError, match="cannot run on channels-last") as e:
+        _trainer(channels_last=True)
+    assert e.value.where == "trainer.channels_last"

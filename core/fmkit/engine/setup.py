@@ -86,9 +86,18 @@ def coerce_options(cls: type, value: Any, name: str) -> Any:
     return value
 
 
-def use_channels_last(model: nn.Module, device: torch.device, option: bool | None) -> bool:
+def use_channels_last(model: nn.Module, device: torch.device, option: bool | None,
+                      objective: Objective | None = None) -> bool:
     """``trainer.channels_last``: as set, or (null) on for a CUDA model with 2-D convolutions, where
-    cuDNN's NHWC kernels feed the tensor cores without layout transposes; nothing else gains from it."""
+    cuDNN's NHWC kernels feed the tensor cores without layout transposes; nothing else gains from it.
+    Off (null) or refused (true) for an objective that says ``channels_last = False`` (MeanFlow: torch
+    has no forward-mode derivative of GroupNorm on channels-last tensors)."""
+    if getattr(objective, "channels_last", True) is False:
+        if option:
+            raise TrainingError(f"trainer.channels_last is true, and the objective {type(objective).__name__} "
+                                "cannot run on channels-last tensors (its forward-mode JVP fails there)",
+                                where="trainer.channels_last", fix="set trainer.channels_last: null (or false)")
+        return False
     if option is not None:
         return option
     return device.type == "cuda" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())

@@ -87,17 +87,17 @@ class Trainer:
         self._bad_fields: set[str] = set()  # fields in which a coupling met NaN/Inf (DDP: reported at the NaN check)
         setup.check_options(o, self.eval_opts, dataset.info, self.dist.world_size)
         self.micro_batch = o.batch_size // o.grad_accum
-        setup.check_model_signature(model)
-        self.model = model.to(self.device)
-        self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last)
-        if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
         self.null_cond = dataset.info.num_cond_classes  # index of the null class for CFG
         self.time = functools.partial(setup.time_sampler, o)
         self.objective = setup.build_objective(setup.objective_options(objective), self.path, self.source,
                                                self.coupling, time=self.time, cond_dropout=o.cond_dropout,
                                                null_class=self.null_cond or 0, weights=o.loss_weights)
+        setup.check_model_signature(model)
+        self.model = model.to(self.device)
+        self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last, self.objective)
+        if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
         # the objective's module of the model (MeanFlow: its JVP inside the forward DDP syncs) under DDP/compile
         self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile, self.objective)
         self._params = list(self.model.parameters())  # for clipping: no module walk per step

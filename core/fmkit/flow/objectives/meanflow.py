@@ -92,6 +92,10 @@ class MeanFlowObjective:
         weights: per-field loss weights (1 for fields not named).
     """
 
+    #: the engine keeps the model's memory layout standard: torch's forward-mode derivative of GroupNorm
+    #: fails on channels-last tensors ("view size is not compatible"), so the JVP cannot run there
+    channels_last = False
+
     def __init__(self, path: ProbPath | StatePath, source: Source | StateSource | None = None,
                  coupling: Coupling | None = None, *, time: TimeSampler | None = None, equal_fraction: float = 0.75,
                  adaptive_p: float = 1.0, adaptive_c: float = 1e-3, guidance_scale: float = 1.0,
