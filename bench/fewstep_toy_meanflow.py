@@ -199,13 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
     per_seed = [[n, c, " ".join(f"{x:.4f}" for x in w2[n][c])] for n in w2 for c in cols if c in w2[n]]
     text = "\n".join([
         f"8 gaussians -> moons; every method {a.steps} training steps in total; MLP {a.hidden}x{a.depth} (time dim "
-        f"{a.time_dim}), batch {a.batch}, AdamW, cosine lr from {a.lr} (2-RF and distillation {a.lr_finetune}), clip 1, "
-        f"no EMA. FM: CFM objective, Euler at NFE steps. 2-RF + distill: 1-RF {rf_steps[0]} steps, {a.pairs} reflow "
-        f"pairs (Euler {a.teacher_steps}), 2-RF {rf_steps[1]} steps from 1-RF, distillation {rf_steps[2]} steps at t = 0 "
-        f"from 2-RF (bench_fewstep.py's pipeline). MeanFlow: objective meanflow, MLP with two_times (time features up "
-        f"to 20 rad), t and r the min and max of two draws of the time sampler (logit_normal mean {a.time_mean}); "
-        f"NFE k = k jumps, 'ODE 100' = Euler 100 on u(z, t, t). Exact W2 on {a.n_eval} points vs held-out moons; "
-        f"seeds {a.seeds}. No timings are reported.", "",
+        f"{a.time_dim}), batch {a.batch}, AdamW, cosine lr from {a.lr} (2-RF and distillation {a.lr_finetune}), "
+        f"clip 1, no EMA. FM: CFM objective, Euler at NFE steps. 2-RF + distill: 1-RF {rf_steps[0]} steps, "
+        f"{a.pairs} reflow pairs (Euler {a.teacher_steps}), 2-RF {rf_steps[1]} steps from 1-RF, distillation "
+        f"{rf_steps[2]} steps at t = 0 from 2-RF (bench_fewstep.py's pipeline). MeanFlow: objective meanflow, MLP "
+        f"with two_times (time features up to 20 rad), t and r the min and max of two draws of the time sampler "
+        f"(logit_normal mean {a.time_mean}); NFE k = k jumps, 'ODE 100' = Euler 100 on u(z, t, t). Exact W2 on "
+        f"{a.n_eval} points vs held-out moons; seeds {a.seeds}. No timings are reported.", "",
         "W2 (mean +- sd over seeds, lower is better; NFE columns):", "",
         table(["method"] + [f"NFE {c}" if c != "ODE 100" else c for c in cols], rows), "",
         table(["bar (issue 29)", "measured", "target", "result"], bars), "",

@@ -90,3 +90,42 @@ def test_sampling_guidance_and_a_cfm_run_with_the_jump_are_refused(run: Path):
     assert r.code != 0 and "this run's objective 'cfm' did not train" in r.text
     r = cli("evaluate", run, "--solver", "euler", "--steps", "20", "-n", "200")  # the ODE of u(z, t, t) is allowed
     assert r.code == 0 and "euler, 20 steps" in " ".join(r.text.split()), r.text
+
+
+def test_a_run_from_before_two_times_still_loads_and_a_two_time_model_does_not_take_it():
+    """A checkpoint's fingerprint from before the mlp had `two_times` and `time_max_freq` lacks them;
+    at their off defaults (False, None) they are no difference, at another value they are."""
+    from fmkit.engine.fingerprint import fingerprint_diff
+
+    old = {"model": {"name": "mlp", "hidden": 8, "depth": 1, "time_dim": 4, "field": "x"}}
+    ours = {"model": {**old["model"], "two_times": False, "time_max_freq": None}}
+    assert fingerprint_diff(old, ours, ("model",)) == []
+    two = {"model": {**old["model"], "two_times": True, "time_max_freq": None}}
+    assert fingerprint_diff(old, two, ("model",)) == ["model.two_times: absent in the checkpoint, True in this recipe"]
+    # a key the checkpoint holds and we lack is still a difference (only options added since are forgiven)
+    assert fingerprint_diff(ours, old, ("model",)) == ["model.time_max_freq: None in the checkpoint, absent in this "
+                                                       "recipe", "model.two_times: False in the checkpoint, absent in "
+                                                       "this recipe"]
+
+
+def test_evaluate_loads_a_run_whose_checkpoint_predates_the_new_model_options(tmp_path):
+    import json
+
+    out = tmp_path / "old"
+    r = cli("train", ROOT / "recipes" / "toy_moons.yaml", "--out", out, "--set", "trainer.steps=4", "--set",
+            "trainer.checkpoint_every=4", "--set", "trainer.progress=false", "--set", "trainer.device=cpu",
+            "--set", "eval.every=0", "--set", "eval.metrics=[]", "--set", "eval.writers=[]")
+    assert r.code == 0, r.text
+    meta = out / "checkpoints" / "step_000000004" / "meta.json"
+    data = json.loads(meta.read_text())
+    for key in ("two_times", "time_max_freq"):  # what a checkpoint written before them holds
+        del data["fingerprint"]["model"][key]
+    meta.write_text(json.dumps(data))
+    from fmkit.engine.checkpoint import MANIFEST
+    from fmkit.engine.files import _sha256
+
+    manifest = json.loads((meta.parent / MANIFEST).read_text())  # the checkpoint's own record of its files
+    manifest["files"]["meta.json"] = _sha256(meta)
+    (meta.parent / MANIFEST).write_text(json.dumps(manifest))
+    r = cli("evaluate", out, "-n", "50", "--set", "eval.metrics=[{name: w2}]")
+    assert r.code == 0, r.text
