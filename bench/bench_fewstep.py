@@ -87,6 +87,39 @@ def sample(model: torch.nn.Module, x0: torch.Tensor, steps: int, sway: float | N
     return sol.x["x"]
 
 
+def rectified(a: argparse.Namespace, ds, seed: int, root: Path, steps: tuple[int, int, int],
+              cpu_s: dict[str, list[float]] | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """1-RF, 2-RF and 2-RF + distillation of one seed (the module doc's pipeline): ``steps`` = (1-RF, 2-RF,
+    distillation) training steps, run directories and the pairs under ``root``; ``a`` holds the model size,
+    learning rates, batch, threads, pairs and teacher steps. CPU seconds per stage go to ``cpu_s`` if given."""
+    cost = cpu_s if cpu_s is not None else {}
+
+    def mlp() -> torch.nn.Module:
+        return MLP(2, hidden=a.hidden, depth=a.depth, time_dim=a.time_dim)
+
+    torch.manual_seed(1000 + seed)
+    rf1, c = train(mlp(), ds, options(a, steps[0], a.lr), fmkit.IndependentCoupling(), root / "rf1", seed)
+    cost.setdefault("1-RF", []).append(c)
+    t0 = time.process_time()
+    torch.manual_seed(seed)
+    res = write_pairs(root / "pairs", rf1, StatePath(fmkit.AffinePath(fmkit.CondOTScheduler())), source(),
+                      fmkit.FixedStepSolver("euler", a.teacher_steps), ds, a.pairs, seed=seed,
+                      teacher={"run": "rf1", "seed": seed}, progress=False)
+    cost.setdefault("reflow", []).append(time.process_time() - t0)
+    assert res.num_pairs == a.pairs
+    pairs = PairsDataset(root / "pairs")
+    torch.manual_seed(2000 + seed)
+    rf2, c = train(mlp(), pairs, options(a, steps[1], a.lr_finetune, init_from=str(root / "rf1")),
+                   fmkit.GivenCoupling(), root / "rf2", seed)
+    cost.setdefault("2-RF", []).append(c)
+    torch.manual_seed(3000 + seed)
+    dist, c = train(mlp(), pairs, options(a, steps[2], a.lr_finetune, init_from=str(root / "rf2"),
+                                          time_sampler="grid", time_grid=[0.0]),
+                    fmkit.GivenCoupling(), root / "distill", seed)
+    cost.setdefault("distill", []).append(c)
+    return rf1, rf2, dist
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps-1rf", type=int, default=8000)
@@ -124,29 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
             root = Path(tmp) / f"seed{seed}"
-            torch.manual_seed(1000 + seed)
-            rf1, c = train(MLP(2, hidden=a.hidden, depth=a.depth, time_dim=a.time_dim), ds,
-                           options(a, a.steps_1rf, a.lr), fmkit.IndependentCoupling(), root / "rf1", seed)
-            cpu_s["1-RF"].append(c)
-            t0 = time.process_time()
-            torch.manual_seed(seed)
-            res = write_pairs(root / "pairs", rf1, StatePath(fmkit.AffinePath(fmkit.CondOTScheduler())), source(),
-                              fmkit.FixedStepSolver("euler", a.teacher_steps), ds, a.pairs, seed=seed,
-                              teacher={"run": "rf1", "seed": seed}, progress=False)
-            cpu_s["reflow"].append(time.process_time() - t0)
-            assert res.num_pairs == a.pairs
-            pairs = PairsDataset(root / "pairs")
-            torch.manual_seed(2000 + seed)
-            rf2, c = train(MLP(2, hidden=a.hidden, depth=a.depth, time_dim=a.time_dim), pairs,
-                           options(a, a.steps_2rf, a.lr_finetune, init_from=str(root / "rf1")),
-                           fmkit.GivenCoupling(), root / "rf2", seed)
-            cpu_s["2-RF"].append(c)
-            torch.manual_seed(3000 + seed)
-            dist, c = train(MLP(2, hidden=a.hidden, depth=a.depth, time_dim=a.time_dim), pairs,
-                            options(a, a.steps_distill, a.lr_finetune, init_from=str(root / "rf2"),
-                                    time_sampler="grid", time_grid=[0.0]),
-                            fmkit.GivenCoupling(), root / "distill", seed)
-            cpu_s["distill"].append(c)
+            rf1, rf2, dist = rectified(a, ds, seed, root, (a.steps_1rf, a.steps_2rf, a.steps_distill), cpu_s)
             x0, _ = eight_gaussians(a.n_eval, torch.Generator().manual_seed(777 + seed))
             for name, m in zip(methods, (rf1, rf2, dist)):
                 for nfe in NFES:

@@ -29,8 +29,9 @@ _WHERE = {
                     "fmkit.flow.couplings"),
     **dict.fromkeys(["DataInfo", "Dataset", "FieldInfo", "TensorDataset"], "fmkit.flow.data"),
     **dict.fromkeys(["CategoricalSource", "GaussianSource", "Source", "StateSource"], "fmkit.flow.sources"),
-    **dict.fromkeys(["AdaptiveSolver", "FixedStepSolver", "Solution", "Solver"], "fmkit.flow.solvers"),
-    "CFMObjective": "fmkit.flow.objectives",
+    **dict.fromkeys(["AdaptiveSolver", "FixedStepSolver", "MeanFlowSolver", "Solution", "Solver"],
+                    "fmkit.flow.solvers"),
+    **dict.fromkeys(["CFMObjective", "MeanFlowObjective"], "fmkit.flow.objectives"),
     "ClassifierFreeGuidance": "fmkit.flow.guidance",
     "log_likelihood": "fmkit.flow.likelihood",
     "generate": "fmkit.flow.sampling",
@@ -84,7 +85,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from fmkit.flow.data import DataInfo, Dataset, FieldInfo, TensorDataset
     from fmkit.flow.guidance import ClassifierFreeGuidance
     from fmkit.flow.likelihood import log_likelihood
-    from fmkit.flow.objectives import CFMObjective
+    from fmkit.flow.objectives import CFMObjective, MeanFlowObjective
     from fmkit.flow.paths import (
         AffinePath,
         CondOTScheduler,
@@ -99,5 +100,5 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         VPScheduler,
     )
     from fmkit.flow.sampling import generate
-    from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, Solution, Solver
+    from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, MeanFlowSolver, Solution, Solver
     from fmkit.flow.sources import CategoricalSource, GaussianSource, Source, StateSource

@@ -9,11 +9,12 @@ inside the core (its tests add :mod:`fmkit.testing`):
 - the contracts: ``Dataset``, ``DataInfo``, ``FieldInfo``, ``Source``, ``Coupling``, ``ProbPath``,
   ``Scheduler``, ``Solver`` (implement ``integrate``) and ``Solution``, ``Callback``, ``Metric``,
   ``Writer``;
-- the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``,
+- the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``, ``CondOTScheduler``,
   ``GaussianSource``, ``FixedStepSolver``, ``ClassifierFreeGuidance``;
 - helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes, the OT
   ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
-  functions, ``frechet_distance``;
+  functions, ``frechet_distance``, ``IntervalEmbedding``/``takes_r`` for a model with two times
+  (objective meanflow);
 - the error classes whose what / where / fix the CLI prints, and ``note`` for a non-fatal one.
 
 The library API for users of the core is ``fmkit`` itself.
@@ -44,7 +45,16 @@ from fmkit.flow.couplings import Coupling, assignment, require_finite
 from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices, TensorDataset, bucketed_batches
 from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.likelihood import Dequantization, data_log_likelihood, declared_likelihood, log_likelihood
-from fmkit.flow.paths import AffinePath, PathSample, ProbPath, Scheduler, SchedulerOutput, expand_t, takes_step
+from fmkit.flow.paths import (
+    AffinePath,
+    CondOTScheduler,
+    PathSample,
+    ProbPath,
+    Scheduler,
+    SchedulerOutput,
+    expand_t,
+    takes_step,
+)
 from fmkit.flow.sampling import model_velocity
 from fmkit.flow.solvers import FixedStepSolver, Solution, Solver, ctmc_jump
 from fmkit.flow.sources import GaussianSource, Source
@@ -61,16 +71,19 @@ from fmkit.flow.state import (
                           masked_mean_per_example,
 )
 from fmkit.flow.stats import frechet_distance
+from fmkit.flow.two_times import IntervalEmbedding, takes_r
 
 __all__ = [
     "AffinePath", "COND", "Callback", "CheckpointError", "ClassifierFreeGuidance", "ComponentOf",
-    "ComponentSpec", "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
-    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices", "MASK",
+    "ComponentSpec", "CondOTScheduler",
+    "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
+    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices",
+    "IntervalEmbedding", "MASK",
     "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
     "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
     "State", "TensorDataset", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
     "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "expand_t",
     "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical", "load_recipe",
     "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
-    "require_finite", "takes_step",
+    "require_finite", "takes_r", "takes_step",
 ]

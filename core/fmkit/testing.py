@@ -16,6 +16,9 @@ every breach::
         ds = MyDataset(root=...)
         check_model(MyNet(data_info=ds.info), ds)
 
+``check_two_time_model`` checks the contract of a model with two times (u(x, r, t), what objective
+meanflow trains; :mod:`fmkit.flow.two_times`).
+
 ``fresh_registry(*plugins)`` is a registry with the built-in plugin and yours only (no other
 installed plugin), ``use_registry(reg)`` makes it the one the CLI sees, ``run_cli(*args)`` runs
 ``fmkit ARGS`` in-process, plugin sub-commands included, returning its exit code and output, and
@@ -45,12 +48,14 @@ from fmkit.engine.metrics_log import read_metrics  # noqa: F401 - re-exported: a
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import Dataset
 from fmkit.flow.data_check import check_dataset as _check_contract
+from fmkit.flow.objectives import MeanFlowObjective  # noqa: F401 - re-exported: a two-time model's step
 from fmkit.flow.paths import ProbPath
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.state import COND, MASK, State, as_state, broadcast_mask, field_mask, fields
 
-__all__ = ["CliResult", "Trainer", "TrainerOptions", "build_components", "build_trainer", "check_coupling",
-           "check_dataset", "check_model", "check_path", "check_solver", "fresh_registry", "read_metrics", "run_cli",
+__all__ = ["CliResult", "MeanFlowObjective", "Trainer", "TrainerOptions", "build_components", "build_trainer", "check_coupling",
+           "check_dataset", "check_model", "check_path", "check_solver", "check_two_time_model", "fresh_registry",
+           "read_metrics", "run_cli",
            "use_registry"]
 
 
@@ -106,6 +111,38 @@ def check_model(model: nn.Module, data: Dataset, *, batch_size: int = 3, seed: i
         if equivariance is not None:
             gx, g_out = equivariance(x_t)
             _assert_same(model(gx, t, cond), g_out(out), "model(g x) vs g model(x) (equivariance)", atol=atol * 100)
+
+
+def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3, seed: int = 0,
+                         atol: float = 1e-5) -> None:
+    """The contract of a model with two times (:mod:`fmkit.flow.two_times`) on a batch of ``data``:
+    ``forward`` takes the keyword ``r``; ``r = t`` gives what ``r=None`` gives (u(x, t, t) = v(x, t), so
+    plain flow matching is unchanged); another ``r`` changes the output (the model does use it); and a
+    forward-mode JVP through (x_t, r, t), as objective meanflow takes it, runs and is finite."""
+    from fmkit.flow.objectives.meanflow import AverageVelocityJVP
+    from fmkit.flow.paths.base import check_output
+    from fmkit.flow.two_times import takes_r
+
+    assert takes_r(model), f"{type(model).__name__}.forward has no keyword `r` (the other time of u(x, r, t))"
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = data.template(batch_size, seed=seed)
+    t = torch.rand(batch_size, generator=g) * 0.5
+    cond = x.get(COND)
+    x_t = {k: v for k, v in x.items() if k != COND}
+    with torch.no_grad():
+        plain = model(x_t, t, cond)
+        same = model(x_t, t, cond, r=t.clone())
+        check_output(same, fields(x_t), f"{type(model).__name__}.forward(..., r=r)")
+        _assert_same(plain, same, "r = t vs r = None (u(x, t, t) must be the one-time model's v(x, t))", atol=atol)
+        other = model(x_t, t, cond, r=t + 0.5)
+        moved = max(float((other[k].double() - plain[k].double()).abs().max()) for k in fields(plain))
+        assert moved > atol, "the output does not change with r: the model ignores its second time"
+    tangent = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in fields(x_t).items()
+               if v.is_floating_point()}
+    u, dudt = AverageVelocityJVP(model)(x_t, t, cond, r=t + 0.5, tangent=tangent)
+    for k, d in dudt.items():
+        assert d.shape == u[k].shape and torch.isfinite(d).all(), f"the JVP of the output {k!r} is not finite"
 
 
 def check_path(path: ProbPath, x0: Tensor, x1: Tensor, *, atol: float = 1e-4) -> None:

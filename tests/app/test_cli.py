@@ -153,8 +153,8 @@ def test_steps_with_an_adaptive_solver_says_which_flags_apply(tiny_run):
     assert r.code == 2, r.text
     msg = squash(r.err)
     assert "solver 'dopri5' has no option 'steps'" in msg and "where: --steps" in msg
-    assert "--steps applies to fixed-step solvers (euler, heun, midpoint, rk4); an adaptive one such as 'dopri5' " \
-           "takes --rtol/--atol" in msg
+    assert "--steps applies to fixed-step solvers (euler, heun, meanflow, midpoint, rk4); an adaptive one such " \
+           "as 'dopri5' takes --rtol/--atol" in msg
     r = cli("sample", "run", "-n", "4", "--rtol", "1e-3")
     assert r.code == 2 and "--rtol applies to adaptive solvers" in squash(r.err)
     r = cli("sample", "run", "-n", "4", "--solver", "dopri5", "--rtol", "1e-3", "--atol", "1e-3", "--out", "ad")

@@ -51,7 +51,8 @@ def test_the_null_class_and_condition_dropout_reach_the_objective():
 
 
 @pytest.mark.parametrize("section,message", [
-    ("objective: {name: meanflw}\n", r"objective: must be \{name: <objective>\} with one of the objectives: cfm"),
+    ("objective: {name: meanflw}\n", r"objective: must be \{name: <objective>\} with one of the objectives: cfm, "
+                                     r"meanflow"),
     ("objective: {name: cfm, ratio: 0.25}\n", r"objective\.cfm\.ratio: unknown option"),
 ])
 def test_an_unknown_objective_or_option_is_refused_naming_the_objectives(section, message):
@@ -60,6 +61,6 @@ def test_an_unknown_objective_or_option_is_refused_naming_the_objectives(section
 
 
 def test_the_library_trainer_refuses_an_unknown_objective():
-    with pytest.raises(ValidationError, match="one of the objectives: cfm"):
+    with pytest.raises(ValidationError, match="one of the objectives: cfm, meanflow"):
         fmkit.Trainer(fmkit.MLP(2, hidden=8, depth=1, time_dim=4), fmkit.TensorDataset(torch.randn(64, 2)),
-                      options={"steps": 1, "batch_size": 8, "device": "cpu"}, objective={"name": "meanflow"})
+                      options={"steps": 1, "batch_size": 8, "device": "cpu"}, objective={"name": "meanflw"})

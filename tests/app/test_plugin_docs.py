@@ -68,3 +68,22 @@ def test_in_process_test_example_runs_with_the_plugin_installed_too(plugin_packa
     assert installed != code
     exec(compile(installed, str(DOC), "exec"), ns)  # noqa: S102
     ns["test_trains_on_my_data"](plugin_package / "b")
+
+
+def test_the_two_time_model_of_the_doc_keeps_the_contract_and_trains_a_meanflow_step():
+    """docs/plugins.md, 'Models with two times': its example net passes check_two_time_model and takes a
+    MeanFlow step; built without two_times, a call with r is refused (not silently ignored)."""
+    import fmkit
+    import torch
+    from fmkit.testing import check_model, check_two_time_model
+
+    ns: dict = {}
+    exec(compile(_blocks()["fmkit_myplugin/net.py"], str(DOC), "exec"), ns)  # noqa: S102 - the doc's example
+    ds = fmkit.TensorDataset(torch.randn(32, 2))
+    net = ns["TwoTimeNet"](two_times=True)
+    check_model(net, ds)
+    check_two_time_model(net, ds)
+    loss, _ = fmkit.MeanFlowObjective(fmkit.AffinePath(fmkit.CondOTScheduler()))(net, ds.get_batch(list(range(8))))
+    loss.backward()
+    with pytest.raises(fmkit.errors.ModelError, match="built for one time"):
+        ns["TwoTimeNet"]()({"x": torch.randn(2, 2)}, torch.rand(2), r=torch.rand(2))

@@ -149,6 +149,10 @@ def build_solver(rec: Any, solver: str | None, steps: int | None, rtol: float | 
                        f"{spec['name']!r} takes --steps")
             raise FmkitError(f"solver {spec['name']!r} has no option {key!r}", where=flag, fix=fix)
         spec[key] = value
+    if spec["name"] == "meanflow" and rec.objective.name != "meanflow":
+        raise FmkitError(f"solver meanflow jumps with the average velocity u(z, r, t), which this run's objective "
+                         f"{rec.objective.name!r} did not train", where="--solver",
+                         fix="sample it with an ODE solver (euler, heun, dopri5, ...)")
     resolved = reg.resolve("solvers", Component(**spec).spec(), where="solver (with --solver/--steps/--rtol/--atol)")
     return reg.build("solvers", resolved, where="solver"), describe_solver(resolved)
 

@@ -8,7 +8,7 @@ A recipe names every component by its registry key with its options inline::
     source:  {name: eight_gaussians}
     coupling: {name: exact_ot}
     solver:  {name: euler, steps: 100}
-    objective: {name: cfm}                                    # the loss (default)
+    objective: {name: cfm}                                    # the loss (default; meanflow: one-step)
     trainer: {steps: 3000, batch_size: 256, lr: 1e-3}
     eval:    {every: 1000, num_samples: 2000, metrics: [{name: w2}], writers: [{name: scatter}]}
 
@@ -296,13 +296,36 @@ def _list_item(node: list, p: str, where: str) -> Any:
 
 def validate(data: Mapping[str, Any], registry: Registry | None = None, where: str = "<recipe>") -> Recipe:
     """Structure, then every component's options against its registry entry."""
+    data = dict(data)
+    objective = data.get("objective")
+    if isinstance(objective, Mapping) and objective.get("name") == "meanflow" and data.get("solver") is None:
+        data["solver"] = {"name": "meanflow", "steps": 1}  # a MeanFlow run samples by its jumps unless told
     try:
-        recipe = Recipe.model_validate(dict(data))
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(f"recipe {where} does not validate:\n" + format_validation_error(exc, "", Recipe).replace(
             "  - .", "  - "), where=where, fix="see docs/recipes.md for every section and option") from None
+    check_objective(recipe)
     check_components(recipe, registry or get_registry())
     return recipe
+
+
+def check_objective(recipe: Recipe) -> None:
+    """The solver and guidance a recipe samples with against the objective it trains: the meanflow
+    solver jumps with the average velocity that only objective meanflow trains, and a jump takes no
+    sampling guidance (MeanFlow folds guidance into its training target)."""
+    if recipe.solver.name != "meanflow":
+        return
+    if recipe.objective.name != "meanflow":
+        raise RecipeError(f"solver meanflow jumps with the average velocity u(z, r, t), which objective "
+                          f"{recipe.objective.name!r} does not train", where="solver.name",
+                          fix="train with `objective: {name: meanflow}` (and a model with two times, e.g. "
+                              "`model: {name: mlp, two_times: true}`), or pick an ODE solver (euler, heun, ...)")
+    if recipe.eval.guidance_scale is not None:
+        raise RecipeError("eval.guidance_scale guides an ODE's velocity at sampling; a MeanFlow jump has its "
+                          "guidance folded into training", where="eval.guidance_scale",
+                          fix="set objective.guidance_scale (with trainer.cond_dropout) and drop "
+                              "eval.guidance_scale")
 
 
 def check_components(recipe: Recipe, registry: Registry) -> None:

@@ -16,7 +16,8 @@ def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any], section
     """The differing key paths of a checkpoint's fingerprint and ours, each as ``model.hidden: 8 in
     the checkpoint, 16 in this recipe`` (a key one side lacks shows as ``absent``). A recipe
     checkpoint from before path and source were recorded (model and data only) is held to the options
-    it recorded."""
+    it recorded. An option the checkpoint lacks and ours holds at None or False is one added since,
+    at the default that keeps the old behaviour (a model's ``two_times: false``): no difference."""
     legacy = "path" in ours and "path" not in theirs and "model" in theirs
     out: list[str] = []
 
@@ -24,6 +25,8 @@ def fingerprint_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any], section
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             for k in sorted(set(a) if legacy else set(a) | set(b), key=str):
                 walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}")
+        elif a is _ABSENT and (b is None or b is False):
+            return  # an option added after the checkpoint was written, at its off default
         elif _jsonish(a) != _jsonish(b):
             out.append(f"{key}: {_show(a)} in the checkpoint, {_show(b)} in {ours_label}")
 

@@ -115,8 +115,27 @@ class CFMObjectiveOptions(BaseModel):
     name: Literal["cfm"] = "cfm"
 
 
+class MeanFlowObjectiveOptions(BaseModel):
+    """``objective: {name: meanflow, ...}``: the average velocity u(z, r, t) for one- and few-step sampling
+    (:class:`fmkit.flow.objectives.MeanFlowObjective`, Geng et al. 2025). t and r are the smaller and
+    larger of two draws of ``trainer.time_sampler`` (uniform or logit_normal, its mean and std);
+    condition dropout and loss weights are ``trainer:`` options too."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: Literal["meanflow"] = "meanflow"
+    equal_fraction: float = Field(0.75, ge=0.0, le=1.0, description="fraction of examples with r = t (plain "
+                                  "flow matching); the paper's best is 0.75")
+    adaptive_p: float = Field(1.0, ge=0.0, description="adaptive loss weight 1 / (e + c)^p of each example's mean "
+                              "squared error e; 0 = plain mean squared error")
+    adaptive_c: float = Field(1e-3, gt=0.0, description="c of the adaptive weight")
+    guidance_scale: float = Field(1.0, gt=0.0, description="omega: classifier-free guidance folded into the "
+                                  "target (needs trainer.cond_dropout > 0); 1 = none")
+    guidance_mix: float = Field(0.0, ge=0.0, lt=1.0, description="kappa: the share of the conditional average "
+                                "velocity in the guided target (effective scale omega / (1 - kappa))")
+
+
 #: objective name -> its options model; the ``objective:`` section is one of them, told apart by ``name``
-OBJECTIVES: dict[str, type[BaseModel]] = {"cfm": CFMObjectiveOptions}
+OBJECTIVES: dict[str, type[BaseModel]] = {"cfm": CFMObjectiveOptions, "meanflow": MeanFlowObjectiveOptions}
 
 
 def _objective_name(value: Any) -> str | None:

@@ -15,13 +15,13 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
-from fmkit.engine.options import CFMObjectiveOptions, ObjectiveOptions, TrainerOptions
+from fmkit.engine.options import CFMObjectiveOptions, MeanFlowObjectiveOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
 from fmkit.flow.guidance import NULL_CLASS_FIX
-from fmkit.flow.objectives import CFMObjective, Objective
+from fmkit.flow.objectives import CFMObjective, MeanFlowObjective, Objective
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
@@ -82,19 +82,31 @@ def coerce_options(cls: type, value: Any, name: str) -> Any:
     return value
 
 
-def use_channels_last(model: nn.Module, device: torch.device, option: bool | None) -> bool:
+def use_channels_last(model: nn.Module, device: torch.device, option: bool | None,
+                      objective: Objective | None = None) -> bool:
     """``trainer.channels_last``: as set, or (null) on for a CUDA model with 2-D convolutions, where
-    cuDNN's NHWC kernels feed the tensor cores without layout transposes; nothing else gains from it."""
+    cuDNN's NHWC kernels feed the tensor cores without layout transposes; nothing else gains from it.
+    Off (null) or refused (true) for an objective that says ``channels_last = False`` (MeanFlow: torch
+    has no forward-mode derivative of GroupNorm on channels-last tensors)."""
+    if getattr(objective, "channels_last", True) is False:
+        if option:
+            raise TrainingError(f"trainer.channels_last is true, and the objective {type(objective).__name__} "
+                                "cannot run on channels-last tensors (its forward-mode JVP fails there)",
+                                where="trainer.channels_last", fix="set trainer.channels_last: null (or false)")
+        return False
     if option is not None:
         return option
     return device.type == "cuda" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
 
 
 
-def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, compile: bool) -> nn.Module:
-    """The module the step calls: ``model`` under DDP when there are several processes, compiled
-    when asked (the plain ``model`` keeps the weights, checkpoints and EMA)."""
-    train_model = model
+def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, compile: bool,
+                      objective: Objective | None = None) -> nn.Module:
+    """The module the step calls: ``model`` (or the ``objective``'s ``training_module`` of it, e.g.
+    MeanFlow's JVP inside the forward) under DDP when there are several processes, compiled when asked
+    (the plain ``model`` keeps the weights, checkpoints and EMA)."""
+    wrap = getattr(objective, "training_module", None)
+    train_model = wrap(model) if wrap is not None else model
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -102,7 +114,7 @@ def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, co
         # buffers change in training only with running statistics (BatchNorm & co.); fmkit's are
         # constants, and broadcasting them costs a collective per forward, micro-steps included
         running = any(getattr(m, "track_running_stats", False) for m in model.modules())
-        train_model = DDP(model, device_ids=ids, broadcast_buffers=running)
+        train_model = DDP(train_model, device_ids=ids, broadcast_buffers=running)
     if compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     return train_model
@@ -159,9 +171,16 @@ def build_objective(spec: ObjectiveOptions | Mapping[str, Any] | None, opts: Tra
         The objective, called per micro-step as ``objective(model, x1, x0)``.
     """
     spec = objective_options(spec)
+    time = functools.partial(time_sampler, opts)
     if isinstance(spec, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
-        return CFMObjective(path, source, coupling, time=functools.partial(time_sampler, opts),
-                            cond_dropout=opts.cond_dropout, null_class=null_class or 0, weights=opts.loss_weights)
+        return CFMObjective(path, source, coupling, time=time, cond_dropout=opts.cond_dropout,
+                            null_class=null_class or 0, weights=opts.loss_weights)
+    if isinstance(spec, MeanFlowObjectiveOptions):
+        return MeanFlowObjective(path, source, coupling, time=time, equal_fraction=spec.equal_fraction,
+                                 adaptive_p=spec.adaptive_p, adaptive_c=spec.adaptive_c,
+                                 guidance_scale=spec.guidance_scale, guidance_mix=spec.guidance_mix,
+                                 cond_dropout=opts.cond_dropout, null_class=null_class or 0,
+                                 weights=opts.loss_weights)
     raise TypeError(f"no objective is built from {type(spec).__name__}")
 
 

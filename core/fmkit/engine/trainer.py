@@ -95,22 +95,23 @@ class Trainer:
         self._vote: distributed.StopVote | None = None  # made by the first fit: under DDP it builds a process group
         self.stopped_early: str | None = None  # the reason given to request_stop, once it stopped a fit
         self._stop_requested: str | None = None
-        self._evaluated_at = -1  # the step of the last evaluate(), so a stop right after one does not repeat it
+        self._evaluated_at = -1  # the step of the last evaluate(): a stop right after one does not repeat it
         self.window = LogWindow()  # the steps since the last log line (their losses are kept in checkpoints)
+        # the loss, built once, before the model's wrapping (MeanFlow's: its JVP inside the forward)
+        self.objective = setup.build_objective(objective, o, self.path, self.source, self.coupling,
+                                               dataset.info.null_class)
         setup.check_model_signature(model)
         self.model = model.to(self.device)
-        self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last)
+        self.channels_last = setup.use_channels_last(self.model, self.device, o.channels_last, self.objective)
         if self.channels_last:  # before the EMA copy and the optimizer state, which keep the same layout
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay else None
-        self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile)
+        # the objective's module of the model (MeanFlow: its JVP inside the forward DDP syncs) under DDP/compile
+        self.train_model = setup.wrap_for_training(self.model, self.dist, self.device, o.compile, self.objective)
         self._params = list(self.model.parameters())  # for clipping: no module walk per step
         self.optimizer = build_optimizer(self.model, o, self.device)
         # auto: bf16 on CUDA only; an explicit bf16 autocasts on any device (on the CPU: for checks)
         self.autocast = o.precision == "bf16" or (o.precision == "auto" and self.device.type == "cuda")
-        # the loss, built once, and the model as it calls it: precision and memory layout stay with the engine
-        self.objective = setup.build_objective(objective, o, self.path, self.source, self.coupling,
-                                               dataset.info.null_class)
         self.forward = TrainingForward(self.train_model, autocast=self.autocast, channels_last=self.channels_last)
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)

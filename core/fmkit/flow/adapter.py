@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from fmkit.flow.state import State
+from fmkit.flow.two_times import require_r
 
 
 class TensorModel(nn.Module):
@@ -18,7 +19,9 @@ class TensorModel(nn.Module):
     ``cond=`` when it has a parameter named ``cond`` or ``**kwargs``; as the third positional
     argument when that parameter has no default or a default of None (``forward(x, t, labels=None)``),
     or with ``*args``. An unconditional ``forward(x, t, scale=1.0)`` is called as ``net(x, t)``, and
-    is warned about once if the data does carry a condition.
+    is warned about once if the data does carry a condition. ``forward(..., r=r)`` (the average velocity of
+    a model with two times, :mod:`fmkit.flow.two_times`) calls ``net(x, t, [cond,] r=r)``, for a ``net``
+    with a keyword ``r``.
     """
 
     def __init__(self, net: nn.Module | Callable[..., Tensor], field: str = "x") -> None:
@@ -29,9 +32,13 @@ class TensorModel(nn.Module):
         self._cond = cond_passing(net.forward if isinstance(net, nn.Module) else net)
         self._warned = False
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None) -> State:
         x = x_t[self.field]
-        if self._cond == "keyword":
+        if r is not None:  # a model with two times (fmkit.flow.two_times): net(x, t, [cond,] r=r)
+            require_r(self.net, "a two-time call (objective or solver meanflow)")
+            out = self.net(x, t, cond, r=r) if self._cond == "positional" else \
+                self.net(x, t, cond=cond, r=r) if self._cond == "keyword" else self.net(x, t, r=r)
+        elif self._cond == "keyword":
             out = self.net(x, t, cond=cond)
         elif self._cond == "positional":
             out = self.net(x, t, cond)

@@ -7,19 +7,24 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from fmkit.flow.paths import StatePath
+from fmkit.errors import FmkitError
+from fmkit.flow.guidance import ClassifierFreeGuidance
+from fmkit.flow.paths import StatePath, check_output
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.sources import StateSource
 from fmkit.flow.state import COND, MASK, MASKS, State, fields, passengers
+from fmkit.flow.two_times import require_r
 
 
 def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond: Tensor | None,
                    masks: Mapping[str, Tensor] | None = None):
-    """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar[, step])`` that solvers integrate
-    (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields);
+    """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar[, step][, r])`` that solvers integrate
+    (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields; ``r``: the
+    other time, given by :class:`~fmkit.flow.solvers.MeanFlowSolver`, for the average velocity
+    ``model(x_t, t, cond, r=r)`` of a model with two times, returned as it is);
     ``mask`` and the per-field ``masks`` ride into every model call."""
 
-    def velocity(x: State, t: Tensor, step: float | None = None) -> State:
+    def velocity(x: State, t: Tensor, step: float | None = None, r: Tensor | None = None) -> State:
         b = next(iter(x.values())).shape[0]
         tb = t.reshape(()).expand(b).to(torch.float32) if t.dtype != torch.float64 else t.reshape(()).expand(b)
         inp = dict(x)
@@ -27,10 +32,27 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
             inp[MASK] = mask
         if masks is not None:
             inp[MASKS] = masks
+        if r is not None:
+            check_two_times(model)
+            rb = r.reshape(()).expand(b).to(tb.dtype)
+            pred = model(inp, tb, cond, r=rb)
+            check_output(pred, x)
+            return {k: pred[k] for k in x}  # u(x_t, r, t): an average velocity, no path conversion
         pred = model(inp, tb, cond)
         return path.velocity(pred, x, tb, step)
 
     return velocity
+
+
+def check_two_times(model: nn.Module) -> None:
+    """Refuse a model that cannot jump: classifier-free guidance at sampling (MeanFlow folds its guidance
+    into training), or a forward without the keyword ``r``."""
+    if isinstance(model, ClassifierFreeGuidance):
+        raise FmkitError("classifier-free guidance at sampling does not apply to a MeanFlow jump: MeanFlow folds "
+                         "its guidance into the training target", where="--guidance / eval.guidance_scale",
+                         fix="drop the sampling guidance (the model's guidance is objective.guidance_scale, set when "
+                             "training); for a guided ODE of the instantaneous velocity, use --solver euler")
+    require_r(model, "the meanflow solver")
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataInfo, ModelError, State
+from fmkit.plugin import DataInfo, IntervalEmbedding, ModelError, State
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -34,6 +34,8 @@ class MelUNetOptions(BaseModel):
     kernel: int = Field(3, ge=1, description="conv kernel size (odd)")
     emb_dim: int = Field(256, ge=8, description="time/class/length embedding width")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    two_times: bool = Field(False, description="also take the other time r: the average velocity u(x, r, t) "
+                            "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
 
 
 def sinusoidal(x: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -115,11 +117,12 @@ class Level(nn.Module):
 
 
 class MelUNet(nn.Module):
-    """``forward(x_t, t, cond) -> {"mel": velocity}`` for ``x_t = {"mel": [B,M,T], "mask": [B,1,T]}``."""
+    """``forward(x_t, t, cond) -> {"mel": velocity}`` for ``x_t = {"mel": [B,M,T], "mask": [B,1,T]}``; with
+    ``two_times`` also ``r=`` [B], the average velocity u(x, r, t) for objective meanflow."""
 
     def __init__(self, channels: list[int], res_blocks: int = 1, attn_blocks: int = 1, mid_blocks: int = 1,
-                 heads: int = 4, kernel: int = 3, emb_dim: int = 256, dropout: float = 0.0, *,
-                 data_info: DataInfo, predictions: dict[str, str] | None = None) -> None:
+                 heads: int = 4, kernel: int = 3, emb_dim: int = 256, dropout: float = 0.0, two_times: bool = False,
+                 *, data_info: DataInfo, predictions: dict[str, str] | None = None) -> None:
         super().__init__()
         opts = MelUNetOptions(channels=channels, res_blocks=res_blocks, attn_blocks=attn_blocks,
                               mid_blocks=mid_blocks, heads=heads, kernel=kernel, emb_dim=emb_dim, dropout=dropout)
@@ -141,6 +144,7 @@ class MelUNet(nn.Module):
         d = emb_dim
         self.t_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         self.len_mlp = nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, d))
+        self.interval = IntervalEmbedding(d) if two_times else None
         self.cls = nn.Embedding(k + 1, d) if k is not None else None  # row k: the null class (CFG)
         self.inp = nn.Conv1d(n_mels, channels[0], 1)
         self.down = nn.ModuleList()
@@ -167,9 +171,15 @@ class MelUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def embed(self, t: Tensor, cond: Tensor | None, mask: Tensor) -> Tensor:
+    def embed(self, t: Tensor, cond: Tensor | None, mask: Tensor, r: Tensor | None = None) -> Tensor:
         d = self.t_mlp[0].in_features
         e = self.t_mlp(sinusoidal(t, d))
+        if r is not None:
+            if self.interval is None:
+                raise ModelError("this mel_unet was built for one time (flow matching), and was called with a "
+                                 "second time r (the average velocity of objective meanflow)",
+                                 where="model.two_times", fix="set `two_times: true` in the recipe's model section")
+            e = e + self.interval(r - t)
         length = mask.float().sum(dim=(1, 2)) / self.max_frames
         e = e + self.len_mlp(sinusoidal(length, d, scale=100.0))
         if self.cls is not None:
@@ -178,7 +188,7 @@ class MelUNet(nn.Module):
             e = e + self.cls(cond.long())
         return e
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None) -> State:
         x = x_t["mel"]
         mask = x_t.get("mask")
         if mask is None:
@@ -186,7 +196,7 @@ class MelUNet(nn.Module):
         if x.shape[-1] % 2 ** (self.levels_n - 1):
             raise ModelError(f"{x.shape[-1]} frames is not a multiple of {2 ** (self.levels_n - 1)}",
                              where="model", fix="pad batches to a multiple of 2**(levels-1) (data.frame_multiple)")
-        e = self.embed(t, cond, mask)
+        e = self.embed(t, cond, mask, r)
         m = mask.to(x.dtype)
         masks = [m]
         h = self.inp(x * m) * m

@@ -108,3 +108,30 @@ def test_collate_pads_to_the_frame_multiple_with_a_mask(dataset):
         n = int(lengths[i])
         assert b["mask"][i, 0, :n].all() and not b["mask"][i, 0, n:].any()
         assert (b["mel"][i, :, n:] == 0).all()
+
+
+def test_two_times_meet_the_contract_and_keep_padding_out(dataset):
+    """With ``two_times`` the mel U-Net is u(x, r, t) (fmkit.testing.check_two_time_model), and padded
+    frames still do not reach real ones when r is given."""
+    from fmkit.plugin import ModelError
+    from fmkit.testing import check_model, check_two_time_model
+
+    torch.manual_seed(0)
+    net = MelUNet(channels=[32, 64], res_blocks=1, attn_blocks=1, mid_blocks=1, heads=4, emb_dim=32, two_times=True,
+                  data_info=dataset.info).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    torch.nn.init.normal_(net.out.bias, std=0.1)
+    check_model(net, dataset)
+    check_two_time_model(net, dataset)
+    batch = uneven_batch(dataset)
+    x_t = {"mel": batch["mel"], "mask": batch["mask"]}
+    t, r = torch.rand(4) * 0.5, torch.rand(4) * 0.5 + 0.5
+    with torch.no_grad():
+        a = net(x_t, t, batch.get("cond"), r=r)["mel"]
+        b = net({**x_t, "mel": perturb_padding(batch["mel"], batch["mask"])}, t, batch.get("cond"), r=r)["mel"]
+    real = batch["mask"].bool().expand_as(a)
+    torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
+    one = MelUNet(channels=[32, 64], res_blocks=1, attn_blocks=1, mid_blocks=1, heads=4, emb_dim=32,
+                  data_info=dataset.info)
+    with pytest.raises(ModelError, match="two_times: true"):
+        one(x_t, t, batch.get("cond"), r=r)

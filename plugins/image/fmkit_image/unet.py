@@ -3,7 +3,8 @@
 Residual blocks with GroupNorm and a scale-shift time/class embedding, self-attention at chosen
 resolutions, sinusoidal time embedding, an optional class embedding with one extra *null* row for
 classifier-free guidance, dropout and channel multipliers. Written for fmkit's model contract:
-``forward(x_t: {"x": [B,C,H,W]}, t: [B], cond: [B] int64 | None) -> {"x": [B,C,H,W]}``.
+``forward(x_t: {"x": [B,C,H,W]}, t: [B], cond: [B] int64 | None) -> {"x": [B,C,H,W]}``; with
+``two_times`` also ``r=`` [B] (u(x, r, t) for objective meanflow, fmkit's two-time contract).
 No data-dependent Python control flow in ``forward``, so ``torch.compile`` traces it in one graph.
 """
 
@@ -14,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataInfo, ModelError
+from fmkit.plugin import DataInfo, IntervalEmbedding, ModelError
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
@@ -37,6 +38,8 @@ class UNetOptions(BaseModel):
                              "a layer of C channels takes a divisor of C)")
     class_conditional: bool = Field(True, description="embed the dataset's class labels (cond), with a null class")
     time_scale: float = Field(1000.0, gt=0, description="t in [0, 1] is multiplied by this before the sinusoids")
+    two_times: bool = Field(False, description="also take the other time r: the average velocity u(x, r, t) "
+                            "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> UNetOptions:
@@ -204,7 +207,7 @@ class UNet(nn.Module):
     def __init__(self, channels: int = 128, channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attention_resolutions: list[int] | tuple[int, ...] = (16,),
                  num_heads: int = 4, dropout: float = 0.1, norm_groups: int = 32, class_conditional: bool = True,
-                 time_scale: float = 1000.0, data_info: DataInfo | None = None,
+                 time_scale: float = 1000.0, two_times: bool = False, data_info: DataInfo | None = None,
                  predictions: dict[str, Literal["velocity", "x1"]] | None = None,
                  image_shape: tuple[int, int, int] | None = None, num_classes: int | None = None) -> None:
         super().__init__()
@@ -224,6 +227,7 @@ class UNet(nn.Module):
         self.channels = channels
         emb_dim = 4 * channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.interval = IntervalEmbedding(emb_dim, features=channels) if two_times else None
         self.num_classes = num_classes if class_conditional else None
         self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
         attn_at = set(int(a) for a in attention_resolutions)
@@ -262,19 +266,25 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(ch, norm_groups), ch)
         self.out = _zero(nn.Conv2d(ch, c_in, 3, padding=1))
 
-    def embed(self, t: Tensor, cond: Tensor | None, batch: int) -> Tensor:
-        """Time (+ class) embedding [B, 4 * channels]; ``cond=None`` takes the null class."""
+    def embed(self, t: Tensor, cond: Tensor | None, batch: int, r: Tensor | None = None) -> Tensor:
+        """Time (+ interval r - t) (+ class) embedding [B, 4 * channels]; ``cond=None`` takes the null class."""
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t
         emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.channels))
+        if r is not None:
+            if self.interval is None:
+                raise ModelError("this unet was built for one time (flow matching), and was called with a second "
+                                 "time r (the average velocity of objective meanflow)", where="model.two_times",
+                                 fix="set `two_times: true` in the recipe's model section")
+            emb = emb + self.interval(r.reshape(-1).expand(batch) - t)
         if self.label_emb is not None:
             if cond is None:
                 cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
             emb = emb + self.label_emb(cond.reshape(batch).long())
         return emb.to(self.stem.weight.dtype) if not torch.is_autocast_enabled() else emb
 
-    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None) -> Tensor:
         """The U-Net on a bare image batch [B, C, H, W] -> [B, C, H, W]."""
-        emb = self.embed(t, cond, x.shape[0])
+        emb = self.embed(t, cond, x.shape[0], r)
         h = self.stem(x)
         hs = [h]
         for i, blocks in enumerate(self.down):
@@ -293,9 +303,10 @@ class UNet(nn.Module):
                 h = self.upsample[i](h)
         return self.out(F.silu(self.out_norm(h)))
 
-    def forward(self, x_t: dict[str, Tensor], t: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, x_t: dict[str, Tensor], t: Tensor, cond: Tensor | None = None, *,
+                r: Tensor | None = None) -> dict[str, Tensor]:
         x = x_t["x"]
-        out = self.net(x, t, cond)
+        out = self.net(x, t, cond, r)
         return {"x": x + out if self.residual else out}
 
 

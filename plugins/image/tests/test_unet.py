@@ -60,3 +60,26 @@ def test_reference_size_cifar():
              attention_resolutions=[16], dropout=0.1)
     n = sum(p.numel() for p in m.parameters())
     assert 30e6 < n < 40e6  # TorchCFM's 35.7M; ours has a scale-shift embedding and a class embedding
+
+
+def test_two_times_meet_the_contract_and_take_a_meanflow_step():
+    """With ``two_times`` the U-Net is u(x, r, t) (fmkit.testing.check_two_time_model: r = t is the
+    one-time model, r matters, the JVP runs through attention); a MeanFlow loss backpropagates."""
+    from fmkit.plugin import AffinePath, CondOTScheduler, ModelError, TensorDataset
+    from fmkit.testing import MeanFlowObjective, check_model, check_two_time_model
+
+    torch.manual_seed(0)
+    ds = TensorDataset({"x": torch.randn(8, 1, 28, 28), "cond": torch.randint(0, 10, (8,))},
+                             num_cond_classes=10)
+    m = UNet(data_info=ds.info, two_times=True, **SMALL)
+    _wake(m)
+    check_model(m, ds)
+    check_two_time_model(m, ds)
+    m.train()
+    loss, _ = MeanFlowObjective(AffinePath(CondOTScheduler()))(m, ds.get_batch([0, 1, 2]))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.interval.mlp[0].weight.grad.abs().sum() > 0  # the interval embedding trains
+    one = UNet(data_info=ds.info, **SMALL)
+    with pytest.raises(ModelError, match="two_times: true"):
+        one({"x": torch.randn(2, 1, 28, 28)}, torch.rand(2), r=torch.rand(2))

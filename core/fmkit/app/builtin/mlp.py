@@ -8,8 +8,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from fmkit.errors import ModelError
 from fmkit.flow.data import DataInfo
 from fmkit.flow.state import State
+from fmkit.flow.two_times import IntervalEmbedding
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -24,11 +26,17 @@ class SinusoidalTimeEmbedding(nn.Module):
         self.dim = dim
 
     def forward(self, t: Tensor) -> Tensor:
-        a = t.float()[:, None] * self.freqs[None]
+        a = t.to(self.freqs.dtype)[:, None] * self.freqs[None]  # float32 unless the module is made double
         emb = torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
         if self.dim % 2:
             emb = torch.nn.functional.pad(emb, (0, 1))
         return emb
+
+
+#: the top time frequency of a two-time MLP: MeanFlow's gradient step moves u along t at a speed
+#: proportional to (r - t), and a time feature of frequency w makes a discrete step unstable past a
+#: learning rate of about 2 / (w (r - t))^2 (measured on Gaussian -> Gaussian: 200 diverged, 20 trained)
+TWO_TIME_MAX_FREQ = 20.0
 
 
 class MLPOptions(BaseModel):
@@ -37,6 +45,11 @@ class MLPOptions(BaseModel):
     depth: int = Field(3, ge=1, description="number of hidden layers")
     time_dim: int = Field(64, ge=2, description="size of the sinusoidal time embedding")
     field: str = Field("x", description="the state field to model")
+    two_times: bool = Field(False, description="also take the other time r: u(x, r, t), the average velocity "
+                            "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
+    time_max_freq: float | None = Field(None, gt=0.0, description="top frequency (radians per unit time) of the "
+                                        "time features; null: 200, or 20 with two_times (MeanFlow's target holds "
+                                        "d/dt of the network: high time frequencies make its training unstable)")
 
 
 class MLP(nn.Module):
@@ -47,13 +60,19 @@ class MLP(nn.Module):
     ``residual=True`` (what a path predicting x1 asks for) the output is x_t + MLP(...): near t = 1,
     x1 = x_t up to a small correction, which a plain MLP reproduces only to its fitting error, and
     an x1-predicting sampler lands on that error (samples come out blurred onto a smoothed manifold).
+    With ``two_times=True`` it is u(x_t, r, t) (``forward(..., r=r)``; :mod:`fmkit.flow.two_times`):
+    an :class:`IntervalEmbedding` of r - t, zero at r = t, is added to emb(t), both of frequencies up to
+    ``time_max_freq`` (default 20, not 200: see TWO_TIME_MAX_FREQ).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64,
-                 num_classes: int | None = None, field: str = "x", residual: bool = False) -> None:
+                 num_classes: int | None = None, field: str = "x", residual: bool = False,
+                 two_times: bool = False, time_max_freq: float | None = None) -> None:
         super().__init__()
         self.field, self.num_classes, self.residual = field, num_classes, residual
-        self.time = SinusoidalTimeEmbedding(time_dim)
+        top = time_max_freq if time_max_freq is not None else (TWO_TIME_MAX_FREQ if two_times else 200.0)
+        self.time = SinusoidalTimeEmbedding(time_dim, top)
+        self.interval = IntervalEmbedding(time_dim, max_freq=top) if two_times else None
         self.cond = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
         layers: list[nn.Module] = [nn.Linear(dim + time_dim, hidden), nn.SiLU()]
         for _ in range(depth - 1):
@@ -63,16 +82,23 @@ class MLP(nn.Module):
 
     @classmethod
     def from_data(cls, data_info: DataInfo, hidden: int = 256, depth: int = 3, time_dim: int = 64,
-                  field: str = "x", predictions: dict[str, str] | None = None) -> MLP:
+                  field: str = "x", two_times: bool = False, time_max_freq: float | None = None,
+                  predictions: dict[str, str] | None = None) -> MLP:
         """Registry factory: the input size and classes come from the dataset; residual when the
         recipe's path predicts x1 for the field."""
         return cls(data_info.dim(field), hidden, depth, time_dim, data_info.num_cond_classes, field,
-                   residual=(predictions or {}).get(field) == "x1")
+                   residual=(predictions or {}).get(field) == "x1", two_times=two_times, time_max_freq=time_max_freq)
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None) -> State:
         x = x_t[self.field]
         shape = x.shape
         h = self.time(t).to(x.dtype)
+        if r is not None:
+            if self.interval is None:
+                raise ModelError("this MLP was built for one time (flow matching), and was called with a second "
+                                 "time r (the average velocity u(x, r, t) of MeanFlow)", where="model.two_times",
+                                 fix="build it with two_times=True (`model: {name: mlp, two_times: true}`)")
+            h = h + self.interval(r - t).to(x.dtype)
         if self.cond is not None:
             c = cond if cond is not None else torch.full((shape[0],), self.num_classes, device=x.device)
             h = h + self.cond(c.long()).to(x.dtype)

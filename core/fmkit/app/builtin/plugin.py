@@ -230,6 +230,10 @@ class FixedStepOptions(_Options):
                                "sampling); null = uniform")
 
 
+class MeanFlowSolverOptions(_Options):
+    steps: int = Field(1, ge=1, description="jumps x_r = x_t + (r - t) u(x_t, r, t) on a uniform grid (NFE = steps)")
+
+
 class AdaptiveOptions(_Options):
     rtol: float = Field(1e-5, gt=0.0)
     atol: float = Field(1e-5, gt=0.0)
@@ -237,7 +241,7 @@ class AdaptiveOptions(_Options):
 
 @hookimpl
 def register_solvers(register):
-    from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, sway_grid
+    from fmkit.flow.solvers import AdaptiveSolver, FixedStepSolver, MeanFlowSolver, sway_grid
 
     for m in ("euler", "midpoint", "heun", "rk4"):
         register(m, lambda steps, sway=None, _m=m: FixedStepSolver(_m, steps, None if sway is None else
@@ -246,6 +250,8 @@ def register_solvers(register):
     for m in AdaptiveSolver.METHODS:
         register(m, lambda rtol, atol, _m=m: AdaptiveSolver(_m, rtol, atol), AdaptiveOptions,
                  f"adaptive {m} (torchdiffeq)")
+    register("meanflow", MeanFlowSolver, MeanFlowSolverOptions,
+             "jumps with the average velocity of a model trained by objective meanflow (1, 2, 4 steps)")
 
 
 # -- metrics and writers ----------------------------------------------------------------------

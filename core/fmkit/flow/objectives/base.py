@@ -1,6 +1,6 @@
 """What every training objective is: built once from the flow's parts, called per micro-step.
 
-An objective (the CFM loss today; MeanFlow's average-velocity loss beside it) owns the recipe of one
+An objective (the CFM loss; MeanFlow's average-velocity loss beside it) owns the recipe of one
 loss: it draws what it needs (source sample, pairing, times), calls the model and returns the total
 to minimise with each field's part. It knows nothing of devices, precision or memory layout: the
 engine hands it the model as a callable that applies those (``fmkit.engine.model_call``).
@@ -32,6 +32,11 @@ class Objective(Protocol):
     training device, masks and ``cond`` beside its fields); ``x0`` its source sample when it was drawn
     and paired already (a data pipeline pairing ahead of the step); ``total`` the scalar to minimise,
     ``per_field`` each field's mean loss (scalars, for logging).
+
+    Optionally ``objective.training_module(model) -> nn.Module``: the module the engine puts under DDP
+    and ``torch.compile`` in the model's place (same parameters), for an objective whose model call is
+    more than a forward, e.g. MeanFlow's JVP, which must run inside DDP's forward for the gradients to
+    be synchronised. Without it the engine wraps the model itself.
     """
 
     def __call__(self, model: ModelFn, x1: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...
