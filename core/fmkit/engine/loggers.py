@@ -1,0 +1,193 @@
+"""Where a fit's numbers and sample files go: the :class:`Logger` contract, ``metrics.csv``
+(:class:`CsvLogger`, always on) and :class:`Loggers`, which hands every logger the same scalars, sample
+files and run record (the resolved recipe and the provenance).
+
+``metrics.csv`` is the record a resume and ``fmkit curves`` read: a failure to write it stops the fit
+(the Trainer saves a checkpoint first). A tracker (TensorBoard, W&B, MLflow: :mod:`fmkit.engine.trackers`)
+that cannot start stops the fit before its first step; one that raises later is reported once and
+switched off, and training and checkpoints go on. A tracker that continues its run on resume stores
+its run id in ``RUN/trackers.json`` (:meth:`LoggerRun.stored`, :meth:`LoggerRun.store`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from fmkit.engine.metrics_log import MetricsLogger
+from fmkit.errors import FmkitError, TrackerError, note
+
+#: ``RUN/trackers.json``: ``{tracker name: {"run_id": ..., ...}}``, what a resume continues
+TRACKERS_FILE = "trackers.json"
+
+
+@dataclass(frozen=True)
+class LoggerRun:
+    """What a logger is told as a fit starts: the run folder, the resolved recipe (``config``), who made
+    the components (``provenance``) and the step the fit starts from (above 0: a resumed run)."""
+
+    run_dir: Path
+    config: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    step: int = 0
+
+    @property
+    def resume(self) -> bool:
+        return self.step > 0
+
+    def stored(self, tracker: str) -> dict[str, Any] | None:
+        """What ``tracker`` stored of its run (its run id) when this run started, on a resume; None otherwise."""
+        if not self.resume:
+            return None
+        try:
+            record = json.loads((self.run_dir / TRACKERS_FILE).read_text()).get(tracker)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def store(self, tracker: str, record: Mapping[str, Any]) -> None:
+        """Keep ``record`` (JSON-able: the tracker's run id) in ``RUN/trackers.json`` for a later resume."""
+        from fmkit.engine.files import write_atomic_text
+
+        path = self.run_dir / TRACKERS_FILE
+        try:
+            records = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            records = {}
+        records = records if isinstance(records, dict) else {}
+        records[tracker] = dict(record)
+        write_atomic_text(path, json.dumps(records, indent=2) + "\n")
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """A place a fit's records go (rank 0 of a run with a directory). ``log_media`` is optional: a
+    logger without it gets no sample files."""
+
+    name: str
+
+    def start(self, run: LoggerRun) -> None:
+        """Open (or, ``run.resume``, continue) the record of ``run``; raise when that cannot be done."""
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Record ``scalars`` (loss, lr, ``eval/<metric>``...) at optimizer step ``step``."""
+
+    def finish(self) -> None:
+        """Close the record (the fit ended, or stopped: a resume starts it again)."""
+
+
+class CsvLogger:
+    """``RUN/metrics.csv`` (:class:`~fmkit.engine.metrics_log.MetricsLogger`): on a resume the rows after
+    the resumed step are dropped, as are damaged rows (with a note)."""
+
+    name = "csv"
+
+    def __init__(self) -> None:
+        self.log: MetricsLogger | None = None
+
+    def start(self, run: LoggerRun) -> None:
+        self.log = MetricsLogger(run.run_dir, truncate_after=run.step)
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self.log is not None:
+            self.log.log(step, scalars)
+
+    def finish(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        self.log = None
+
+
+def default_loggers() -> list[Logger]:
+    """The loggers of a fit that names none: TensorBoard when it is installed (as fmkit always did)."""
+    from fmkit.engine.trackers.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(if_installed=True)]
+
+
+class Loggers:
+    """The loggers of a fit: ``metrics.csv`` always (one :class:`CsvLogger` is added when ``loggers`` has
+    none) and the trackers of ``loggers`` (None: :func:`default_loggers`). ``config`` is the record handed
+    to each as the run's configuration (a recipe's resolved data; default: the Trainer's fingerprint)."""
+
+    def __init__(self, loggers: Sequence[Logger] | None = None, config: Mapping[str, Any] | None = None) -> None:
+        given = list(default_loggers() if loggers is None else loggers)
+        for lg in given:
+            if not isinstance(lg, Logger):
+                raise TypeError(f"a logger must have name, start, log_scalars and finish, got {type(lg).__name__}")
+        csv = [lg for lg in given if isinstance(lg, CsvLogger)]
+        self.csv: CsvLogger = csv[0] if csv else CsvLogger()
+        self.trackers: list[Logger] = [lg for lg in given if not isinstance(lg, CsvLogger)]
+        self.config = dict(config) if config is not None else None
+        self.live: list[Logger] = []  # the trackers started and not failed since
+        self.active = False
+
+    @classmethod
+    def of(cls, value: Loggers | Sequence[Logger] | None) -> Loggers:
+        return value if isinstance(value, Loggers) else cls(value)
+
+    def start(self, run_dir: Path, step: int, provenance: Mapping[str, Any] | None,
+              fingerprint: Mapping[str, Any] | None = None) -> None:
+        """Open ``metrics.csv`` and start every tracker; one that cannot start closes the others and raises
+        :class:`~fmkit.errors.TrackerError` (an fmkit error it raised itself passes as it is)."""
+        config = self.config if self.config is not None else dict(fingerprint or {})
+        run = LoggerRun(Path(run_dir), config, dict(provenance or {}), step)
+        self.csv.start(run)
+        self.active = True
+        for tracker in self.trackers:
+            try:
+                tracker.start(run)
+            except FmkitError:
+                self.finish()
+                raise
+            except Exception as exc:
+                self.finish()
+                raise TrackerError(f"experiment tracker {tracker.name!r} cannot start: {type(exc).__name__}: {exc}",
+                                   where=f"trainer.loggers ({tracker.name}), run {run_dir}",
+                                   fix=getattr(tracker, "fix", None) or "check that tracker's options, or remove it "
+                                       "from trainer.loggers") from exc
+            self.live.append(tracker)
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """To metrics.csv (its :class:`~fmkit.errors.OutputError` is raised) and to every live tracker."""
+        if not self.active:
+            return
+        self.csv.log_scalars(step, scalars)
+        for tracker in list(self.live):
+            self._call(tracker, "log_scalars", step, scalars)
+
+    def log_media(self, step: int, writer: str, paths: Sequence[Path]) -> None:
+        """The files a writer made at an evaluation (``samples/<writer>``), to the trackers that take media."""
+        if not self.active:
+            return
+        for tracker in list(self.live):
+            if hasattr(tracker, "log_media"):
+                for p in paths:
+                    if tracker in self.live:
+                        self._call(tracker, "log_media", step, f"samples/{writer}", Path(p))
+
+    def finish(self) -> None:
+        """Close every tracker and metrics.csv (a fit's end, or an exception ending it)."""
+        for tracker in list(self.live):
+            self._call(tracker, "finish")
+        self.live = []
+        self.csv.finish()
+        self.active = False
+
+    def _call(self, tracker: Logger, method: str, *args: Any) -> None:
+        """``tracker.method(*args)``; an exception switches the tracker off with one note (training goes on)."""
+        try:
+            getattr(tracker, method)(*args)
+        except Exception as exc:
+            self.live.remove(tracker)
+            note(f"warning: experiment tracker {tracker.name!r} failed in {method} ({type(exc).__name__}: {exc}); "
+                 "it is switched off for the rest of this fit, training and checkpoints go on",
+                 where=f"trainer.loggers ({tracker.name})",
+                 fix="see the tracker's own message above; a resume starts it again")
+            if method != "finish":
+                with contextlib.suppress(Exception):
+                    tracker.finish()

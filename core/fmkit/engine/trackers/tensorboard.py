@@ -1,0 +1,61 @@
+"""TensorBoard (``trainer.loggers: [tensorboard]``): event files in ``RUN/tensorboard``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fmkit.engine.loggers import LoggerRun
+from fmkit.engine.trackers import media_kind, require
+
+
+class TensorBoardLogger:
+    """Scalars, the recipe and provenance (as text) and sample pictures to ``RUN/<subdir>``; a resume
+    drops the events after the resumed step (``purge_step``), as metrics.csv drops its rows."""
+
+    name = "tensorboard"
+    fix = "pip install tensorboard, or remove tensorboard from trainer.loggers"
+
+    def __init__(self, subdir: str = "tensorboard", if_installed: bool = False) -> None:
+        self.subdir = subdir
+        self.enabled = not if_installed or importlib.util.find_spec("tensorboard") is not None
+        if self.enabled:
+            require("tensorboard", "tensorboard")
+        self.writer: Any = None
+
+    def start(self, run: LoggerRun) -> None:
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run.run_dir / self.subdir), purge_step=run.step + 1 if run.resume else None)
+        if not run.resume:
+            self.writer.add_text("recipe", _code(run.config), 0)
+            self.writer.add_text("provenance", _code(run.provenance), 0)
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+
+    def log_media(self, step: int, name: str, path: Path) -> None:
+        if self.writer is None or media_kind(path) != "image":
+            return
+        import matplotlib.image
+
+        picture = matplotlib.image.imread(str(path))  # [H, W, C] floats in [0, 1] for a PNG
+        self.writer.add_image(name, picture[..., :3] if picture.ndim == 3 else picture, step,
+                              dataformats="HWC" if picture.ndim == 3 else "HW")
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
+def _code(record: Mapping[str, Any]) -> str:
+    """``record`` as JSON in a Markdown code block (TensorBoard renders text as Markdown)."""
+    return "```\n" + json.dumps(record, indent=2, default=str) + "\n```"
