@@ -49,9 +49,9 @@ class MlflowLogger:
         from mlflow.tracking import MlflowClient
 
         uri = self._uri(run)
-        self.client = client = MlflowClient(tracking_uri=uri)
         stored = run.stored(self.name) or {}
         try:
+            self.client = client = MlflowClient(tracking_uri=uri)
             if stored.get("run_id") and stored.get("tracking_uri") == uri:
                 self.run_id = stored["run_id"]
                 client.update_run(self.run_id, status="RUNNING")
