@@ -26,7 +26,7 @@ from fmkit.app.hookspecs import hookimpl, hookspec
 from fmkit.app.recipe import load_recipe, register_recipe_folder
 from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, Metric, Writer
-from fmkit.engine.loggers import Logger, LoggerRun
+from fmkit.engine.logger_contract import Logger, LoggerRun
 from fmkit.errors import (
                           CheckpointError,
                           ContractError,

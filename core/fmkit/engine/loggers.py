@@ -1,83 +1,25 @@
-"""Where a fit's numbers and sample files go: the :class:`Logger` contract, ``metrics.csv``
-(:class:`CsvLogger`, always on) and :class:`Loggers`, which hands every logger the same scalars, sample
+"""Where a fit's numbers and sample files go: ``metrics.csv`` (:class:`CsvLogger`, always on) and :class:`Loggers`, which hands every logger the same scalars, sample
 files and run record (the resolved recipe and the provenance).
 
 ``metrics.csv`` is the record a resume and ``fmkit curves`` read: a failure to write it stops the fit
 (the Trainer saves a checkpoint first). A tracker (TensorBoard, W&B, MLflow: :mod:`fmkit.engine.trackers`)
 that cannot start stops the fit before its first step; one that raises later is reported once and
 switched off, and training and checkpoints go on. A tracker that continues its run on resume stores
-its run id in ``RUN/trackers.json`` (:meth:`LoggerRun.stored`, :meth:`LoggerRun.store`).
+its run id in ``RUN/trackers.json`` (:mod:`fmkit.engine.logger_contract`: the contract, :class:`LoggerRun`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from fmkit.engine.logger_contract import TRACKERS_FILE, Logger, LoggerRun
 from fmkit.engine.metrics_log import MetricsLogger
 from fmkit.errors import FmkitError, TrackerError, note
 
-#: ``RUN/trackers.json``: ``{tracker name: {"run_id": ..., ...}}``, what a resume continues
-TRACKERS_FILE = "trackers.json"
-
-
-@dataclass(frozen=True)
-class LoggerRun:
-    """What a logger is told as a fit starts: the run folder, the resolved recipe (``config``), who made
-    the components (``provenance``) and the step the fit starts from (above 0: a resumed run)."""
-
-    run_dir: Path
-    config: Mapping[str, Any] = field(default_factory=dict)
-    provenance: Mapping[str, Any] = field(default_factory=dict)
-    step: int = 0
-
-    @property
-    def resume(self) -> bool:
-        return self.step > 0
-
-    def stored(self, tracker: str) -> dict[str, Any] | None:
-        """What ``tracker`` stored of its run (its run id) when this run started, on a resume; None otherwise."""
-        if not self.resume:
-            return None
-        try:
-            record = json.loads((self.run_dir / TRACKERS_FILE).read_text()).get(tracker)
-        except (OSError, ValueError, AttributeError):
-            return None
-        return record if isinstance(record, dict) else None
-
-    def store(self, tracker: str, record: Mapping[str, Any]) -> None:
-        """Keep ``record`` (JSON-able: the tracker's run id) in ``RUN/trackers.json`` for a later resume."""
-        from fmkit.engine.files import write_atomic_text
-
-        path = self.run_dir / TRACKERS_FILE
-        try:
-            records = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            records = {}
-        records = records if isinstance(records, dict) else {}
-        records[tracker] = dict(record)
-        write_atomic_text(path, json.dumps(records, indent=2) + "\n")
-
-
-@runtime_checkable
-class Logger(Protocol):
-    """A place a fit's records go (rank 0 of a run with a directory). ``log_media`` is optional: a
-    logger without it gets no sample files."""
-
-    name: str
-
-    def start(self, run: LoggerRun) -> None:
-        """Open (or, ``run.resume``, continue) the record of ``run``; raise when that cannot be done."""
-
-    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Record ``scalars`` (loss, lr, ``eval/<metric>``...) at optimizer step ``step``."""
-
-    def finish(self) -> None:
-        """Close the record (the fit ended, or stopped: a resume starts it again)."""
+__all__ = ["TRACKERS_FILE", "CsvLogger", "Logger", "LoggerRun", "Loggers", "default_loggers"]
 
 
 class CsvLogger:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fmkit.engine.loggers import LoggerRun
+from fmkit.engine.logger_contract import LoggerRun
 from fmkit.engine.trackers import require
 from fmkit.errors import TrackerError
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fmkit.engine.loggers import LoggerRun
+from fmkit.engine.logger_contract import LoggerRun
 from fmkit.engine.trackers import media_kind, require
 
 
