@@ -20,7 +20,7 @@ class WandbOptions(_Options):
     project: str | None = Field(None, description="W&B project (null: W&B's default, WANDB_PROJECT)")
     entity: str | None = Field(None, description="W&B team or user (null: your default)")
     run_name: str | None = Field(None, description="the run's display name (null: the run folder's name)")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field([], description="labels of the run")
     group: str | None = None
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="null: W&B's own choice (WANDB_MODE, whether you are logged in)")
@@ -31,4 +31,4 @@ class MlflowOptions(_Options):
                                      "MLFLOW_TRACKING_URI, else a file store in RUN/mlruns)")
     experiment: str | None = Field(None, description="experiment name, made when missing (null: the recipe's name)")
     run_name: str | None = Field(None, description="the run's name (null: the run folder's name)")
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field({}, description="the run's tags, {key: value}")
