@@ -65,9 +65,9 @@ class EvalSection(EvalOptions):
 class TrainerSection(TrainerOptions):
     """The recipe's ``trainer:`` section: the engine's :class:`TrainerOptions` plus the loggers to build."""
 
-    loggers: list[Component] | None = Field(
-        None, description="where scalars, the recipe and sample files go besides metrics.csv (always on): names "
-        "or {name: ..., options}, e.g. [tensorboard, {name: wandb, project: x}]; null: TensorBoard when installed")
+    loggers: list[Component] = Field(
+        [], description="experiment trackers that get the scalars, the recipe and sample files besides "
+        "metrics.csv (always written): names or {name: ..., options}, e.g. [tensorboard, {name: wandb, project: x}]")
 
     @field_validator("loggers", mode="before")
     @classmethod
@@ -351,7 +351,7 @@ def components(recipe: Recipe) -> list[tuple[str, Component, str]]:
     out += [("metrics", m, f"eval.metrics.{i}") for i, m in enumerate(recipe.eval.metrics)]
     out += [("writers", w, f"eval.writers.{i}") for i, w in enumerate(recipe.eval.writers)]
     out += [("callbacks", c, f"callbacks.{i}") for i, c in enumerate(recipe.callbacks)]
-    out += [("loggers", lg, f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers or [])]
+    out += [("loggers", lg, f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers)]
     return out
 
 

@@ -150,8 +150,7 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     c = build_components(recipe, reg)
     made_by = provenance(recipe, reg)
     # trainer.loggers: built here, so a tracker whose library is missing is refused before anything runs
-    loggers = None if recipe.trainer.loggers is None else [
-        _build(reg, "loggers", lg.spec(), f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers)]
+    loggers = [_build(reg, "loggers", lg.spec(), f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers)]
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                    callbacks=[*callbacks, *c.callbacks, RecordProvenance(run_dir, made_by)], run_dir=run_dir,

@@ -19,7 +19,7 @@ from fmkit.engine.logger_contract import TRACKERS_FILE, Logger, LoggerRun
 from fmkit.engine.metrics_log import MetricsLogger
 from fmkit.errors import FmkitError, TrackerError, note
 
-__all__ = ["TRACKERS_FILE", "CsvLogger", "Logger", "LoggerRun", "Loggers", "default_loggers"]
+__all__ = ["TRACKERS_FILE", "CsvLogger", "Logger", "LoggerRun", "Loggers"]
 
 
 class CsvLogger:
@@ -44,20 +44,13 @@ class CsvLogger:
         self.log = None
 
 
-def default_loggers() -> list[Logger]:
-    """The loggers of a fit that names none: TensorBoard when it is installed (as fmkit always did)."""
-    from fmkit.engine.trackers.tensorboard import TensorBoardLogger
-
-    return [TensorBoardLogger(if_installed=True)]
-
-
 class Loggers:
     """The loggers of a fit: ``metrics.csv`` always (one :class:`CsvLogger` is added when ``loggers`` has
-    none) and the trackers of ``loggers`` (None: :func:`default_loggers`). ``config`` is the record handed
+    none) and the trackers of ``loggers`` (None: none). ``config`` is the record handed
     to each as the run's configuration (a recipe's resolved data; default: the Trainer's fingerprint)."""
 
     def __init__(self, loggers: Sequence[Logger] | None = None, config: Mapping[str, Any] | None = None) -> None:
-        given = list(default_loggers() if loggers is None else loggers)
+        given = list(loggers or [])
         for lg in given:
             if not isinstance(lg, Logger):
                 raise TypeError(f"a logger must have name, start, log_scalars and finish, got {type(lg).__name__}")

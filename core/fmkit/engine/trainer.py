@@ -58,7 +58,7 @@ class Trainer:
         hints, provenance: the fixes its errors give (:class:`FixHints`); who made the components (JSON-able,
             recorded in checkpoints).
         objective: the loss to minimise (a recipe's ``objective:`` section, or a dict of it; default ``{name: cfm}``).
-        loggers: trackers besides metrics.csv (a :class:`~fmkit.engine.loggers.Loggers` or a list of Logger).
+        loggers: trackers besides metrics.csv, always written (a :class:`~fmkit.engine.loggers.Loggers` or Logger list).
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,

@@ -51,6 +51,7 @@ class MlflowLogger:
         uri = self._uri(run)
         stored = run.stored(self.name) or {}
         try:
+            _reachable(uri)  # MLflow's own client retries an unreachable server for minutes
             self.client = client = MlflowClient(tracking_uri=uri)
             if stored.get("run_id") and stored.get("tracking_uri") == uri:
                 self.run_id = stored["run_id"]
@@ -58,7 +59,7 @@ class MlflowLogger:
             else:
                 self.run_id = self._new_run(client, run)
         except Exception as exc:
-            raise TrackerError(f"MLflow cannot open a run at {uri!r}: {type(exc).__name__}: {str(exc)[:300]}",
+            raise TrackerError(f"MLflow cannot open a run at {uri!r}: {type(exc).__name__}: {str(exc)[:200]}",
                                where="trainer.loggers (mlflow tracking_uri)",
                                fix="pass a tracking_uri MLflow serves (file:./mlruns, http://HOST:5000 with "
                                    "`mlflow server` running, sqlite:///mlflow.db with the full mlflow package), or "
@@ -93,6 +94,20 @@ class MlflowLogger:
         if self.client is not None and self.run_id is not None:
             self.client.set_terminated(self.run_id)
         self.client = self.run_id = None
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError when an http(s) tracking server does not accept a connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            raise ConnectionError(f"nothing answers at {parts.hostname}:{port} ({exc.strerror or exc})") from None
 
 
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,16 +18,12 @@ class TensorBoardLogger:
     name = "tensorboard"
     fix = "pip install tensorboard, or remove tensorboard from trainer.loggers"
 
-    def __init__(self, subdir: str = "tensorboard", if_installed: bool = False) -> None:
+    def __init__(self, subdir: str = "tensorboard") -> None:
+        require("tensorboard", "tensorboard")
         self.subdir = subdir
-        self.enabled = not if_installed or importlib.util.find_spec("tensorboard") is not None
-        if self.enabled:
-            require("tensorboard", "tensorboard")
         self.writer: Any = None
 
     def start(self, run: LoggerRun) -> None:
-        if not self.enabled:
-            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run.run_dir / self.subdir), purge_step=run.step + 1 if run.resume else None)
