@@ -864,12 +864,13 @@ def test_e72_likelihood_of_data_that_declares_nothing(tmp_path):
 def test_e73_experiment_tracker_cannot_start(tmp_path):
     pytest.importorskip("mlflow")
     write("r.yaml", TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2,\n          loggers: [{name: mlflow, "
-                                 "tracking_uri: 'nosuchscheme://host/x'}]}"))
+                                 "tracking_uri: 'http://127.0.0.1:9'}]}"))
     r = cli("train", "r.yaml", "--out", "run")
-    msg = user_error(r, "MLflow cannot open a run at 'nosuchscheme://host/x'", "fix: pass a tracking_uri MLflow serves")
+    msg = user_error(r, "MLflow cannot open a run at 'http://127.0.0.1:9'", "nothing answers at 127.0.0.1:9",
+                     "fix: pass a tracking_uri MLflow serves")
     assert not ck.has_checkpoint(Path("run"))
     record("E73", "an experiment tracker cannot start", "`trainer.loggers: [{name: mlflow, tracking_uri: "
-           "'nosuchscheme://host/x'}]`", msg, tmp_path)
+           "'http://127.0.0.1:9'}]` (no server running there)", msg, tmp_path)
 
 
 def test_debug_shows_the_traceback(tmp_path):
