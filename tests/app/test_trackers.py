@@ -147,3 +147,33 @@ def test_a_tracker_not_installed_is_an_error_before_training(tmp_path, monkeypat
     msg = squash(r.err)
     assert "the wandb tracker needs the 'wandb' package, which is not installed" in msg, msg
     assert "pip install 'fmkit[trackers]'" in msg and not ck.has_checkpoint(tmp_path / "run")
+
+
+def test_tensorboard_gets_each_of_a_writers_wavs_as_a_series_of_its_own(tmp_path):
+    """Several files of one writer are ``samples/<writer>/<i>``; 16-bit WAVs are TensorBoard audio."""
+    pytest.importorskip("tensorboard")
+    import wave
+
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fmkit.engine.loggers import Loggers
+    from fmkit.engine.trackers.tensorboard import TensorBoardLogger
+
+    loggers = Loggers([TensorBoardLogger()])
+    loggers.start(tmp_path, 0, {})
+    for step in (2, 4):
+        paths = []
+        for i in range(2):
+            p = tmp_path / f"step{step}_{i}.wav"
+            with wave.open(str(p), "wb") as f:
+                f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
+                f.writeframes((np.sin(np.arange(800) * (i + 1) / 10) * 16000).astype("<i2").tobytes())
+            paths.append(p)
+        loggers.log_media(step, "wav", paths)
+    loggers.finish()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["audio"]) == ["samples/wav/0", "samples/wav/1"]
+    clips = acc.Audio("samples/wav/1")
+    assert [c.step for c in clips] == [2, 4] and clips[0].sample_rate == 8000 and clips[0].length_frames == 800

@@ -96,14 +96,16 @@ class Loggers:
             self._call(tracker, "log_scalars", step, scalars)
 
     def log_media(self, step: int, writer: str, paths: Sequence[Path]) -> None:
-        """The files a writer made at an evaluation (``samples/<writer>``), to the trackers that take media."""
+        """The files a writer made at an evaluation, to the trackers that take media, named ``samples/<writer>``
+        (``samples/<writer>/<i>`` for the i-th of several files: one series per file across the steps)."""
         if not self.active:
             return
+        names = [f"samples/{writer}" if len(paths) == 1 else f"samples/{writer}/{i}" for i in range(len(paths))]
         for tracker in list(self.live):
             if hasattr(tracker, "log_media"):
-                for p in paths:
+                for name, p in zip(names, paths):
                     if tracker in self.live:
-                        self._call(tracker, "log_media", step, f"samples/{writer}", Path(p))
+                        self._call(tracker, "log_media", step, name, Path(p))
 
     def finish(self) -> None:
         """Close every tracker and metrics.csv (a fit's end, or an exception ending it)."""

@@ -12,7 +12,7 @@ from fmkit.engine.trackers import media_kind, require
 
 
 class TensorBoardLogger:
-    """Scalars, the recipe and provenance (as text) and sample pictures to ``RUN/<subdir>``; a resume
+    """Scalars, the recipe and provenance (as text), sample pictures and 16-bit WAVs to ``RUN/<subdir>``; a resume
     drops the events after the resumed step (``purge_step``), as metrics.csv drops its rows."""
 
     name = "tensorboard"
@@ -37,7 +37,12 @@ class TensorBoardLogger:
                 self.writer.add_scalar(k, v, step)
 
     def log_media(self, step: int, name: str, path: Path) -> None:
-        if self.writer is None or media_kind(path) != "image":
+        if self.writer is None or media_kind(path) is None:
+            return
+        if media_kind(path) == "audio":
+            clip = _pcm16(path)
+            if clip is not None:
+                self.writer.add_audio(name, clip[1], step, sample_rate=clip[0])
             return
         import matplotlib.image
 
@@ -49,6 +54,24 @@ class TensorBoardLogger:
         if self.writer is not None:
             self.writer.close()
         self.writer = None
+
+
+def _pcm16(path: Path) -> tuple[int, Any] | None:
+    """``(sample rate, [1, L] floats in [-1, 1])`` of a 16-bit PCM WAV (channels averaged); None for other files."""
+    import wave
+
+    import numpy as np
+    import torch
+
+    try:
+        with wave.open(str(path), "rb") as f:
+            if f.getsampwidth() != 2:
+                return None
+            rate, channels, frames = f.getframerate(), f.getnchannels(), f.readframes(f.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32).reshape(-1, channels).mean(axis=1) / 32768.0
+    return rate, torch.from_numpy(pcm)[None]
 
 
 def _code(record: Mapping[str, Any]) -> str:
