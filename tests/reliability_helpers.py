@@ -1,10 +1,13 @@
-"""Helpers shared by the reliability and security tests (test_errors, test_crash_safety, test_security).
+"""Helpers shared by the reliability and security tests (test_errors, test_crash_safety, test_security and
+the tests of damaged runs, full disks, stop signals and recipe validation).
 
 ``cli(...)`` runs the real console entry point ``fmkit.app.cli.run`` in-process (argv patched, stdout and
 stderr captured, ``SystemExit`` caught), which is what a user's shell sees minus process start-up;
 ``fmkit_subprocess(...)`` runs ``python -m fmkit`` for the cases that need a real process.
 ``fake_registry`` is a fresh registry (built-in plugin + :class:`FakePlugin`, no entry points), so
-messages that list component names do not depend on which plugins are installed.
+messages that list component names do not depend on which plugins are installed; ``isolate`` sets
+that registry up in a test's own folder, ``tiny_run`` trains a tiny run there, ``clean_error`` checks a
+what/where/fix error.
 """
 
 from __future__ import annotations
@@ -215,3 +218,32 @@ def fresh_registry():
     reg = Registry.fresh(entry_points=False)
     reg.add_plugin(FakePlugin(), name="fake")
     return reg
+
+
+# -- the setting of the CLI reliability tests -------------------------------------------------------
+def isolate(tmp_path: Path, monkeypatch) -> None:
+    """Run in ``tmp_path`` with the fake plugin's registry and without FMKIT_DEBUG, so messages and
+    component lists do not depend on the machine (call it from an autouse fixture)."""
+    import fmkit.app.registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fmkit.app.registry, "_DEFAULT", fresh_registry())
+    monkeypatch.delenv("FMKIT_DEBUG", raising=False)
+
+
+def tiny_run(name: str = "run") -> Path:
+    """``fmkit train`` of :data:`TINY` into ``name`` (6 steps, checkpoints at 3 and 6)."""
+    Path("tiny.yaml").write_text(TINY)
+    r = cli("train", "tiny.yaml", "--out", name)
+    assert r.code == 0, r.text
+    return Path(name)
+
+
+def clean_error(r: Result, *needles: str, code: int = 2) -> str:
+    """A what/where/fix error: the exit code, no traceback, no internal error; returns the message."""
+    assert r.code == code, r.text
+    assert "Traceback" not in r.text and "internal error" not in r.text, r.text
+    msg = squash(r.err)
+    for n in needles:
+        assert n in msg, f"{n!r} not in:\n{msg}"
+    return msg

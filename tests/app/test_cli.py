@@ -123,7 +123,8 @@ def tiny_run(here) -> Path:
 
 
 def test_python_dash_m_fmkit_is_the_fmkit_command(tmp_path):
-    """Old code: `python -m fmkit` had no __main__, and usage lines said `python -m fmkit.cli`."""
+    """`python -m fmkit` is the fmkit command (the package has a __main__), and its usage lines say
+    `fmkit`, not `python -m fmkit.cli`."""
     env = dict(os.environ, COLUMNS="200", FMKIT_PLUGINS="none")
     r = subprocess.run([sys.executable, "-m", "fmkit", "train", "--bogus"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -161,7 +162,8 @@ def test_steps_with_an_adaptive_solver_says_which_flags_apply(tiny_run):
 
 
 def test_evaluate_title_names_the_solver_and_its_settings(tiny_run):
-    """Old code printed the class name (`FixedStepSolver`)."""
+    """The title names the solver by its method and settings (``euler, 4 steps``), not by its class
+    (``FixedStepSolver``)."""
     r = cli("evaluate", "run", "-n", "32")
     assert r.code == 0, r.text
     assert "(32 samples, euler, 4 steps)" in " ".join(r.out.split()) and "FixedStepSolver" not in r.out  # wrapped
@@ -170,14 +172,16 @@ def test_evaluate_title_names_the_solver_and_its_settings(tiny_run):
 
 
 def test_resuming_a_finished_run_prints_only_the_error(tiny_run):
-    """Old code printed the "run directory ... params" line first, as if training were starting."""
+    """Resuming a finished run prints the error alone, not first the "run directory ... params" line
+    as if training were starting."""
     r = cli("train", "--resume", "run")
     assert r.code == 2 and "already finished" in r.err
     assert "run directory" not in r.out
 
 
 def test_sample_out_refuses_a_non_empty_folder_unless_overwrite(tiny_run):
-    """Old code wrote into an existing folder, silently replacing its files."""
+    """An existing non-empty --out folder is refused and left as it is (it used to be written into,
+    its files replaced silently); --overwrite replaces them; the default cli-<time> names never collide."""
     assert cli("sample", "run", "-n", "4", "--out", "mine").code == 0
     mine = tiny_run / "samples" / "mine" / "samples.safetensors"
     before = mine.read_bytes()
@@ -192,7 +196,8 @@ def test_sample_out_refuses_a_non_empty_folder_unless_overwrite(tiny_run):
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_out(here):
-    """Old code: the failed start left recipe.yaml + metrics.csv, and the same --out then "already holds a run"."""
+    """A run that failed before its first checkpoint does not hold its --out: the same folder trains anew
+    (its recipe.yaml and metrics.csv replaced) instead of "already holds a run"; one with a checkpoint does."""
     Path("buggy.yaml").write_text("data: {name: moons, n: 256}\nmodel: {name: buggy}\n"
                                   "trainer: {steps: 5, batch_size: 64, device: cpu, progress: false}\n")
     assert cli("train", "buggy.yaml", "--out", "run").code == 1
@@ -206,7 +211,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_out(he
 
 
 def test_a_recipe_shipped_by_a_plugin_is_found_by_name(here, monkeypatch):
-    """Old code: `fmkit train ring` said "recipe file 'ring' does not exist"."""
+    """A recipe a plugin ships is found by its name by `fmkit recipe validate/show/list` and `fmkit train`
+    (not taken for a missing file); a misspelt name gets the closest one."""
     from fmkit import hookimpl
 
     shipped = here / "plugin_recipes" / "ring.yaml"
@@ -229,7 +235,8 @@ def test_a_recipe_shipped_by_a_plugin_is_found_by_name(here, monkeypatch):
 
 
 def test_sample_and_evaluate_load_an_older_checkpoint_by_step_or_folder(tiny_run):
-    """Old code: only a run's newest checkpoint could be sampled or evaluated from the CLI."""
+    """`fmkit sample` and `evaluate` load an older checkpoint by its step or its folder, not only the
+    run's newest: the same weights either way, another model than the newest."""
     from safetensors.torch import load_file
 
     r = cli("evaluate", "run", "-n", "32", "--checkpoint", "3")
@@ -258,7 +265,8 @@ def test_a_checkpoint_the_run_does_not_keep_is_named_with_the_kept_steps(tiny_ru
 
 
 def test_the_training_table_lists_metrics_in_the_recipe_order(tmp_path, capsys):
-    """Old code sorted the end-of-training table by name while `fmkit evaluate` kept the metric order."""
+    """The end-of-training table lists the metrics in the recipe's order, as `fmkit evaluate` does (not
+    sorted by name)."""
     from fmkit.app.cli import common as fm_cli
 
     (tmp_path / "metrics.csv").write_text("step,name,value\n5,loss,1.0\n5,eval/validity,0.5\n5,eval/atom_stable,0.9\n")
@@ -268,8 +276,9 @@ def test_the_training_table_lists_metrics_in_the_recipe_order(tmp_path, capsys):
 
 
 def test_evaluate_samples_with_the_recipes_guidance_as_training_did(tmp_path, monkeypatch):
-    """Old code: `fmkit evaluate` sampled a guided run without its eval.guidance_scale (the trainer's
-    evaluation and `fmkit reflow` used it), so its metrics disagreed with the training log."""
+    """`fmkit evaluate` samples a guided run at its recipe's eval.guidance_scale, as the trainer's
+    evaluation and `fmkit reflow` do, so its metrics match the training log (without it they
+    disagreed); --guidance overrides the scale, and needs a conditional dataset."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fm_registry, "_DEFAULT", fresh_registry())
     Path("cond.yaml").write_text(

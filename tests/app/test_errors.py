@@ -720,7 +720,8 @@ def test_e65_a_bug_in_fmkit_is_reported_as_internal_error(tmp_path, monkeypatch)
 
 
 def test_e66_a_bug_in_a_plugin_names_the_plugin(tmp_path):
-    """Old code: "internal error ... please report it", as if fmkit were at fault."""
+    """An exception inside a plugin's model names the plugin and its file:line and sends the report to
+    its authors, not "internal error ... please report it" as if fmkit were at fault."""
     write("r.yaml", "data: {name: moons, n: 256}\nmodel: {name: buggy}\n"
           "trainer: {steps: 5, batch_size: 64, device: cpu, progress: false}\n")
     r = cli("train", "r.yaml", "--out", "run")
@@ -759,8 +760,9 @@ def test_a_plugin_failing_inside_torch_is_still_the_plugin(tmp_path, monkeypatch
 
 
 def test_e67_options_model_and_factory_disagree(tmp_path, monkeypatch):
-    """Old code: a bare TypeError (`got an unexpected keyword argument 'dropout'`) with a fix that sent
-    the user to their recipe and to `fmkit plugins`, which does not list options."""
+    """An options model declaring an option its factory does not take is named as the plugin's bug, with
+    the option, before a run directory is made; `fmkit plugins --options` lists the options. (A bare
+    TypeError used to send the user to their recipe.)"""
     from fmkit import hookimpl
     from pydantic import BaseModel
 

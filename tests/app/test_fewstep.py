@@ -1,4 +1,4 @@
-"""Few-step generation (issue 17): reflow pairs on disk, the pairs dataset and the given coupling,
+"""Few-step generation: reflow pairs on disk, the pairs dataset and the given coupling,
 flows trained on pairs, trainer.init_from, and `fmkit reflow` (resumable after SIGINT) on the toy recipe."""
 
 from __future__ import annotations

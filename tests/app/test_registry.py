@@ -138,8 +138,8 @@ def test_plugin_added_in_process_and_installed_loads_once_with_the_rest(monkeypa
 
 
 def test_a_failing_entry_point_is_set_aside_and_the_others_load(monkeypatch, tmp_path, capsys):
-    """Old code: one plugin failing at import stopped every lookup (and every command), repeating its
-    error at each; now it is reported once, with file:line, and the other plugins work."""
+    """A plugin failing at import is set aside and reported once, with file:line, and the other plugins
+    work (one failing plugin used to stop every lookup, repeating its error at each)."""
     _entry_points(monkeypatch, tmp_path, other=OTHER, broken="import fmkit\nimport not_a_module_xyz\n")
     reg = Registry.fresh()
     assert "other_coupling" in reg.entries("couplings")

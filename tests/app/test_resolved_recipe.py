@@ -62,7 +62,8 @@ def _reg(default_width: int = 8) -> Registry:
 
 
 def test_unknown_option_refused_even_without_extra_forbid():
-    """Old code: pydantic's default extra='ignore' dropped `hiden` and built the model with the default."""
+    """An unknown option is refused with a closest-name hint even when the options model does not forbid
+    extras (pydantic's default would drop it and build the model with the default)."""
     with pytest.raises(RecipeError) as ei:
         _reg().validate("models", {"name": "lax", "hiden": 3}, where="model")
     msg = squash(ei.value.render())
@@ -154,7 +155,8 @@ def velocity_run(tmp_path, monkeypatch) -> Path:
 
 
 def test_resume_refuses_another_prediction_target(velocity_run):
-    """Old code: `--resume RUN --set path.prediction=x1` went on training a velocity model on x1."""
+    """A resume with another prediction target (or source) than the checkpoint's is refused naming both
+    values, not trained on with the wrong target."""
     r = cli("train", "--resume", "run", "--set", "trainer.steps=9", "--set", "path.prediction=x1")
     assert r.code == 2 and "Traceback" not in r.text
     msg = squash(r.err)

@@ -1,4 +1,4 @@
-"""Sharing a trained run (issue 31, item 2): ``fmkit export RUN DIR`` writes a self-contained model
+"""Sharing a trained run: ``fmkit export RUN DIR`` writes a self-contained model
 folder; ``fmkit sample`` / ``evaluate`` load it, or ``hf://ORG/NAME[@REVISION]`` through
 huggingface_hub's cache (offline here, from a cache laid out by the Hub's own conventions); the model
 card states only what the run measured; ``fmkit push --dry-run`` lists what would be uploaded.

@@ -1,5 +1,5 @@
-"""Issue 31's done-when: a recipe with ``trainer.loggers: [tensorboard, wandb, mlflow]`` trains, resumes,
-and leaves each tracker's records readable by that tracker's own reader, offline: TensorBoard's
+"""A recipe with ``trainer.loggers: [tensorboard, wandb, mlflow]`` trains, resumes, and leaves each
+tracker's records readable by that tracker's own reader, offline: TensorBoard's
 EventAccumulator, ``wandb leet inspect`` on the offline run files, MLflow's client on a file store.
 A tracker that cannot start is an fmkit error before training."""
 

@@ -304,8 +304,8 @@ def _small_trainer(run_dir: Path, options: dict, **kwargs):
 
 
 def test_a_failing_metric_or_writer_does_not_cost_the_others(tmp_path):
-    """Old code: the first metric or writer that raised (say, one needing a missing RDKit) skipped every
-    writer after it and the metrics' log line; now each runs, and the first error is raised after."""
+    """A metric or writer that raises (say, one needing a missing RDKit) does not cost the others or the
+    metrics' log line: each runs, and the first error is raised after them."""
     from fmkit.app.builtin.metrics import W2Metric
     from fmkit.app.recipe import EvalOptions
 
@@ -334,8 +334,8 @@ def test_a_failing_metric_or_writer_does_not_cost_the_others(tmp_path):
 @pytest.mark.parametrize("how", ["signal", "request_stop"])
 def test_a_stop_at_a_checkpoint_step_writes_that_checkpoint_once(tmp_path, monkeypatch, how):
     """A Ctrl-C or request_stop on a step that was just checkpointed (here the fit's `until` step) saves
-    nothing more. Old code wrote the signal's checkpoint of step 4 a second time; request_stop was
-    right already, and is checked because both branches now share one `saved` flag."""
+    nothing more: the signal's branch used to write that checkpoint a second time; request_stop's is
+    checked too, since both share one `saved` flag."""
     from fmkit import Callback
     from fmkit.engine.stopping import TrainingInterrupted
 

@@ -36,8 +36,8 @@ def test_plot_writes_one_png_and_refuses_an_empty_log(tmp_path):
 
 
 def test_an_unwritable_out_is_an_output_error_naming_it(tmp_path):
-    """Old code: the OSError of savefig came out as an internal error. (The folder is a file here:
-    a permission test would pass as root.)"""
+    """A curves file that cannot be written is an OutputError naming it, not an internal error. (The
+    folder is a file here: a permission test would pass as root.)"""
     from fmkit.errors import OutputError
 
     (tmp_path / "metrics.csv").write_text("step,name,value\n10,loss,1.0\n20,loss,0.5\n")

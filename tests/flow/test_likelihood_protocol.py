@@ -1,11 +1,11 @@
-"""The likelihood of data as its dataset declares it (issue 28): continuous data as it is, values on a
+"""The likelihood of data as its dataset declares it: continuous data as it is, values on a
 grid (8-bit pixels) dequantised, anything undeclared refused. Checked against the closed form of a
 flow whose density is known: the straight-line map z -> (1 - t + t s) z + t m carries N(0, 1) to
 N(m, s^2) per dimension, so the dequantised NLL of a grid value c is, in expectation over the uniform
 noise U in its bin of width w,  0.5 log(2 pi s^2) + ((c - m)^2 + w^2 / 12) / (2 s^2) - log w  nats.
 
-Old code: `fmkit evaluate --likelihood` scored 8-bit images at their bin centres, and a guided MNIST
-run printed -3.38 bits/dim (a density at discrete points grows without bound as the model fits them).
+Scoring 8-bit images at their bin centres instead is meaningless: a density at discrete points grows
+without bound as the model fits them, down to negative bits/dim.
 """
 
 from __future__ import annotations

@@ -454,9 +454,9 @@ def test_discrete_step_averaged_rate_equals_the_instantaneous_one_for_linear_kap
 
 @pytest.mark.parametrize("expo", [0.5, 2.0])
 def test_discrete_path_with_a_polynomial_schedule_samples_data_classes_only(expo):
-    """Old code: exponent 0.5 made the rate infinite at t = 0 (multinomial raised on the first step);
-    exponent 2 left 0.25% of tokens masked after 20 steps (the last jump unmasked with probability < 1).
-    With a fixed posterior q, every token ends as a class drawn from q."""
+    """With a fixed posterior q and a polynomial schedule, every token ends as a class drawn from q:
+    the rate stays finite at t = 0 (exponent 0.5: it used to fail on the first step) and the last jump
+    unmasks with probability 1 (exponent 2: it used to leave tokens masked)."""
     from fmkit.flow.sampling import generate
     from fmkit.flow.solvers import FixedStepSolver
     from fmkit.flow.sources import CategoricalSource, StateSource
@@ -476,8 +476,8 @@ def test_discrete_path_with_a_polynomial_schedule_samples_data_classes_only(expo
 
 
 def test_state_path_hands_the_step_to_any_path_whose_velocity_takes_it():
-    """Not only DiscretePath (old code: an isinstance check): a plugin's own ProbPath with
-    ``velocity(..., step=None)`` gets the solver's step; AffinePath, without it, is called as before."""
+    """Any path whose velocity takes ``step`` gets it, not DiscretePath alone: a plugin's own ProbPath
+    with ``velocity(..., step=None)`` gets the solver's step; AffinePath, without it, is called as before."""
     from fmkit.flow.paths import ProbPath
 
     class Recording(ProbPath):  # a third-party path, no relation to DiscretePath

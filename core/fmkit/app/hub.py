@@ -95,8 +95,19 @@ def _cache_dir() -> str:
 
 
 def upload(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str) -> str:
-    """Upload ``folder`` to the model repository ``repo_id`` (made when it does not exist) in one commit;
-    returns the commit's URL. The credentials are huggingface_hub's (HF_TOKEN, or `hf auth login`)."""
+    """Upload ``folder`` to the model repository ``repo_id`` (made when it does not exist) in one commit.
+    The credentials are huggingface_hub's (HF_TOKEN, or `hf auth login`).
+
+    Args:
+        folder: the model folder (``fmkit export``); every file in it is uploaded.
+        repo_id: the Hub model repository, ``ORG/NAME``.
+        private: make the repository private when this call creates it (an existing one keeps its setting).
+        revision: the branch to commit to (made when new); None: the default branch.
+        message: the commit message.
+
+    Returns:
+        The URL of the commit.
+    """
     from fmkit._version import __version__
 
     hub = require_hub("fmkit push")

@@ -72,7 +72,18 @@ class BrokenPlugin:
 
 def broken_from_exception(name: str, target: str, stage: str, exc: BaseException, *,
                           dist: tuple[str | None, str | None] = (None, None)) -> BrokenPlugin:
-    """The record of ``exc`` raised while loading plugin ``name`` (``target``: its module path)."""
+    """The record of ``exc`` raised while loading plugin ``name``.
+
+    Args:
+        name: the plugin's name (its entry point's, or the name it was registered under).
+        target: where it lives: its module path (``module`` or ``module:object``).
+        stage: the stage that failed (``import``, ``hooks``, ``register`` or ``register_<kind>``).
+        exc: the exception raised.
+        dist: the distribution that installed the plugin and its version; None for either unknown.
+
+    Returns:
+        The plugin set aside, with the error, its file:line in the plugin's code and the traceback.
+    """
     return BrokenPlugin(name, target, stage, f"{type(exc).__name__}: {exc}", error_location(exc, target),
                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), *dist)
 

@@ -109,9 +109,24 @@ class _StopOnSignal:
 @torch.no_grad()
 def draw_pairs(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
                template_seed: int, n: int, chunk_size: int, device: torch.device) -> tuple[State, State]:
-    """``n`` pairs, ``chunk_size`` per solver call, from the random stream seeded already: x0 from ``source``
-    for templates of ``dataset`` (their masks and conditions ride with x1), x1 the solve of ``model``'s
-    field from x0 (:func:`fmkit.flow.sampling.generate`). CPU tensors."""
+    """``n`` pairs from the random stream seeded already: x0 from ``source`` for templates of ``dataset``
+    (their masks and conditions ride with x1), x1 the solve of ``model``'s field from x0
+    (:func:`fmkit.flow.sampling.generate`).
+
+    Args:
+        model: the teacher's velocity network, in eval mode on ``device``.
+        path: the probability path the teacher was trained with.
+        source: the teacher's source p_0, which draws x0.
+        solver: integrates the teacher's field from t = 0 to 1.
+        dataset: gives the templates (sizes, masks, conditions) of the pairs.
+        template_seed: the seed of the first chunk's templates (chunk j uses ``template_seed + j``).
+        n: number of pairs.
+        chunk_size: pairs per solver call.
+        device: where the solves run.
+
+    Returns:
+        ``(x0, x1)`` on the CPU, batch first: the fields of x0; x1's fields with its mask and cond.
+    """
     x0s: list[State] = []
     x1s: list[State] = []
     for j, start in enumerate(range(0, n, chunk_size)):
@@ -137,9 +152,29 @@ def write_pairs(out: str | Path, model: nn.Module, path: StatePath, source: Stat
                 device: torch.device | str = "cpu", progress: bool = True) -> ReflowResult:
     """Write ``num_pairs`` pairs of ``model`` into the folder ``out`` (resuming what is there).
 
-    The library form of ``fmkit reflow`` for live components; ``teacher`` (JSON-able: run,
-    checkpoint, step, weights) goes into the manifest. A folder that holds pairs of another
-    configuration (teacher, solver, seed, count, shard size) is refused rather than mixed."""
+    The library form of ``fmkit reflow`` for live components. A folder that holds pairs of another
+    configuration (teacher, solver, seed, count, shard size) is refused rather than mixed; SIGINT or
+    SIGTERM stop after the shard in hand (:class:`ReflowInterrupted`), keeping every finished shard.
+
+    Args:
+        out: the pairs folder: new, empty, or one that a call with the same configuration began.
+        model: the teacher's velocity network (put in eval mode for the call, restored after).
+        path: the probability path the teacher was trained with.
+        source: the teacher's source p_0, which draws x0.
+        solver: integrates the teacher's field from t = 0 to 1.
+        dataset: gives the templates (sizes, masks, conditions) of the pairs.
+        num_pairs: pairs in the finished folder (those already there count).
+        teacher: what the teacher is (JSON-able: run, checkpoint, step, weights), kept in the manifest.
+        solver_about: a human description of the solver for the manifest.
+        seed: the seed that shard k's random stream is folded from, with k.
+        shard_size: pairs per safetensors shard, the unit of resuming.
+        chunk_size: pairs per solver call.
+        device: where the solves run.
+        progress: show a progress bar while shards are written.
+
+    Returns:
+        What the folder holds and what this call added (shards written, seconds, NFE per pair).
+    """
     out = Path(out)
     device = torch.device(device)
     if num_pairs < 1 or shard_size < 1 or chunk_size < 1:
@@ -227,8 +262,25 @@ def reflow_run(run: str | Path, out: str | Path, num_pairs: int, *, solver: Solv
                seed: int = 0, shard_size: int = 4096, chunk_size: int | None = None,
                overrides: list[str] | None = None, progress: bool = True) -> ReflowResult:
     """Pairs from a trained run (what ``fmkit reflow RUN --pairs N --out PAIRS`` calls): its recipe's
-    model, path, source and data templates; its newest checkpoint (or ``checkpoint``), EMA weights
-    unless ``use_ema`` is false; its solver unless ``solver`` is given; its device and CPU threads."""
+    model, path, source and data templates, its guidance scale, device and CPU threads.
+
+    Args:
+        run: the teacher's run directory.
+        out: the pairs folder (see :func:`write_pairs`).
+        num_pairs: pairs in the finished folder.
+        solver: integrates the teacher's field; None: the run's recipe's solver.
+        solver_about: a human description of ``solver`` for the manifest.
+        checkpoint: the checkpoint folder to load; None: the run's newest.
+        use_ema: load the EMA weights (when the checkpoint has them), else the raw ones.
+        seed: the seed of the pairs' random streams.
+        shard_size: pairs per safetensors shard, the unit of resuming.
+        chunk_size: pairs per solver call; None: the recipe's ``eval.chunk_size``.
+        overrides: ``KEY=VALUE`` recipe overrides (``--set``); a changed model, path or source is refused.
+        progress: show a progress bar.
+
+    Returns:
+        What the folder holds and what this call added.
+    """
     from fmkit.app.inference import guided
     from fmkit.app.run import build_components, fingerprint, load_run_recipe
     from fmkit.engine.checkpoint import load_checkpoint, resolve_checkpoint

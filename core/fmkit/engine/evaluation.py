@@ -37,7 +37,24 @@ def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, sol
 
     Chunk k draws from its own random stream (seed, k), so the samples do not depend on how the
     chunks are spread: with ``dist`` (a DDP run; every rank calls this), rank r generates chunks
-    r, r + world, ... and all ranks receive all ``n`` samples (all_gather)."""
+    r, r + world, ... and all ranks receive all ``n`` samples (all_gather).
+
+    Args:
+        model: the velocity field ``model(x_t, t, cond)``, already in eval mode and on ``device``.
+        path: the probability path the model was trained on (turns its output into a velocity).
+        source: the noise distribution x0 is drawn from.
+        solver: the ODE / jump solver that integrates from t = 0 to 1.
+        dataset: gives each chunk's template (shapes, masks and conditions of ``m`` examples).
+        n: number of samples in all (over all ranks).
+        chunk: samples per solver call (``eval.chunk_size``): bounds the memory of one call.
+        device: where the samples are generated.
+        seed: base seed of the per-chunk random streams and templates.
+        dist: the DDP ranks to spread the chunks over; None for one process.
+
+    Returns:
+        The ``n`` samples, a State of CPU tensors [n, ...] in chunk order; fields whose size varies
+        between chunks (atoms per molecule) are zero-padded to the largest.
+    """
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     starts = list(range(0, n, chunk))
     parts: dict[int, State] = {}
@@ -213,7 +230,18 @@ class Evaluator:
     def sample(self, model: nn.Module, n: int, solver: Solver | None = None, seed: int = 0,
                distributed: bool = False) -> State:
         """``n`` samples (CPU tensors) of ``model``, the field :meth:`sampling_model` gives; the global RNG
-        and the model's mode are restored. ``distributed``: split over the DDP ranks (each must call)."""
+        and the model's mode are restored, so sampling leaves training's random stream as it was.
+
+        Args:
+            model: the field to sample, usually :meth:`sampling_model`'s.
+            n: number of samples.
+            solver: the solver to integrate with; None: the evaluator's (``eval.solver``).
+            seed: seed of the samples (the same seed gives the same samples).
+            distributed: split the chunks over the DDP ranks (each rank must call); every rank gets all.
+
+        Returns:
+            The samples, a State of CPU tensors [n, ...].
+        """
         was_training = model.training
         model.eval()
         rng = torch.get_rng_state()

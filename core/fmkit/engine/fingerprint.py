@@ -50,7 +50,19 @@ def _show(v: Any) -> str:
 def check_fingerprint(theirs: Mapping[str, Any], ours: Mapping[str, Any], where: str, *,
                       sections: tuple[str, ...] = RECIPE_SECTIONS, fix: str | None = None,
                       ours_label: str = "this recipe") -> None:
-    """Refuse a checkpoint whose fingerprint differs from ``ours`` in ``sections``, naming every difference."""
+    """Refuse a checkpoint whose fingerprint differs from ``ours`` in ``sections``, naming every difference.
+
+    Args:
+        theirs: the checkpoint's fingerprint (its meta.json's recipe sections).
+        ours: the fingerprint of the recipe or model about to load it.
+        where: the checkpoint's path, for the error.
+        sections: the top-level keys compared (the options that give the weights their meaning).
+        fix: the error's fix; None: resume with the run's own recipe or start a new run.
+        ours_label: how the error names ``ours`` ("this recipe").
+
+    Raises:
+        CheckpointError: naming every differing key path, when there is one.
+    """
     diff = fingerprint_diff(theirs, ours, sections, ours_label)
     if diff:
         parts = list(dict.fromkeys(d.split(":", 1)[0].split(".", 1)[0] for d in diff))

@@ -56,7 +56,19 @@ def write_lineage(run_dir: Path, record: dict[str, Any]) -> Path:
 
 def start_from(source: str | Path, use_ema: bool, model: nn.Module, ema: Any, run_dir: Path | None) -> dict[str, Any]:
     """A fresh run's ``trainer.init_from``: ``source``'s weights into ``model`` (and its EMA copy), the
-    lineage recorded in ``run_dir`` (when given: rank 0 of a run with a directory); returns the record."""
+    lineage recorded in ``run_dir`` so the run says what it was started from.
+
+    Args:
+        source: a run directory, its checkpoints/ folder or one checkpoint to take the weights from.
+        use_ema: take the source's EMA weights when it kept them, else its raw ones.
+        model: the model to load into (modified in place).
+        ema: the run's EMA holder (its ``.model`` gets the same weights); None without EMA.
+        run_dir: where ``lineage.json`` is written; None: not written (no run directory, or not rank 0).
+
+    Returns:
+        The lineage record (:func:`init_from_run`): source run, checkpoint, step, which weights, and the
+        source's fingerprint and own lineage.
+    """
     record = init_from_run(model, source, use_ema)
     if ema is not None:
         ema.model.load_state_dict(model.state_dict())

@@ -55,11 +55,24 @@ class LogWindow:
 
     def close(self, step: int, loss: float, lr: float, batch_size: int, grad_norm: Tensor | None = None,
               device: torch.device | None = None) -> dict[str, float]:
-        """The scalars of the window ending at ``step`` (``loss``: its mean over ranks; ``grad_norm``:
-        the last step's, before clipping; on a CUDA ``device`` its peak memory); starts the next.
+        """The scalars of the window ending at ``step``; starts the next.
 
         ``data_wait`` is the share of the training time the host waited for the data pipeline (its
-        loader workers, pairing included): near 0 means the step, not the data, sets the pace."""
+        loader workers, pairing included): near 0 means the step, not the data, sets the pace.
+
+        Args:
+            step: the optimizer step the window ends at.
+            loss: the window's mean loss over ranks.
+            lr: the learning rate at ``step``.
+            batch_size: examples per optimizer step (global batch), for ``samples_per_s``.
+            grad_norm: the last step's gradient norm before clipping (a 0-dim tensor); None: not logged.
+            device: the training device; on CUDA its peak memory is logged.
+
+        Returns:
+            ``loss``, ``lr``, ``steps_per_s`` and ``samples_per_s`` (time of checkpoints and evaluations
+            left out), ``data_wait`` (a share in [0, 1]), plus ``peak_mem_mib`` (MiB) on CUDA and
+            ``grad_norm`` when given.
+        """
         now = time.perf_counter()
         busy = max(now - self._start_time - self._aside, 1e-9)
         sps = (step - self._start_step) / busy

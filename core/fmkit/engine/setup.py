@@ -21,7 +21,7 @@ from fmkit.errors import ModelError, OutputError, TrainingError
 from fmkit.flow.couplings import Coupling
 from fmkit.flow.data import DataInfo
 from fmkit.flow.guidance import NULL_CLASS_FIX
-from fmkit.flow.objectives import CFMObjective, Objective, TimeSampler
+from fmkit.flow.objectives import CFMObjective, Objective
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
@@ -47,7 +47,7 @@ def pick_device(name: str) -> torch.device:
 def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> None:
     """torch's intra-op threads (process-wide) for CPU work: ``opts.cpu_threads``, else the cores that
     ``workers`` DataLoader processes leave free — threads beyond the free cores wait on each other
-    (sampling 48.7 s vs 5.1 s next to one busy core of 2) — else torch's default."""
+    (docs/recipes.md, ``cpu_threads``) — else torch's default."""
     threads = opts.cpu_threads
     if threads is None and workers:
         threads = max(1, usable_cores() - workers)

@@ -114,7 +114,15 @@ class LossGuard:
     """Stops a fit whose loss went bad: NaN/Inf (naming the batch's broken fields, else blaming divergence)
     or finite far above its running level (:class:`DivergenceWatch`, ``trainer.divergence``); the error
     says what was kept. Under DDP every rank decides on the same numbers (the checks are collective), so
-    all stop at the same step. ``met``: fields in which a coupling met NaN/Inf during the fit."""
+    all stop at the same step. ``met``: fields in which a coupling met NaN/Inf during the fit.
+
+    Args:
+        factor: ``trainer.divergence``: stop when a finite loss passes this times its level (None: off).
+        lr: the learning rate, for the fix the divergence error suggests (a tenth of it).
+        world_size: number of DDP processes (the checks gather over them).
+        run_dir: the run directory, to name the kept checkpoint; None without one.
+        hints: how the errors' fixes are phrased (library call or CLI).
+    """
 
     def __init__(self, factor: float | None, lr: float, world_size: int, run_dir: Path | None,
                  hints: FixHints) -> None:
@@ -168,8 +176,21 @@ def non_finite_error(step: int, bad_fields: list[str], saved: str, where: str | 
 
 def diverged_error(step: int, loss: float, level: float, factor: float, kept: str | None, run_dir: Path | None,
                    hints: FixHints, lr: float) -> TrainingError:
-    """The error for a finite loss that grew past ``factor`` times its running ``level`` at ``step``;
-    ``kept``: the name of the last checkpoint on disk, which is left to go on from (None: there is none)."""
+    """The error for a finite loss that grew past ``factor`` times its running ``level`` at ``step``.
+
+    Args:
+        step: the step whose loss diverged.
+        loss: that loss.
+        level: the running level it exceeded.
+        factor: ``trainer.divergence``.
+        kept: the name of the last checkpoint on disk, which is left to go on from; None: there is none.
+        run_dir: the run directory, for ``where`` and the resume hint; None without one.
+        hints: how the fix is phrased (library call or CLI).
+        lr: the learning rate (the fix suggests a tenth of it).
+
+    Returns:
+        The TrainingError to raise, with what was kept and how to go on.
+    """
     again = f"; then {hints.resume_hint(run_dir)} goes on from {kept}" if run_dir is not None and kept else ""
     kept = f"the last checkpoint, {kept}, is kept" if kept else "no checkpoint was written yet"
     return TrainingError(f"the loss diverged at step {step}: {loss:.3g} is more than {factor:g} times its running "
@@ -182,7 +203,18 @@ def diverged_error(step: int, loss: float, level: float, factor: float, kept: st
 
 def interrupted(signal_name: str, step: int, run_dir: Path | None, hints: FixHints,
                 evaluating: bool = False) -> TrainingInterrupted:
-    """A fit stopped by ``signal_name`` at ``step``: with its checkpoint saved, or during an evaluation."""
+    """A fit stopped by ``signal_name`` at ``step``: with its checkpoint saved, or during an evaluation.
+
+    Args:
+        signal_name: the signal that stopped it (``SIGINT``, ``SIGTERM``).
+        step: the step it stopped at.
+        run_dir: the run directory, for ``where`` and the resume hint; None without one.
+        hints: how the fix is phrased (library call or CLI).
+        evaluating: it stopped during the evaluation of ``step`` (which the resume finishes).
+
+    Returns:
+        The TrainingInterrupted to raise.
+    """
     where = str(run_dir) if run_dir else None
     if evaluating:
         return TrainingInterrupted(

@@ -66,6 +66,18 @@ class BatchStream:
     Each global batch of ``global_batch`` examples (``trainer.batch_size``, all ranks and micro-steps)
     is cut into ``accum x world`` strided shards, and rank r's micro-step m takes shard ``m * world + r``
     (:func:`fmkit.engine.distributed.shard_slices`), so the split does not depend on the process count.
+
+    Args:
+        dataset: the training data; its ``batches(epoch, global_batch, seed)`` gives the example indices.
+        global_batch: examples per optimizer step over all ranks and micro-steps (``trainer.batch_size``).
+        seed: the run's seed; with the position it fixes every batch (and its noise when pairing).
+        dist: this process's rank and the world size.
+        num_workers: DataLoader worker processes (0: load in the main process); capped at the usable cores.
+        pin_memory: pin the batches for an asynchronous copy to a GPU.
+        epoch: the epoch to start in (a resume's saved position).
+        index: this rank's micro-batch index within ``epoch`` to start at.
+        accum: micro-batches per global batch on each rank (gradient accumulation).
+        pairing: draw and pair the source sample x0 with each batch in the loader; None: yield x1 alone.
     """
 
     def __init__(self, dataset: Dataset, global_batch: int, seed: int, dist: DistInfo, num_workers: int = 0,

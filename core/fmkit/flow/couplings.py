@@ -152,7 +152,7 @@ def assignment(cost: np.ndarray) -> np.ndarray:
 
     For equal uniform marginals this is exact OT (a vertex of the Birkhoff polytope is a permutation).
     Below ``EMD_FROM`` rows: scipy's Jonker-Volgenant; from there on POT's network simplex ``ot.emd``,
-    whose time depends far less on the data (1024 clustered 2-D points: 161 vs 559 ms, bench_ot.py). Any emd
+    whose time depends far less on the data (timings: bench/README.md, bench_ot.py). Any emd
     warning, or a plan that is not a permutation, falls back to scipy: the answer is always exact.
     """
     n = cost.shape[0]
@@ -190,7 +190,7 @@ def sinkhorn_plan(cost: Tensor, epsilon: float, iters: int = 200, tol: float = 1
     ``epsilon`` is relative: the cost matrix is divided by its mean before regularising, so the same
     value works whatever the data scale. Returns P [B, B] whose columns sum to 1/B exactly (the last
     update is the column scaling) and whose rows do to the tolerance reached, ``tol`` or wherever
-    ``iters`` ended (B = 256, epsilon 0.01: rows within 1.2% after 200 iterations). The coupling
+    ``iters`` ended (a small ``epsilon`` needs more iterations to get there). The coupling
     draws from columns, so each data point is used once and the noise's marginal is near uniform.
     While exp(-C/epsilon) stays far from float64's underflow the scaling form runs (two mat-vecs per
     iteration); below that, the log-domain form (two logsumexps) — the same iterates either way.

@@ -92,6 +92,18 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
     yourself for discrete data, or use :func:`data_log_likelihood`.
     On bare tensors: ``x1`` a tensor, ``velocity(x, t) -> tensor``, ``source`` a per-field
     :class:`Source`; the result's ``x0`` is then a tensor too.
+
+    Args:
+        velocity: the field ``velocity(x, t)``, x a state of the continuous fields [B, ...], t a scalar.
+        x1: the data points to score, a state (or a tensor) [B, ...], optionally with ``mask`` and ``cond``.
+        source: the noise distribution p_0 whose log-density starts the change of variables.
+        solver: integrates the augmented ODE backward from t = 1 to 0.
+        estimator: the divergence: "exact", "hutchinson" or "auto".
+        probe: Hutchinson's probe distribution, "rademacher" or "gaussian".
+        dequantization_offset: nats added to -log p before bits/dim, a number or one per example [B].
+
+    Returns:
+        log p_1(x1) [B] (nats), bits per dim [B], the solver's NFE and x0 = the solve's end at t = 0.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown divergence estimator {estimator!r}; use one of {ESTIMATORS}")
@@ -221,7 +233,21 @@ def data_log_likelihood(velocity: Callable, x1: State, source: StateSource | Sou
                         generator: torch.Generator | None = None) -> LikelihoodResult:
     """:func:`log_likelihood` of the data ``x1`` under the protocol its dataset declares: with a
     ``dequantization`` its continuous fields are dequantised (one draw from ``generator``) and the
-    bits/dim include the -log(bin width) per dimension, so they bound the discrete data's NLL."""
+    bits/dim include the -log(bin width) per dimension, so they bound the discrete data's NLL.
+
+    Args:
+        velocity: the field ``velocity(x, t)``, as for :func:`log_likelihood`.
+        x1: the data batch, a state [B, ...] (``mask`` and ``cond`` allowed).
+        source: the noise distribution p_0.
+        solver: integrates the augmented ODE backward from t = 1 to 0.
+        dequantization: the dataset's declared grid (:func:`declared_likelihood`); None: continuous data.
+        estimator: the divergence: "exact", "hutchinson" or "auto".
+        generator: the random stream of the dequantisation noise (None: the global one).
+
+    Returns:
+        As :func:`log_likelihood`: log p_1 [B] (nats, of the dequantised data), bits per dim [B] that
+        bound the discrete data's NLL, NFE and x0.
+    """
     if dequantization is None:
         return log_likelihood(velocity, x1, source, solver, estimator=estimator)
     x = dict(x1)

@@ -19,6 +19,20 @@ def sample_time(n: int, kind: str = "uniform", *, mean: float = 0.0, std: float 
       molecule's bond lengths) is decided; Beta(1, 1) = uniform.
     - ``grid``: uniform over the given times ``grid`` (distillation: ``[0]`` trains the one-step map
       x0 -> x1 of stored pairs, Liu et al. 2022; ``[0, 0.5]`` a two-step student).
+
+    Args:
+        n: number of times (the batch size B).
+        kind: "uniform", "logit_normal", "beta" or "grid".
+        mean: ``logit_normal``'s location (of the normal before the sigmoid).
+        std: ``logit_normal``'s scale.
+        alpha: ``beta``'s first shape parameter.
+        beta: ``beta``'s second shape parameter.
+        device: where the times are drawn.
+        eps: clamp to [eps, 1 - eps] (0: no clamp), away from endpoints where a path may be singular.
+        grid: the times ``grid`` draws from, each in [0, 1].
+
+    Returns:
+        t [n] in [eps, 1 - eps].
     """
     if kind == "uniform":
         t = torch.rand(n, device=device)

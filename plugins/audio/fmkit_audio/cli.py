@@ -25,6 +25,7 @@ def classifier_settings(recipe) -> tuple[int, int]:
     return opts.classifier_epochs, opts.seed
 
 
+# A "\f" in a command's docstring ends its --help text (click): the Args: after it are for readers of the code.
 @app.command("train-classifier")
 def train_classifier_cmd(
     recipe: Annotated[str, typer.Argument(help="recipe file or shipped recipe name: its data section is used")]
@@ -36,7 +37,15 @@ def train_classifier_cmd(
     force: Annotated[bool, typer.Option(help="retrain even if cached")] = False,
 ) -> None:
     """Train the digit classifier of the audio_digits metric on the recipe's data (fixed seed), cache its
-    weights where the metric reads them, and print its real test accuracy (the accuracy ceiling)."""
+    weights where the metric reads them, and print its real test accuracy (the accuracy ceiling).\f
+
+    Args:
+        recipe: RECIPE, a recipe file or shipped recipe name whose data section is used.
+        set_: ``--set key.path=value`` recipe overrides.
+        epochs: ``--epochs``; None: those of the recipe's audio_digits metric.
+        seed: ``--seed``; None: that of the recipe's audio_digits metric.
+        force: ``--force``, retrain even when cached.
+    """
     from fmkit.plugin import get_registry, load_recipe
 
     from fmkit_audio.classifier import train_classifier

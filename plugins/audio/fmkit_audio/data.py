@@ -176,6 +176,15 @@ class MelDataset(Dataset):
     ``reference()`` draws from the *other* split when it has one (held-out test data for metrics of a
     run trained on ``train``); ``template()`` pads to ``max_frames`` so that every generation chunk
     has the same width.
+
+    Args:
+        clips: the recordings of every split (each clip names its own).
+        opts: the front end, trimming, cropping, limit and statistics settings.
+        split: the split this dataset serves, ``train`` or ``test``.
+        num_classes: number of labels K (labels 0..K-1); None: unlabelled, unconditional.
+        class_names: the name of each label, in label order.
+        key: a hash of the clips and settings, naming the cached normalisation statistics.
+        name: the dataset's name in errors and provenance.
     """
 
     def __init__(self, clips: Sequence[Clip], opts: CommonOptions, *, split: str, num_classes: int | None,
@@ -449,7 +458,8 @@ def build_speechcommands(root: str | None = None, download: bool = False, digits
             ds = SPEECHCOMMANDS(str(base), download=download, subset=subset)
         except (RuntimeError, OSError, FileNotFoundError) as exc:
             raise DataError(f"Speech Commands is not there: {exc}", where=str(base),
-                            fix="set data.download: true, or point data.root at torchaudio's SpeechCommands root") from None
+                            fix="set data.download: true, or point data.root at torchaudio's SpeechCommands root"
+                            ) from None
         for n in range(len(ds)):
             rel, sr, label, *_ = ds.get_metadata(n)
             if digits_only and label not in DIGITS:

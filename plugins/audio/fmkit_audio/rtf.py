@@ -1,7 +1,7 @@
 """Real-time factor (RTF) of sampling: seconds of audio produced per second of compute.
 
-Reported as in the issue (and e.g. WaveGlow/Grad-TTS tables, inverted there as compute / audio): here
-RTF > 1 means faster than real time. The flow (``nfe`` network evaluations per sample, CFG doubling
+RTF > 1 means faster than real time (some papers' tables, e.g. WaveGlow's and Grad-TTS's, report the
+inverse, compute / audio). The flow (``nfe`` network evaluations per sample, CFG doubling
 them) and the vocoder (Griffin-Lim) are timed apart, since a learned vocoder plugin would replace the
 second and not the first; ``total`` is their combination, audio / (flow + vocoder seconds).
 """

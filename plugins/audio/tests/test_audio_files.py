@@ -1,9 +1,9 @@
-"""Damaged and hostile FSDD files (issue 28): each error names the recording (the archive member), never
+"""Damaged and hostile FSDD files: each error names the recording (the archive member), never
 ``<_io.BytesIO object at 0x...>`` or a line of the plugin; members whose names leave the archive's
 folder are skipped with a note naming them (they are read, never extracted).
 
-Old code: a valid 100-sample WAV was "error in plugin 'audio' (mel.py:59) ... this is a bug in that
-plugin"; a damaged member printed the BytesIO; ``../x.wav`` members were read as training data.
+The cases the old reader got wrong: a valid but very short WAV reported as a bug in the plugin, a
+damaged member named by its BytesIO, ``../x.wav`` members read as training data.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_validate(reg, name):
     rec = load_recipe(reg.recipes()[name][0], registry=reg)
-    assert rec.model.name == "mel_unet" and rec.solver.spec().get("steps") == 32  # the issue's <= 32 NFE
+    assert rec.model.name == "mel_unet" and rec.solver.spec().get("steps") == 32  # at most 32 NFE a sample
     assert [m.name for m in rec.eval.metrics] == ["audio_digits"]
 
 

@@ -41,7 +41,21 @@ def weights_path(dataset_name: str, in_channels: int, num_classes: int) -> Path:
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs: int = 2, batch_size: int = 128,
                      lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu") -> SmallCNN:
     """Train on uint8-derived images in [-1, 1] [N, C, H, W]; seed fixed so the weights are reproducible
-    (the same initial weights and batch order on any ``device``; the network comes back on the CPU)."""
+    (the same initial weights and batch order on any ``device``; the network comes back on the CPU).
+
+    Args:
+        images: the training images in [-1, 1] [N, C, H, W].
+        labels: their classes in [0, num_classes) [N] (int64).
+        num_classes: number of classes K.
+        epochs: passes over the data.
+        batch_size: images per optimizer step (a last partial batch is skipped).
+        lr: the peak learning rate of the one-cycle schedule.
+        seed: fixes the initial weights and the batch order.
+        device: where to train.
+
+    Returns:
+        The trained :class:`SmallCNN`, in eval mode on the CPU.
+    """
     torch.manual_seed(seed)
     dev = torch.device(device)
     net = SmallCNN(images.shape[1], num_classes).to(dev)

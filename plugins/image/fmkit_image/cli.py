@@ -15,6 +15,7 @@ def _group() -> None:
     """Image plugin commands."""
 
 
+# A "\f" in a command's docstring ends its --help text (click): the Args: after it are for readers of the code.
 @app.command("train-classifier")
 def train_classifier_cmd(
     dataset: Annotated[str, typer.Option(help="mnist, fashion_mnist or cifar10")] = "mnist",
@@ -25,7 +26,17 @@ def train_classifier_cmd(
     force: Annotated[bool, typer.Option(help="retrain even if cached")] = False,
     device: Annotated[str, typer.Option(help="where to train it: cpu or cuda (the metric runs it on the CPU)")] = "cpu",
 ) -> None:
-    """Train the small CNN that judges samples (seed 0), cache its weights, print its real test accuracy."""
+    """Train the small CNN that judges samples (seed 0), cache its weights, print its real test accuracy.\f
+
+    Args:
+        dataset: ``--dataset``: mnist, fashion_mnist or cifar10.
+        root: ``--root``, the data folder; None: ``$FMKIT_DATA_DIR/<dataset>``.
+        epochs: ``--epochs``, passes over the training images.
+        limit: ``--limit``, the first N training images only; None: all.
+        out: ``--out``, the weights file; None: the cache the metric reads.
+        force: ``--force``, retrain even when cached.
+        device: ``--device`` to train on, cpu or cuda (the metric runs it on the CPU).
+    """
     import torch
 
     from fmkit_image import data as d

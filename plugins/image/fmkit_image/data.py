@@ -184,7 +184,17 @@ def layout_mnist(src: Path, kind: str = "MNIST") -> Path:
 
 
 class ImageDataset(Dataset):
-    """In-memory uint8 images [N, C, H, W] + labels [N]; a held-out split for ``reference()``."""
+    """In-memory uint8 images [N, C, H, W] + labels [N]; a held-out split for ``reference()``.
+
+    Args:
+        train: the training images, uint8 [N, C, H, W].
+        labels: their classes [N] (integers from 0).
+        test: held-out images uint8 [M, C, H, W] for metrics; None: metrics draw from ``train``.
+        test_labels: their classes [M].
+        classes: the class names; None: "0", "1", ... up to the largest label.
+        hflip: add each training image mirrored left-right as an example of its own (twice the data).
+        name: the dataset's name in errors and provenance.
+    """
 
     def __init__(self, train: Tensor, labels: Tensor, test: Tensor | None = None, test_labels: Tensor | None = None,
                  *, classes: list[str] | None = None, hflip: bool = False, name: str = "images") -> None:
@@ -243,7 +253,8 @@ class ImageDataset(Dataset):
 
 class TorchvisionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    root: str | None = Field(None, description="data folder (default: $FMKIT_DATA_DIR/<dataset>, else ~/.cache/fmkit/data/<dataset>)")
+    root: str | None = Field(None, description="data folder (default: $FMKIT_DATA_DIR/<dataset>, "
+                                               "else ~/.cache/fmkit/data/<dataset>)")
     download: bool = Field(False, description="fetch the files with torchvision's download code when missing")
     limit: int | None = Field(None, ge=1, description="use only the first N training images (tests, pilots)")
     test_limit: int | None = Field(None, ge=1, description="use only the first N test images")
@@ -279,17 +290,50 @@ def _mnist_like(kind: str, folder: str, root, download, limit, test_limit, hflip
 
 
 def build_mnist(root=None, download=False, limit=None, test_limit=None, hflip=None) -> ImageDataset:
-    """MNIST digits, 1x28x28 (LeCun et al. 1998)."""
+    """MNIST digits, 1x28x28 (LeCun et al. 1998).
+
+    Args:
+        root: the data folder; None: ``$FMKIT_DATA_DIR/mnist``, else ``~/.cache/fmkit/data/mnist``.
+        download: fetch missing files with torchvision's download code.
+        limit: use only the first N training images (tests, pilots); None: all.
+        test_limit: use only the first N test images; None: all.
+        hflip: add the training images mirrored left-right (twice the data); None: off.
+
+    Returns:
+        The training split with the test split held out for metrics (uint8 [N, 1, 28, 28], labels [N]).
+    """
     return _mnist_like("MNIST", "mnist", root, download, limit, test_limit, hflip)
 
 
 def build_fashion_mnist(root=None, download=False, limit=None, test_limit=None, hflip=None) -> ImageDataset:
-    """Fashion-MNIST, 1x28x28 (Xiao et al. 2017); flips off by default (the recipes may turn them on)."""
+    """Fashion-MNIST, 1x28x28 (Xiao et al. 2017); flips off by default (the recipes may turn them on).
+
+    Args:
+        root: the data folder; None: ``$FMKIT_DATA_DIR/fashion_mnist``, else ``~/.cache/fmkit/data/fashion_mnist``.
+        download: fetch missing files with torchvision's download code.
+        limit: use only the first N training images (tests, pilots); None: all.
+        test_limit: use only the first N test images; None: all.
+        hflip: add the training images mirrored left-right (twice the data); None: off.
+
+    Returns:
+        The training split with the test split held out for metrics (uint8 [N, 1, 28, 28], labels [N]).
+    """
     return _mnist_like("FashionMNIST", "fashion_mnist", root, download, limit, test_limit, hflip)
 
 
 def build_cifar10(root=None, download=False, limit=None, test_limit=None, hflip=None) -> ImageDataset:
-    """CIFAR-10, 3x32x32 (Krizhevsky 2009), through torchvision.datasets.CIFAR10 (its download code)."""
+    """CIFAR-10, 3x32x32 (Krizhevsky 2009), through torchvision.datasets.CIFAR10 (its download code).
+
+    Args:
+        root: the data folder; None: ``$FMKIT_DATA_DIR/cifar10``, else ``~/.cache/fmkit/data/cifar10``.
+        download: fetch missing files with torchvision's download code.
+        limit: use only the first N training images (tests, pilots); None: all.
+        test_limit: use only the first N test images; None: all.
+        hflip: add the training images mirrored left-right (twice the data); None: on.
+
+    Returns:
+        The training split with the test split held out for metrics (uint8 [N, 3, 32, 32], labels [N]).
+    """
     tv = _torchvision()
     src = data_root(root, "cifar10")
     if not download and not (src / "cifar-10-batches-py").is_dir():
@@ -309,7 +353,8 @@ def build_cifar10(root=None, download=False, limit=None, test_limit=None, hflip=
 class ImageFolderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: str = Field(..., description="folder with one sub-folder of images per class (torchvision ImageFolder)")
-    test_root: str | None = Field(None, description="a held-out folder of the same layout (default: none; metrics use training images)")
+    test_root: str | None = Field(None, description="a held-out folder of the same layout "
+                                                    "(default: none; metrics use training images)")
     size: int = Field(64, ge=4, description="images are resized (shorter side) and centre-cropped to size x size")
     channels: int = Field(3, description="3 (RGB) or 1 (grey)")
     hflip: bool = Field(True, description="horizontal flips")
@@ -322,13 +367,15 @@ def _load_folder(root: str, size: int, channels: int, limit: int | None) -> tupl
 
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DataError(f"no image folder {path}", where="data.root", fix="point data.root at a folder of class sub-folders")
+        raise DataError(f"no image folder {path}", where="data.root",
+                        fix="point data.root at a folder of class sub-folders")
     tf = v2.Compose([v2.Grayscale() if channels == 1 else v2.RGB(), v2.Resize(size), v2.CenterCrop(size),
                      v2.PILToTensor()])
     try:
         ds = tv.datasets.ImageFolder(str(path), transform=tf)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path}: {exc}", where="data.root", fix="one sub-folder per class, holding .png/.jpg files") from None
+        raise DataError(f"{path}: {exc}", where="data.root",
+                        fix="one sub-folder per class, holding .png/.jpg files") from None
     n = min(len(ds), limit) if limit else len(ds)
     imgs, labels = [], []
     for i in range(n):
@@ -343,7 +390,19 @@ def _load_folder(root: str, size: int, channels: int, limit: int | None) -> tupl
 
 
 def build_image_folder(root: str, test_root=None, size=64, channels=3, hflip=True, limit=None) -> ImageDataset:
-    """A user's own images: ``root/<class>/*.png``, resized and centre-cropped to ``size``."""
+    """A user's own images: ``root/<class>/*.png``, resized and centre-cropped to ``size``.
+
+    Args:
+        root: a folder with one sub-folder of images per class (torchvision's ImageFolder layout).
+        test_root: a held-out folder of the same classes for metrics; None: metrics use training images.
+        size: side in pixels: the shorter side is resized to it, then centre-cropped to size x size.
+        channels: 3 (RGB) or 1 (grey).
+        hflip: add the training images mirrored left-right (twice the data).
+        limit: use only the first N images of ``root``; None: all.
+
+    Returns:
+        The images, uint8 [N, channels, size, size], labelled by sub-folder (sorted class names).
+    """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}", where="data.channels", fix="use 1 or 3")
     x, y, classes = _load_folder(root, size, channels, limit)

@@ -65,7 +65,8 @@ def _require_torchmetrics():
         raise DependencyError(f"the fid metric needs torchmetrics ({exc})", where="eval.metrics: fid",
                               fix="pip install 'fmkit-image[fid]'  (torchmetrics[image], with torch-fidelity)") from exc
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise DependencyError("the fid metric needs torch-fidelity (torchmetrics' Inception)", where="eval.metrics: fid",
+        raise DependencyError("the fid metric needs torch-fidelity (torchmetrics' Inception)",
+                              where="eval.metrics: fid",
                               fix="pip install 'fmkit-image[fid]'  (or pip install torch-fidelity)")
     return FrechetInceptionDistance
 
@@ -78,7 +79,15 @@ def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
 
 class FIDMetric:
     """FID of the samples against the same number of held-out real images (``dataset.reference(n)``); the
-    weights are checked when the metric is built (the recipe's build), before any training."""
+    weights are checked when the metric is built (the recipe's build), before any training.
+
+    Args:
+        weights: the Inception weights file; None: ``$FMKIT_INCEPTION_WEIGHTS``, then torch hub's cache.
+        feature: the Inception layer whose features are compared (64, 192, 768 or 2048: the usual FID).
+        batch_size: images per Inception call (bounds its memory).
+        device: where Inception runs.
+        data_info: the recipe's data description (accepted from the build context, not used).
+    """
 
     def __init__(self, weights: str | None = None, feature: int = 2048, batch_size: int = 100, device: str = "cpu",
                  data_info=None) -> None:

@@ -42,7 +42,20 @@ def bits_per_dim(velocity: Callable, u8: Tensor, source, solver, *, cond: Tensor
                  device: torch.device | str = "cpu") -> BPDResult:
     """Dequantised bits/dim of uint8 images [N, C, H, W] under ``velocity(state, t) -> state``.
 
-    ``cond`` labels ride along with each image (for a class-conditional model: log p(x | c)).
+    Args:
+        velocity: the model's field ``velocity(x, t)``, x a state {"x": [B, C, H, W]}, t a scalar.
+        u8: the images, uint8 [N, C, H, W].
+        source: the flow's source p_0, with a closed-form ``log_prob``.
+        solver: integrates the field and the divergence from t = 1 back to 0.
+        cond: class labels [N] riding with the images (a class-conditional model: log p(x | c)); None: none.
+        draws: dequantisation noises averaged per image.
+        estimator: the divergence estimator, ``exact``, ``hutchinson`` or ``auto``.
+        batch_size: images per solve.
+        seed: seeds the dequantisation noise.
+        device: where the solves run (the results come back on the CPU).
+
+    Returns:
+        The mean bits/dim, each image's [N] (float64), the draws, the NFE of one solve and the estimator.
     """
     g = torch.Generator().manual_seed(seed)
     dims = u8[0].numel()

@@ -25,9 +25,9 @@ def test_bpd_of_known_gaussian_flow_matches_closed_form():
 
 
 def test_image_data_declares_dequantisation_for_fmkit_evaluate():
-    """`fmkit evaluate --likelihood` reads the dataset's declaration (issue 28: it scored the pixels at
-    their bin centres, and a guided MNIST run printed -3.38 bits/dim): 8-bit images are dequantised
-    over [-1, 1] with this plugin's offset, and one draw of the core's protocol matches ``bits_per_dim``."""
+    """`fmkit evaluate --likelihood` reads the dataset's declaration: 8-bit images are dequantised over
+    [-1, 1] with this plugin's offset, and one draw of the core's protocol matches ``bits_per_dim``
+    (scoring the pixels at their bin centres gave negative bits/dim)."""
     from fmkit.plugin import data_log_likelihood, declared_likelihood
     from fmkit_image.data import ImageDataset
     from fmkit_image.likelihood import OFFSET_PER_DIM

@@ -1,9 +1,9 @@
-"""Hostile and damaged MNIST files (issue 28): the cache keeps one copy per source folder in every
+"""Hostile and damaged MNIST files: the cache keeps one copy per source folder in every
 process, decompresses only what each IDX header declares (a gzip bomb is refused after a few bytes,
 leaving nothing in the cache), and every refusal names the bad file, not the cache folder.
 
-Each case failed on the code before it: a cache key salted per process (one more 53 MB copy per run),
-a 4 GB decompression kept in the cache, ``invalid literal for int() with base 16: b''``.
+The cases the old reader got wrong: a cache key salted per process (one more copy of the data per
+run), a bomb's decompression kept in the cache, an empty file refused without its name.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_a_bomb_of_zeros_is_not_an_idx_file(tmp_path):
 
 
 def test_a_zero_byte_labels_file_is_named(tmp_path):
-    """Old code: ``invalid literal for int() with base 16: b''``, naming no file."""
+    """An empty labels file is refused naming the file, not with a parse error that names none."""
     src = tmp_path / "mnist"
     write_idx(src, 20, 10)
     (src / "train-labels-idx1-ubyte.gz").unlink()

@@ -98,7 +98,8 @@ def rdkit_perceived(types: np.ndarray, pos: np.ndarray, cov_factor: float = COV_
     connectivity, d < ``cov_factor`` (r_i + r_j), then its bond orders (Kim & Kim 2015) for total
     charge 0), sanitised; None if impossible or chemically implausible: any radical, or a formal
     charge other than +-1 on N or O (zwitterions such as NH3+ / COO- are allowed, a bare [H+] or [C-]
-    is not). RDKit's default connect-the-dots rule would reject 5% of real QM9 molecules."""
+    is not). RDKit's default connect-the-dots rule would reject real QM9 molecules with strained rings
+    (docs/molecules.md gives the share)."""
     n = len(types)
     block = f"{n}\n\n" + "\n".join(
         f"{ELEMENTS[int(t)]} {x:.6f} {y:.6f} {z:.6f}" for t, (x, y, z) in zip(types, np.asarray(pos, float)))

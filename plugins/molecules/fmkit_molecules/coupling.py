@@ -53,11 +53,22 @@ def radial_matching(ra: Tensor, rb: Tensor) -> Tensor:
 
 def align_pairs(x0: Tensor, x1: Tensor, *, iters: int = 2, permute: bool = True, rotate: bool = True,
                 types0: Tensor | None = None, types1: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Align each noise cloud ``x0[p]`` [P, n, 3] to ``x1[p]`` (both centred, no padding).
+    """Align each noise cloud ``x0[p]`` [P, n, 3] to ``x1[p]`` (both centred, no padding), so that
+    the pair's straight path does not waste motion on a rotation or a relabelling of the atoms.
 
-    Returns ``(perm [P, n] long, R [P, 3, 3], cost [P])`` such that
-    ``x0[p, perm[p]] @ R[p].T`` is the aligned noise and ``cost`` its squared distance to ``x1[p]``.
-    With ``types0``/``types1`` ([P, n] long) only atoms of the same element are permuted to each other.
+    Args:
+        x0: the noise positions [P, n, 3] (Angstrom), centred.
+        x1: the data positions [P, n, 3], centred; pair p is (x0[p], x1[p]).
+        iters: rounds of (Kabsch rotation, Hungarian permutation), alternated.
+        permute: optimise the atom order of the noise (Hungarian).
+        rotate: optimise the orientation of the noise (Kabsch).
+        types0: element of each noise atom [P, n] (long); with ``types1``, only equal elements are matched.
+        types1: element of each data atom [P, n] (long).
+
+    Returns:
+        ``(perm [P, n] long, R [P, 3, 3], cost [P])`` such that ``x0[p, perm[p]] @ R[p].T`` is the
+        aligned noise and ``cost`` its squared distance to ``x1[p]`` (Angstrom^2), never above the
+        unaligned pair's cost after the best rotation alone.
     """
     p, n, _ = x0.shape
     dt = torch.float64
@@ -115,6 +126,14 @@ class EquivariantOTCoupling(Coupling):
 
     ``host``: all of it is CPU work (``iters`` Hungarian solves per candidate pair), so the trainer runs it in
     its DataLoader workers, ahead of the step (``trainer.pairing: auto``).
+
+    Args:
+        iters: rounds of (Kabsch rotation, Hungarian permutation) per candidate pair.
+        permute: optimise the atom order of the noise (Hungarian, within each element).
+        rotate: optimise the orientation of the noise (Kabsch).
+        batch_ot: re-pair molecules by exact OT on the aligned costs; False: keep the drawn pairs.
+        max_group: OT among at most this many same-size molecules at a time (its cost grows as the square).
+        pos_field: the state field holding the positions [B, N, 3].
     """
 
     host = True

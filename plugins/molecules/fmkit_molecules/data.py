@@ -32,6 +32,16 @@ class MoleculeDataset(Dataset):
     With ``graph`` (a :class:`~fmkit_molecules.qm9.PackedGraph` aligned with ``packed``) the examples
     also hold ``charges`` and ``bonds``; molecules whose graph could not be assigned are dropped
     (counted in ``graph_dropped``, with a note), so training only sees sanitizable graphs.
+
+    Args:
+        packed: all molecules of the source (atoms, positions in Angstrom, ids).
+        indices: the molecules of this dataset (a split) into ``packed``; None: all.
+        atom_encoding: "categorical" (atom types [n] as class indices) or "onehot" ([n, K] floats).
+        max_atoms: the most atoms a molecule may have (a larger one is refused with a DataError).
+        name: the dataset's name in notes and errors.
+        source: the file it was read from, for notes and errors.
+        smiles_cache: name of the on-disk cache of the training SMILES (novelty); None: not cached.
+        graph: bonds and charges aligned with ``packed``; None: positions and atoms only.
     """
 
     def __init__(self, packed: qm9.Packed, indices: Sequence[int] | np.ndarray | None = None, *,
@@ -58,7 +68,8 @@ class MoleculeDataset(Dataset):
                          "(fmkit_molecules/perceive.py)")
         self.atom_encoding = atom_encoding
         self.num_classes = len(ELEMENTS)
-        counts = packed.counts[torch.from_numpy(self.indices)] if len(self.indices) else torch.zeros(0, dtype=torch.long)
+        counts = (packed.counts[torch.from_numpy(self.indices)] if len(self.indices)
+                  else torch.zeros(0, dtype=torch.long))
         self.counts = counts.numpy().astype(np.int64)
         if len(self.counts) and int(self.counts.max()) > max_atoms:
             worst = int(np.argmax(self.counts))
@@ -175,7 +186,8 @@ class QM9Options(BaseModel):
 
     split: Literal["train", "valid", "test", "all"] = "train"
     atom_encoding: AtomEncoding = "categorical"
-    root: str | None = Field(None, description="data root holding qm9/ (default: $FMKIT_DATA_DIR, else ~/.cache/fmkit/data)")
+    root: str | None = Field(None, description="data root holding qm9/ "
+                                               "(default: $FMKIT_DATA_DIR, else ~/.cache/fmkit/data)")
     prefer: Literal["auto", "tar", "xyz"] = "auto"
     download: bool = Field(False, description="download the original release into the data root if missing")
     max_atoms: int = Field(29, ge=1)
@@ -190,7 +202,22 @@ def build_qm9(split: str = "train", atom_encoding: AtomEncoding = "categorical",
               prefer: str = "auto", download: bool = False, max_atoms: int = 29, limit: int | None = None,
               cache: bool = True, bonds: bool = False) -> MoleculeDataset:
     """QM9 3-D molecules (Ramakrishnan et al. 2014) with the EDM train/valid/test proportions; with
-    ``bonds`` also their bond graph and formal charges (:func:`~fmkit_molecules.qm9.load_graph`)."""
+    ``bonds`` also their bond graph and formal charges (:func:`~fmkit_molecules.qm9.load_graph`).
+
+    Args:
+        split: "train", "valid", "test" or "all" (EDM proportions, fixed by molecule id).
+        atom_encoding: "categorical" (class indices) or "onehot".
+        root: the data root holding qm9/; None: ``$FMKIT_DATA_DIR``, else ``~/.cache/fmkit/data``.
+        prefer: which file to read when both exist: "tar" (the original release), "xyz" or "auto" (tar first).
+        download: download the original release into the data root if no QM9 file is there.
+        max_atoms: the most atoms a molecule may have.
+        limit: keep only the first ``limit`` molecules of the split in id order (QM9's smallest); None: all.
+        cache: read and write the parsed molecules, graphs and SMILES caches.
+        bonds: also serve the bond graph and charges (molecules without a valid graph are dropped).
+
+    Returns:
+        The split as a MoleculeDataset (positions centred, in Angstrom).
+    """
     folder = qm9.data_dir(root)
     try:
         path = qm9.find_source(folder, prefer)
@@ -233,7 +260,18 @@ class XYZMoleculesOptions(BaseModel):
 
 def build_xyz(path: str, split: str = "all", atom_encoding: AtomEncoding = "categorical",
               max_atoms: int = 29, bonds: bool = False) -> MoleculeDataset:
-    """Molecules of a multi-frame XYZ file, cut into the QM9 split proportions (by record id)."""
+    """Molecules of a multi-frame XYZ file, cut into the QM9 split proportions (by record id).
+
+    Args:
+        path: the multi-frame XYZ file (count line, comment, ``El x y z`` lines in Angstrom).
+        split: "train", "valid", "test" or "all".
+        atom_encoding: "categorical" (class indices) or "onehot".
+        max_atoms: the most atoms a molecule may have.
+        bonds: also perceive and serve the bond graph and charges (in memory, not cached).
+
+    Returns:
+        The split as a MoleculeDataset (positions centred, in Angstrom).
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"no such XYZ file: {p}", where="dataset xyz_molecules.path",

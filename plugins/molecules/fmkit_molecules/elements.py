@@ -26,7 +26,7 @@ VALENCE: tuple[int, ...] = (1, 4, 3, 2, 1)
 
 #: RDKit perception (metrics' table 2): a pair is bonded below this factor times the sum of RDKit's
 #: covalent radii (xyz2mol's rule). Its default 1.3 bonds the 1,3 carbons of QM9's strained rings,
-#: 1.8-2.0 A apart; docs/molecules.md gives the share of QM9 perceived valid by factor (1.15: 99.98%)
+#: 1.8-2.0 A apart; docs/molecules.md gives the share of QM9 perceived valid by factor
 COV_FACTOR = 1.15
 
 #: EDM margins (pm) added to the single/double/triple reference lengths

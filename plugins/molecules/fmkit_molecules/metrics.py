@@ -93,7 +93,8 @@ class MoleculeMetricsOptions(BaseModel):
                           "its split and limit (computed once, cached)")
     rdkit_protocol: bool = Field(True, description="also report RDKit-perceived validity (table 2)")
     rdkit_cov_factor: float = Field(COV_FACTOR, gt=1.0, le=1.5, description="table 2: bonded below this factor times "
-                                    "the sum of covalent radii (xyz2mol's default 1.3 rejects 5% of QM9)")
+                                    "the sum of covalent radii (xyz2mol's default 1.3 bonds the 1,3 carbons of QM9's "
+                                    "strained rings: docs/molecules.md)")
     max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
     graph_protocol: bool = Field(True, description="table 3, samples with generated bonds and charges: stability, "
                                  "validity, uniqueness, novelty of the generated graph (SemlaFlow)")
@@ -111,7 +112,20 @@ class MoleculeMetrics:
     """``metric(samples, dataset) -> dict``: EDM stability/validity/uniqueness/novelty plus table 2, and,
     when the samples carry generated ``bonds`` and ``charges``, the generated-bond protocol (table 3,
     :mod:`fmkit_molecules.graph_metrics`) and the geometry check (table 4,
-    :mod:`fmkit_molecules.geometry_metrics`) on the same samples."""
+    :mod:`fmkit_molecules.geometry_metrics`) on the same samples.
+
+    Args:
+        novelty: compare with the SMILES of the data trained on (the recipe's dataset, split and limit).
+        rdkit_protocol: also report RDKit-perceived validity (table 2).
+        rdkit_cov_factor: table 2: bonded below this factor times the sum of the covalent radii.
+        max_samples: evaluate at most this many samples; None: all.
+        graph_protocol: table 3 on samples with generated bonds and charges (SemlaFlow's protocol).
+        graph_valence: table 3's allowed valences: "octet" (exact) or "semlaflow" (their lenient table).
+        geometry: table 4: W1 of bond lengths (Angstrom) and angles (degrees) per kind against the data.
+        geometry_reference: table 4: molecules of the dataset in its reference (a fixed seeded subsample).
+        strain: table 4: also the median MMFF strain of the valid molecules (kcal/mol; slower).
+        strain_iters: MMFF minimisation steps of the strain (a short relaxation).
+    """
 
     #: table 2 (every sample set); a class attribute, as callers read it (``MoleculeMetrics.tables``)
     tables = {"table 2: connectivity and RDKit perception": ["connected_validity", "rdkit_validity",

@@ -4,7 +4,7 @@ design trains on (vocabulary in :mod:`fmkit_molecules.graph`).
 RDKit's ``rdDetermineBonds`` for total charge 0: connectivity, then bond orders and charges by the
 xyz2mol algorithm (Kim & Kim 2015, "Universal structure conversion method for organic molecules").
 Connectivity is first RDKit's default connect-the-dots rule; where that yields no sanitizable
-molecule (5.3% of QM9 in the issue's measurement, mostly strained rings and long bonds) it is retried
+molecule (a few percent of QM9, mostly strained rings and long bonds: docs/molecules.md) it is retried
 with extended-Hückel connectivity (YAeHMOP, ``useHueckel=True``). The result is kekulized (orders
 1/2/3, no aromatic class) and accepted only when the graph rebuilt from the returned arrays alone --
 atoms with explicit hydrogens, bond orders, formal charges -- sanitizes, so it is exactly what a
@@ -34,7 +34,8 @@ RDLogger.DisableLog("rdApp.*")
 METHODS: tuple[str, ...] = ("default", "hueckel")
 _ORDER = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3}
 _BOND_TYPE = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
-#: molecules per work item of :func:`perceive_packed` (~0.5 s of work each)
+#: molecules per work item of :func:`perceive_packed`: enough work per item that the process pool's
+#: per-item overhead stays small
 CHUNK = 1000
 
 
@@ -216,7 +217,18 @@ def perceive_packed(atoms: np.ndarray, pos: np.ndarray, offsets: np.ndarray, *, 
                     progress: Callable[[int], None] | None = None) -> PerceivedChunk:
     """:func:`perceive_chunk` over all molecules, in chunks of :data:`CHUNK` molecules spread over up
     to ``processes`` worker processes (results in molecule order, so the output does not depend on
-    ``processes``). ``progress(k)`` is called as each chunk of ``k`` molecules is done."""
+    ``processes``).
+
+    Args:
+        atoms: atom classes of all molecules, concatenated [A].
+        pos: their positions [A, 3] (Angstrom).
+        offsets: molecule m is ``offsets[m]:offsets[m+1]`` [M+1], starting at 0.
+        processes: most worker processes (capped at the CPU count and the number of chunks).
+        progress: called with ``k`` as each chunk of ``k`` molecules is done; None: silent.
+
+    Returns:
+        The graphs of all M molecules, packed, in molecule order.
+    """
     offsets = np.asarray(offsets, dtype=np.int64)
     m = len(offsets) - 1
     jobs = []

@@ -75,9 +75,9 @@ def test_invariant_to_rotating_the_data():
 
 
 def test_the_guard_itself_is_rotation_invariant():
-    """Old code: a pair whose alignment cost more than the pair as given fell back to it unrotated, a
-    cost that depends on the data's orientation; in 37 of these 20,000 random 4-atom pairs (iters=1) the aligned noise
-    then did not rotate with the data. The fallback is now the pair as given rotated by Kabsch."""
+    """The guard against an alignment costlier than the pair as given is rotation invariant: its
+    fallback is the given pair rotated by Kabsch, so the aligned noise rotates with the data (falling
+    back to the pair unrotated made the result depend on the data's orientation)."""
     g = torch.Generator().manual_seed(0)
     a = remove_mean(torch.randn(20_000, 4, 3, generator=g, dtype=torch.float64), None)
     b = remove_mean(torch.randn(20_000, 4, 3, generator=g, dtype=torch.float64), None)

@@ -201,7 +201,7 @@ def test_truncated_archive_is_a_data_error_naming_the_file(tmp_path, cache, monk
 
 def test_a_corrupt_xyz_file_of_the_users_own_gets_no_qm9_advice(tmp_path):
     """xyz_molecules reads any XYZ file: a broken one of the user's is not told to switch to QM9's
-    tarball with `download: true`, an option that dataset does not have (old code said so)."""
+    tarball with `download: true`, an option that dataset does not have."""
     from fmkit_molecules.data import build_xyz
 
     payload = lzma.compress(("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n" * 200).encode())
@@ -365,9 +365,10 @@ def test_split_parts_are_in_id_order_whatever_the_file_order():
         assert got == [ids[i] for i in qm9.split_indices(ids, split)]  # so `limit` keeps the same molecules
 
 
-# -- implausible geometry, unreadable files (reliability round two) --------------------------------------
+# -- implausible geometry, unreadable files ------------------------------------------------------------
 def test_an_atom_at_1e30_angstrom_is_refused_naming_its_line():
-    """Old code kept the record: one 1e30 coordinate makes every loss of its batches Inf."""
+    """A coordinate beyond 10,000 Å is refused naming its line (kept, one such atom makes every loss of
+    its batches Inf)."""
     lines = ["2", "x", "C 0.0 0.0 0.0", "H 1e30 0.0 0.0"]
     item, _ = parse_frame(lines, 0, "m")
     assert isinstance(item, Failure), item
@@ -375,7 +376,8 @@ def test_an_atom_at_1e30_angstrom_is_refused_naming_its_line():
 
 
 def test_atoms_on_one_point_are_refused():
-    """Old code kept a molecule whose atoms all sit at the origin (zero distances: no bonds, NaN angles)."""
+    """A molecule with two atoms at one point is refused (zero distances: no bonds, NaN angles); the
+    shortest real bond is kept."""
     lines = ["3", "x", "C 0 0 0", "H 0 0 0", "H 0 0 0"]
     item, _ = parse_frame(lines, 0, "m")
     assert isinstance(item, Failure) and "two atoms 0 Å apart" in item.reason, item
@@ -384,7 +386,7 @@ def test_atoms_on_one_point_are_refused():
 
 
 def test_unreadable_xyz_is_a_permission_error_not_corruption(tmp_path, monkeypatch):
-    """Old code: "the file is truncated or corrupt (PermissionError ...)" for a file it may not read.
+    """A file it may not read is a permission error with a fix, not "the file is truncated or corrupt".
     Root reads any file, so the open is denied the way it is for a user without read permission."""
     f = tmp_path / "mine.xyz"
     f.write_text("1\nx\nC 0 0 0\n")
@@ -400,7 +402,8 @@ def test_unreadable_xyz_is_a_permission_error_not_corruption(tmp_path, monkeypat
 
 
 def test_uncharacterised_molecules_are_dropped_and_counted(tmp_path, capsys):
-    """Old code kept the 3,054 molecules QM9's authors list as uncharacterised; EDM drops them."""
+    """The molecules QM9's authors list as uncharacterised are dropped from QM9 and counted, as EDM
+    drops them; a user's own XYZ file keeps every record."""
     ids = qm9.uncharacterised_ids()
     assert len(ids) == 3054 and {"dsgdb9nsd_000058", "dsgdb9nsd_133866"} <= ids and "dsgdb9nsd_000001" not in ids
     files = {}

@@ -262,7 +262,20 @@ def save_pairs(out: str | Path, x0: State, x1: State, info: DataInfo, *, shard_s
                teacher: Mapping[str, Any] | None = None, note: str | None = None) -> Path:
     """Store pairs made elsewhere (``x0`` fields; ``x1`` with its mask and cond, batch first) as a
     pairs folder that :class:`PairsDataset` serves: e.g. a known map, or another library's samples.
-    Refuses a folder that holds anything already."""
+    Refuses a folder that holds anything already.
+
+    Args:
+        out: the pairs folder to write (new or empty; made with its parents).
+        x0: the starting points, one tensor [N, ...] per field (a mask or cond in it is not stored).
+        x1: their end points, the same fields [N, ...], with ``mask`` and ``cond`` when the data has them.
+        info: the data's description, stored so that the folder serves as a dataset of that data.
+        shard_size: pairs per safetensors shard.
+        teacher: what made the pairs (JSON-able), kept in the manifest; None: nothing recorded.
+        note: how they were made, the manifest's solver entry; None: "given".
+
+    Returns:
+        ``out`` as a Path, holding a complete manifest and its shards.
+    """
     from fmkit.errors import OutputError
 
     out = Path(out)

@@ -61,7 +61,18 @@ def checkerboard(n: int, g: torch.Generator | None, size: float = 4.0) -> tuple[
 
 def circles(n: int, g: torch.Generator | None, noise: float = 0.05, factor: float = 0.5, scale: float = 3.0
             ) -> tuple[Tensor, Tensor]:
-    """Two concentric circles (outer radius ``scale``, inner ``factor * scale``)."""
+    """Two concentric circles (outer radius ``scale``, inner ``factor * scale``).
+
+    Args:
+        n: number of points.
+        g: the random generator; None: the global CPU RNG.
+        noise: standard deviation of the Gaussian noise added to each point, before scaling.
+        factor: inner radius over outer radius, in (0, 1).
+        scale: the outer radius.
+
+    Returns:
+        Points [n, 2] and their circle [n] (0 outer, 1 inner).
+    """
     y = torch.randint(0, 2, (n,), generator=g)
     th = torch.rand(n, generator=g) * 2 * math.pi
     r = torch.where(y == 1, factor, 1.0)
@@ -119,7 +130,7 @@ class ToyDataset(Dataset):
 
     def get_batch(self, idx: Indices) -> State:
         """Fast path: one tensor gather instead of per-item calls."""
-        i = torch.from_numpy(np.asarray(idx, dtype=np.int64))  # free for int64 arrays; 6x as_tensor(list)
+        i = torch.from_numpy(np.asarray(idx, dtype=np.int64))  # no copy for an int64 array
         out = {"x": self.x[i]}
         if self.conditional:
             out["cond"] = self.y[i]

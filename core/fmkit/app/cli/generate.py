@@ -26,6 +26,7 @@ SourceArg = Annotated[str, typer.Argument(metavar="RUN", help="run directory, mo
                                           "hf://ORG/NAME[@REVISION] (Hugging Face Hub, through its cache)")]
 
 
+# A "\f" in a command's docstring ends its --help text (click): the Args: after it are for readers of the code.
 @app.command()
 def sample(
     run: SourceArg,
@@ -45,7 +46,22 @@ def sample(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate samples from a trained run, a model folder or hf://, and write them (artefacts + safetensors)."""
+    """Generate samples from a trained run, a model folder or hf://, and write them (artefacts + safetensors).\f
+
+    Args:
+        run: RUN, a run directory, a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]``.
+        n: ``--num``, the number of samples.
+        solver: ``--solver``, a solver name; None: the recipe's.
+        steps: ``--steps`` of a fixed-step solver; None: the recipe's.
+        rtol: ``--rtol`` of an adaptive solver; None: the recipe's.
+        atol: ``--atol`` of an adaptive solver; None: the recipe's.
+        out: ``--out``, the folder's name inside RUN/samples; None: a new ``cli-<time>`` folder.
+        overwrite: ``--overwrite``, write into an existing non-empty ``--out`` folder.
+        seed: ``--seed`` of the samples.
+        guidance: ``--guidance``, the classifier-free guidance scale; None: the recipe's.
+        checkpoint: ``--checkpoint``, an older checkpoint's step or folder; None: the newest.
+        set_: ``--set key.path=value`` recipe overrides.
+    """
     import torch
 
     from fmkit.engine.evaluation import each, sample_in_chunks
@@ -105,7 +121,8 @@ def evaluate(
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="absolute tolerance (adaptive solvers)")] = None,
-    likelihood: Annotated[bool, typer.Option("--likelihood", help="also NLL / bits per dim of data (see --estimator)")] = False,
+    likelihood: Annotated[bool, typer.Option("--likelihood", help="also NLL / bits per dim of data (see "
+                                             "--estimator)")] = False,
     likelihood_n: Annotated[int, typer.Option(min=1, help="data points for the likelihood")] = 500,
     estimator: Annotated[str, typer.Option(help="divergence (--likelihood): auto (exact up to 32 dims per "
                                                 "example, else hutchinson), exact or hutchinson")] = "auto",
@@ -114,7 +131,23 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Sample from a run (or a model folder, hf://) and print its metrics (and optionally the test log-likelihood)."""
+    """Sample from a run (or a model folder, hf://) and print its metrics (and optionally the test log-likelihood).\f
+
+    Args:
+        run: RUN, a run directory, a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]``.
+        n: ``--num``, the number of samples for the metrics; None: the recipe's ``eval.num_samples``.
+        solver: ``--solver``, a solver name; None: the recipe's.
+        steps: ``--steps`` of a fixed-step solver; None: the recipe's.
+        rtol: ``--rtol`` of an adaptive solver; None: the recipe's.
+        atol: ``--atol`` of an adaptive solver; None: the recipe's.
+        likelihood: ``--likelihood``, also the NLL and bits/dim of held-out data.
+        likelihood_n: ``--likelihood-n``, the data points scored for the likelihood.
+        estimator: ``--estimator`` of the divergence: auto, exact or hutchinson.
+        seed: ``--seed`` of the samples and the likelihood's data and probes.
+        guidance: ``--guidance``, the classifier-free guidance scale of the samples; None: the recipe's.
+        checkpoint: ``--checkpoint``, an older checkpoint's step or folder; None: the newest.
+        set_: ``--set key.path=value`` recipe overrides.
+    """
     import torch
 
     from fmkit.engine.evaluation import sample_in_chunks, score
@@ -207,7 +240,22 @@ def reflow(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Draw (x0, x1 = ODE(x0)) pairs from a trained run for reflow / distillation (docs/fewstep.md)."""
+    """Draw (x0, x1 = ODE(x0)) pairs from a trained run for reflow / distillation (docs/fewstep.md).\f
+
+    Args:
+        run: RUN, the teacher's run directory.
+        pairs: ``--pairs``, the number of pairs in the finished folder.
+        out: ``--out``, the pairs folder (new, or one this command began: it resumes).
+        solver: ``--solver``, a solver name; None: the recipe's.
+        steps: ``--steps`` of a fixed-step solver; None: the recipe's.
+        rtol: ``--rtol`` of an adaptive solver; None: the recipe's.
+        atol: ``--atol`` of an adaptive solver; None: the recipe's.
+        ema: ``--ema/--no-ema``, the teacher's EMA weights or its raw ones.
+        shard_size: ``--shard-size``, pairs per safetensors shard (the unit of resuming).
+        seed: ``--seed`` of the pairs.
+        checkpoint: ``--checkpoint``, an older checkpoint's step or folder; None: the newest.
+        set_: ``--set key.path=value`` recipe overrides.
+    """
     from fmkit.app.reflow import reflow_run
     from fmkit.app.run import load_run_recipe
 

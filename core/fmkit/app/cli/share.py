@@ -17,6 +17,7 @@ TaskOpt = Annotated[Optional[str], typer.Option("--pipeline-tag", help="the Hub'
                                                 "(e.g. unconditional-image-generation); none by default")]
 
 
+# A "\f" in a command's docstring ends its --help text (click): the Args: after it are for readers of the code.
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run directory")],
@@ -28,7 +29,17 @@ def export(
                                                    "meant for: its card then shows hf://ORG/NAME")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier export in OUT")] = False,
 ) -> None:
-    """Write a run's weights as a self-contained model folder: model.safetensors, recipe, provenance, card."""
+    """Write a run's weights as a self-contained model folder: model.safetensors, recipe, provenance, card.\f
+
+    Args:
+        run: RUN, the run directory.
+        out: OUT, the model folder to write (new or empty).
+        checkpoint: ``--checkpoint``, an older checkpoint's step or folder; None: the newest.
+        license: ``--license``, the license id in the model card's metadata.
+        pipeline_tag: ``--pipeline-tag``, the Hub's task in the card's metadata; None: none.
+        repo_id: ``--repo-id ORG/NAME`` the folder is meant for, shown in its card; None: none.
+        overwrite: ``--overwrite``, replace an earlier export in OUT.
+    """
     from fmkit.app.export import export_run
     from fmkit.app.hub import check_repo_id
 
@@ -56,7 +67,18 @@ def push(
     license: LicenseOpt = "other",
     pipeline_tag: TaskOpt = None,
 ) -> None:
-    """Upload a run (or an exported model folder) to the Hugging Face Hub with huggingface_hub."""
+    """Upload a run (or an exported model folder) to the Hugging Face Hub with huggingface_hub.\f
+
+    Args:
+        run: RUN, a run directory (exported on the fly) or a model folder (``fmkit export``).
+        repo_id: ORG/NAME, the Hub model repository (made if new).
+        dry_run: ``--dry-run``, list what would be uploaded and send nothing.
+        private: ``--private``, make a new repository private.
+        revision: ``--revision``, the branch to commit to (made if new); None: main.
+        checkpoint: ``--checkpoint`` of a run, an older checkpoint's step or folder; None: the newest.
+        license: ``--license``, the license id in the model card's metadata (a run exported on the fly).
+        pipeline_tag: ``--pipeline-tag``, the Hub's task in the card's metadata; None: none.
+    """
     from fmkit.app.export import export_run
     from fmkit.app.hub import check_repo_id, require_hub, upload
     from fmkit.app.model_folder import is_model_folder

@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from fmkit.engine.trainer import Trainer
 
 
+# A "\f" in a command's docstring ends its --help text (click): the Args: after it are for readers of the code.
 @app.command()
 def train(
     ctx: typer.Context,
     recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML file")] = None,
     set_: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>-<time>)")
+                   ] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this node; "
                                                 ">1 hands off to torch.distributed.run (DDP)")] = 1,
@@ -31,7 +33,17 @@ def train(
         "--checkpoint", "-c", metavar="STEP|DIR", help="with --resume: continue from this older checkpoint (its "
         "step or folder); the newer ones are moved to checkpoints/abandoned-STEP/")] = None,
 ) -> None:
-    """Train a model from a recipe (or resume a run)."""
+    """Train a model from a recipe (or resume a run).\f
+
+    Args:
+        ctx: the command's context (replayed to every process under ``--nproc-per-node``).
+        recipe: RECIPE, the recipe YAML file; with ``--resume`` the run's own recipe is used instead.
+        set_: ``--set key.path=value`` recipe overrides.
+        out: ``--out``, the run directory; None: ``runs/<name>-<time>``.
+        resume: ``--resume``, the run directory to continue.
+        nproc_per_node: ``--nproc-per-node``, processes on this node; > 1 hands off to torchrun (DDP).
+        checkpoint: ``--checkpoint`` with ``--resume``, an older checkpoint's step or folder to continue from.
+    """
     if checkpoint is not None and resume is None:
         raise FmkitError("--checkpoint picks the checkpoint a resumed run continues from", where="--checkpoint",
                          fix="add --resume RUN (fmkit train --resume RUN --checkpoint STEP)")
@@ -148,7 +160,15 @@ def launch_torchrun(ctx: typer.Context, n: int, recipe: Optional[Path], resume: 
                      set_: Optional[list[str]]) -> None:
     """Re-run this very command under ``torch.distributed.run`` with ``n`` processes on this node
     (``--standalone``: a private rendezvous on a free port). Multi-node: call torchrun yourself
-    (docs/scale.md); inside torchrun, ``--nproc-per-node`` is ignored."""
+    (docs/scale.md); inside torchrun, ``--nproc-per-node`` is ignored.
+
+    Args:
+        ctx: the ``fmkit train`` command's context, whose parsed options are replayed to every process.
+        n: processes on this node (one per GPU).
+        recipe: the recipe file, checked here once before any process starts (the run's own with ``resume``).
+        resume: the run directory to continue; None for a new run.
+        set_: the ``--set KEY=VALUE`` overrides.
+    """
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -77,8 +77,8 @@ class _Layer(nn.Module):
         # a norm each layer squares the scale (x1e8 after 6 layers at init); a LayerNorm of invariant
         # scalars keeps the model equivariant
         self.scalar_norm = nn.LayerNorm(n_scalar_in)
-        self.radial = FullyConnectedNet([num_basis + 2 * n_scalar_in, radial_hidden, radial_hidden, self.tp.weight_numel],
-                                        torch.nn.functional.silu)
+        self.radial = FullyConnectedNet(
+            [num_basis + 2 * n_scalar_in, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
         self.lin_msg = o3.Linear(mid_sorted, target)
         self.self_int = o3.Linear(irreps_in, target)
         self.residual = irreps_in == self.gate.irreps_out
@@ -98,7 +98,21 @@ class _Layer(nn.Module):
 
 
 class E3nnFlow(nn.Module):
-    """E(3)-equivariant velocity model: ``forward({"pos","atoms","mask"}, t) -> {"pos": [B,N,3], "atoms": [B,N,K]}``."""
+    """E(3)-equivariant velocity model: ``forward({"pos","atoms","mask"}, t) -> {"pos": [B,N,3], "atoms": [B,N,K]}``.
+
+    Args:
+        scalars: multiplicity of the invariant (0e) features.
+        vectors: multiplicity of the vector (1o and 1e) features.
+        lmax: highest degree of the edge spherical harmonics.
+        layers: number of message-passing layers.
+        num_basis: Gaussian radial basis functions of a distance.
+        r_max: Angstrom spanned by the radial basis (no cutoff).
+        radial_hidden: width of the MLP from radial features to tensor-product weights.
+        atom_encoding: "categorical" or "onehot", only when no dataset is at hand (else from ``data_info``).
+        num_classes: atom classes K, only when no dataset is at hand.
+        data_info: the dataset's description (build context): atom encoding and class counts.
+        predictions: the path's target per field (build context): ``pos: x1`` makes the model output x1.
+    """
 
     def __init__(self, scalars: int = 64, vectors: int = 16, lmax: int = 2, layers: int = 4, num_basis: int = 16,
                  r_max: float = 10.0, radial_hidden: int = 64, atom_encoding: str | None = None,

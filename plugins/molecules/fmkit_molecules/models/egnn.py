@@ -2,7 +2,7 @@
 with normalised coordinate differences and tanh-bounded coordinate updates).
 
 m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, |x_i^0 - x_j^0|^2);  h_i += phi_h(h_i, mean_j m_ij);
-x_i += mean_j (x_i - x_j) / (|x_i - x_j| + 1) * tanh(phi_x(m_ij)) * coords_range.
+x_i += mean_j (x_i - x_j) / (|x_i - x_j| + 1) * tanh(phi_x(m_ij)) * coords_range / layers.
 The position output is the CoM-free displacement x_L - x_0 (a velocity), or x_L itself when the
 recipe's path predicts x1; type outputs are a linear map of h.
 """
@@ -31,7 +31,7 @@ class EGNNOptions(BaseModel):
 
     hidden: int = Field(128, ge=1)
     layers: int = Field(6, ge=1)
-    coords_range: float = Field(15.0, gt=0.0, description="bound of one layer's coordinate step (Angstrom)")
+    coords_range: float = Field(15.0, gt=0.0, description="bound of all layers' coordinate steps together (Angstrom)")
     atom_encoding: Literal["categorical", "onehot"] | None = None
     num_classes: int | None = Field(None, ge=1)
 
@@ -63,7 +63,17 @@ class _EGCL(nn.Module):
 
 
 class EGNN(nn.Module):
-    """E(3)-equivariant EGNN: ``forward({"pos","atoms","mask"}, t) -> {"pos", "atoms"}`` (see module doc)."""
+    """E(3)-equivariant EGNN: ``forward({"pos","atoms","mask"}, t) -> {"pos", "atoms"}`` (see module doc).
+
+    Args:
+        hidden: node feature width.
+        layers: number of EGNN layers.
+        coords_range: bound of all layers' coordinate steps together (Angstrom).
+        atom_encoding: "categorical" or "onehot", only when no dataset is at hand (else from ``data_info``).
+        num_classes: atom classes K, only when no dataset is at hand.
+        data_info: the dataset's description (build context): atom encoding and class counts.
+        predictions: the path's target per field (build context): ``pos: x1`` makes the model output x1.
+    """
 
     def __init__(self, hidden: int = 128, layers: int = 6, coords_range: float = 15.0,
                  atom_encoding: str | None = None, num_classes: int | None = None, data_info=None,

@@ -43,10 +43,9 @@ from fmkit_molecules.models.common import (
 
 
 class EGNNGraphOptions(BaseModel):
-    """Defaults: the size for a CPU run (378k parameters with QM9's classes): one training step of 64
-    molecules of 18 atoms (QM9's mean), forward + backward + Adam, took 0.23 s on one core and 0.14 s
-    on two (25 atoms: 0.49 / 0.28 s), measured on the project's 2-core AMD EPYC machine with torch 2.11.
-    The pair work grows with message * N^2 per layer; ``edge: 32`` cost about +16 % per layer there."""
+    """Defaults: the size for a CPU run (378k parameters with QM9's classes; its step time is in
+    docs/molecules.md). The pair work grows with message * N^2 per layer, so ``message`` and ``edge``
+    set the cost of a step."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -134,7 +133,21 @@ class _GraphLayer(nn.Module):
 
 class EGNNGraph(nn.Module):
     """E(3)- and permutation-equivariant EGNN with edge channels:
-    ``forward({"pos","atoms","charges","bonds","mask"}, t) -> {"pos","atoms","charges","bonds"}`` (module doc)."""
+    ``forward({"pos","atoms","charges","bonds","mask"}, t) -> {"pos","atoms","charges","bonds"}`` (module doc).
+
+    Args:
+        hidden: node feature width.
+        message: width of the pair messages m_ij (None: ``hidden``); with ``edge`` it sets a step's cost.
+        edge: edge (bond) feature width.
+        layers: number of message-passing layers.
+        rbf: Gaussian radial basis functions of a distance.
+        rbf_max: Angstrom spanned by the radial basis centres (no cutoff).
+        coords_range: bound of all layers' coordinate steps together (Angstrom).
+        atom_encoding: "categorical" or "onehot", only when no dataset is at hand (else from ``data_info``).
+        num_classes: atom classes K, only when no dataset is at hand.
+        data_info: the dataset's description (build context): atom encoding and class counts.
+        predictions: the path's target per field (build context): ``pos: x1`` makes the model output x1.
+    """
 
     def __init__(self, hidden: int = 128, message: int | None = 64, edge: int = 16, layers: int = 5,
                  rbf: int = 16, rbf_max: float = 8.0, coords_range: float = 15.0,
