@@ -74,6 +74,10 @@ class OutputError(FmkitError):
     """An output location cannot be written or lies outside the run directory."""
 
 
+class TrackerError(FmkitError):
+    """An experiment tracker (``trainer.loggers``: W&B, MLflow, TensorBoard) cannot start."""
+
+
 def note(what: str, *, where: str | None = None, fix: str | None = None) -> None:
     """Print a non-fatal note to stderr the way the CLI prints errors: ``note: what`` with its where /
     fix lines (a damaged checkpoint skipped, records dropped), not a Python warning with a source line."""

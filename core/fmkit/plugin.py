@@ -8,7 +8,7 @@ inside the core (its tests add :mod:`fmkit.testing`):
   ``Registry``/``get_registry``/``load_recipe`` for the plugin's own commands;
 - the contracts: ``Dataset``, ``DataInfo``, ``FieldInfo``, ``Source``, ``Coupling``, ``ProbPath``,
   ``Scheduler``, ``Solver`` (implement ``integrate``) and ``Solution``, ``Callback``, ``Metric``,
-  ``Writer``;
+  ``Writer``, ``Logger`` (with the ``LoggerRun`` it starts);
 - the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``, ``CondOTScheduler``,
   ``GaussianSource``, ``FixedStepSolver``, ``ClassifierFreeGuidance``;
 - helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes, the OT
@@ -27,6 +27,7 @@ from fmkit.app.hookspecs import hookimpl, hookspec
 from fmkit.app.recipe import load_recipe, register_recipe_folder
 from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, Metric, Writer
+from fmkit.engine.logger_contract import Logger, LoggerRun
 from fmkit.errors import (
                           CheckpointError,
                           ContractError,
@@ -38,6 +39,7 @@ from fmkit.errors import (
                           OutputError,
                           RecipeError,
                           RegistryError,
+                          TrackerError,
                           TrainingError,
                           note,
 )
@@ -78,10 +80,10 @@ __all__ = [
     "ComponentSpec", "CondOTScheduler",
     "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
     "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices",
-    "IntervalEmbedding", "MASK",
+    "IntervalEmbedding", "Logger", "LoggerRun", "MASK",
     "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
     "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
-    "State", "TensorDataset", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
+    "State", "TensorDataset", "TrackerError", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
     "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "expand_t",
     "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical", "load_recipe",
     "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",

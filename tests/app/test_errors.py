@@ -863,6 +863,18 @@ def test_e72_likelihood_of_data_that_declares_nothing(tmp_path):
            "dataset without `meta['likelihood']`)", msg, tmp_path)
 
 
+def test_e73_experiment_tracker_cannot_start(tmp_path):
+    pytest.importorskip("mlflow")
+    write("r.yaml", TINY.replace("keep_checkpoints: 2}", "keep_checkpoints: 2,\n          loggers: [{name: mlflow, "
+                                 "tracking_uri: 'http://127.0.0.1:9'}]}"))
+    r = cli("train", "r.yaml", "--out", "run")
+    msg = user_error(r, "MLflow cannot open a run at 'http://127.0.0.1:9'", "nothing answers at 127.0.0.1:9",
+                     "fix: pass a tracking_uri MLflow serves")
+    assert not ck.has_checkpoint(Path("run"))
+    record("E73", "an experiment tracker cannot start", "`trainer.loggers: [{name: mlflow, tracking_uri: "
+           "'http://127.0.0.1:9'}]` (no server running there)", msg, tmp_path)
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from fmkit.errors import RecipeError
 
@@ -879,7 +891,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 # ============================================================================================
 @pytest.mark.parametrize("name", ["RecipeError", "RegistryError", "DataError", "CheckpointError", "TrainingError",
-                                  "OutputError", "ContractError", "DependencyError", "TrainingInterrupted"])
+                                  "OutputError", "ContractError", "DependencyError", "TrackerError",
+                                  "TrainingInterrupted"])
 def test_every_user_error_class_reaches_the_shell_as_its_exit_code(tmp_path, monkeypatch, name):
     """Each error class, raised from inside a plugin's component, leaves `fmkit` with that class's
     (non-zero) exit code and its what/where/fix, never a traceback or "internal error"."""

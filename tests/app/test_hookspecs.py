@@ -11,6 +11,7 @@ from pathlib import Path
 import fmkit
 import pytest
 import torch
+from pydantic import BaseModel
 from fmkit.app import hookspecs
 from fmkit.app.registry import BUILTIN
 from fmkit.flow.data import TensorDataset
@@ -72,6 +73,28 @@ class Impl:
         register("t_callback", Stop)
 
     @fmkit.hookimpl
+    def register_loggers(self, register):
+        class Kept:
+            name = "t_logger"
+
+            def __init__(self, prefix: str) -> None:
+                self.prefix, self.rows = prefix, []
+
+            def start(self, run):
+                self.rows.append(("start", run.step))
+
+            def log_scalars(self, step, scalars):
+                self.rows += [(f"{self.prefix}{k}", step) for k in scalars if k == "loss"]
+
+            def finish(self):
+                self.rows.append(("finish", None))
+
+        class Options(BaseModel):
+            prefix: str = "t/"
+
+        register("t_logger", Kept, Options)
+
+    @fmkit.hookimpl
     def register_recipes(self, register):
         register("t_recipe", Path(__file__))
 
@@ -124,6 +147,15 @@ def _check(hook: str, reg) -> None:
                            options={"steps": 10, "batch_size": 8, "progress": False, "device": "cpu"})
         tr.fit()
         assert tr.step == 3 and tr.stopped_early == "test"
+    elif hook == "register_loggers":
+        import tempfile
+
+        kept = reg.build("loggers", {"name": "t_logger", "prefix": "p/"})
+        with tempfile.TemporaryDirectory() as d:
+            fmkit.Trainer(fmkit.MLP(2, hidden=8, depth=1), DATA, loggers=[kept], run_dir=d,
+                          options={"steps": 2, "batch_size": 8, "progress": False, "device": "cpu",
+                                   "log_every": 1}).fit()
+        assert kept.rows == [("start", 0), ("p/loss", 1), ("p/loss", 2), ("finish", None)], kept.rows
     elif hook == "register_recipes":
         assert reg.recipes()["t_recipe"][0] == Path(__file__)
     elif hook == "register_commands":
@@ -145,7 +177,7 @@ def test_every_hook_works_from_a_plugin(hook):
 
 def test_every_hookspec_is_documented_with_its_exact_signature():
     text = DOC.read_text()
-    assert len(SPECS) == 12, sorted(SPECS)
+    assert len(SPECS) == 13, sorted(SPECS)
     for name, fn in SPECS.items():
         sig = f"`{name}{inspect.signature(fn)}`"
         assert sig in text, f"docs/plugins.md lacks {sig}"

@@ -69,7 +69,7 @@ def test_metrics_csv_made_unwritable_mid_run_stops_with_a_checkpoint_and_a_fix(t
     run = tmp_path / "run"
 
     def refuse(tr):
-        tr.logger._w = _Refusing()
+        tr.loggers.csv.log._w = _Refusing()
 
     with pytest.raises(fmkit.errors.OutputError) as e:
         _tiny_trainer(run, [AtStep(4, refuse)]).fit()

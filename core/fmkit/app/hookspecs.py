@@ -26,7 +26,8 @@ hookspec = pluggy.HookspecMarker("fmkit")
 hookimpl = pluggy.HookimplMarker("fmkit")
 
 #: component kinds, each with a ``register_<kind>`` hook
-KINDS = ("paths", "couplings", "sources", "models", "solvers", "datasets", "metrics", "writers", "callbacks")
+KINDS = ("paths", "couplings", "sources", "models", "solvers", "datasets", "metrics", "writers", "callbacks",
+         "loggers")
 
 
 @hookspec
@@ -73,6 +74,13 @@ def register_writers(register):
 @hookspec
 def register_callbacks(register):
     """Trainer callbacks (:class:`fmkit.plugin.Callback`)."""
+
+
+@hookspec
+def register_loggers(register):
+    """Loggers and experiment trackers (``trainer.loggers``): factories returning a
+    :class:`fmkit.plugin.Logger` (``start(run)``, ``log_scalars(step, scalars)``, ``finish()``, optionally
+    ``log_media(step, name, path)``)."""
 
 
 @hookspec

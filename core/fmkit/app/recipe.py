@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fmkit.app.component_options import format_validation_error
 from fmkit.app.registry import Registry, get_registry
@@ -62,6 +62,20 @@ class EvalSection(EvalOptions):
     writers: list[Component] = Field(default_factory=list)
 
 
+class TrainerSection(TrainerOptions):
+    """The recipe's ``trainer:`` section: the engine's :class:`TrainerOptions` plus the loggers to build."""
+
+    loggers: list[Component] = Field(
+        [], description="experiment trackers that get the scalars, the recipe and sample files besides "
+        "metrics.csv (always written): names or {name: ..., options}, e.g. [tensorboard, {name: wandb, project: x}]")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _names_alone(cls, value: Any) -> Any:
+        """``[tensorboard, {name: wandb, ...}]``: a bare name is a logger with its default options."""
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="run name (file-safe)")
@@ -77,7 +91,7 @@ class Recipe(BaseModel):
     solver: Component = Field(default_factory=lambda: Component(name="euler", steps=100))
     objective: ObjectiveOptions = Field(default_factory=CFMObjectiveOptions,
                                         description="the loss: {name: cfm} (conditional flow matching)")
-    trainer: TrainerOptions = Field(default_factory=TrainerOptions)
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     callbacks: list[Component] = Field(default_factory=list)
 
@@ -360,6 +374,7 @@ def components(recipe: Recipe) -> list[tuple[str, Component, str]]:
     out += [("metrics", m, f"eval.metrics.{i}") for i, m in enumerate(recipe.eval.metrics)]
     out += [("writers", w, f"eval.writers.{i}") for i, w in enumerate(recipe.eval.writers)]
     out += [("callbacks", c, f"callbacks.{i}") for i, c in enumerate(recipe.callbacks)]
+    out += [("loggers", lg, f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers)]
     return out
 
 

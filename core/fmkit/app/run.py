@@ -17,6 +17,7 @@ from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, TrainerView
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.hints import FixHints
+from fmkit.engine.loggers import Loggers
 from fmkit.engine.trainer import Trainer
 from fmkit.errors import FmkitError, OutputError, RecipeError
 from fmkit.flow.couplings import Coupling
@@ -148,11 +149,13 @@ def build_trainer(recipe: Recipe, run_dir: Path | None, registry: Registry | Non
     reg = registry or get_registry()
     c = build_components(recipe, reg)
     made_by = provenance(recipe, reg)
+    # trainer.loggers: built here, so a tracker whose library is missing is refused before anything runs
+    loggers = [_build(reg, "loggers", lg.spec(), f"trainer.loggers.{i}") for i, lg in enumerate(recipe.trainer.loggers)]
     return Trainer(c.model, c.dataset, path=c.path, source=c.source, coupling=c.coupling, solver=c.solver,
                    options=recipe.trainer, eval_options=recipe.eval, metrics=c.metrics, writers=c.writers,
                    callbacks=[*callbacks, *c.callbacks, RecordProvenance(run_dir, made_by)], run_dir=run_dir,
                    seed=recipe.seed, fingerprint=fingerprint(recipe), hints=FixHints.cli(), provenance=made_by,
-                   objective=recipe.objective)
+                   objective=recipe.objective, loggers=Loggers(loggers, config=recipe.to_dict()))
 
 
 class RecordProvenance(Callback):

@@ -38,7 +38,7 @@ class TrainerView(Protocol):
 
 class Callback:
     """Hooks into the training loop; override what you need. ``trainer`` gives access to everything;
-    ``trainer.log({...})`` adds scalars to metrics.csv at the current step and
+    ``trainer.log({...})`` adds scalars to metrics.csv (and the trackers) at the current step and
     ``trainer.request_stop(reason)`` ends training after this step (with a checkpoint and the final
     evaluation; a later resume continues to ``trainer.steps``). Every rank runs the hooks under DDP.
     """

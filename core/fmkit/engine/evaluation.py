@@ -5,7 +5,7 @@ the last evaluation that finished. :class:`Evaluator` holds it all for a Trainer
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +253,13 @@ class Evaluator:
             torch.set_rng_state(rng)
             model.train(was_training)
 
-    def run(self, model: nn.Module, step: int, log: Callable[[Mapping[str, float]], None]) -> dict[str, float]:
+    def run(self, model: nn.Module, step: int, log: Callable[[Mapping[str, float]], None],
+            media: Callable[[int, str, Sequence[Path]], None] | None = None) -> dict[str, float]:
         """One evaluation of ``model`` (:meth:`sampling_model`'s) at ``step``; every rank calls, rank 0 alone
         scores and writes. Samples are saved first, so that a metric or writer that fails loses nothing;
-        every metric and writer runs, their results go to ``log`` as ``eval/<name>``, and the first failure
-        is raised after. Returns the metrics (rank 0; ``{}`` elsewhere)."""
+        every metric and writer runs, their results go to ``log`` as ``eval/<name>`` and the files each writer
+        made to ``media(step, writer, paths)``, and the first failure is raised after. Returns the metrics
+        (rank 0; ``{}`` elsewhere)."""
         samples = self.sample(model, self.options.num_samples, distributed=True)
         if self.dist is not None and self.dist.rank != 0:
             return {}
@@ -267,7 +269,12 @@ class Evaluator:
             save_samples(samples, out, step, fix=f"free space on that disk, then {resume} (from its last checkpoint)")
         results, failed = score(self.metrics, samples, self.dataset)
         if out is not None:
-            failed = each(self.writers, lambda _, w: w(samples, out, self.dataset, step)) or failed
+            def write(name: str, writer: Writer) -> None:
+                paths = writer(samples, out, self.dataset, step)
+                if media is not None:
+                    media(step, name, list(paths or []))
+
+            failed = each(self.writers, write) or failed
         if results:
             log({f"eval/{k}": v for k, v in results.items()})
         if failed is not None:

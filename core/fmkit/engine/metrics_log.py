@@ -1,5 +1,5 @@
-"""Training logs: ``metrics.csv`` (long format: step,name,value), TensorBoard when installed, and
-the progress bar."""
+"""Training logs: ``metrics.csv`` (long format: step,name,value) and the progress bar (the trackers
+beside it: :mod:`fmkit.engine.loggers`)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,6 @@ class MetricsLogger:
                 note_damaged(self.path, bad, "dropped from the log")
         self._f = None
         self._rewrite()
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        except Exception:
-            self._tb = None
 
     def _rewrite(self) -> None:
         """Write every row kept beside the log and rename it into place (a kill during the rewrite never
@@ -91,16 +84,11 @@ class MetricsLogger:
                 self._f.flush()
         except OSError as exc:
             raise self._unwritable(exc) from None
-        if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self._f is not None:
             with contextlib.suppress(OSError):
                 self._f.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def _int(s: str) -> int:

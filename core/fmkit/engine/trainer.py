@@ -24,8 +24,9 @@ from fmkit.engine import distributed, lineage, setup, stopping
 from fmkit.engine.callbacks import Callback, Metric, Writer
 from fmkit.engine.evaluation import Evaluator
 from fmkit.engine.hints import FixHints
+from fmkit.engine.loggers import Logger, Loggers
 from fmkit.engine.logwindow import LogWindow
-from fmkit.engine.metrics_log import MetricsLogger, ProgressBar
+from fmkit.engine.metrics_log import ProgressBar
 from fmkit.engine.model_call import TrainingForward
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import BatchSizes, EvalOptions, ObjectiveOptions, TrainerOptions
@@ -57,6 +58,7 @@ class Trainer:
         hints, provenance: the fixes its errors give (:class:`FixHints`); who made the components (JSON-able,
             recorded in checkpoints).
         objective: the loss to minimise (a recipe's ``objective:`` section, or a dict of it; default ``{name: cfm}``).
+        loggers: trackers besides metrics.csv, always written (a :class:`~fmkit.engine.loggers.Loggers` or Logger list).
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, *, path: ProbPath | StatePath | None = None,
@@ -66,7 +68,8 @@ class Trainer:
                  writers: Mapping[str, Writer] | None = None, callbacks: Sequence[Callback] = (),
                  run_dir: str | Path | None = None, seed: int = 0, fingerprint: Mapping[str, Any] | None = None,
                  hints: FixHints | None = None, provenance: Mapping[str, Any] | None = None,
-                 objective: ObjectiveOptions | Mapping[str, Any] | None = None):
+                 objective: ObjectiveOptions | Mapping[str, Any] | None = None,
+                 loggers: Loggers | Sequence[Logger] | None = None):
         self.opts = o = setup.coerce_options(TrainerOptions, options, "options")
         self.dataset = dataset
         self.path = path if isinstance(path, StatePath) else StatePath(path or AffinePath(CondOTScheduler()))
@@ -116,7 +119,7 @@ class Trainer:
         # CPU-bound couplings pair in the data pipeline, ahead of the step (trainer.pairing)
         self.pair_in_loader = o.pairing == "loader" or (o.pairing == "auto" and self.coupling.host)
         self.stream = self._make_stream()
-        self.logger: MetricsLogger | None = None
+        self.loggers = Loggers.of(loggers)  # metrics.csv and the trackers, open during a fit (rank 0)
 
     # -- data ----------------------------------------------------------------------------------
     def _make_stream(self, epoch: int = 0, index: int = 0) -> BatchStream:
@@ -188,17 +191,16 @@ class Trainer:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[None]:
-        """For the block: stop signals handled, ``metrics.csv`` open (rank 0 of a run with a directory; rows
-        past this step dropped)."""
-        self.logger = MetricsLogger(self.run_dir, truncate_after=self.step) if self.run_dir and self.is_main else None
+        """For the block: stop signals handled, ``metrics.csv`` and the trackers open (rank 0 of a run with a
+        directory; rows past this step dropped; a tracker that cannot start raises here, before any step)."""
+        if self.run_dir and self.is_main:
+            self.loggers.start(self.run_dir, self.step, self.provenance, self.fingerprint)
         try:
             with self.signals.installed(lambda name: stopping.interrupted(name, self.step, self.run_dir, self.hints,
                                                                           evaluating=True)):
                 yield
         finally:
-            if self.logger is not None:
-                self.logger.close()
-            self.logger = None
+            self.loggers.finish()
 
     def _loop(self, stop: int) -> None:
         o = self.opts
@@ -274,15 +276,14 @@ class Trainer:
             scalars = window.close(self.step, float(losses.mean()), self.optimizer.param_groups[0]["lr"],
                                    self.batches.global_batch, grad_norm, self.device)
             bar.update(self.step, scalars["loss"], scalars["steps_per_s"])
-            if self.logger:
-                try:
-                    self.logger.log(self.step, scalars)
-                except OutputError as exc:  # metrics.csv made unwritable under a running training
-                    saved = ""
-                    if self.dist.world_size == 1:  # (under DDP the other ranks are not here to save with it)
-                        self.save_checkpoint()
-                        saved = f"; a checkpoint of step {self.step} was saved"
-                    raise self.hints.then_resume(exc, self.run_dir, saved) from None
+            try:
+                self.loggers.log_scalars(self.step, scalars)
+            except OutputError as exc:  # metrics.csv made unwritable under a running training
+                saved = ""
+                if self.dist.world_size == 1:  # (under DDP the other ranks are not here to save with it)
+                    self.save_checkpoint()
+                    saved = f"; a checkpoint of step {self.step} was saved"
+                raise self.hints.then_resume(exc, self.run_dir, saved) from None
         elif bar.enabled and self.device.type == "cpu":  # the losses are on the host: the window's mean so far
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
@@ -317,10 +318,9 @@ class Trainer:
         self._stop_requested = reason
 
     def log(self, scalars: Mapping[str, float]) -> None:
-        """Add ``scalars`` to metrics.csv (and TensorBoard) at the current step; a no-op outside
+        """Add ``scalars`` to metrics.csv and the trackers at the current step; a no-op outside
         ``fit``, without a run directory, or on ranks other than 0."""
-        if self.logger is not None:
-            self.logger.log(self.step, {k: float(v) for k, v in scalars.items()})
+        self.loggers.log_scalars(self.step, {k: float(v) for k, v in scalars.items()})
 
     # -- checkpoints ---------------------------------------------------------------------------
     def train_state(self, pending: list[float] | None = None) -> TrainState:
@@ -388,7 +388,7 @@ class Trainer:
         self.signals.evaluating = self.dist.world_size == 1  # under DDP the other ranks are in its collectives
         try:
             self._evaluated_at = self.step
-            results = self.evaluator.run(self.sampling_model(), self.step, self.log)
+            results = self.evaluator.run(self.sampling_model(), self.step, self.log, media=self.loggers.log_media)
             if self.is_main:
                 for cb in self.callbacks:
                     cb.on_eval_end(self, self.step, results)

@@ -278,3 +278,30 @@ def register_writers(register):
     from fmkit.app.builtin.writers import ScatterWriter
 
     register("scatter", ScatterWriter, ScatterOptions, "PNG scatter plot of 2-D samples over data")
+
+
+@hookimpl
+def register_loggers(register):
+    from fmkit.app.builtin.loggers import MlflowOptions, TensorBoardOptions, WandbOptions
+    from fmkit.engine.loggers import CsvLogger
+
+    def tensorboard(subdir):
+        from fmkit.engine.trackers.tensorboard import TensorBoardLogger
+
+        return TensorBoardLogger(subdir)
+
+    def wandb(**options):
+        from fmkit.engine.trackers.wandb_logger import WandbLogger
+
+        return WandbLogger(**options)
+
+    def mlflow(**options):
+        from fmkit.engine.trackers.mlflow_logger import MlflowLogger
+
+        return MlflowLogger(**options)
+
+    register("csv", CsvLogger, None, "RUN/metrics.csv (step,name,value): always on, listed or not")
+    register("tensorboard", tensorboard, TensorBoardOptions, "TensorBoard event files in RUN/tensorboard")
+    register("wandb", wandb, WandbOptions, "Weights & Biases run (pip install wandb; WANDB_MODE=offline works "
+             "without an account)")
+    register("mlflow", mlflow, MlflowOptions, "MLflow run (pip install mlflow-skinny) in a tracking store")
