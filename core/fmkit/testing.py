@@ -78,7 +78,21 @@ def check_model(model: nn.Module, data: Dataset, *, batch_size: int = 3, seed: i
     """A velocity model's contract on a batch of ``data``: ``forward(x_t, t, cond)`` returns each field
     of the data in its shape, finite; the same input gives the same output (eval mode); each example's
     output does not depend on the other examples; padded entries (``mask`` False) have no influence on
-    real ones. ``equivariance(x) -> (g x, g_out)``: checks ``model(g x) == g_out(model(x))``."""
+    real ones. ``equivariance(x) -> (g x, g_out)``: checks ``model(g x) == g_out(model(x))``.
+
+    Args:
+        model: the velocity model under test (put in eval mode).
+        data: a dataset whose ``template(batch_size, seed)`` gives the input fields, mask and cond.
+        batch_size: examples in the batch checked (at least 2 to check that examples do not interact).
+        seed: seeds the template and the times, so a failure repeats.
+        atol: tolerance of the repeat and batch-independence comparisons (the mask and equivariance
+            checks allow 100 * atol).
+        equivariance: ``x_t -> (g x_t, g_out)`` for a symmetry g the model must respect, ``g_out`` acting
+            on the output; None: not checked.
+
+    Raises:
+        AssertionError: a broken contract, with what broke.
+    """
     from fmkit.flow.paths.base import check_output
 
     model.eval()
@@ -118,7 +132,18 @@ def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3
     """The contract of a model with two times (:mod:`fmkit.flow.two_times`) on a batch of ``data``:
     ``forward`` takes the keyword ``r``; ``r = t`` gives what ``r=None`` gives (u(x, t, t) = v(x, t), so
     plain flow matching is unchanged); another ``r`` changes the output (the model does use it); and a
-    forward-mode JVP through (x_t, r, t), as objective meanflow takes it, runs and is finite."""
+    forward-mode JVP through (x_t, r, t), as objective meanflow takes it, runs and is finite.
+
+    Args:
+        model: the two-time model under test (put in eval mode).
+        data: a dataset whose ``template(batch_size, seed)`` gives the input fields, mask and cond.
+        batch_size: examples in the batch checked.
+        seed: seeds the template, the times and the JVP's tangent, so a failure repeats.
+        atol: tolerance of the r = t comparison, and the least change r must make to the output.
+
+    Raises:
+        AssertionError: a broken contract, with what broke.
+    """
     from fmkit.flow.objectives.meanflow import AverageVelocityJVP
     from fmkit.flow.paths.base import check_output
     from fmkit.flow.two_times import takes_r

@@ -122,7 +122,23 @@ def inference_device(rec: Any) -> torch.device:
 def build_solver(rec: Any, solver: str | None, steps: int | None, rtol: float | None = None,
             atol: float | None = None) -> tuple:
     """The solver to sample with: the recipe's, or ``--solver`` (with its defaults), with ``--steps``
-    or ``--rtol``/``--atol`` on top; and a short description of it for tables (``euler, 50 steps``)."""
+    or ``--rtol``/``--atol`` on top; and a short description of it for tables (``euler, 50 steps``).
+
+    Args:
+        rec: the run's recipe (its ``solver`` section, and its ``objective`` to refuse a meanflow solver
+            for a run that did not learn the average velocity).
+        solver: the ``--solver`` name, replacing the recipe's solver and its options; None: the recipe's.
+        steps: ``--steps`` (fixed-step solvers); None: the recipe's, or with ``solver`` that solver's default.
+        rtol: ``--rtol`` (adaptive solvers); None: the recipe's, or with ``solver`` that solver's default.
+        atol: ``--atol`` (adaptive solvers); None: the recipe's, or with ``solver`` that solver's default.
+
+    Returns:
+        ``(solver, description)``: the built :class:`~fmkit.flow.solvers.Solver` and its
+        :func:`describe_solver` text.
+
+    Raises:
+        FmkitError: a flag the solver does not take, or solver meanflow for a run not trained by meanflow.
+    """
     from fmkit.app.recipe import Component
 
     reg = registry()

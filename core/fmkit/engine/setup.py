@@ -104,7 +104,18 @@ def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, co
                       objective: Objective | None = None) -> nn.Module:
     """The module the step calls: ``model`` (or the ``objective``'s ``training_module`` of it, e.g.
     MeanFlow's JVP inside the forward) under DDP when there are several processes, compiled when asked
-    (the plain ``model`` keeps the weights, checkpoints and EMA)."""
+    (the plain ``model`` keeps the weights, checkpoints and EMA).
+
+    Args:
+        model: the bare model, already on ``device``.
+        dist: this process's rank and world size; DDP wraps when the world size is above 1.
+        device: the model's device; a CUDA one is the DDP device id.
+        compile: ``trainer.compile``: wrap the result in ``torch.compile``.
+        objective: the run's objective; its ``training_module`` (when it has one) wraps ``model`` first.
+
+    Returns:
+        The module the training step calls, sharing its parameters with ``model``.
+    """
     wrap = getattr(objective, "training_module", None)
     train_model = wrap(model) if wrap is not None else model
     if dist.world_size > 1:

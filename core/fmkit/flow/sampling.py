@@ -22,7 +22,19 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
     (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields; ``r``: the
     other time, given by :class:`~fmkit.flow.solvers.MeanFlowSolver`, for the average velocity
     ``model(x_t, t, cond, r=r)`` of a model with two times, returned as it is);
-    ``mask`` and the per-field ``masks`` ride into every model call."""
+    ``mask`` and the per-field ``masks`` ride into every model call.
+
+    Args:
+        model: the network ``model(x_t, t, cond)`` (guided already when guidance is wanted).
+        path: the state path, to turn the model's prediction (velocity, x1, rates) into the velocity.
+        mask: the batch's padding mask [B, ...] (True = real entry), or None for unpadded data.
+        cond: the condition per example [B, ...] (e.g. class labels [B]), or None: unconditional.
+        masks: per-field masks (field name -> mask) for fields padded differently, or None.
+
+    Returns:
+        ``velocity(x, t, step=None, r=None) -> State``: x a state of the data fields [B, ...], t a 0-d
+        time tensor, broadcast to [B] for the model.
+    """
 
     def velocity(x: State, t: Tensor, step: float | None = None, r: Tensor | None = None) -> State:
         b = next(iter(x.values())).shape[0]
@@ -60,7 +72,21 @@ def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Sol
              trajectory: bool = False, x0: State | None = None) -> Solution:
     """Samples shaped like ``template`` (its mask and cond are kept; its field values are ignored), integrated
     from ``x0`` (default: drawn from ``source``). ``model``: the field to integrate, guided already when
-    guidance is wanted (:func:`fmkit.flow.guidance.with_guidance`)."""
+    guidance is wanted (:func:`fmkit.flow.guidance.with_guidance`).
+
+    Args:
+        model: the network ``model(x_t, t, cond)``.
+        path: the state path the model was trained on (its prediction is converted to a velocity).
+        source: p_0, drawn from when ``x0`` is not given.
+        solver: integrates the velocity from t = 0 to 1.
+        template: a batch [B, ...] giving the shapes, mask and cond of the samples.
+        trajectory: keep the times and states the solver visits.
+        x0: the starting points (a state of the template's fields [B, ...]); None: drawn from ``source``.
+
+    Returns:
+        The solver's :class:`Solution`: samples ``x`` at t = 1 with the template's mask and cond, the
+        number of velocity evaluations, and with ``trajectory`` the times and states visited.
+    """
     x0 = source.sample(template) if x0 is None else x0
     mask, cond = template.get(MASK), template.get(COND)
     sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0),

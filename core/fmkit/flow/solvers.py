@@ -55,7 +55,20 @@ class Solver(ABC):
 
     def solve(self, velocity: Callable, x0: StateLike, t0: float = 0.0, t1: float = 1.0, *,
               trajectory: bool = False) -> Solution:
-        """Integrate ``velocity`` from ``x0`` at ``t0`` to ``t1``; with ``trajectory`` keep the states visited."""
+        """Integrate ``velocity`` from ``x0`` at ``t0`` to ``t1``; with ``trajectory`` keep the states visited.
+
+        Args:
+            velocity: ``velocity(x, t) -> dx/dt``, x like ``x0`` and t a 0-d tensor (time units of the path,
+                0 = source, 1 = data); it may take ``step=h`` (see :meth:`integrate`).
+            x0: the starting state [B, ...] (a dict of fields), or a bare tensor [B, ...].
+            t0: the start time.
+            t1: the end time (t1 < t0 integrates backwards).
+            trajectory: also keep the times and states visited.
+
+        Returns:
+            A :class:`Solution`: the state at ``t1`` (a tensor when ``x0`` was one), the number of velocity
+            evaluations and, with ``trajectory``, the times and states.
+        """
         state, bare = as_state(x0)
         if bare:
             fn = velocity
@@ -81,7 +94,19 @@ class Solver(ABC):
         the times and states visited. Categorical fields (integer tensors) are CTMC states whose
         "velocity" is a rate [..., K]: jump them (:func:`ctmc_jump`) or refuse them. To jump over a
         step of size h, call ``velocity(x, t, step=h)`` when ``takes_step(velocity)``: the velocity
-        then returns the rate averaged over the step (exact for discrete paths)."""
+        then returns the rate averaged over the step (exact for discrete paths).
+
+        Args:
+            velocity: ``velocity(x, t[, step=h])``, checked already for ``x0``'s fields and shapes.
+            x0: the starting state, a dict of fields [B, ...] (no mask or cond).
+            t0: the start time.
+            t1: the end time (below ``t0``: backwards).
+            trajectory: also record the times and states visited.
+
+        Returns:
+            A :class:`Solution` with the state at ``t1`` and the number of velocity calls; with
+            ``trajectory`` also ``times`` [n] and the ``n`` states at them.
+        """
 
 
 class CheckedVelocity:
@@ -156,6 +181,14 @@ class FixedStepSolver(Solver):
         return torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
 
     def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+        """One step of the method per interval of the grid, the categorical fields jumped at each step.
+
+        Args:
+            As :meth:`Solver.integrate`.
+
+        Returns:
+            As :meth:`Solver.integrate`; the trajectory holds a state at each time of the grid.
+        """
         f = _Counter(velocity)
         a, b, c = _TABLEAUX[self.method]
         device = next(iter(x0.values())).device
@@ -269,6 +302,14 @@ class AdaptiveSolver(Solver):
         self.eval_points = max(2, int(eval_points))
 
     def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+        """Error-controlled steps (``rtol``/``atol``) by torchdiffeq; refuses categorical fields.
+
+        Args:
+            As :meth:`Solver.integrate`.
+
+        Returns:
+            As :meth:`Solver.integrate`; the trajectory holds ``eval_points`` states, evenly spaced in time.
+        """
         from torchdiffeq import odeint
 
         names = list(x0)

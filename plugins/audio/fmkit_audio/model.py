@@ -58,7 +58,15 @@ class FrameNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Matcha's ResnetBlock1D with per-frame norms: two conv-norm-Mish blocks, the embedding added between."""
+    """Matcha's ResnetBlock1D with per-frame norms: two conv-norm-Mish blocks, the embedding added between.
+
+    Args:
+        c_in: input channels of ``x`` [B, c_in, T].
+        c_out: output channels [B, c_out, T] (a 1x1 conv on the skip when they differ from ``c_in``).
+        emb: width of the per-example embedding [B, emb] (time, class, length).
+        kernel: conv kernel size along frames (odd, so T is kept).
+        dropout: dropout probability before the second conv.
+    """
 
     def __init__(self, c_in: int, c_out: int, emb: int, kernel: int, dropout: float) -> None:
         super().__init__()
@@ -118,7 +126,23 @@ class Level(nn.Module):
 
 class MelUNet(nn.Module):
     """``forward(x_t, t, cond) -> {"mel": velocity}`` for ``x_t = {"mel": [B,M,T], "mask": [B,1,T]}``; with
-    ``two_times`` also ``r=`` [B], the average velocity u(x, r, t) for objective meanflow."""
+    ``two_times`` also ``r=`` [B], the average velocity u(x, r, t) for objective meanflow.
+
+    Args:
+        channels: width of each U-Net level; each level after the first halves the frames T.
+        res_blocks: residual conv blocks per level.
+        attn_blocks: transformer blocks per level.
+        mid_blocks: residual + transformer pairs at the bottom.
+        heads: attention heads (dividing every entry of ``channels``).
+        kernel: conv kernel size along frames (odd).
+        emb_dim: width of the time, class and length embeddings.
+        dropout: dropout probability in the residual and transformer blocks.
+        two_times: also take the other time ``r`` (an embedding of r - t joins the time embedding).
+        data_info: the dataset's description: the number of mel bins M, condition classes, the frame
+            multiple batches are padded to and ``max_frames`` (the length embedding's scale).
+        predictions: the recipe path's prediction per field, passed by the registry; unused (the output is
+            never made residual, whatever the path predicts).
+    """
 
     def __init__(self, channels: list[int], res_blocks: int = 1, attn_blocks: int = 1, mid_blocks: int = 1,
                  heads: int = 4, kernel: int = 3, emb_dim: int = 256, dropout: float = 0.0, two_times: bool = False,

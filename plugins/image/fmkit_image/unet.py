@@ -84,7 +84,19 @@ def level_sizes(size: int, levels: int) -> list[int]:
 def check_sizes(image_shape: tuple[int, int, int], channels: int, channel_mult, attention_resolutions,
                 num_heads: int, norm_groups: int) -> None:
     """The U-Net's options against the image: a :class:`ModelError` naming the option and a fix, before any
-    layer is built (not a torch error in the first forward, nor a silent no-op)."""
+    layer is built (not a torch error in the first forward, nor a silent no-op).
+
+    Args:
+        image_shape: the image field's shape ``(C, H, W)``.
+        channels: base channel count (a level's width is ``channels * mult``).
+        channel_mult: channel multiplier per level; one stride-2 downsample between levels.
+        attention_resolutions: feature-map heights (pixels) that get self-attention.
+        num_heads: attention heads, dividing the width of every attention level and of the middle.
+        norm_groups: GroupNorm groups.
+
+    Raises:
+        ModelError: an option the image or the other options rule out, naming the option and a fix.
+    """
     _, h, w = image_shape
     mult = list(channel_mult)
     if not mult or any(int(m) < 1 for m in mult):
@@ -139,7 +151,15 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv (zero init), skip."""
+    """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv (zero init), skip.
+
+    Args:
+        cin: input channels of ``x`` [B, cin, H, W].
+        cout: output channels [B, cout, H, W] (a 1x1 conv on the skip when they differ from ``cin``).
+        emb_dim: width of the time/class embedding [B, emb_dim].
+        dropout: dropout probability before the second conv.
+        groups: GroupNorm groups (a divisor of the channel count below it).
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
@@ -175,8 +195,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         # [B, 3C, H, W] -> q, k, v [B, heads, HW, C/heads] with a unit stride along the head dim: one copy here
-        # lets SDPA take its fused kernels (on a CPU, transposed views sent it to the math path: 2.7x slower
-        # attention at MNIST size, bench/results/image_speed.md)
+        # lets SDPA take its fused kernels (on a CPU, transposed views sent it to the slower math path;
+        # measured in bench/README.md)
         qkv = self.qkv(self.norm(x)).reshape(b, 3 * self.heads, c // self.heads, h * w).transpose(-1, -2).contiguous()
         q, k, v = qkv.reshape(b, 3, self.heads, h * w, c // self.heads).unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
@@ -184,7 +204,17 @@ class Attention(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution's blocks: a residual block, then attention if this resolution has it."""
+    """One resolution's blocks: a residual block, then attention if this resolution has it.
+
+    Args:
+        cin: input channels [B, cin, H, W].
+        cout: output channels [B, cout, H, W].
+        emb_dim: width of the time/class embedding [B, emb_dim].
+        dropout: dropout probability in the residual block.
+        groups: GroupNorm groups.
+        attn: add self-attention after the residual block.
+        heads: attention heads (dividing ``cout``).
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int, attn: bool, heads: int) -> None:
         super().__init__()
@@ -202,6 +232,23 @@ class UNet(nn.Module):
     convolution, so odd sizes (7x7 after two halvings of 28) work. With ``class_conditional`` and a
     dataset of K condition classes the label embedding has K + 1 rows: row K is the null class that
     the trainer's ``cond_dropout`` and classifier-free guidance use (``cond=None`` means null too).
+
+    Args:
+        channels: base channel count (a level's width is ``channels * mult``).
+        channel_mult: channel multiplier per resolution level; one downsample between levels.
+        num_res_blocks: residual blocks per level.
+        attention_resolutions: feature-map heights (pixels) that get self-attention; the middle always has it.
+        num_heads: attention heads.
+        dropout: dropout probability inside residual blocks.
+        norm_groups: GroupNorm groups.
+        class_conditional: embed the condition classes (with a null class); False: unconditional.
+        time_scale: factor on t in [0, 1] before the sinusoidal features.
+        two_times: also take the other time ``r`` (an embedding of r - t joins the time embedding).
+        data_info: the dataset's description: the image shape ``(C, H, W)`` of field ``x`` and the number of
+            condition classes; when given, it overrides ``image_shape`` and ``num_classes``.
+        predictions: the recipe path's prediction per field; ``{"x": "x1"}`` makes the output x_t + net(...).
+        image_shape: ``(C, H, W)``, without ``data_info``.
+        num_classes: K condition classes, without ``data_info``; None: unconditional.
     """
 
     def __init__(self, channels: int = 128, channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2),

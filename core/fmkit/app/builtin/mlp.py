@@ -63,6 +63,18 @@ class MLP(nn.Module):
     With ``two_times=True`` it is u(x_t, r, t) (``forward(..., r=r)``; :mod:`fmkit.flow.two_times`):
     an :class:`IntervalEmbedding` of r - t, zero at r = t, is added to emb(t), both of frequencies up to
     ``time_max_freq`` (default 20, not 200: see TWO_TIME_MAX_FREQ).
+
+    Args:
+        dim: flat size of the field (the product of its shape); the field [B, ...] enters as [B, dim].
+        hidden: width of each hidden layer.
+        depth: number of hidden layers.
+        time_dim: size of the time embedding; the class and interval embeddings, added to it, share it.
+        num_classes: K condition classes (K + 1 embedding rows, row K the null class); None: unconditional.
+        field: the state field modelled; the output holds only that field.
+        residual: return x_t + MLP(...), for a path that predicts x1 (see above).
+        two_times: also take the other time ``r``, for the average velocity u(x_t, r, t).
+        time_max_freq: top frequency (radians per unit time) of the time features; None: 200, or 20 with
+            ``two_times``.
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64,
@@ -85,7 +97,22 @@ class MLP(nn.Module):
                   field: str = "x", two_times: bool = False, time_max_freq: float | None = None,
                   predictions: dict[str, str] | None = None) -> MLP:
         """Registry factory: the input size and classes come from the dataset; residual when the
-        recipe's path predicts x1 for the field."""
+        recipe's path predicts x1 for the field.
+
+        Args:
+            data_info: the dataset's description: ``field``'s shape gives the input size, its condition
+                classes the class embedding (none: unconditional).
+            hidden: width of each hidden layer.
+            depth: number of hidden layers.
+            time_dim: size of the time embedding.
+            field: the state field modelled.
+            two_times: also take the other time ``r`` (objective meanflow).
+            time_max_freq: top frequency (radians per unit time) of the time features; None: the default.
+            predictions: the recipe path's prediction per field (``{"x": "x1"}``); None: velocity everywhere.
+
+        Returns:
+            The MLP for ``field`` of this dataset.
+        """
         return cls(data_info.dim(field), hidden, depth, time_dim, data_info.num_cond_classes, field,
                    residual=(predictions or {}).get(field) == "x1", two_times=two_times, time_max_freq=time_max_freq)
 

@@ -52,6 +52,19 @@ class AverageVelocityJVP(nn.Module):
 
     def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None,
                 tangent: Mapping[str, Tensor] | None = None) -> State | tuple[State, State]:
+        """The model's output, or with ``tangent`` the output and its total time derivative (see the class doc).
+
+        Args:
+            x_t: the state z_t [B, ...] (with any mask).
+            t: the times [B].
+            cond: the condition per example [B, ...] (e.g. class labels [B]), or None.
+            r: the other times [B] (r >= t); needed with ``tangent``; None: the one-time model.
+            tangent: dz/dt (the path's velocity v) per continuous field [B, ...]; None: no JVP.
+
+        Returns:
+            Without ``tangent``: the model's output state. With it: ``(u, dudt)``, u keeping its graph to
+            the weights, dudt = v d_z u + d_t u per tangent field, detached.
+        """
         if tangent is None:
             return self.model(x_t, t, cond) if r is None else self.model(x_t, t, cond, r=r)
         if r is None:
@@ -168,14 +181,39 @@ class MeanFlowObjective:
 
     def prediction_and_target(self, model: ModelFn, x_t: State, t: Tensor, r: Tensor, cond: Tensor | None,
                               v: Mapping[str, Tensor]) -> tuple[State, dict[str, Tensor]]:
-        """``(u_theta(z_t, r, t), sg(u_tgt))`` with u_tgt = v - (t - r) d/dt u_theta (eq. 10), d/dt along ``v``."""
+        """``(u_theta(z_t, r, t), sg(u_tgt))`` with u_tgt = v - (t - r) d/dt u_theta (eq. 10), d/dt along ``v``.
+
+        Args:
+            model: the :class:`AverageVelocityJVP`-wrapped model (its forward takes ``tangent``).
+            x_t: the state z_t on the path [B, ...].
+            t: the times [B].
+            r: the other times [B], r >= t.
+            cond: the condition the model sees [B, ...] (dropped to null where classifier-free training
+                dropped it), or None.
+            v: the (guided) velocity per field [B, ...], the JVP's tangent.
+
+        Returns:
+            ``(u, target)``: the prediction with its graph, and the detached target, per field [B, ...].
+        """
         u, dudt = model(x_t, t, cond, r=r, tangent=v)
         target = {k: (v[k] - expand_t(t - r, v[k]) * dudt[k].to(v[k].dtype)).detach() for k in v}
         return u, target
 
     def guided_velocity(self, model: ModelFn, x_t: State, t: Tensor, cond: Tensor | None, cond_in: Tensor | None,
                         v: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """v~ of eq. 21 (``v`` itself without guidance, and where the condition was dropped)."""
+        """v~ of eq. 21 (``v`` itself without guidance, and where the condition was dropped).
+
+        Args:
+            model: the model, called without gradient for u_theta(z_t, t, t | c) and (... | null).
+            x_t: the state z_t on the path [B, ...].
+            t: the times [B].
+            cond: the batch's true condition [B, ...], or None (refused when guided).
+            cond_in: the condition after dropout (null where dropped), or None.
+            v: the path's velocity dz_t/dt per field [B, ...] (None entries are skipped).
+
+        Returns:
+            The velocity per field [B, ...] whose JVP and target the loss uses.
+        """
         v = {k: d for k, d in v.items() if d is not None}
         if not self.guided:
             return v
