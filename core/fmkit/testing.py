@@ -53,10 +53,9 @@ from fmkit.flow.paths import ProbPath
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.state import COND, MASK, State, as_state, broadcast_mask, field_mask, fields
 
-__all__ = ["CliResult", "MeanFlowObjective", "Trainer", "TrainerOptions", "build_components", "build_trainer", "check_coupling",
-           "check_dataset", "check_model", "check_path", "check_solver", "check_two_time_model", "fresh_registry",
-           "read_metrics", "run_cli",
-           "use_registry"]
+__all__ = ["CliResult", "MeanFlowObjective", "Trainer", "TrainerOptions", "build_components", "build_trainer",
+           "check_coupling", "check_dataset", "check_model", "check_path", "check_solver", "check_two_time_model",
+           "fresh_registry", "read_metrics", "run_cli", "use_registry"]
 
 
 def check_dataset(dataset: Dataset, *, n: int = 4, batch_size: int = 2, seed: int = 0) -> None:
