@@ -243,7 +243,17 @@ class MeanFlowSolver(Solver):
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.method, self.steps, self.grid = "meanflow", int(steps), grid
 
-    def _solve(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+    def integrate(self, velocity: Velocity, x0: State, t0: float, t1: float, *, trajectory: bool) -> Solution:
+        """The jumps x_r = x_t + (r - t) u(x_t, r, t) over the grid from t0 to t1.
+
+        Args:
+            velocity, x0, t0, trajectory: as :meth:`Solver.integrate`; ``velocity(x, t, r=r)`` returns
+                the average velocity over [t, r] (see the class docstring).
+            t1: the time the last jump lands on.
+
+        Returns:
+            As :meth:`Solver.integrate`; the trajectory holds the state after each jump.
+        """
         categorical = [k for k, v in x0.items() if is_categorical(v)]
         if categorical:
             raise FmkitError(f"the meanflow solver jumps continuous fields only, and field(s) {categorical} are "
