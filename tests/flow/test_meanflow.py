@@ -96,7 +96,8 @@ def test_with_r_equal_to_t_everywhere_the_objective_is_the_cfm_loss(case):
         model.zero_grad()
         loss, per_field = obj(model, x1, x0)
         loss.backward()
-        results.append((loss, per_field, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((loss, per_field, grads))
     (l_cfm, f_cfm, g_cfm), (l_mf, f_mf, g_mf) = results
     torch.testing.assert_close(l_mf, l_cfm, rtol=1e-6, atol=0)
     for k in f_cfm:
