@@ -120,6 +120,22 @@ def rectified(a: argparse.Namespace, ds, seed: int, root: Path, steps: tuple[int
     return rf1, rf2, dist
 
 
+def add_shared_options(p: argparse.ArgumentParser, *, batch: int, name: str) -> None:
+    """The options every few-step toy bench takes: reflow pairs and solve, network size, seeds, W2
+    sample size, threads, --quick and where the results go."""
+    p.add_argument("--teacher-steps", type=int, default=100, help="Euler steps of the reflow solve")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--time-dim", type=int, default=64)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--n-eval", type=int, default=2000, help="samples and reference points for W2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="CI size: one seed, a few hundred steps")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    p.add_argument("--name", default=name)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps-1rf", type=int, default=8000)
@@ -129,17 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr-finetune", type=float, default=5e-4, help="2-RF's and the student's peak lr")
     p.add_argument("--pairs", type=int, default=50000, help="reflow pairs per seed")
     p.add_argument("--sway", type=float, nargs="*", default=[-1.0, 1.0], help="sway coefficients also measured at 2, 4 NFE")
-    p.add_argument("--teacher-steps", type=int, default=100, help="Euler steps of the reflow solve")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--time-dim", type=int, default=64)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--n-eval", type=int, default=2000, help="samples and reference points for W2")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="CI size: one seed, a few hundred steps")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
-    p.add_argument("--name", default="fewstep")
+    add_shared_options(p, batch=256, name="fewstep")
     a = p.parse_args(argv)
     if a.quick:
         a.steps_1rf, a.steps_2rf, a.steps_distill, a.pairs, a.seeds, a.n_eval = 200, 100, 100, 2048, [0], 300

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmkit  # noqa: E402
 from _common import table, write_results  # noqa: E402
-from bench_fewstep import options, rectified, sample, source  # noqa: E402
+from bench_fewstep import add_shared_options, options, rectified, sample, source  # noqa: E402
 from fmkit import MLP  # noqa: E402
 from fmkit.app.builtin.metrics import wasserstein2  # noqa: E402
 from fmkit.app.builtin.toy import ToyDataset, eight_gaussians, moons  # noqa: E402
@@ -129,17 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3, help="peak lr of FM, MeanFlow and 1-RF")
     p.add_argument("--lr-finetune", type=float, default=5e-4, help="2-RF's and the student's peak lr")
     p.add_argument("--pairs", type=int, default=50000, help="reflow pairs per seed")
-    p.add_argument("--teacher-steps", type=int, default=100, help="Euler steps of the reflow solve")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--time-dim", type=int, default=64)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--n-eval", type=int, default=2000, help="samples and reference points for W2")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="CI size: one seed, a few hundred steps")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
-    p.add_argument("--name", default="fewstep_toy_meanflow")
+    add_shared_options(p, batch=128, name="fewstep_toy_meanflow")
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.pairs, a.seeds, a.n_eval = 180, 1024, [0], 300
