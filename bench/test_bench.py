@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
     ("bench_pairing", ["--quick"], "pairing_cpu_quick"),
     ("bench_fewstep", ["--quick"], "fewstep_quick"),
     ("fewstep_toy_meanflow", ["--quick"], "fewstep_toy_meanflow_quick"),
+    ("bench_threads", ["--quick"], "threads_quick"),
 ])
 def test_bench_quick(script: str, args: list[str], stem: str, tmp_path: Path) -> None:
     import torch

@@ -1,12 +1,15 @@
-"""Shared fixtures of the core tests: one thread (the suite runs beside other jobs on 2 cores) and a
-fixed seed per test, so every statistical assertion is reproducible."""
+"""Shared fixtures of the core tests: one thread, for torch and for fmkit's default (the suite runs beside
+other jobs on 2 cores), and a fixed seed per test, so every statistical assertion is reproducible."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("FMKIT_CPU_THREADS", "1")  # recipes with cpu_threads: null too (and the processes tests start)
 
 
 @pytest.fixture(autouse=True)

@@ -68,8 +68,8 @@ class TrainerOptions(BaseModel):
     log_every: int = Field(50, ge=1)
     progress: bool = True
     cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
-                                    "sampling and evaluation (null: the cores the DataLoader workers leave free, "
-                                    "all of them without workers); 1 is fastest for small models and shared cores")
+                                    "sampling and evaluation (null: FMKIT_CPU_THREADS, else the cores that DataLoader "
+                                    "workers and other busy processes leave free at start, at least 1)")
 
     @model_validator(mode="after")
     def _grid_needs_times(self) -> TrainerOptions:

@@ -44,15 +44,38 @@ def pick_device(name: str) -> torch.device:
 
 
 
-def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> None:
-    """torch's intra-op threads (process-wide) for CPU work: ``opts.cpu_threads``, else the cores that
-    ``workers`` DataLoader processes leave free — threads beyond the free cores wait on each other
-    (docs/recipes.md, ``cpu_threads``) — else torch's default."""
-    threads = opts.cpu_threads
-    if threads is None and workers:
-        threads = max(1, usable_cores() - workers)
-    if threads:
-        torch.set_num_threads(threads)
+def busy_cores() -> int:
+    """Cores other processes keep busy now: the 1-minute load average, rounded (0 where it is unknown)."""
+    try:
+        return max(0, round(os.getloadavg()[0]))
+    except (OSError, AttributeError):
+        return 0
+
+
+def default_cpu_threads(workers: int = 0) -> int:
+    """The intra-op threads of a recipe with ``cpu_threads: null``: ``FMKIT_CPU_THREADS`` when set, else this
+    process's share of the usable cores (split between the ranks torchrun started on this machine) less the
+    ``workers`` DataLoader processes and the cores other processes keep busy (:func:`busy_cores`), at least 1.
+    Threads beyond the free cores wait on each other for the cores others hold: the measurement behind this
+    rule is in docs/recipes.md (``cpu_threads``) and bench/results/threads.md."""
+    env = os.environ.get("FMKIT_CPU_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise TrainingError(f"FMKIT_CPU_THREADS={env!r} is not a positive whole number",
+                                where="environment variable FMKIT_CPU_THREADS",
+                                fix="set it to a thread count such as 1, or unset it for the automatic choice")
+        return int(env)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, usable_cores() // ranks - workers - busy_cores())
+
+
+def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> int:
+    """Set torch's intra-op threads (process-wide) for CPU work and return them: ``opts.cpu_threads``, else
+    :func:`default_cpu_threads` (docs/recipes.md, ``cpu_threads``)."""
+    threads = opts.cpu_threads or default_cpu_threads(workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def check_model_signature(model: nn.Module) -> None:

@@ -83,7 +83,11 @@ class AnnounceRun(Callback):
         self.run_dir = run_dir
 
     def on_train_start(self, trainer: TrainerView) -> None:
-        console.print(f"run directory: [bold]{self.run_dir}[/]  device: {trainer.device}  "
+        import torch
+
+        n = torch.get_num_threads()
+        threads = f" ({n} thread{'s' if n > 1 else ''})" if torch.device(trainer.device).type == "cpu" else ""
+        console.print(f"run directory: [bold]{self.run_dir}[/]  device: {trainer.device}{threads}  "
                       f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
 
 
