@@ -1,11 +1,14 @@
 """CPU threads: with ``cpu_threads: null`` the trainer takes the cores that DataLoader workers, other busy
-processes (the load average) and the other local DDP ranks leave free (oversubscribed torch ops wait on each
+processes (their CPU time in a short look) and the other local DDP ranks leave free (oversubscribed torch ops wait on each
 other; docs/recipes.md, "CPU threads"), ``FMKIT_CPU_THREADS`` overrides that, and `sample`/`evaluate` run with
 the recipe's ``trainer.cpu_threads`` too."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -28,6 +31,9 @@ def _restore_threads(monkeypatch):
 
 
 def _trainer_threads(monkeypatch, workers: int = 0, cpu_threads: str = "null", load: float = 0.0) -> int:
+    from fmkit.engine import setup
+
+    monkeypatch.setattr(setup, "_non_idle_ticks", lambda: None)  # no /proc/stat: the load average decides
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     torch.set_num_threads(7)  # a sentinel: a default that was not applied would leave 7
     build_trainer(load_recipe("recipes/toy_moons.yaml", BASE + [f"trainer.num_workers={workers}",
@@ -61,6 +67,26 @@ def test_a_bad_env_value_is_a_clear_error(monkeypatch):
     with pytest.raises(TrainingError, match="FMKIT_CPU_THREADS") as info:
         _trainer_threads(monkeypatch)
     assert "unset it" in info.value.fix
+
+
+def test_busy_cores_counts_the_cpu_time_others_use_while_it_looks(monkeypatch):
+    from fmkit.engine import setup
+
+    ticks = iter([1000, 1000 + 3 * os.sysconf("SC_CLK_TCK") // 2])  # 1.5 CPU-seconds of others' work in 0.5 s
+    monkeypatch.setattr(setup, "_non_idle_ticks", lambda: next(ticks))
+    assert setup.busy_cores(0.5) == 3
+
+
+def test_busy_cores_sees_a_spinning_process():
+    from fmkit.engine.setup import busy_cores
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 1  # other load on the machine can only add to it
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_sampling_commands_use_the_recipes_cpu_threads():

@@ -69,7 +69,7 @@ class TrainerOptions(BaseModel):
     progress: bool = True
     cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
                                     "sampling and evaluation (null: FMKIT_CPU_THREADS, else the cores that DataLoader "
-                                    "workers and other busy processes leave free at start, at least 1)")
+                                    "workers and other busy processes leave free when it starts, at least 1)")
 
     @model_validator(mode="after")
     def _grid_needs_times(self) -> TrainerOptions:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,27 @@ def pick_device(name: str) -> torch.device:
 
 
 
-def busy_cores() -> int:
-    """Cores other processes keep busy now: the 1-minute load average, rounded (0 where it is unknown)."""
+def _non_idle_ticks() -> int | None:
+    """Clock ticks all CPUs spent busy since boot (``/proc/stat``: user, nice, system, irq, softirq, steal)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+
+
+def busy_cores(window_s: float = 0.5) -> int:
+    """Cores other processes keep busy now, rounded: the CPU time all processes use during ``window_s``
+    seconds, while this one sleeps (``/proc/stat``); the 1-minute load average where that is not
+    available (it would count this process's own start-up too)."""
+    t0 = _non_idle_ticks()
+    if t0 is not None:
+        start = time.perf_counter()
+        time.sleep(window_s)
+        t1, wall = _non_idle_ticks(), time.perf_counter() - start
+        if t1 is not None and wall > 0:
+            return max(0, round((t1 - t0) / (os.sysconf("SC_CLK_TCK") * wall)))
     try:
         return max(0, round(os.getloadavg()[0]))
     except (OSError, AttributeError):
@@ -55,7 +75,8 @@ def busy_cores() -> int:
 def default_cpu_threads(workers: int = 0) -> int:
     """The intra-op threads of a recipe with ``cpu_threads: null``: ``FMKIT_CPU_THREADS`` when set, else this
     process's share of the usable cores (split between the ranks torchrun started on this machine) less the
-    ``workers`` DataLoader processes and the cores other processes keep busy (:func:`busy_cores`), at least 1.
+    ``workers`` DataLoader processes and the cores other processes keep busy (:func:`busy_cores`, half a
+    second's look when the command starts), at least 1.
     Threads beyond the free cores wait on each other for the cores others hold: the measurement behind this
     rule is in docs/recipes.md (``cpu_threads``) and bench/results/threads.md."""
     env = os.environ.get("FMKIT_CPU_THREADS", "").strip()
