@@ -1,7 +1,7 @@
 """CPU threads: with ``cpu_threads: null`` the trainer takes the cores that DataLoader workers, other busy
-processes (their CPU time in a short look) and the other local DDP ranks leave free (oversubscribed torch ops wait on each
-other; docs/recipes.md, "CPU threads"), ``FMKIT_CPU_THREADS`` overrides that, and `sample`/`evaluate` run with
-the recipe's ``trainer.cpu_threads`` too."""
+processes (their CPU time in a short look) and the other local DDP ranks leave free (oversubscribed torch
+ops wait on each other; docs/recipes.md, "CPU threads"), ``FMKIT_CPU_THREADS`` overrides that, and
+`sample`/`evaluate` run with the recipe's ``trainer.cpu_threads`` too."""
 
 from __future__ import annotations
 
