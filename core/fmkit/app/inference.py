@@ -31,6 +31,12 @@ class LoadedRun(NamedTuple):
         return int(self.data.meta["step"])
 
     @property
+    def stopped(self) -> str | None:
+        """``stopped at step N of M by ...`` when a callback (a wall-clock guard) stopped the run at this checkpoint."""
+        record = self.data.meta.get("stopped")
+        return str(record.get("message")) if isinstance(record, dict) else None
+
+    @property
     def label(self) -> str:
         """``step_000000040`` for a run's checkpoint, ``exported step 40`` for a model folder."""
         return self.checkpoint.name if self.checkpoint.name.startswith("step_") else f"exported step {self.step}"

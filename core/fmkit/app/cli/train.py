@@ -69,7 +69,10 @@ def train(
         if dist.rank == 0:
             write_curves(run_dir)
     if dist.rank == 0:
-        early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
+        from fmkit.engine.stopping import stop_record
+
+        stop = stop_record(trainer.step, trainer.opts.steps, trainer.stopped_early)
+        early = f" ({stop['message']})" if stop is not None else ""
         console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
                       f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
         print_eval(run_dir, trainer.evaluator.metrics.values())
