@@ -31,6 +31,12 @@ class LoadedRun(NamedTuple):
         return int(self.data.meta["step"])
 
     @property
+    def stopped(self) -> str | None:
+        """``stopped at step N of M by ...`` when a callback (a wall-clock guard) stopped the run at this checkpoint."""
+        record = self.data.meta.get("stopped")
+        return str(record.get("message")) if isinstance(record, dict) else None
+
+    @property
     def label(self) -> str:
         """``step_000000040`` for a run's checkpoint, ``exported step 40`` for a model folder."""
         return self.checkpoint.name if self.checkpoint.name.startswith("step_") else f"exported step {self.step}"
@@ -71,6 +77,7 @@ def load_for_inference(run: Path | str, set_: list[str] | None, which: str | Non
         return _load_model_folder(str(run), set_)
     run = Path(run)
     rec = load_run_recipe(run, set_ or [])
+    note_resume_overrides(run)
     comps = build_components(rec)
     if which is None:  # the newest that loads (a damaged one is skipped with a note)
         ck, data = load_resolved(run)
@@ -82,6 +89,19 @@ def load_for_inference(run: Path | str, set_: list[str] | None, which: str | Non
                      fix="restore the run's recipe.yaml (drop --set for these keys), or use a checkpoint from this "
                          "recipe")
     return LoadedRun(rec, comps, ck, data)
+
+
+def note_resume_overrides(run: Path) -> None:
+    """A note when RUN was resumed with ``--set`` overrides beyond ``trainer.*``: ``sample`` and ``evaluate`` read
+    its recipe.yaml, the recipe it was started with (a resume's overrides are settings of that training, kept
+    in lineage.json)."""
+    from fmkit.engine.lineage import LINEAGE_FILE, resume_overrides
+    from fmkit.errors import note
+
+    later = [o for o in resume_overrides(run) if not o.strip().startswith("trainer.")]
+    if later:
+        note(f"{run} was resumed with --set {' --set '.join(later)}; this command uses its recipe.yaml, the recipe "
+             f"it was started with", where=str(run / LINEAGE_FILE), fix="pass the same --set here to use them")
 
 
 def _load_model_folder(source: str, set_: list[str] | None) -> LoadedRun:

@@ -207,7 +207,8 @@ def new_run_dir(recipe: Recipe, out: Path | None) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         from fmkit.engine.files import write_atomic_text
 
-        (run_dir / "metrics.csv").unlink(missing_ok=True)  # a failed start's log is no part of this run
+        for left in ("metrics.csv", "lineage.json", "stopped.json"):  # a failed start's records are not this run's
+            (run_dir / left).unlink(missing_ok=True)
         write_atomic_text(run_dir / RECIPE_FILE, recipe.to_yaml())  # a kill never leaves half a recipe
     except OSError as exc:
         raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}", where=str(run_dir),

@@ -40,7 +40,9 @@ class Callback:
     """Hooks into the training loop; override what you need. ``trainer`` gives access to everything;
     ``trainer.log({...})`` adds scalars to metrics.csv (and the trackers) at the current step and
     ``trainer.request_stop(reason)`` ends training after this step (with a checkpoint and the final
-    evaluation; a later resume continues to ``trainer.steps``). Every rank runs the hooks under DDP.
+    evaluation; a later resume continues to ``trainer.steps``), and the run then says "stopped at step N of
+    M by <reason>" (``reason`` such as ``the wall-clock guard (58 minutes)``) in its final table, its
+    checkpoint's meta and ``stopped.json``. Every rank runs the hooks under DDP.
     """
 
     def on_train_start(self, trainer: TrainerView) -> None: ...

@@ -1,5 +1,7 @@
 """Starting a run from another run's weights (``trainer.init_from``), and the record of where a
-run's weights came from (its lineage).
+run's weights came from (its lineage): ``lineage.json`` holds the ``init_from`` record of a fresh run
+and, under ``resumes``, the ``--set`` overrides each resume trained with (the run's ``recipe.yaml``
+stays the recipe it was started from).
 
 k-rectified flow starts the (k+1)-th flow from the k-th one's weights and distillation starts the
 student from its teacher (Liu et al. 2022, "Flow Straight and Fast"); any fine-tuning does the same.
@@ -9,6 +11,8 @@ The weights must fit the new model tensor by tensor: a mismatch is refused, nami
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from torch import nn
 from fmkit.engine import checkpoint as ckpt
 from fmkit.engine.files import write_atomic_text
 from fmkit.engine.train_state import load_model_state
-from fmkit.errors import CheckpointError
+from fmkit.errors import CheckpointError, OutputError
 
 LINEAGE_FILE = "lineage.json"
 
@@ -45,6 +49,40 @@ def init_from_run(model: nn.Module, source: str | Path, use_ema: bool = True) ->
     return {"init_from": str(Path(source).resolve()), "checkpoint": str(ck.resolve()),
             "step": int(data.meta.get("step", -1)), "weights": which,
             "fingerprint": data.meta.get("fingerprint") or {}, "parent_lineage": data.meta.get("lineage")}
+
+
+def read_lineage(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/lineage.json`` (``{}`` when the run has none); a damaged one is refused, naming it."""
+    path = Path(run_dir) / LINEAGE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot read the run's {LINEAGE_FILE}: {exc}", where=str(path),
+                          fix="restore it from a copy of the run, or delete it (the run then forgets where its "
+                              "weights came from and the overrides of its resumes)") from None
+    resumes = record.get("resumes", []) if isinstance(record, dict) else None
+    if not isinstance(resumes, list) or not all(isinstance(r, dict) and isinstance(r.get("overrides"), list)
+                                                and all(isinstance(o, str) for o in r["overrides"]) for r in resumes):
+        raise OutputError(f"the run's {LINEAGE_FILE} is not a lineage record (its resumes must each list their "
+                          "overrides as strings)", where=str(path),
+                          fix="restore it from a copy of the run, or delete it")
+    return record
+
+
+def record_resume(run_dir: Path, step: int, overrides: Sequence[str]) -> Path:
+    """Add a resume's ``--set`` ``overrides`` (and the ``step`` it continued from) to the ``resumes`` of
+    ``run_dir/lineage.json``, in order: later resumes train with them too (:func:`resume_overrides`)."""
+    record = read_lineage(run_dir)
+    record.setdefault("resumes", []).append({"step": int(step), "overrides": list(overrides),
+                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return write_lineage(run_dir, record)
+
+
+def resume_overrides(run_dir: Path) -> list[str]:
+    """The ``--set`` overrides of the run's earlier resumes, oldest first (the later of two on a key wins)."""
+    return [o for r in read_lineage(run_dir).get("resumes", []) for o in r["overrides"]]
 
 
 def write_lineage(run_dir: Path, record: dict[str, Any]) -> Path:

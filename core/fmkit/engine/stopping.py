@@ -1,9 +1,11 @@
 """Why a fit stops before its last step, and what it says: stop signals (SIGINT, SIGTERM, SIGHUP),
-and a loss that became NaN/Inf or diverged (:class:`LossGuard`)."""
+a loss that became NaN/Inf or diverged (:class:`LossGuard`), and a callback's ``request_stop`` (a
+wall-clock guard), which the run records (:func:`record_stop`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from fmkit.engine.checkpoint import complete_checkpoints
 from fmkit.engine.distributed import all_gather_objects, all_reduce_mean
+from fmkit.engine.files import write_atomic_text
 from fmkit.engine.hints import FixHints
 from fmkit.engine.options import BatchSizes
 from fmkit.errors import TrainingError
@@ -23,6 +26,36 @@ from fmkit.flow.state import State, fields
 
 #: the signals a fit handles: SIGHUP is the terminal of an interactive run closing
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: the record of a fit that a callback stopped before trainer.steps (absent when the last fit ran to its end)
+STOPPED_FILE = "stopped.json"
+
+
+def stop_record(step: int, steps: int, by: str | None) -> dict[str, Any] | None:
+    """``{step, steps, by, message}`` of a fit stopped at ``step`` of ``steps`` by ``by`` (the reason given to
+    ``request_stop``, e.g. ``the wall-clock guard (58 minutes)``), kept in the checkpoint and the run
+    directory; None when nothing stopped it (``by`` None)."""
+    if by is None:
+        return None
+    return {"step": step, "steps": steps, "by": by, "message": f"stopped at step {step} of {steps} by {by}"}
+
+
+def record_stop(run_dir: Path, step: int, steps: int, by: str | None) -> None:
+    """``run_dir/stopped.json`` holding the :func:`stop_record`, or none when nothing stopped the fit (``by`` None)."""
+    path = Path(run_dir) / STOPPED_FILE
+    record = stop_record(step, steps, by)
+    if record is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def read_stop(run_dir: Path) -> dict[str, Any] | None:
+    """The run's :func:`record_stop` record (None when its last fit ran to its end, or it is unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / STOPPED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 class TrainingInterrupted(TrainingError):

@@ -26,7 +26,8 @@ class TrainState:
     ``rng``: rank 0's generator states (``cpu``, and ``cuda`` on a GPU); ``data``: the stream position
     (``epoch``, ``index``, ``accum``); ``pending_losses``: the log window's losses since the last
     ``metrics.csv`` line (a resumed run's next line averages the same steps); ``fingerprint``,
-    ``lineage``, ``provenance``: what the run is, where its weights and components came from.
+    ``lineage``, ``provenance``: what the run is, where its weights and components came from; ``stopped``:
+    the record of a callback's stop at this step (``stopped at step N of M by ...``), else None.
     """
 
     step: int
@@ -43,6 +44,7 @@ class TrainState:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
+    stopped: dict[str, Any] | None = None
 
     def to_checkpoint(self) -> CheckpointData:
         """As the tensors and JSON a checkpoint directory holds (:mod:`fmkit.engine.checkpoint`)."""
@@ -54,7 +56,7 @@ class TrainState:
                 "fingerprint": self.fingerprint, "seed": self.seed, "world_size": self.world_size,
                 "ema_updates": self.ema_updates, "pending_losses": list(self.pending_losses),
                 "params": {k: list(v.shape) for k, v in self.model.items()},
-                "lineage": self.lineage, "provenance": self.provenance}
+                "lineage": self.lineage, "provenance": self.provenance, "stopped": self.stopped}
         return CheckpointData(tensors, meta)
 
     @classmethod
@@ -72,7 +74,7 @@ class TrainState:
                    finished=bool(meta.get("finished", False)),
                    pending_losses=[float(v) for v in meta.get("pending_losses", [])], seed=int(meta.get("seed", 0)),
                    world_size=int(meta.get("world_size", 1)), fingerprint=dict(meta.get("fingerprint") or {}),
-                   lineage=meta.get("lineage"), provenance=meta.get("provenance"))
+                   lineage=meta.get("lineage"), provenance=meta.get("provenance"), stopped=meta.get("stopped"))
 
     def check_fingerprint(self, ours: Mapping[str, Any], where: str, hints: FixHints) -> None:
         """Refuse a state of another configuration: every key either side recorded (a recipe's: model, data,

@@ -171,6 +171,8 @@ class Trainer:
             with self._session():
                 self._loop(min(until, self.opts.steps) if until is not None else self.opts.steps)
             ended = self.step >= self.opts.steps
+            if self.run_dir is not None and self.is_main:  # a run a callback stopped says so (stopped.json)
+                stopping.record_stop(self.run_dir, self.step, self.opts.steps, self.stopped_early)
         except torch.cuda.OutOfMemoryError:
             raise stopping.out_of_memory(self.step, self.batches, self.hints) from None
         finally:
@@ -293,17 +295,16 @@ class Trainer:
         """Checkpoint and evaluate when due; True when a callback asked to stop; raises on a stop signal."""
         o = self.opts
         done = self.step == o.steps
+        # a callback's request_stop, before the checkpoint that records it (a request at the last step is no stop)
+        self.stopped_early, self._stop_requested = (None if done else self._stop_requested), None
         with window.aside():
-            saved = self.step % o.checkpoint_every == 0 or self.step == stop  # a stop below needs no other
+            saved = self.step % o.checkpoint_every == 0 or self.step == stop or self.stopped_early is not None
             if saved:
                 self.finished = done
                 self.save_checkpoint()
             if self.evaluator.due(self.step) and not done:
                 self.evaluate()
-        if self._stop_requested is not None and not done:
-            if not saved:
-                self.save_checkpoint()
-            self.stopped_early, self._stop_requested = self._stop_requested, None
+        if self.stopped_early is not None:
             return True
         stop_signal = vote(self.signals.received or 0)  # under DDP: the same step on every rank
         if stop_signal:
@@ -314,7 +315,7 @@ class Trainer:
 
     def request_stop(self, reason: str = "requested") -> None:
         """End training after the current step, as if it were the last (checkpoint, final evaluation);
-        for callbacks (early stopping). Under DDP every rank must request it at the same step."""
+        for callbacks (``reason``: see :class:`Callback`). Under DDP every rank must request it at the same step."""
         self._stop_requested = reason
 
     def log(self, scalars: Mapping[str, float]) -> None:
@@ -331,7 +332,8 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), data=self.stream.position(), seed=self.seed,
             ema=ema.model.state_dict() if ema else None, ema_updates=ema.num_updates if ema else 0,
             pending_losses=self.window.pending(1) if pending is None else pending, world_size=self.dist.world_size,
-            fingerprint=self.fingerprint, lineage=self.lineage, provenance=self.provenance)
+            fingerprint=self.fingerprint, lineage=self.lineage, provenance=self.provenance,
+            stopped=stopping.stop_record(self.step, self.opts.steps, self.stopped_early))
 
     def save_checkpoint(self) -> Path | None:
         """A checkpoint of this step (rank 0 writes; a collective: every rank saves at the same steps)."""

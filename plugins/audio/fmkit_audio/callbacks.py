@@ -15,7 +15,9 @@ class WallClockOptions(BaseModel):
 
 class WallClockLimit(Callback):
     """Ends training once ``minutes`` of wall-clock time have passed since ``fit`` started: a CPU
-    budget ("<= 60 minutes on 2 cores") that holds even when shared cores run slower than the pilot."""
+    budget ("<= 60 minutes on 2 cores") that holds even when shared cores run slower than the pilot. The run
+    then says "stopped at step N of M by the wall-clock guard (58 minutes)" in its final table, checkpoint
+    and ``stopped.json``, and its metrics are those of step N."""
 
     def __init__(self, minutes: float) -> None:
         self.minutes = float(minutes)
@@ -26,4 +28,4 @@ class WallClockLimit(Callback):
 
     def on_step_end(self, trainer, step: int) -> None:
         if self.start is not None and time.monotonic() - self.start > 60.0 * self.minutes:
-            trainer.request_stop(f"wall-clock limit of {self.minutes:g} minutes")
+            trainer.request_stop(f"the wall-clock guard ({self.minutes:g} minutes)")

@@ -10,7 +10,8 @@ Three sources, one in-memory :class:`MelDataset`:
 
 Waveforms are resampled to the front end's rate, optionally trimmed of leading/trailing silence and
 cropped, then turned into log-mels; the global mean/std are computed once from the training split,
-cached, and handed to models, metrics and writers in ``info.meta``.
+cached, and handed to models, metrics and writers in ``info.meta`` (with ``peak_level``, the training
+clips' typical peak, the level samples are written at).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, buckete
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from fmkit_audio.levels import typical_peak
 from fmkit_audio.mel import FrontEndOptions, MelFrontEnd, MelStats, settings_key
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -197,12 +199,13 @@ class MelDataset(Dataset):
         if split not in by_split:
             raise DataError(f"dataset {name!r} has no clips in split {split!r} (it has {sorted(by_split) or 'none'})",
                             where=name, fix="check the data folder, or choose another split")
-        mels, labels = {}, {}
+        mels, labels, peaks = {}, {}, {}
         with torch.no_grad():
             for s, cs in by_split.items():
                 if opts.limit is not None:
                     cs = balanced_subset(cs, opts.limit)
-                mels[s] = [self.front(prepare(c, opts)) for c in cs]
+                got = [(self.front(w), float(w.abs().max())) for w in (prepare(c, opts) for c in cs)]
+                mels[s], peaks[s] = [m for m, _ in got], [p for _, p in got]
                 labels[s] = torch.tensor([c.label for c in cs], dtype=torch.long)
         train = "train" if "train" in mels else split
         self.stats = self._stats(mels[train], key)
@@ -226,7 +229,8 @@ class MelDataset(Dataset):
             meta={"modality": "audio", "name": name, "key": key, "front_end": opts.mel.model_dump(),
                   "mel_mean": self.stats.mean, "mel_std": self.stats.std, "max_frames": self.max_frames,
                   "frame_multiple": fm, "class_names": list(class_names), "sample_rate": opts.mel.sample_rate,
-                  "hop_length": opts.mel.hop_length, "likelihood": "continuous"},
+                  "hop_length": opts.mel.hop_length, "likelihood": "continuous",
+                  "peak_level": typical_peak(peaks[train])},  # the level WAVs are written at (levels.py)
         )
 
     def _stats(self, train_mels: list[Tensor], key: str) -> MelStats:

@@ -77,7 +77,8 @@ def register_metrics(register):
     from fmkit_audio.metrics import AudioDigitsMetric, AudioDigitsOptions
 
     register("audio_digits", AudioDigitsMetric, options=AudioDigitsOptions,
-             description="classifier accuracy, Fréchet distance, inception score, mel stats (real floors beside)")
+             description="digit accuracy of the vocoded samples (and their mels), Fréchet distance, inception "
+                         "score, mel stats; the real test clips' round trip as ceiling")
 
 
 @hookimpl

@@ -12,8 +12,9 @@ touching fmkit or this plugin::
 
 ``register(name, factory, options=None, description="")``; the factory is called with the validated
 options plus ``front_end`` (a :class:`fmkit_audio.mel.FrontEndOptions`) when its signature asks, and
-returns a callable ``vocoder(log_mel [B, M, T]) -> waveform [B, L]`` (un-normalised log-mel, float in
-[-1, 1] out, ``L = (T - 1) * hop``). Recipes pick one by name: ``{name: wav, vocoder: hifigan}`` or
+returns a callable ``vocoder(log_mel [B, M, T]) -> waveform [B, L]`` (un-normalised log-mel in, float out
+at the level the mel says, full scale 1, unclamped: the writer sets the level, :mod:`fmkit_audio.levels`;
+``L = (T - 1) * hop``). Recipes pick one by name: ``{name: wav, vocoder: hifigan}`` or
 ``vocoder: {name: hifigan, ...options}``. Griffin-Lim (Griffin & Lim 1984) through torchaudio's
 InverseMelScale + GriffinLim is the built-in default.
 """
@@ -76,5 +77,5 @@ class GriffinLim:
     def __call__(self, log_mel: Tensor) -> Tensor:
         mag = self.inv(log_mel.float().exp()).clamp_min(0.0)
         length = (log_mel.shape[-1] - 1) * self.front_end.hop_length
-        return self.gl(mag)[..., :length].clamp(-1.0, 1.0)
+        return self.gl(mag)[..., :length]
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from fmkit.plugin import ComponentOf, ComponentSpec, Registry, State
+from fmkit.plugin import ComponentOf, ComponentSpec, Registry, State, note
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmkit_audio.levels import Level, at_level, data_peak, level_report, over_full_scale_message
 from fmkit_audio.mel import FrontEndOptions
 
 
@@ -38,7 +39,8 @@ def _label(samples: State, dataset, i: int) -> str:
 def _stats_file(dataset, out_dir: Path) -> Path:
     p = out_dir / "mel_stats.json"
     meta = dataset.info.meta
-    p.write_text(json.dumps({"mean": meta["mel_mean"], "std": meta["mel_std"], "front_end": meta["front_end"]}))
+    p.write_text(json.dumps({"mean": meta["mel_mean"], "std": meta["mel_std"], "front_end": meta["front_end"],
+                             "peak_level": data_peak(meta)}))
     return p
 
 
@@ -47,19 +49,26 @@ class WavOptions(BaseModel):
     vocoder: Annotated[ComponentSpec, ComponentOf("vocoders")] = Field(
         "griffin_lim", description="a registered vocoder: name or {name, ...options}")
     num: int = Field(10, ge=1, description="how many samples to write")
+    peak: float | None = Field(None, gt=0.0, le=1.0, description="peak of each WAV (full scale 1); null: the "
+                               "training clips' typical peak (the data's peak_level, 0.95 when peak-normalised)")
 
 
 class WavWriter:
     """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples.
+
+    Each waveform is peak-normalised to the data's level (:mod:`fmkit_audio.levels`), never clamped: no
+    written sample reaches full scale. ``levels_step{S}.json`` (and :attr:`report`) give each file's level and
+    the samples the vocoder put beyond full scale, which a note also reports.
 
     fmkit checks the vocoder with the recipe (a ``vocoders`` component: :class:`fmkit.plugin.ComponentOf`)
     and builds the writer with the ``registry`` that holds it; the vocoder is built when the writer
     is (before training, with ``data_info`` from the run's dataset). Built by hand, the writer uses
     the process-wide registry unless given one."""
 
-    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int = 10, *, data_info=None,
-                 registry: Registry | None = None) -> None:
-        self.vocoder_spec, self.num = vocoder, num
+    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int = 10, peak: float | None = None, *,
+                 data_info=None, registry: Registry | None = None) -> None:
+        self.vocoder_spec, self.num, self.peak = vocoder, num, peak
+        self.report: dict | None = None  # the last call's levels (level_report)
         self.registry = registry
         self._vocoder = None
         self.vocoder_seconds = 0.0  # compute spent in the vocoder (Griffin-Lim counted apart from the flow)
@@ -83,15 +92,29 @@ class WavWriter:
         fe = _front_end(dataset)
         vocoder = self._build(fe)
         paths = [_stats_file(dataset, out_dir)]
+        peak, names, levels = self.peak or data_peak(dataset.info.meta), [], []
         for i, mel in enumerate(denormalised(samples, dataset)[: self.num]):
             t0 = time.perf_counter()
-            wav = vocoder(mel[None])[0].clamp(-1, 1).cpu().numpy()
+            wav, level = at_level(vocoder(mel[None])[0].cpu(), peak)
             self.vocoder_seconds += time.perf_counter() - t0
             self.audio_seconds += wav.shape[-1] / fe.sample_rate
             p = out_dir / f"step{step:07d}_{i:03d}_{_label(samples, dataset, i)}.wav"
-            sf.write(str(p), wav, fe.sample_rate, subtype="PCM_16")
+            sf.write(str(p), wav.numpy(), fe.sample_rate, subtype="PCM_16")
             paths.append(p)
+            names.append(p.name)
+            levels.append(level)
+        paths.append(self._report(out_dir / f"levels_step{step:07d}.json", names, levels, peak))
         return paths
+
+    def _report(self, path: Path, names: list[str], levels: list[Level], peak: float) -> Path:
+        """``levels_step{S}.json``, and a note when the vocoder's output went beyond full scale."""
+        self.report = level_report(names, levels, peak)
+        path.write_text(json.dumps(self.report, indent=1) + "\n")
+        message = over_full_scale_message(self.report)
+        if message is not None:
+            note(message, where=str(path), fix="listen to them: mels louder than the data's come from an "
+                 "undertrained or diverging model (compare the metric's mel_stat_dist with its real floor)")
+        return path
 
 
 class PngOptions(BaseModel):

@@ -31,7 +31,8 @@ def e2e_recipe(root, tmp_path):
         "trainer": {"steps": 30, "batch_size": 16, "lr": 1e-3, "device": "cpu", "cpu_threads": 2, "progress": False,
                     "checkpoint_every": 1000, "cond_dropout": 0.15, "log_every": 10},
         "eval": {"every": 0, "num_samples": 20, "batch_size": 20, "guidance_scale": 2.0,
-                 "metrics": [{"name": "audio_digits", "classifier_epochs": 20}],
+                 "metrics": [{"name": "audio_digits", "classifier_epochs": 20,
+                              "vocoder": {"name": "griffin_lim", "n_iter": 16}}],
                  "writers": [{"name": "wav", "vocoder": {"name": "griffin_lim", "n_iter": 16}, "num": 4},
                              {"name": "mel_png", "num": 10}, {"name": "mel_safetensors"}]},
     }
@@ -54,13 +55,20 @@ def test_cpu_run_on_a_few_digits_writes_wavs_png_and_metrics(digits_root, tmp_pa
     with open(run / "metrics.csv", newline="") as f:  # long format: step,name,value
         m = {row["name"]: float(row["value"]) for row in csv.DictReader(f)
              if row["name"].startswith("eval/") and row["step"] == "30"}
-    assert "eval/acc" in m, "no evaluation at step 30 in metrics.csv"
-    for k in ("acc", "acc_real_test", "fd", "fd_real", "is", "is_real", "mel_stat_dist", "mel_stat_dist_real"):
+    assert "eval/digit_acc_vocoded" in m, "no evaluation at step 30 in metrics.csv"
+    for k in ("digit_acc_vocoded", "digit_acc_mel", "digit_acc_ceiling", "digit_acc_ceiling_mel", "fd_vocoded",
+              "fd_mel", "fd_floor", "fd_floor_mel", "is_vocoded", "is_mel", "is_real_vocoded", "is_real_mel",
+              "mel_stat_dist", "mel_stat_dist_real"):
         assert math.isfinite(m[f"eval/{k}"]), k
-    assert 0.0 <= m["eval/acc"] <= 1.0 and m["eval/fd"] >= 0.0 and 1.0 <= m["eval/is"] <= 10.0
-    assert m["eval/acc_real_test"] >= 0.3, m  # above chance (0.1): its classifier learnt from 100 clips
+    for kind in ("vocoded", "mel"):
+        assert 0.0 <= m[f"eval/digit_acc_{kind}"] <= 1.0 and m[f"eval/fd_{kind}"] >= 0.0
+        assert 1.0 <= m[f"eval/is_{kind}"] <= 10.0
+    assert m["eval/digit_acc_ceiling_mel"] >= 0.3, m  # above chance (0.1): its classifier learnt from 100 clips
+    assert m["eval/digit_acc_ceiling"] >= 0.3, m  # and hears the real clips through Griffin-Lim too
     assert m["eval/n_fd"] == 20
-    assert "acc_real_test" in r.stdout and "fd_real" in r.stdout  # the floors and ceilings are printed
+    table = r.stdout[r.stdout.index("evaluation at step 30"):]
+    assert table.index("digit_acc_vocoded") < table.index("digit_acc_mel")  # the table leads with what is heard
+    assert "digit_acc_ceiling" in table and "fd_floor" in table  # the floors and ceilings are printed
 
     # the repo's quality + real-time-factor bench on this run (skipped for an installed plugin alone)
     bench = Path(__file__).resolve().parents[3] / "bench" / "audio_quality.py"
@@ -97,7 +105,8 @@ def test_train_classifier_command_fixed_seed_then_cached(synth_fsdd, tmp_path):
     second = run_fmkit(["audio", "train-classifier", str(recipe), "--set", "data.limit=60"], env=env)
     assert second.returncode == 0 and "cached: " in second.stdout
     acc = [line for line in first.stdout.splitlines() if line.startswith("test accuracy")]
-    assert acc and acc == [line for line in second.stdout.splitlines() if line.startswith("test accuracy")]
+    assert len(acc) == 2 and acc == [line for line in second.stdout.splitlines() if line.startswith("test accuracy")]
+    assert acc[1].startswith("test accuracy after mel -> griffin_lim -> mel: ")  # the vocoded ceiling, cached
     path = first.stdout.split("trained: ")[1].split(" (")[0]
     assert path.startswith(str(tmp_path / "cache")) and path.endswith(".safetensors")
     bad = run_fmkit(["audio", "train-classifier", str(recipe), "--set", "data.root=" + str(tmp_path / "nowhere")],

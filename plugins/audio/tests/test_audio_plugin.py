@@ -46,6 +46,8 @@ def test_recipes_validate(reg, name):
     rec = load_recipe(reg.recipes()[name][0], registry=reg)
     assert rec.model.name == "mel_unet" and rec.solver.spec().get("steps") == 32  # at most 32 NFE a sample
     assert [m.name for m in rec.eval.metrics] == ["audio_digits"]
+    wav = next(w.spec() for w in rec.eval.writers if w.name == "wav")
+    assert rec.eval.metrics[0].spec()["vocoder"] == wav["vocoder"]  # the metric hears what the wav writer writes
 
 
 def test_gpu_recipe_names_its_cpu_alternative(reg):

@@ -115,7 +115,8 @@ def test_the_writer_uses_the_registry_it_is_given(synth_fsdd, tmp_path):
     paths = [p for p in w(ds.template(2), tmp_path, ds, 0) if p.suffix == ".wav"]
     import soundfile as sf
 
-    assert len(paths) == 2 and abs(float(abs(sf.read(str(paths[0]))[0]).max()) - 0.3) < 1e-3
+    assert len(paths) == 2 and w.report["files"][paths[0].name]["peak_in"] == pytest.approx(0.3)  # the sine bank's
+    assert abs(float(abs(sf.read(str(paths[0]))[0]).max()) - 0.95) < 1e-3  # written at the data's level
 
 
 def test_two_plugins_registering_one_vocoder_name_is_an_error():
@@ -183,9 +184,11 @@ def test_an_installed_vocoder_plugin_is_selectable_from_a_recipe(synth_fsdd, tmp
     out = tmp_path / "run" / "samples"
     wavs = sorted(out.glob("step*_*.wav"))
     assert len(wavs) == 2
-    # the WAVs are the sine bank's rendering of the samples the run wrote (16-bit rounding aside)
+    # the WAVs are the sine bank's rendering of the samples the run wrote, at the data's level (16-bit rounding aside)
     import soundfile as sf
     from safetensors.torch import load_file
+
+    from fmkit_audio.levels import at_level
 
     sys.path.insert(0, str(site))
     try:
@@ -194,9 +197,10 @@ def test_an_installed_vocoder_plugin_is_selectable_from_a_recipe(synth_fsdd, tmp
         sys.path.remove(str(site))
     mels = load_file(str(next(out.glob("mels_step*.safetensors"))))
     voc = SineBank(gain=0.4, front_end=FE)
+    peak = json.loads((out / "mel_stats.json").read_text())["peak_level"]
     for i, p in enumerate(wavs):
         n = int(mels["mask"][i].sum())
-        expect = voc(mels["log_mel"][i:i + 1, :, :n])[0]
+        expect = at_level(voc(mels["log_mel"][i:i + 1, :, :n])[0], peak)[0]
         got = torch.from_numpy(sf.read(str(p), dtype="float32")[0])
         assert got.shape == expect.shape
         torch.testing.assert_close(got, expect, atol=2 / 32768, rtol=0)

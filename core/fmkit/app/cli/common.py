@@ -58,10 +58,14 @@ def print_tables(title: str, rows: list[tuple[str, str]], metrics) -> None:
 
 
 def print_eval(run_dir: Path, metrics=()) -> None:
+    """The run's last evaluation from its metrics.csv, titled with its step, and with "stopped at step N of M
+    by ..." when a callback (a wall-clock guard) stopped the run there (its stopped.json)."""
     from fmkit.engine.metrics_log import read_metrics
+    from fmkit.engine.stopping import read_stop
 
     m = read_metrics(run_dir)
     ev = {k[5:]: v[-1] for k, v in m.items() if k.startswith("eval/")}
     if ev:  # in the recipe's metric order, as `fmkit evaluate` prints them
-        print_tables(f"evaluation at step {max(s for s, _ in ev.values())}",
-                      [(k, f"{v:.4f}") for k, (_, v) in ev.items()], metrics)
+        step, stop = max(s for s, _ in ev.values()), read_stop(run_dir)
+        stopped = f" — {stop['message']}" if stop is not None and stop["step"] == step else ""
+        print_tables(f"evaluation at step {step}{stopped}", [(k, f"{v:.4f}") for k, (_, v) in ev.items()], metrics)

@@ -216,7 +216,8 @@ def evaluate(
     if not rows:
         raise FmkitError("the run's recipe lists no metrics", where="eval.metrics",
                          fix="add e.g. `eval: {metrics: [{name: w2}]}` or pass --likelihood")
-    title = f"{run} @ {loaded.label}" + (f" ({num} samples, {about})" if comps.metrics else "")
+    title = f"{run} @ {loaded.label}" + (f" ({num} samples, {about})" if comps.metrics else "") + \
+        (f" — {loaded.stopped}" if loaded.stopped else "")
     print_tables(title, rows, comps.metrics.values())
     if protocol is not None:
         console.print(f"likelihood protocol: {protocol}", highlight=False, soft_wrap=True)

@@ -69,7 +69,10 @@ def train(
         if dist.rank == 0:
             write_curves(run_dir)
     if dist.rank == 0:
-        early = f" (stopped early: {trainer.stopped_early})" if trainer.stopped_early is not None else ""
+        from fmkit.engine.stopping import stop_record
+
+        stop = stop_record(trainer.step, trainer.opts.steps, trainer.stopped_early)
+        early = f" ({stop['message']})" if stop is not None else ""
         console.print(f"trained to step {trainer.step}{early} in {time.perf_counter() - t0:.1f} s; "
                       f"checkpoints in {run_dir / 'checkpoints'}", highlight=False)
         print_eval(run_dir, trainer.evaluator.metrics.values())
@@ -91,30 +94,31 @@ class AnnounceRun(Callback):
                       f"params: {sum(p.numel() for p in trainer.model.parameters()):,}")
 
 
-class SaveRecipe(Callback):
-    """Writes a resumed run's recipe with its ``--set`` overrides into the run directory once training starts,
-    i.e. only after the checkpoint has loaded into the overridden recipe (a refused resume keeps the old one)."""
+class RecordResume(Callback):
+    """Records a resume's ``--set`` overrides in the run's ``lineage.json`` once training starts, i.e. only
+    after the checkpoint has loaded into the overridden recipe (a refused resume records nothing). The run's
+    ``recipe.yaml`` stays the recipe it was started from: ``sample`` and ``evaluate`` read it."""
 
-    def __init__(self, run_dir: Path, recipe: Recipe) -> None:
-        self.run_dir, self.recipe = run_dir, recipe
+    def __init__(self, run_dir: Path, overrides: list[str]) -> None:
+        self.run_dir, self.overrides = run_dir, overrides
 
     def on_train_start(self, trainer: TrainerView) -> None:
-        from fmkit.app.run import RECIPE_FILE
-        from fmkit.engine.files import write_atomic_text
+        from fmkit.engine.lineage import record_resume
 
-        write_atomic_text(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())  # a kill never leaves half a recipe
+        record_resume(self.run_dir, trainer.step, self.overrides)
 
 
 def _recipe(recipe: Optional[Path], resume: Optional[Path], set_: Optional[list[str]], quiet: bool = False) -> Recipe:
-    """The recipe to train: the resumed run's own (with ``--set``; ``quiet``: no note that ``recipe`` is not
-    used), else the recipe file's."""
+    """The recipe to train: the resumed run's own with the overrides of its earlier resumes and then ``--set``
+    (``quiet``: no note that ``recipe`` is not used), else the recipe file's."""
     from fmkit.app.recipe import load_recipe
     from fmkit.app.run import RECIPE_FILE, load_run_recipe
+    from fmkit.engine.lineage import resume_overrides
 
     if resume is not None:
         if recipe is not None and not quiet:
             console.print(f"[yellow]note:[/] resuming uses {resume / RECIPE_FILE}; {recipe} is ignored")
-        return load_run_recipe(resume, set_ or [])
+        return load_run_recipe(resume, resume_overrides(resume) + (set_ or []))
     if recipe is None:
         raise FmkitError("no recipe given", where="fmkit train", fix="run `fmkit train recipes/toy_moons.yaml`")
     return load_recipe(recipe, set_ or [])
@@ -132,12 +136,12 @@ def _new_trainer(rec: Recipe, dist: Any, out: Optional[Path]) -> tuple[Path, Tra
 
 
 def _resumed_trainer(rec: Recipe, dist: Any, run_dir: Path, set_: Optional[list[str]]) -> Trainer:
-    """The trainer of the run in ``run_dir``; with ``--set`` overrides, rank 0 saves the recipe they make."""
+    """The trainer of the run in ``run_dir``; with ``--set`` overrides, rank 0 records them in its lineage."""
     from fmkit.app.run import build_trainer
 
     callbacks: list[Callback] = [AnnounceRun(run_dir)] if dist.rank == 0 else []
     if dist.rank == 0 and set_:
-        callbacks.append(SaveRecipe(run_dir, rec))
+        callbacks.append(RecordResume(run_dir, list(set_)))
     return build_trainer(rec, run_dir, callbacks=callbacks)
 
 
