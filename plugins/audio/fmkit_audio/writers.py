@@ -46,18 +46,19 @@ class WavOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vocoder: Annotated[ComponentSpec, ComponentOf("vocoders")] = Field(
         "griffin_lim", description="a registered vocoder: name or {name, ...options}")
-    num: int = Field(10, ge=1, description="how many samples to write")
+    num: int | None = Field(None, ge=1, description="write the first num samples; null: all of them")
 
 
 class WavWriter:
-    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples.
+    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for every sample, or the first ``num``;
+    ``i`` is zero-padded to sort in sample order and ``label`` is the class name (the digit).
 
     fmkit checks the vocoder with the recipe (a ``vocoders`` component: :class:`fmkit.plugin.ComponentOf`)
     and builds the writer with the ``registry`` that holds it; the vocoder is built when the writer
     is (before training, with ``data_info`` from the run's dataset). Built by hand, the writer uses
     the process-wide registry unless given one."""
 
-    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int = 10, *, data_info=None,
+    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int | None = None, *, data_info=None,
                  registry: Registry | None = None) -> None:
         self.vocoder_spec, self.num = vocoder, num
         self.registry = registry
@@ -83,12 +84,14 @@ class WavWriter:
         fe = _front_end(dataset)
         vocoder = self._build(fe)
         paths = [_stats_file(dataset, out_dir)]
-        for i, mel in enumerate(denormalised(samples, dataset)[: self.num]):
+        mels = denormalised(samples, dataset)[: self.num]
+        width = max(3, len(str(len(mels) - 1)))
+        for i, mel in enumerate(mels):
             t0 = time.perf_counter()
             wav = vocoder(mel[None])[0].clamp(-1, 1).cpu().numpy()
             self.vocoder_seconds += time.perf_counter() - t0
             self.audio_seconds += wav.shape[-1] / fe.sample_rate
-            p = out_dir / f"step{step:07d}_{i:03d}_{_label(samples, dataset, i)}.wav"
+            p = out_dir / f"step{step:07d}_{i:0{width}d}_{_label(samples, dataset, i)}.wav"
             sf.write(str(p), wav, fe.sample_rate, subtype="PCM_16")
             paths.append(p)
         return paths
