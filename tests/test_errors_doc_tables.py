@@ -23,6 +23,9 @@ CASES = [
     ("the signal is held until the imports end", "tests/app/test_stop_signals.py"),
     ("samples hold NaN/Inf", "tests/app/test_sample_failures.py"),
     ("metric 'w2' failed", "tests/app/test_sample_failures.py"),
+    ("is out of range: this run's data has classes", "tests/app/test_sample_classes.py"),
+    ("needs a conditional run", "tests/app/test_sample_classes.py"),
+    ("contradicts --per-class", "tests/app/test_sample_classes.py"),
     ("ran out of memory while sampling", None),  # documented; no test drives it (CUDA out of memory in `sample`)
     ("appears twice in one mapping", "tests/app/test_recipe_validation.py"),
     ("which the data does not have", "tests/app/test_recipe_validation.py"),

@@ -11,7 +11,8 @@ inside the core (its tests add :mod:`fmkit.testing`):
   ``Writer``, ``Logger`` (with the ``LoggerRun`` it starts);
 - the core's components a plugin composes with its own: ``TensorDataset``, ``AffinePath``, ``CondOTScheduler``,
   ``GaussianSource``, ``FixedStepSolver``, ``ClassifierFreeGuidance``;
-- helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes, the OT
+- helpers: state fields and masks, ``bucketed_batches`` for data of variable sizes (and
+  ``examples_of_classes`` for their ``class_template``), the OT
   ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
   functions, ``frechet_distance``, ``IntervalEmbedding``/``takes_r`` for a model with two times
   (objective meanflow);
@@ -44,7 +45,7 @@ from fmkit.errors import (
                           note,
 )
 from fmkit.flow.couplings import Coupling, assignment, require_finite
-from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices, TensorDataset, bucketed_batches
+from fmkit.flow.data import DataInfo, Dataset, FieldInfo, Indices, TensorDataset, bucketed_batches, examples_of_classes
 from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.likelihood import Dequantization, data_log_likelihood, declared_likelihood, log_likelihood
 from fmkit.flow.paths import (
@@ -84,8 +85,8 @@ __all__ = [
     "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
     "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
     "State", "TensorDataset", "TrackerError", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
-    "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "expand_t",
-    "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical", "load_recipe",
-    "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
+    "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "examples_of_classes",
+    "expand_t", "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical",
+    "load_recipe", "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
     "require_finite", "takes_r", "takes_step",
 ]

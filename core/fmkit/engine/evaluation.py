@@ -32,12 +32,14 @@ EVALUATED_FILE = "evaluated.json"
 
 @torch.no_grad()
 def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, dataset: Dataset,
-                     n: int, chunk: int, device: torch.device, seed: int = 0, dist: DistInfo | None = None) -> State:
+                     n: int, chunk: int, device: torch.device, seed: int = 0, dist: DistInfo | None = None, *,
+                     cond: torch.Tensor | None = None) -> State:
     """Generate ``n`` samples in chunks of ``chunk``; returns CPU tensors.
 
     Chunk k draws from its own random stream (seed, k), so the samples do not depend on how the
     chunks are spread: with ``dist`` (a DDP run; every rank calls this), rank r generates chunks
-    r, r + world, ... and all ranks receive all ``n`` samples (all_gather).
+    r, r + world, ... and all ranks receive all ``n`` samples (all_gather). ``cond`` chooses the
+    classes (``fmkit sample --class``): chunk k's templates come from ``dataset.class_template``.
 
     Args:
         model: the velocity field ``model(x_t, t, cond)``, already in eval mode and on ``device``.
@@ -50,18 +52,23 @@ def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, sol
         device: where the samples are generated.
         seed: base seed of the per-chunk random streams and templates.
         dist: the DDP ranks to spread the chunks over; None for one process.
+        cond: the class of every sample [n]; None: the classes of the data's templates.
 
     Returns:
         The ``n`` samples, a State of CPU tensors [n, ...] in chunk order; fields whose size varies
         between chunks (atoms per molecule) are zero-padded to the largest.
     """
+    if cond is not None and len(cond) != n:
+        raise ValueError(f"cond holds {len(cond)} classes for {n} samples")
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     starts = list(range(0, n, chunk))
     parts: dict[int, State] = {}
     for k in range(rank, len(starts), world):
         m = min(chunk, n - starts[k])
         seed_generators(fold_seed(seed, SAMPLING_STREAM, k), device)
-        template = to_device(dataset.template(m, seed=seed + starts[k]), device)
+        template = dataset.template(m, seed=seed + starts[k]) if cond is None else \
+            dataset.class_template(cond[starts[k]:starts[k] + m].cpu(), seed=seed + starts[k])
+        template = to_device(template, device)
         sol = generate(model, path, source, solver, template)
         parts[k] = to_device(sol.x, "cpu")
     if world > 1:

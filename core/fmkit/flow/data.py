@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from fmkit.errors import DataError
 from fmkit.flow.state import State
 
 Indices = Sequence[int] | np.ndarray
@@ -113,6 +114,29 @@ class Dataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, len(self), (n,), generator=g).tolist()
         return self.collate([self[i] for i in idx])
+
+    def class_template(self, cond: Tensor, seed: int = 0) -> State:
+        """A template like :meth:`template` whose examples have the classes ``cond`` [n] (``fmkit sample
+        --class``): here ``template(n)`` with its ``cond`` replaced. A dataset whose sizes or masks follow
+        the class (the frames of a spoken digit) overrides it, e.g. with :func:`examples_of_classes`."""
+        out = dict(self.template(len(cond), seed=seed))
+        out["cond"] = cond.to(out["cond"].dtype) if "cond" in out else cond.long()
+        return out
+
+
+def examples_of_classes(labels: Tensor, cond: Tensor, seed: int = 0) -> Tensor:
+    """For each class of ``cond`` [n], a random example (index into ``labels`` [N]) of that class, drawn
+    with replacement and deterministically from ``seed``; a class no example has is a :class:`DataError`."""
+    counts = torch.bincount(labels, minlength=int(cond.max()) + 1)
+    missing = sorted({int(c) for c in cond if counts[c] == 0})
+    if missing:
+        raise DataError(f"the data holds no example of class(es) {missing}, so samples of them have no template",
+                        where="--class / --per-class", fix="choose classes the training data holds")
+    order = torch.argsort(labels, stable=True)
+    starts = counts.cumsum(0) - counts
+    g = torch.Generator().manual_seed(seed)
+    offset = (torch.rand(len(cond), generator=g, dtype=torch.float64) * counts[cond]).long()
+    return order[starts[cond] + offset]
 
 
 def bucketed_batches(sizes: Sequence[int] | np.ndarray, epoch: int, batch_size: int, seed: int, *,

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, bucketed_batches, note
+from fmkit.plugin import DataError, DataInfo, Dataset, FieldInfo, State, bucketed_batches, examples_of_classes, note
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -284,6 +284,11 @@ class MelDataset(Dataset):
         training data of its class), padded to ``max_frames``."""
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, len(self), (n,), generator=g).tolist()
+        return self.collate([self[i] for i in idx], width=self.max_frames)
+
+    def class_template(self, cond: Tensor, seed: int = 0) -> State:
+        """Like :meth:`template`, with a training example of class ``cond[i]`` for sample i (its length)."""
+        idx = examples_of_classes(self.labels, cond, seed).tolist()
         return self.collate([self[i] for i in idx], width=self.max_frames)
 
     def reference(self, n: int, seed: int = 0) -> State:

@@ -48,13 +48,14 @@ class WavOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vocoder: Annotated[ComponentSpec, ComponentOf("vocoders")] = Field(
         "griffin_lim", description="a registered vocoder: name or {name, ...options}")
-    num: int = Field(10, ge=1, description="how many samples to write")
+    num: int | None = Field(None, ge=1, description="write the first num samples; null: all of them")
     peak: float | None = Field(None, gt=0.0, le=1.0, description="peak of each WAV (full scale 1); null: the "
                                "training clips' typical peak (the data's peak_level, 0.95 when peak-normalised)")
 
 
 class WavWriter:
-    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for the first ``num`` samples.
+    """``step{S}_{i}_{label}.wav`` (16-bit PCM at the front end's rate) for every sample, or the first ``num``;
+    ``i`` is zero-padded to sort in sample order and ``label`` is the class name (the digit).
 
     Each waveform is peak-normalised to the data's level (:mod:`fmkit_audio.levels`), never clamped: no
     written sample reaches full scale. ``levels_step{S}.json`` (and :attr:`report`) give each file's level and
@@ -65,8 +66,8 @@ class WavWriter:
     is (before training, with ``data_info`` from the run's dataset). Built by hand, the writer uses
     the process-wide registry unless given one."""
 
-    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int = 10, peak: float | None = None, *,
-                 data_info=None, registry: Registry | None = None) -> None:
+    def __init__(self, vocoder: ComponentSpec = "griffin_lim", num: int | None = None, peak: float | None = None,
+                 *, data_info=None, registry: Registry | None = None) -> None:
         self.vocoder_spec, self.num, self.peak = vocoder, num, peak
         self.report: dict | None = None  # the last call's levels (level_report)
         self.registry = registry
@@ -93,12 +94,14 @@ class WavWriter:
         vocoder = self._build(fe)
         paths = [_stats_file(dataset, out_dir)]
         peak, names, levels = self.peak or data_peak(dataset.info.meta), [], []
-        for i, mel in enumerate(denormalised(samples, dataset)[: self.num]):
+        mels = denormalised(samples, dataset)[: self.num]
+        width = max(3, len(str(len(mels) - 1)))
+        for i, mel in enumerate(mels):
             t0 = time.perf_counter()
             wav, level = at_level(vocoder(mel[None])[0].cpu(), peak)
             self.vocoder_seconds += time.perf_counter() - t0
             self.audio_seconds += wav.shape[-1] / fe.sample_rate
-            p = out_dir / f"step{step:07d}_{i:03d}_{_label(samples, dataset, i)}.wav"
+            p = out_dir / f"step{step:07d}_{i:0{width}d}_{_label(samples, dataset, i)}.wav"
             sf.write(str(p), wav.numpy(), fe.sample_rate, subtype="PCM_16")
             paths.append(p)
             names.append(p.name)

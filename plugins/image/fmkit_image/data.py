@@ -221,6 +221,11 @@ class ImageDataset(Dataset):
         """uint8 -> [-1, 1] at the centre of each 1/256 bin."""
         return (u8.float() + 0.5) / 128.0 - 1.0
 
+    @staticmethod
+    def quantise(x: Tensor) -> Tensor:
+        """[-1, 1] -> uint8, clamped: the inverse of :meth:`scale` (each 1/256 bin back to its level)."""
+        return ((x.detach().float().clamp(-1, 1) + 1) * 128).floor().clamp(0, 255).to(torch.uint8)
+
     def __getitem__(self, i: int) -> State:
         return {k: v[0] for k, v in self.get_batch([i]).items()}
 

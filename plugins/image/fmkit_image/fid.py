@@ -18,6 +18,8 @@ import torch
 from fmkit.plugin import DataError, DependencyError, RecipeError
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmkit_image.data import ImageDataset
+
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
 ENV = "FMKIT_INCEPTION_WEIGHTS"
@@ -72,8 +74,8 @@ def _require_torchmetrics():
 
 
 def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float [N, C, H, W] -> uint8 [N, 3, H, W] (one channel repeated)."""
-    u8 = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, 3, H, W] (the data's levels; one channel repeated)."""
+    u8 = ImageDataset.quantise(x)
     return u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
 
 

@@ -57,10 +57,12 @@ def register_metrics(register):
 
 @hookimpl
 def register_writers(register):
-    from fmkit_image.writers import GridOptions, GridWriter
+    from fmkit_image.writers import GridOptions, GridWriter, ImageSamplesOptions, ImageSamplesWriter
 
     register("image_grid", GridWriter, options=GridOptions,
-             description="PNG grid of samples (torchvision make_grid), one row per class")
+             description="PNG grid of samples (torchvision make_grid), one row per class, clamped to 8 bits")
+    register("image_samples", ImageSamplesWriter, options=ImageSamplesOptions,
+             description="the samples as uint8 images in safetensors (raw: true keeps the solver's floats)")
 
 
 @hookimpl

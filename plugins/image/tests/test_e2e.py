@@ -28,7 +28,7 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     over = [f"data.root={root}", "data.limit=300", "data.test_limit=100", "trainer.steps=6", "trainer.batch_size=32",
             "trainer.progress=false", "model.channels=16", "model.attention_resolutions=[]", "eval.num_samples=20",
             "eval.batch_size=20", "solver.steps=2",
-            "eval.metrics=[{name: image_classifier}]", "eval.writers=[{name: image_grid}]"]
+            "eval.metrics=[{name: image_classifier}]"]  # the recipe's own writers: the grid and 8-bit samples
     rec = load_recipe(_recipe(), over)
     tr = build_trainer(rec, tmp_path / "run")
     tr.fit()
@@ -39,6 +39,8 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     assert grids and list((tmp_path / "run" / "samples").glob("*.safetensors"))
     with Image.open(grids[0]) as im:  # 10 images a row, one row per class drawn (30 px a cell with padding)
         assert im.width == 10 * 30 + 2 and im.height >= 30
+    assert list((tmp_path / "run" / "samples").glob("images_step*.safetensors"))
+    _sample_per_class(rec, tmp_path / "run")
 
     from fmkit.plugin import model_velocity
     from fmkit_image.likelihood import bits_per_dim
@@ -50,6 +52,27 @@ def _end_to_end(root, tmp_path, judge_images: int = 300, judge_epochs: int = 3) 
     # a barely trained flow is close to the identity: N(0, I) on [-1, 1] pixels gives ~9 bits/dim
     assert math.isfinite(b.bits_per_dim) and 1.0 < b.bits_per_dim < 12.0, b.bits_per_dim
     return {"classifier_acc": acc, "bpd": b.bits_per_dim, **out}
+
+
+def _sample_per_class(rec, run):
+    """`fmkit sample RUN --per-class 2` (a real process): a grid of one row per class, 8-bit samples in class order."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    (run / "recipe.yaml").write_text(rec.to_yaml())  # what `fmkit train` writes (the test trained in-process)
+    r = subprocess.run([sys.executable, "-m", "fmkit", "sample", str(run), "--per-class", "2", "--steps", "1",
+                        "--out", "pc"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = run / "samples" / "pc"
+    with Image.open(next(out.glob("samples_step*.png"))) as im:
+        assert (im.width, im.height) == (10 * 30 + 2, 10 * 30 + 2)  # 10 classes: 10 rows (2 samples, 8 black)
+    saved = load_file(str(next(out.glob("images_step*.safetensors"))))
+    assert saved["images"].dtype == torch.uint8 and saved["images"].shape == (20, 1, 28, 28)
+    assert saved["cond"].tolist() == [c for c in range(10) for _ in range(2)]
 
 
 def test_real_mnist_end_to_end(tmp_path):

@@ -22,7 +22,7 @@ def reg():
 
 def test_everything_registered_with_strict_options(reg):
     expected = {"datasets": {"mnist", "fashion_mnist", "cifar10", "image_folder"}, "models": {"unet"},
-                "metrics": {"image_classifier"}, "writers": {"image_grid"}}
+                "metrics": {"image_classifier"}, "writers": {"image_grid", "image_samples"}}
     for kind, names in expected.items():
         entries = reg.entries(kind)
         assert names <= set(entries), kind
@@ -40,7 +40,10 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_validate(reg, name):
     path = reg.recipes()[name][0]
-    assert load_recipe(path, registry=reg).model.name == "unet"
+    rec = load_recipe(path, registry=reg)
+    assert rec.model.name == "unet"
+    # `fmkit sample` and the evaluation write what the README promises: the grid and 8-bit samples
+    assert [w.name for w in rec.eval.writers] == ["image_grid", "image_samples"]
 
 
 def test_cifar10_missing_files_is_a_data_error(tmp_path):

@@ -26,6 +26,12 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 GuidanceOpt = Annotated[Optional[float], typer.Option(
     "--guidance", help="classifier-free guidance scale (default: the recipe's eval.guidance_scale; 1 = plain "
     "conditional, 0 = unconditional)")]
+ClassOpt = Annotated[Optional[list[str]], typer.Option(
+    "--class", metavar="D", help="samples of class D only (repeatable, or a comma list 1,7: the samples are shared "
+    "evenly, in class order); conditional runs")]
+PerClassOpt = Annotated[Optional[int], typer.Option(
+    "--per-class", metavar="K", min=1, help="K samples of every class, in class order (n = K x classes; -n, if "
+    "given, must agree); conditional runs")]
 CheckpointOpt = Annotated[Optional[str], typer.Option(
     "--checkpoint", "-c", metavar="STEP|DIR",
     help="an older checkpoint of RUN: its step (as in checkpoints/step_*) or its folder (default: the newest)")]

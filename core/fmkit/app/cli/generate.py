@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmkit.app.cli.common import MAX_SAMPLES, CheckpointOpt, GuidanceOpt, SetOpt, app, console, print_tables
+from fmkit.app.cli.common import (MAX_SAMPLES, CheckpointOpt, ClassOpt, GuidanceOpt, PerClassOpt, SetOpt, app, console,
+                                  print_tables)
+from fmkit.app.classes import requested_classes
 from fmkit.app.inference import (
     build_solver,
     check_finite,
@@ -30,8 +32,10 @@ SourceArg = Annotated[str, typer.Argument(metavar="RUN", help="run directory, mo
 @app.command()
 def sample(
     run: SourceArg,
-    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples (generated "
-                                   "in chunks of eval.chunk_size)")] = 1000,
+    n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, max=MAX_SAMPLES, help="number of samples "
+                                             "(generated in chunks of eval.chunk_size) [default: 1000]")] = None,
+    class_: ClassOpt = None,
+    per_class: PerClassOpt = None,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
@@ -46,11 +50,14 @@ def sample(
     checkpoint: CheckpointOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate samples from a trained run, a model folder or hf://, and write them (artefacts + safetensors).\f
+    """Generate samples from a trained run, a model folder or hf://, and write them: samples.safetensors (the
+    solver's raw values) and the files of the recipe's eval.writers (e.g. an image grid, one row per class).\f
 
     Args:
         run: RUN, a run directory, a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]``.
-        n: ``--num``, the number of samples.
+        n: ``--num``, the number of samples; None: 1000, or K x classes with ``--per-class K``.
+        class_: ``--class``, the classes to sample (shared evenly, in class order); None: the data's.
+        per_class: ``--per-class K``, K samples of every class, in class order.
         solver: ``--solver``, a solver name; None: the recipe's.
         steps: ``--steps`` of a fixed-step solver; None: the recipe's.
         rtol: ``--rtol`` of an adaptive solver; None: the recipe's.
@@ -71,6 +78,7 @@ def sample(
 
     loaded = load_for_inference(run, set_, checkpoint)
     rec, comps = loaded.recipe, loaded.components
+    n, cond = requested_classes(class_, per_class, n, comps.dataset.info.num_cond_classes, 1000, MAX_SAMPLES)
     dev = inference_device(rec)
     s, _ = build_solver(rec, solver, steps, rtol, atol)
     out_dir = sample_dir(samples_home(run), out, overwrite)
@@ -79,7 +87,7 @@ def sample(
     t0 = time.perf_counter()
     try:
         samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.chunk_size, dev,
-                                   seed)
+                                   seed, cond=cond)
         check_finite(samples)
     except BaseException as exc:
         if out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -117,6 +125,8 @@ def sample(
 def evaluate(
     run: SourceArg,
     n: Annotated[Optional[int], typer.Option("-n", "--num", min=1, help="samples (default: eval.num_samples)")] = None,
+    class_: ClassOpt = None,
+    per_class: PerClassOpt = None,
     solver: Annotated[Optional[str], typer.Option(help="solver name (default: the recipe's)")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="solver steps (fixed-step solvers)")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="relative tolerance (adaptive solvers)")] = None,
@@ -135,7 +145,10 @@ def evaluate(
 
     Args:
         run: RUN, a run directory, a model folder (``fmkit export``) or ``hf://ORG/NAME[@REVISION]``.
-        n: ``--num``, the number of samples for the metrics; None: the recipe's ``eval.num_samples``.
+        n: ``--num``, the number of samples for the metrics; None: the recipe's ``eval.num_samples``, or
+            K x classes with ``--per-class K``.
+        class_: ``--class``, the classes to sample (shared evenly); None: the data's.
+        per_class: ``--per-class K``, K samples of every class.
         solver: ``--solver``, a solver name; None: the recipe's.
         steps: ``--steps`` of a fixed-step solver; None: the recipe's.
         rtol: ``--rtol`` of an adaptive solver; None: the recipe's.
@@ -164,7 +177,8 @@ def evaluate(
     model, scale = guided(bare, rec, comps.dataset.info.null_class, guidance)
     if scale is not None:
         about += f", guidance {scale:g}"
-    num = n or rec.eval.num_samples
+    num, cond = requested_classes(class_, per_class, n, comps.dataset.info.num_cond_classes, rec.eval.num_samples,
+                                  MAX_SAMPLES)
     dequant, protocol = None, None
     if likelihood:  # before any sampling: data whose likelihood means nothing must not cost an evaluation
         from fmkit.flow.likelihood import declared_likelihood
@@ -179,7 +193,7 @@ def evaluate(
     if comps.metrics:
         torch.manual_seed(seed)
         samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, num, rec.eval.chunk_size, dev,
-                                   seed)
+                                   seed, cond=cond)
         # the trainer's scoring: a metric returning a non-number is named; one that fails spares the others
         results, failed = score(comps.metrics, samples, comps.dataset)
         rows += [(k, f"{v:.4f}") for k, v in results.items()]
