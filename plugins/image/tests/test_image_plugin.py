@@ -12,7 +12,7 @@ from fmkit.plugin import DataError, load_recipe
 from fmkit.testing import Trainer, TrainerOptions, fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
+RECIPES = {"images_mnist": "unet", "images_mnist_cpu": "unet", "images_cifar10": "unet", "images_mnist_dit_cpu": "dit"}
 
 
 @pytest.fixture()
@@ -21,7 +21,7 @@ def reg():
 
 
 def test_everything_registered_with_strict_options(reg):
-    expected = {"datasets": {"mnist", "fashion_mnist", "cifar10", "image_folder"}, "models": {"unet"},
+    expected = {"datasets": {"mnist", "fashion_mnist", "cifar10", "image_folder"}, "models": {"unet", "dit"},
                 "metrics": {"image_classifier"}, "writers": {"image_grid"}}
     for kind, names in expected.items():
         entries = reg.entries(kind)
@@ -37,10 +37,10 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
         assert filecmp.cmp(shipped[name][0], REPO / "recipes" / f"{name}.yaml", shallow=False), name
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipes_validate(reg, name):
+@pytest.mark.parametrize("name, model", RECIPES.items())
+def test_recipes_validate(reg, name, model):
     path = reg.recipes()[name][0]
-    assert load_recipe(path, registry=reg).model.name == "unet"
+    assert load_recipe(path, registry=reg).model.name == model
 
 
 def test_cifar10_missing_files_is_a_data_error(tmp_path):
