@@ -36,6 +36,11 @@ def register_models(register):
 
     register("unet", build_unet, options=UNetOptions,
              description="ADM/DDPM U-Net: res blocks, GroupNorm, attention, class embedding with a null class")
+    from fmkit_image.dit import DiTOptions, build_dit
+
+    register("dit", build_dit, options=DiTOptions,
+             description="DiT transformer (Peebles & Xie 2023): patches, adaLN-Zero blocks, class embedding with a "
+                         "null class")
 
 
 @hookimpl

@@ -15,9 +15,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataInfo, IntervalEmbedding, ModelError
+from fmkit.plugin import DataInfo, ModelError
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import Tensor, nn
+
+from fmkit_image.embedding import ConditionEmbedder
 
 
 class UNetOptions(BaseModel):
@@ -126,17 +128,6 @@ def check_sizes(image_shape: tuple[int, int, int], channels: int, channel_mult, 
         raise ModelError(problem[0], where="model.num_heads", fix=problem[1])
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [B, dim] of (scaled) times [B] (Vaswani et al. 2017)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
 def _groups(channels: int, groups: int) -> int:
     g = min(groups, channels)
     while channels % g:
@@ -225,7 +216,7 @@ class Level(nn.Module):
         return self.attn(self.res(x, emb))
 
 
-class UNet(nn.Module):
+class UNet(ConditionEmbedder, nn.Module):
     """The velocity (or x1) network for one image field ``x`` [B, C, H, W] (any C, H, W; 28, 32, 64 px tested).
 
     Downsampling is a stride-2 convolution, upsampling nearest-neighbour to the skip's size plus a
@@ -251,6 +242,8 @@ class UNet(nn.Module):
         num_classes: K condition classes, without ``data_info``; None: unconditional.
     """
 
+    model_key = "unet"
+
     def __init__(self, channels: int = 128, channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attention_resolutions: list[int] | tuple[int, ...] = (16,),
                  num_heads: int = 4, dropout: float = 0.1, norm_groups: int = 32, class_conditional: bool = True,
@@ -270,13 +263,9 @@ class UNet(nn.Module):
         check_sizes(image_shape, channels, channel_mult, attention_resolutions, num_heads, norm_groups)
         c_in, size, _ = image_shape
         self.residual = (predictions or {}).get("x", "velocity") == "x1"  # x1-prediction: x_t + head
-        self.time_scale = float(time_scale)
         self.channels = channels
         emb_dim = 4 * channels
-        self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.interval = IntervalEmbedding(emb_dim, features=channels) if two_times else None
-        self.num_classes = num_classes if class_conditional else None
-        self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
+        self.init_embedding(emb_dim, channels, num_classes if class_conditional else None, two_times, time_scale)
         attn_at = set(int(a) for a in attention_resolutions)
 
         self.stem = nn.Conv2d(c_in, channels, 3, padding=1)
@@ -312,22 +301,6 @@ class UNet(nn.Module):
                 res = res * 2
         self.out_norm = nn.GroupNorm(_groups(ch, norm_groups), ch)
         self.out = _zero(nn.Conv2d(ch, c_in, 3, padding=1))
-
-    def embed(self, t: Tensor, cond: Tensor | None, batch: int, r: Tensor | None = None) -> Tensor:
-        """Time (+ interval r - t) (+ class) embedding [B, 4 * channels]; ``cond=None`` takes the null class."""
-        t = t.reshape(-1).expand(batch) if t.numel() == 1 else t
-        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.channels))
-        if r is not None:
-            if self.interval is None:
-                raise ModelError("this unet was built for one time (flow matching), and was called with a second "
-                                 "time r (the average velocity of objective meanflow)", where="model.two_times",
-                                 fix="set `two_times: true` in the recipe's model section")
-            emb = emb + self.interval(r.reshape(-1).expand(batch) - t)
-        if self.label_emb is not None:
-            if cond is None:
-                cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
-            emb = emb + self.label_emb(cond.reshape(batch).long())
-        return emb.to(self.stem.weight.dtype) if not torch.is_autocast_enabled() else emb
 
     def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None) -> Tensor:
         """The U-Net on a bare image batch [B, C, H, W] -> [B, C, H, W]."""

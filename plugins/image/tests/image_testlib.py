@@ -35,3 +35,15 @@ def write_idx(folder: Path, n_train: int = 300, n_test: int = 100) -> None:
             f.write(struct.pack(">IIII", 2051, n, 28, 28) + x.tobytes())
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">II", 2049, n) + y.tobytes())
+
+
+def wake_zero_init(m) -> None:
+    """Give a model's zero-initialised parameters random weights (the U-Net's last convs, attention projections
+    and head; the DiT's adaLN-Zero modulations and head): at init they make every block an identity and hide the
+    condition's effect on the output."""
+    import torch
+
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.05)

@@ -12,7 +12,7 @@ from fmkit.plugin import DataError, load_recipe
 from fmkit.testing import Trainer, TrainerOptions, fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPES = ["images_mnist", "images_mnist_cpu", "images_cifar10"]
+RECIPES = {"images_mnist": "unet", "images_mnist_cpu": "unet", "images_cifar10": "unet", "images_mnist_dit_cpu": "dit"}
 
 
 @pytest.fixture()
@@ -21,7 +21,7 @@ def reg():
 
 
 def test_everything_registered_with_strict_options(reg):
-    expected = {"datasets": {"mnist", "fashion_mnist", "cifar10", "image_folder"}, "models": {"unet"},
+    expected = {"datasets": {"mnist", "fashion_mnist", "cifar10", "image_folder"}, "models": {"unet", "dit"},
                 "metrics": {"image_classifier"}, "writers": {"image_grid", "image_samples"}}
     for kind, names in expected.items():
         entries = reg.entries(kind)
@@ -37,11 +37,11 @@ def test_recipes_shipped_and_identical_to_repo_copies(reg):
         assert filecmp.cmp(shipped[name][0], REPO / "recipes" / f"{name}.yaml", shallow=False), name
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipes_validate(reg, name):
+@pytest.mark.parametrize("name, model", RECIPES.items())
+def test_recipes_validate(reg, name, model):
     path = reg.recipes()[name][0]
     rec = load_recipe(path, registry=reg)
-    assert rec.model.name == "unet"
+    assert rec.model.name == model
     # `fmkit sample` and the evaluation write what the README promises: the grid and 8-bit samples
     assert [w.name for w in rec.eval.writers] == ["image_grid", "image_samples"]
 

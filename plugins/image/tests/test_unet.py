@@ -2,17 +2,7 @@ import pytest
 import torch
 from fmkit.plugin import ClassifierFreeGuidance
 from fmkit_image.unet import UNet
-
-
-def _wake(m: torch.nn.Module) -> None:
-    """Give the zero-initialised layers (each residual block's last conv, the attention projections,
-    the output head) random weights: at init they make every block an identity, which hides the
-    condition's effect on the output."""
-    with torch.no_grad():
-        for p in m.parameters():
-            if not p.any():
-                torch.nn.init.normal_(p, std=0.05)
-
+from image_testlib import wake_zero_init
 
 SMALL = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[14], num_heads=2,
              dropout=0.0, norm_groups=8)  # for 28 px: maps of 28 and 14 px
@@ -23,7 +13,7 @@ SMALL = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resol
 def test_shapes_and_conditioning(c, size):
     torch.manual_seed(0)
     m = UNet(image_shape=(c, size, size), num_classes=10, **{**SMALL, "attention_resolutions": [size // 2]})
-    _wake(m)
+    wake_zero_init(m)
     x = torch.randn(3, c, size, size)
     t = torch.rand(3)
     a = m({"x": x}, t, torch.tensor([0, 1, 2]))["x"]
@@ -35,7 +25,7 @@ def test_shapes_and_conditioning(c, size):
 def test_null_class_and_guidance_zero_is_unconditional():
     torch.manual_seed(0)
     m = UNet(image_shape=(1, 28, 28), num_classes=10, **SMALL).eval()
-    _wake(m)
+    wake_zero_init(m)
     x, t = torch.randn(4, 1, 28, 28), torch.rand(4)
     cond = torch.tensor([1, 3, 5, 7])
     uncond = m({"x": x}, t, torch.full((4,), 10))["x"]
@@ -72,7 +62,7 @@ def test_two_times_meet_the_contract_and_take_a_meanflow_step():
     ds = TensorDataset({"x": torch.randn(8, 1, 28, 28), "cond": torch.randint(0, 10, (8,))},
                              num_cond_classes=10)
     m = UNet(data_info=ds.info, two_times=True, **SMALL)
-    _wake(m)
+    wake_zero_init(m)
     check_model(m, ds)
     check_two_time_model(m, ds)
     m.train()
