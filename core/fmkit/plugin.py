@@ -15,7 +15,8 @@ inside the core (its tests add :mod:`fmkit.testing`):
   ``examples_of_classes`` for their ``class_template``), the OT
   ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
   functions, ``frechet_distance``, ``IntervalEmbedding``/``takes_r`` for a model with two times
-  (objective meanflow);
+  (objective meanflow), ``ProgressBar`` for a plugin's long loop (a bar on a terminal, else a heartbeat line),
+  ``save_tensors`` for weights a plugin caches (readable as the umask allows, not safetensors' 0600);
 - the error classes whose what / where / fix the CLI prints, and ``note`` for a non-fatal one.
 
 The library API for users of the core is ``fmkit`` itself.
@@ -28,7 +29,9 @@ from fmkit.app.hookspecs import hookimpl, hookspec
 from fmkit.app.recipe import load_recipe, register_recipe_folder
 from fmkit.app.registry import Registry, get_registry
 from fmkit.engine.callbacks import Callback, Metric, Writer
+from fmkit.engine.files import save_tensors
 from fmkit.engine.logger_contract import Logger, LoggerRun
+from fmkit.engine.progress import ProgressBar
 from fmkit.errors import (
                           CheckpointError,
                           ContractError,
@@ -82,11 +85,11 @@ __all__ = [
     "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
     "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices",
     "IntervalEmbedding", "Logger", "LoggerRun", "MASK",
-    "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath",
+    "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath", "ProgressBar",
     "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
     "State", "TensorDataset", "TrackerError", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
     "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "examples_of_classes",
     "expand_t", "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical",
     "load_recipe", "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
-    "require_finite", "takes_r", "takes_step",
+    "require_finite", "save_tensors", "takes_r", "takes_step",
 ]

@@ -50,7 +50,7 @@ def test_data_wait_tells_a_slow_pipeline_from_a_fast_one(tmp_path):
 def test_progress_bar_shows_the_loss_from_the_first_step_on_a_cpu(tmp_path, monkeypatch):
     """On a CPU the bar shows the log window's mean loss so far at every step: the GPU-sized recipe
     runs ~30 s a step here, and the bar read `loss -` until its first log step, 50 minutes in."""
-    from fmkit.engine.metrics_log import ProgressBar
+    from fmkit.engine.progress import ProgressBar
 
     shown: list[tuple[int, float | None]] = []
     monkeypatch.setattr(ProgressBar, "update", lambda self, step, loss=None, sps=None: shown.append((step, loss)))

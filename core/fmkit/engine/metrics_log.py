@@ -1,5 +1,5 @@
-"""Training logs: ``metrics.csv`` (long format: step,name,value) and the progress bar (the trackers
-beside it: :mod:`fmkit.engine.loggers`)."""
+"""Training logs: ``metrics.csv`` (long format: step,name,value) (the trackers beside it:
+:mod:`fmkit.engine.loggers`; the progress bar: :mod:`fmkit.engine.progress`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fmkit.errors import OutputError, note
 
@@ -148,39 +146,3 @@ def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     for step, name, value in good:
         out.setdefault(name, []).append((step, float(value)))
     return out
-
-
-class ProgressBar:
-    """Rich progress bar with loss, steps/s and ETA; a no-op when disabled."""
-
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training") -> None:
-        self.enabled = enabled
-        self.total, self.start = total, start
-        self.description = description
-        self._p: Progress | None = None
-
-    def __enter__(self) -> ProgressBar:
-        if self.enabled:
-            # a short bar: the counts, loss, speed and times fit 80 columns (rich cuts columns that do not fit,
-            # and "853/3000…" read as a total of 3,000 steps)
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(),
-                               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]}"),
-                               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-            self._p.start()
-            self._task = self._p.add_task(self.description, total=self.total, completed=self.start, loss="-", sps="")
-        return self
-
-    def update(self, step: int, loss: float | None = None, steps_per_s: float | None = None) -> None:
-        """Advance to ``step``; a ``loss`` or ``steps_per_s`` given refreshes that figure."""
-        if self._p is None:
-            return
-        shown = {}
-        if loss is not None:
-            shown["loss"] = f"{loss:.4f}" if math.isfinite(loss) else "nan"
-        if steps_per_s is not None:
-            shown["sps"] = f"{steps_per_s:.2f} steps/s" if steps_per_s else ""
-        self._p.update(self._task, completed=step, **shown)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, model_validator
 
+from fmkit.engine.progress import HEARTBEAT_S
 from fmkit.errors import TrainingError
 
 #: the most optimizer steps a recipe may ask for: checkpoint names hold 9 digits (sorted by number past
@@ -67,6 +68,8 @@ class TrainerOptions(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     progress: bool = True
+    heartbeat_s: float = Field(HEARTBEAT_S, ge=0.0, description="seconds between one-line progress reports (step, "
+                               "loss, steps/s, ETA) when the progress bar is off or output is not a terminal; 0: none")
     cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads on a CPU, for training, "
                                     "sampling and evaluation (null: FMKIT_CPU_THREADS, else the cores that DataLoader "
                                     "workers and other busy processes leave free when it starts, at least 1)")

@@ -26,10 +26,10 @@ from fmkit.engine.evaluation import Evaluator
 from fmkit.engine.hints import FixHints
 from fmkit.engine.loggers import Logger, Loggers
 from fmkit.engine.logwindow import LogWindow
-from fmkit.engine.metrics_log import ProgressBar
 from fmkit.engine.model_call import TrainingForward
 from fmkit.engine.optim import EMA, build_optimizer, set_lr
 from fmkit.engine.options import BatchSizes, EvalOptions, ObjectiveOptions, TrainerOptions
+from fmkit.engine.progress import ProgressBar
 from fmkit.engine.runlock import RunLock
 from fmkit.engine.stream import BatchStream, LoaderPairing, resume_index
 from fmkit.engine.train_state import TrainState, load_model_state, rng_state
@@ -208,7 +208,8 @@ class Trainer:
         o = self.opts
         check_every = 1 if self.device.type == "cpu" else o.log_every  # on a GPU a check syncs the host
         keep_good = self.save_checkpoint if check_every == 1 else None  # a bad loss: the weights before it are good
-        bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main)
+        bar = ProgressBar(o.steps, start=self.step, enabled=o.progress and self.is_main,
+                          heartbeat_s=o.heartbeat_s if self.is_main else 0.0)
         window = self.window
         window.start(self.step)
         self._vote = vote = self._vote or distributed.StopVote(self.dist.world_size)
@@ -286,7 +287,7 @@ class Trainer:
                     self.save_checkpoint()
                     saved = f"; a checkpoint of step {self.step} was saved"
                 raise self.hints.then_resume(exc, self.run_dir, saved) from None
-        elif bar.enabled and self.device.type == "cpu":  # the losses are on the host: the window's mean so far
+        elif (bar.enabled or bar.beating) and self.device.type == "cpu":  # losses on the host: the window's mean
             bar.update(self.step, float(torch.stack(window.losses).mean()))
         else:
             bar.update(self.step)

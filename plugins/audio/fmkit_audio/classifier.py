@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataError, State
+from fmkit.plugin import DataError, ProgressBar, State, save_tensors
 from torch import Tensor, nn
 
 from fmkit_audio.mel import settings_key
@@ -73,7 +73,8 @@ def _augment(mel: Tensor, mask: Tensor, g: torch.Generator) -> Tensor:
 
 
 def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                     cache: Path | None = None, force: bool = False, log=print) -> TrainedClassifier:
+                     cache: Path | None = None, force: bool = False, log=print,
+                     progress: bool = False) -> TrainedClassifier:
     """Train (or load from the cache) the classifier for ``dataset`` (a :class:`~fmkit_audio.data.MelDataset`).
 
     The cache file is named by the dataset's key (clips, front end, trimming) and these settings;
@@ -88,12 +89,14 @@ def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: flo
         cache: the folder of the cached weights; None: the plugin's cache folder.
         force: retrain even when cached weights exist, and overwrite them.
         log: called with a progress line every 10 epochs.
+        progress: show a progress bar of the steps (a heartbeat line every few minutes where the output is no
+            terminal).
 
     Returns:
         The classifier with its accuracy on the reference split (a share in [0, 1]) and its cache path;
         ``trained`` says whether this call trained it.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from fmkit_audio.data import cache_dir
 
@@ -121,28 +124,32 @@ def train_classifier(dataset, *, epochs: int = 30, batch_size: int = 64, lr: flo
     steps = epochs * (n // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     t0 = time.monotonic()
-    for ep in range(epochs):
-        net.train()
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch_size + 1, batch_size):
-            idx = perm[i:i + batch_size]
-            mel, mask, y = train["mel"][idx], train["mask"][idx], train["cond"][idx]
-            logits, _ = net(_augment(mel, mask, g), mask)
-            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if (ep + 1) % 10 == 0 or ep + 1 == epochs:
-            clf = TrainedClassifier(net, 0.0, path)
-            log(f"classifier epoch {ep + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
-                f"{accuracy(clf, test):.4f} ({time.monotonic() - t0:.0f} s)")
+    step = 0
+    with ProgressBar.optional(steps, progress, "classifier") as bar:
+        for ep in range(epochs):
+            net.train()
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = perm[i:i + batch_size]
+                mel, mask, y = train["mel"][idx], train["mask"][idx], train["cond"][idx]
+                logits, _ = net(_augment(mel, mask, g), mask)
+                loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update(step, loss.item())
+            if (ep + 1) % 10 == 0 or ep + 1 == epochs:
+                clf = TrainedClassifier(net, 0.0, path)
+                log(f"classifier epoch {ep + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
+                    f"{accuracy(clf, test):.4f} ({time.monotonic() - t0:.0f} s)")
     clf = TrainedClassifier(net, 0.0, path, trained=True)
     clf.test_accuracy = accuracy(clf, test)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k_: v.contiguous() for k_, v in net.state_dict().items()}, str(tmp))
+        save_tensors({k_: v.contiguous() for k_, v in net.state_dict().items()}, tmp)  # as the umask allows
         tmp.replace(path)
         path.with_suffix(".json").write_text(json.dumps({"test_accuracy": clf.test_accuracy, "epochs": epochs,
                                                          "seed": seed, "dataset": dataset.name,

@@ -57,7 +57,7 @@ def train_classifier_cmd(
     opts = metric_options(rec)
     e, s = epochs or opts.classifier_epochs, opts.seed if seed is None else seed
     t0 = time.monotonic()
-    clf = train_classifier(dataset, epochs=e, seed=s, force=force, log=typer.echo)
+    clf = train_classifier(dataset, epochs=e, seed=s, force=force, log=typer.echo, progress=True)
     n_test = int(dataset.split_state("reference")["mel"].shape[0])
     typer.echo(f"{'trained' if clf.trained else 'cached'}: {clf.path} ({time.monotonic() - t0:.1f} s; "
                f"{e} epochs, seed {s}, {len(dataset)} training clips)")

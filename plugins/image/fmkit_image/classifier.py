@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataError
+from fmkit.plugin import DataError, ProgressBar, save_tensors
 from fmkit.plugin import frechet_distance as _frechet
 from torch import Tensor, nn
 
@@ -39,7 +39,8 @@ def weights_path(dataset_name: str, in_channels: int, num_classes: int) -> Path:
 
 
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs: int = 2, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu") -> SmallCNN:
+                     lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu",
+                     progress: bool = False) -> SmallCNN:
     """Train on uint8-derived images in [-1, 1] [N, C, H, W]; seed fixed so the weights are reproducible
     (the same initial weights and batch order on any ``device``; the network comes back on the CPU).
 
@@ -52,6 +53,7 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs
         lr: the peak learning rate of the one-cycle schedule.
         seed: fixes the initial weights and the batch order.
         device: where to train.
+        progress: show a progress bar (a heartbeat line every few minutes where the output is no terminal).
 
     Returns:
         The trained :class:`SmallCNN`, in eval mode on the CPU.
@@ -66,24 +68,28 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, *, epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
     g = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch_size + 1, batch_size):
-            idx = perm[i:i + batch_size].to(dev)
-            loss = F.cross_entropy(net(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    step = 0
+    with ProgressBar.optional(steps, progress, "classifier") as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = perm[i:i + batch_size].to(dev)
+                loss = F.cross_entropy(net(images[idx]), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update(step, loss.item() if step % 10 == 0 or step == steps else None)  # .item() syncs a GPU
     return net.cpu().eval()
 
 
 def save_classifier(net: SmallCNN, path: Path) -> None:
-    from safetensors.torch import save_file
-
+    """The weights at ``path`` (written whole, then renamed), as readable as the umask allows: a shared cache
+    is read by the group (safetensors alone writes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    save_tensors({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)  # readable as the umask allows
     tmp.replace(path)
 
 

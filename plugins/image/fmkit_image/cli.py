@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,14 +51,16 @@ def train_classifier_cmd(
     ds = builders[dataset](root=root, limit=limit)
     c, k = ds.info.fields["x"].shape[0], ds.info.num_cond_classes
     path = out or weights_path(ds.name, c, k)
+    t0 = time.monotonic()
     if path.is_file() and not force:
         net = load_classifier(path, c, k)
-        typer.echo(f"cached: {path}")
+        done = f"cached: {path}"
     else:
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        net = train_classifier(ds.scale(ds.images), ds.labels, k, epochs=epochs, device=device)
+        net = train_classifier(ds.scale(ds.images), ds.labels, k, epochs=epochs, device=device, progress=True)
         save_classifier(net, path)
-        typer.echo(f"wrote {path}")
+        done = f"trained: {path} ({time.monotonic() - t0:.0f} s; {epochs} epochs, seed 0, {len(ds.images)} training images)"
+    typer.echo(done)
     tx, ty = ds.split("test")
     logits, _ = predict(net, ds.scale(tx))
     typer.echo(f"test accuracy: {(logits.argmax(1) == ty).float().mean().item():.4f} ({len(tx)} images)")
