@@ -43,6 +43,9 @@ class ProgressBar:
         stream: where heartbeat lines go (default ``sys.stdout`` at the time of each line).
     """
 
+    #: seconds between the heartbeats of :meth:`optional` bars (tests set it on the class)
+    default_heartbeat_s: float = HEARTBEAT_S
+
     def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training",
                  heartbeat_s: float = HEARTBEAT_S, stream: TextIO | None = None) -> None:
         self.total, self.start, self.step = total, start, start
@@ -56,7 +59,7 @@ class ProgressBar:
     @classmethod
     def optional(cls, total: int, show: bool, description: str) -> ProgressBar:
         """A library function's bar: shown (or its heartbeats) when ``show`` (a command line's call), else silent."""
-        return cls(total, enabled=show, description=description, heartbeat_s=HEARTBEAT_S if show else 0.0)
+        return cls(total, enabled=show, description=description, heartbeat_s=cls.default_heartbeat_s if show else 0.0)
 
     def __enter__(self) -> ProgressBar:
         self._t0 = self._last = time.monotonic()

@@ -4,11 +4,11 @@ the group), not the 0600 that safetensors writes."""
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 
-import fmkit.engine.files as files
-import fmkit.engine.progress as progress
+from fmkit.plugin import ProgressBar
 from image_testlib import write_idx
 from typer.testing import CliRunner
 
@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 def test_progress_lines_then_accuracy_and_a_group_readable_cache(tmp_path, monkeypatch):
     from fmkit_image.cli import app as image_app
 
-    monkeypatch.setattr(progress, "HEARTBEAT_S", 1e-9)  # a heartbeat at every step (CliRunner's output is a file)
-    monkeypatch.setattr(files, "_UMASK", 0o002)  # a team's umask: group-writable files
+    monkeypatch.setattr(ProgressBar, "default_heartbeat_s", 1e-9)  # a heartbeat at every step (CliRunner's output is a file)
     write_idx(tmp_path / "mnist", n_train=300)
     out = tmp_path / "weights.safetensors"
     res = CliRunner().invoke(image_app, ["train-classifier", "--root", str(tmp_path / "mnist"), "--epochs", "2",
@@ -28,7 +27,10 @@ def test_progress_lines_then_accuracy_and_a_group_readable_cache(tmp_path, monke
     assert steps == [1, 2, 3, 4, 4], res.output  # 2 epochs x 2 batches of 128 of the 300 images, then the end
     assert lines[-2].startswith(f"trained: {out} (") and "2 epochs, seed 0, 300 training images" in lines[-2]
     assert re.fullmatch(r"test accuracy: \d\.\d{4} \(100 images\)", lines[-1]), lines[-1]
-    assert stat.S_IMODE(out.stat().st_mode) == 0o664  # 0o666 & ~umask; safetensors alone gives 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)  # the process's umask, read back; safetensors alone would give 0o600 whatever it is
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert umask & 0o040 or stat.S_IMODE(out.stat().st_mode) & 0o040  # group-readable where the umask allows
     assert not out.with_suffix(".part").exists()
 
     again = CliRunner().invoke(image_app, ["train-classifier", "--root", str(tmp_path / "mnist"), "--out", str(out)])
