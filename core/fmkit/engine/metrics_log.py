@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path

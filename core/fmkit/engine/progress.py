@@ -30,7 +30,8 @@ class ProgressBar:
 
     Shown as a rich bar when ``enabled`` and the output is a terminal; otherwise, when ``heartbeat_s`` > 0,
     as a line ``description step 120/700 (17%), loss 0.1234, 0.21 steps/s, elapsed 9:31, eta 45:52`` at most
-    every ``heartbeat_s`` seconds (and at the end of a loop that had any), on ``stream`` (default stdout). Nothing at all when
+    every ``heartbeat_s`` seconds (and at the end of a loop that had any), on ``stream`` (default stdout).
+    Nothing at all when
     ``heartbeat_s`` is 0 and the bar is off. The speed of the heartbeat is measured over this loop's own
     steps (from ``start``), so its ETA counts checkpoints and evaluations too.
 

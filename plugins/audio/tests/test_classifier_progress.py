@@ -15,7 +15,8 @@ from fmkit_audio.data import build_fsdd
 
 
 def test_progress_when_asked_and_a_group_readable_cache(synth_fsdd, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ProgressBar, "default_heartbeat_s", 1e-9)  # a heartbeat at every step (pytest's stdout is a file)
+    # a heartbeat at every step (pytest's stdout is a file)
+    monkeypatch.setattr(ProgressBar, "default_heartbeat_s", 1e-9)
     ds = build_fsdd(root=str(synth_fsdd), limit=40)
     clf = train_classifier(ds, epochs=2, seed=0, cache=tmp_path / "a", log=lambda *_: None, progress=True)
     steps = [int(m.group(1)) for m in map(re.compile(r"classifier step (\d+)/(\d+) \(").match,

@@ -59,7 +59,8 @@ def train_classifier_cmd(
         torch.set_num_threads(max(1, torch.get_num_threads()))
         net = train_classifier(ds.scale(ds.images), ds.labels, k, epochs=epochs, device=device, progress=True)
         save_classifier(net, path)
-        done = f"trained: {path} ({time.monotonic() - t0:.0f} s; {epochs} epochs, seed 0, {len(ds.images)} training images)"
+        done = (f"trained: {path} ({time.monotonic() - t0:.0f} s; {epochs} epochs, seed 0, "
+                f"{len(ds.images)} training images)")
     typer.echo(done)
     tx, ty = ds.split("test")
     logits, _ = predict(net, ds.scale(tx))

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 def test_progress_lines_then_accuracy_and_a_group_readable_cache(tmp_path, monkeypatch):
     from fmkit_image.cli import app as image_app
 
-    monkeypatch.setattr(ProgressBar, "default_heartbeat_s", 1e-9)  # a heartbeat at every step (CliRunner's output is a file)
+    # a heartbeat at every step (CliRunner's output is a file)
+    monkeypatch.setattr(ProgressBar, "default_heartbeat_s", 1e-9)
     write_idx(tmp_path / "mnist", n_train=300)
     out = tmp_path / "weights.safetensors"
     res = CliRunner().invoke(image_app, ["train-classifier", "--root", str(tmp_path / "mnist"), "--epochs", "2",

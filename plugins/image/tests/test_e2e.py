@@ -2,8 +2,8 @@
 (narrowed), the evaluation writes a PNG grid and the classifier metrics, and test bits/dim comes out finite.
 
 Real MNIST when ``$FMKIT_DATA_DIR/mnist`` holds it (``test_real_mnist_end_to_end``: the judge on 2000 real
-digits, the U-Net on 300 for 6 steps); otherwise the same path on generated IDX files (``test_generated_mnist_end_to_end``),
-so the suite costs one run either way. No CIFAR-10 files are needed anywhere."""
+digits, the U-Net on 300 for 6 steps); otherwise the same path on generated IDX files
+(``test_generated_mnist_end_to_end``), so the suite costs one run either way. No CIFAR-10 files are needed anywhere."""
 
 from __future__ import annotations
 
