@@ -24,9 +24,11 @@ from fmkit.flow.state import State
 CPU_CALL_BYTES = 64 * 1024
 
 
-def examples_per_call(template: State, budget: int = CPU_CALL_BYTES) -> int:
+def examples_per_call(template: State, budget: int | None = None) -> int:
     """How many examples of ``template`` (a batch [B, ...]) one model call takes: those whose input
-    (every tensor of the batch, per example, cond and masks included) fits ``budget`` bytes, at least 1."""
+    (every tensor of the batch, per example, cond and masks included) fits ``budget`` bytes (None:
+    :data:`CPU_CALL_BYTES`), at least 1."""
+    budget = CPU_CALL_BYTES if budget is None else budget
     per_example = 0
     for v in _tensors(template):
         if v.dim() >= 1 and v.shape[0]:
