@@ -31,8 +31,9 @@ class ProgressBar:
     Shown as a rich bar when ``enabled`` and the output is a terminal; otherwise, when ``heartbeat_s`` > 0,
     as a line ``description step 120/700 (17%), loss 0.1234, 0.21 steps/s, elapsed 9:31, eta 45:52`` at most
     every ``heartbeat_s`` seconds (and at the end of a loop that had any), on ``stream`` (default stdout).
-    Nothing at all when ``heartbeat_s`` is 0 and the bar is off. The speed of the heartbeat is measured over
-    this loop's own steps (from ``start``), so its ETA counts checkpoints and evaluations too.
+    Nothing at all when
+    ``heartbeat_s`` is 0 and the bar is off. The speed of the heartbeat is measured over this loop's own
+    steps (from ``start``), so its ETA counts checkpoints and evaluations too.
 
     Args:
         total: the last step.
@@ -42,6 +43,9 @@ class ProgressBar:
         heartbeat_s: seconds between heartbeat lines when the bar is not shown; 0 turns them off.
         stream: where heartbeat lines go (default ``sys.stdout`` at the time of each line).
     """
+
+    #: seconds between the heartbeats of :meth:`optional` bars (tests set it on the class)
+    default_heartbeat_s: float = HEARTBEAT_S
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training",
                  heartbeat_s: float = HEARTBEAT_S, stream: TextIO | None = None) -> None:
@@ -56,7 +60,7 @@ class ProgressBar:
     @classmethod
     def optional(cls, total: int, show: bool, description: str) -> ProgressBar:
         """A library function's bar: shown (or its heartbeats) when ``show`` (a command line's call), else silent."""
-        return cls(total, enabled=show, description=description, heartbeat_s=HEARTBEAT_S if show else 0.0)
+        return cls(total, enabled=show, description=description, heartbeat_s=cls.default_heartbeat_s if show else 0.0)
 
     def __enter__(self) -> ProgressBar:
         self._t0 = self._last = time.monotonic()
