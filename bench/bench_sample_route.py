@@ -23,6 +23,7 @@ The process-wide CPU settings the CLI makes (``trainer.cpu_threads``, the alloca
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -36,13 +37,13 @@ from bench_image import bootstrap_median  # noqa: E402
 
 
 def make_run(run: Path, steps: int) -> None:
-    """``images_mnist_cpu`` trained ``steps`` steps into ``run`` (real MNIST from $FMKIT_DATA_DIR)."""
-    from fmkit.plugin import load_recipe
-    from fmkit.testing import build_trainer
+    """``fmkit train images_mnist_cpu`` for ``steps`` steps into ``run`` (real MNIST from $FMKIT_DATA_DIR)."""
+    import subprocess
 
-    rec = load_recipe("images_mnist_cpu", [f"trainer.steps={steps}", f"trainer.checkpoint_every={steps}",
-                                           "trainer.warmup_steps=0", "trainer.progress=false"])
-    build_trainer(rec, run).fit()
+    sets = [f"trainer.steps={steps}", f"trainer.checkpoint_every={steps}", "trainer.warmup_steps=0",
+            "trainer.progress=false", "eval.metrics=[]", "eval.writers=[]"]
+    subprocess.run([sys.executable, "-m", "fmkit", "train", "images_mnist_cpu", "--out", str(run),
+                    *[x for kv in sets for x in ("--set", kv)]], check=True)
 
 
 @torch.no_grad()
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.n, a.set_ = 2, 4, a.set_ + ["solver.steps=2"]
+    load_before = os.getloadavg()
     from fmkit.app.inference import build_solver, inference_device, load_for_inference, sample_loaded
 
     if not a.run.exists() and a.train_steps:
@@ -108,10 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     shape = tuple(comps.dataset.info.fields["x"].shape)
     labels = comps.dataset.template(a.n, seed=0)["cond"]
     routes = {
-        "cli": lambda: sample_loaded(loaded, a.n, solver, dev, seed=0),
-        "bench": lambda: bare_loop(model, labels, shape, solver.method, solver.steps, scale, null, a.bench_batch)}
+        "cli": lambda n=a.n: sample_loaded(loaded, n, solver, dev, seed=0),
+        "bench": lambda n=a.n: bare_loop(model, labels[:n], shape, solver.method, solver.steps, scale, null,
+                                         a.bench_batch)}
     for fn in routes.values():
-        fn()  # warm-up
+        fn(min(a.n, a.bench_batch))  # warm-up: one batch
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in routes}
     for r in range(a.rounds):
         for k in (list(routes) if r % 2 == 0 else list(routes)[::-1]):
@@ -125,21 +128,24 @@ def main(argv: list[str] | None = None) -> dict:
         results[clock] = {"images_per_s": {k: a.n / median(v) for k, v in t.items()}, "ratio_median": median(paired),
                           "ratio_ci95": list(bootstrap_median(paired)), "paired_ratios": paired, "seconds": t}
     totals = {k: {q: sum(m[q] for m in v) for q in ("user", "sys", "faults")} for k, v in rows.items()}
-    md = render(a, rec, about, results, totals)
+    load = {"before": list(load_before), "after": list(os.getloadavg())}
+    md = render(a, rec, about, results, totals, load)
     print(md)
     if not a.quick or a.out is not None:
         j, m = write_results(a.name, {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                                       "chunk_size": rec.eval.chunk_size, "solver": about, "results": results,
-                                      "totals": totals}, md, a.out)
+                                      "totals": totals, "load_avg": load}, md, a.out)
         print(f"wrote {j} and {m}")
     return results
 
 
-def render(a, rec, about: str, results: dict, totals: dict) -> str:
+def render(a, rec, about: str, results: dict, totals: dict, load: dict) -> str:
     lines = [f"Run `{a.run.name}` (recipe `{rec.name}`): {a.n} guided images (scale {rec.eval.guidance_scale}, "
              f"{about}) per route per round, {a.rounds} interleaved rounds, {a.threads} torch thread(s); cli: chunks "
              f"of eval.chunk_size = {rec.eval.chunk_size}; bench: batches of {a.bench_batch}.",
-             "Ratio = cli images/s / bench images/s, median of per-round paired ratios [bootstrap 95 % CI].", ""]
+             "Ratio = cli images/s / bench images/s, median of per-round paired ratios [bootstrap 95 % CI]. Load "
+             f"average (1, 5, 15 min) before {'/'.join(f'{x:.2f}' for x in load['before'])}, after "
+             f"{'/'.join(f'{x:.2f}' for x in load['after'])}.", ""]
     rows = [[c, f"{r['images_per_s']['cli']:.2f}", f"{r['images_per_s']['bench']:.2f}",
              f"{r['ratio_median']:.3f} [{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]"]
             for c, r in results.items()]

@@ -2,12 +2,13 @@
 
 torch's CPU tensors come from ``malloc``. glibc serves a block above its *mmap threshold* with a fresh
 ``mmap`` (freed with ``munmap``), and returns free memory at the top of its heap to the OS past its *trim
-threshold*; both thresholds start small (128 KiB) and only grow as blocks are freed. A process that
-samples or trains a network on a CPU allocates and frees the same activation sizes thousands of times, so
-with those defaults the kernel faults in and zeroes every page again on every call: measured on the MNIST
-U-Net, guided sampling through ``fmkit sample`` spent 0.4-0.8 s in the kernel per second of computation.
-Raising both thresholds once keeps the blocks in the heap (the bench's loop, whose training had grown
-them, spent none).
+threshold*; both thresholds start small (128 KiB) and only grow as blocks are freed. A process that samples or
+trains a network on a CPU allocates and frees the same activation sizes thousands of times, so with those
+defaults the kernel faults in and zeroes the pages again and again: ``fmkit sample`` of 200 guided MNIST images
+(1 thread) spent 38.7 s in the kernel beside 56.9 s of computation, 17.3 million page faults
+(bench/results/sample_route.md). Raising both thresholds once keeps such blocks in the heap; blocks above
+glibc's largest threshold (32 MiB) are mapped whatever it says, which sampling avoids by calling the model on
+slices of its chunk (:mod:`fmkit.flow.batching`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import sys
 
 #: glibc's ``mallopt`` parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: the largest mmap threshold glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit): blocks above it are always mmap'd,
-#: which is why sampling also slices its model calls (:mod:`fmkit.flow.batching`)
+#: the largest mmap threshold glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit): blocks above it are always mmap'd
 MMAP_THRESHOLD = 32 * 2**20
 #: free memory the heap may keep at its top before giving it back to the OS
 TRIM_THRESHOLD = 1 * 2**30

@@ -1,12 +1,13 @@
 """Model calls split into slices of the batch: the same field, evaluated a few examples at a time.
 
-Sampling integrates a whole chunk (``eval.chunk_size`` samples, one random stream) at once, but on a CPU
-one network call on hundreds of images makes every activation tens of megabytes: each is a fresh ``mmap``
-that the kernel must fault in and zero page by page, and ``munmap`` again when freed, so the process spends
-as much time in the kernel as in the convolutions (guided MNIST sampling in chunks of 500: user 6 min,
-sys 6 min). The slices keep each call's activations small enough to be reused by the allocator; the chunk,
-its noise and its solver steps stay as they were, so the samples are those of one call up to the last bits
-that a kernel's batch blocking may change.
+Sampling integrates a whole chunk (``eval.chunk_size`` samples, one random stream) at once, but on a CPU one
+network call on hundreds of images makes activations of tens of megabytes, each a fresh ``mmap`` that the
+kernel faults in and zeroes page by page and unmaps again when it is freed (glibc maps every block above
+32 MiB: :mod:`fmkit.engine.host_memory`). Slices of a few dozen examples keep each call's activations in the
+allocator's heap: measured on 200 guided MNIST images in one chunk (bench/results/sample_route.md), 3.86
+images/s with 64 KiB of input per call, 3.83 with 256 KiB, 3.08 in one call (12.8 s of it in the kernel).
+The chunk, its noise and its solver steps stay as they were, so the samples are those of one call up to the
+last bits that a kernel's batch blocking may change.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import Tensor, nn
 
 from fmkit.flow.state import State
 
-#: input bytes per example-slice of one CPU model call (:func:`examples_per_call`): the MNIST U-Net's
-#: 3 KiB images give 21 examples (42 under guidance), its activations a few MB a call, as the bench's loop
+#: input bytes of one CPU model call (:func:`examples_per_call`): the MNIST U-Net's 3 KiB images give 20
+#: examples a call (40 under guidance), activations of a few MB, as the bench's loop makes
 CPU_CALL_BYTES = 64 * 1024
 
 
