@@ -135,3 +135,22 @@ def test_bench_gpu_stops_when_interrupted_and_keeps_what_it_measured(tmp_path: P
     data = json.loads((tmp_path / "gpu_dry_run.json").read_text())
     assert data["complete"] is False and len(data["results"]) == 3
     assert "PARTIAL" in (tmp_path / "gpu_dry_run.md").read_text()
+
+
+def test_bench_sample_route_quick(tmp_path: Path) -> None:
+    """The CLI's sampling route against bench_image's loop, on a 1-step images_mnist_cpu run it makes (real MNIST)."""
+    import os
+
+    import torch
+
+    if not (Path(os.environ.get("FMKIT_DATA_DIR", "/nonexistent")) / "mnist").is_dir():
+        pytest.skip("needs real MNIST under $FMKIT_DATA_DIR/mnist to make its run")
+    threads = torch.get_num_threads()
+    try:
+        out = __import__("bench_sample_route").main([str(tmp_path / "run"), "--train-steps", "1", "--quick",
+                                                     "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(out) == {"wall", "cpu"} and out["wall"]["ratio_median"] > 0
+    data = json.loads((tmp_path / "sample_route.json").read_text())
+    assert data["totals"]["cli"]["user"] > 0 and data["load_avg"]["before"]

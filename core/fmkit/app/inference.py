@@ -208,6 +208,21 @@ def guided(model: torch.nn.Module, rec: Any, null_class: int | None, scale: floa
     return with_guidance(model, scale, null_class), (None if scale is None else float(scale))
 
 
+def sample_loaded(loaded: LoadedRun, n: int, solver: Any, device: torch.device, seed: int = 0,
+                  guidance: float | None = None, cond: torch.Tensor | None = None) -> dict:
+    """The ``n`` samples ``fmkit sample`` writes (CPU tensors): the run's model on ``device`` under its guidance
+    (``guidance``: ``--guidance``; None: the recipe's), drawn in ``eval.chunk_size`` chunks with ``seed``
+    by :func:`~fmkit.engine.evaluation.sample_in_chunks`, as the trainer's evaluation draws them; ``cond``:
+    the class of every sample [n] (``--class``/``--per-class``), None: the data's."""
+    from fmkit.engine.evaluation import sample_in_chunks
+
+    rec, comps = loaded.recipe, loaded.components
+    model, _ = guided(comps.model.to(device).eval(), rec, comps.dataset.info.null_class, guidance)
+    torch.manual_seed(seed)
+    return sample_in_chunks(model, comps.path, comps.source, solver, comps.dataset, n, rec.eval.chunk_size, device,
+                            seed, cond=cond)
+
+
 def describe_solver(spec: dict) -> str:
     """``euler, 50 steps`` or ``dopri5, rtol 1e-05, atol 1e-05`` (other options as key value)."""
     opts = {k: v for k, v in spec.items() if k != "name" and v is not None}

@@ -26,6 +26,7 @@ from fmkit.app.builtin import pairs as P
 from fmkit.engine.distributed import fold_seed, seed_generators
 from fmkit.engine.stopping import TrainingInterrupted
 from fmkit.errors import OutputError
+from fmkit.flow.batching import cpu_call_size
 from fmkit.flow.data import Dataset
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sampling import generate
@@ -121,7 +122,8 @@ def draw_pairs(model: nn.Module, path: StatePath, source: StateSource, solver: S
         dataset: gives the templates (sizes, masks, conditions) of the pairs.
         template_seed: the seed of the first chunk's templates (chunk j uses ``template_seed + j``).
         n: number of pairs.
-        chunk_size: pairs per solver call.
+        chunk_size: pairs per solver call (on a CPU the model is called on slices of it:
+            :func:`~fmkit.flow.batching.cpu_call_size`).
         device: where the solves run.
 
     Returns:
@@ -133,7 +135,8 @@ def draw_pairs(model: nn.Module, path: StatePath, source: StateSource, solver: S
         template = to_device(dataset.template(min(chunk_size, n - start), seed=template_seed + j), device)
         x0 = source.sample(template)
         x0s.append(to_device(fields(x0), "cpu"))
-        x1s.append(to_device(generate(model, path, source, solver, template, x0=x0).x, "cpu"))
+        x1s.append(to_device(generate(model, path, source, solver, template, x0=x0,
+                                        call_size=cpu_call_size(template, device)).x, "cpu"))
     var = {k for k, f in dataset.info.fields.items() if any(s is None for s in f.shape)}
     return P._concat(x0s, var), P._concat(x1s, var)
 
@@ -168,7 +171,8 @@ def write_pairs(out: str | Path, model: nn.Module, path: StatePath, source: Stat
         solver_about: a human description of the solver for the manifest.
         seed: the seed that shard k's random stream is folded from, with k.
         shard_size: pairs per safetensors shard, the unit of resuming.
-        chunk_size: pairs per solver call.
+        chunk_size: pairs per solver call (on a CPU the model is called on slices of it:
+            :func:`~fmkit.flow.batching.cpu_call_size`).
         device: where the solves run.
         progress: show a progress bar while shards are written.
 

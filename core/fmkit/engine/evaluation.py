@@ -18,6 +18,7 @@ from fmkit.engine.files import disk_full, save_tensors, write_atomic_text
 from fmkit.engine.hints import FixHints
 from fmkit.engine.options import EvalOptions
 from fmkit.errors import ContractError, FmkitError, OutputError, TrainingError
+from fmkit.flow.batching import cpu_call_size
 from fmkit.flow.data import Dataset
 from fmkit.flow.guidance import NULL_CLASS_FIX, with_guidance
 from fmkit.flow.paths import StatePath
@@ -49,7 +50,8 @@ def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, sol
         dataset: gives each chunk's template (shapes, masks and conditions of ``m`` examples).
         n: number of samples in all (over all ranks).
         chunk: samples per solver call (``eval.chunk_size``): bounds the memory of one call.
-        device: where the samples are generated.
+        device: where the samples are generated; on a CPU the model is called on slices of the chunk
+            (:func:`~fmkit.flow.batching.cpu_call_size`: activations the allocator reuses, not fresh pages).
         seed: base seed of the per-chunk random streams and templates.
         dist: the DDP ranks to spread the chunks over; None for one process.
         cond: the class of every sample [n]; None: the classes of the data's templates.
@@ -69,7 +71,7 @@ def sample_in_chunks(model: nn.Module, path: StatePath, source: StateSource, sol
         template = dataset.template(m, seed=seed + starts[k]) if cond is None else \
             dataset.class_template(cond[starts[k]:starts[k] + m].cpu(), seed=seed + starts[k])
         template = to_device(template, device)
-        sol = generate(model, path, source, solver, template)
+        sol = generate(model, path, source, solver, template, call_size=cpu_call_size(template, device))
         parts[k] = to_device(sol.x, "cpu")
     if world > 1:
         parts = {k: v for got in all_gather_objects(parts, world) for k, v in got.items()}

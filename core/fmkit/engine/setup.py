@@ -16,6 +16,7 @@ from torch import nn
 
 from fmkit.engine.checkpoint import has_checkpoint
 from fmkit.engine.distributed import DistInfo
+from fmkit.engine.host_memory import keep_freed_memory
 from fmkit.engine.options import CFMObjectiveOptions, MeanFlowObjectiveOptions, ObjectiveOptions, TrainerOptions
 from fmkit.engine.stream import usable_cores
 from fmkit.errors import ModelError, OutputError, TrainingError
@@ -93,7 +94,9 @@ def default_cpu_threads(workers: int = 0) -> int:
 
 def set_cpu_threads(opts: TrainerOptions, workers: int = 0) -> int:
     """Set torch's intra-op threads (process-wide) for CPU work and return them: ``opts.cpu_threads``, else
-    :func:`default_cpu_threads` (docs/recipes.md, ``cpu_threads``)."""
+    :func:`default_cpu_threads` (docs/recipes.md, ``cpu_threads``). Also keeps freed tensors' memory in the
+    process (:func:`~fmkit.engine.host_memory.keep_freed_memory`): else the kernel zeroes every page again."""
+    keep_freed_memory()
     threads = opts.cpu_threads or default_cpu_threads(workers)
     torch.set_num_threads(threads)
     return threads

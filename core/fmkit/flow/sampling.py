@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fmkit.errors import FmkitError
+from fmkit.flow.batching import call_in_slices
 from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.paths import StatePath, check_output
 from fmkit.flow.solvers import Solution, Solver
@@ -17,7 +18,7 @@ from fmkit.flow.two_times import require_r
 
 
 def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond: Tensor | None,
-                   masks: Mapping[str, Tensor] | None = None):
+                   masks: Mapping[str, Tensor] | None = None, call_size: int | None = None):
     """Wrap ``model(x_t, t, cond)`` as the ``velocity(x, t_scalar[, step][, r])`` that solvers integrate
     (``step``: the step size, given by fixed-step solvers for the jumps of categorical fields; ``r``: the
     other time, given by :class:`~fmkit.flow.solvers.MeanFlowSolver`, for the average velocity
@@ -30,6 +31,7 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
         mask: the batch's padding mask [B, ...] (True = real entry), or None for unpadded data.
         cond: the condition per example [B, ...] (e.g. class labels [B]), or None: unconditional.
         masks: per-field masks (field name -> mask) for fields padded differently, or None.
+        call_size: the most examples per model call (:func:`~fmkit.flow.batching.call_in_slices`); None: all.
 
     Returns:
         ``velocity(x, t, step=None, r=None) -> State``: x a state of the data fields [B, ...], t a 0-d
@@ -47,10 +49,10 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
         if r is not None:
             check_two_times(model)
             rb = r.reshape(()).expand(b).to(tb.dtype)
-            pred = model(inp, tb, cond, r=rb)
+            pred = call_in_slices(model, call_size, inp, tb, cond, r=rb)
             check_output(pred, x)
             return {k: pred[k] for k in x}  # u(x_t, r, t): an average velocity, no path conversion
-        pred = model(inp, tb, cond)
+        pred = call_in_slices(model, call_size, inp, tb, cond)
         return path.velocity(pred, x, tb, step)
 
     return velocity
@@ -69,7 +71,7 @@ def check_two_times(model: nn.Module) -> None:
 
 @torch.no_grad()
 def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Solver, template: State, *,
-             trajectory: bool = False, x0: State | None = None) -> Solution:
+             trajectory: bool = False, x0: State | None = None, call_size: int | None = None) -> Solution:
     """Samples shaped like ``template`` (its mask and cond are kept; its field values are ignored), integrated
     from ``x0`` (default: drawn from ``source``). ``model``: the field to integrate, guided already when
     guidance is wanted (:func:`fmkit.flow.guidance.with_guidance`).
@@ -82,6 +84,8 @@ def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Sol
         template: a batch [B, ...] giving the shapes, mask and cond of the samples.
         trajectory: keep the times and states the solver visits.
         x0: the starting points (a state of the template's fields [B, ...]); None: drawn from ``source``.
+        call_size: the most examples per model call (on a CPU: :func:`~fmkit.flow.batching.cpu_call_size`);
+            None: the whole batch in one call.
 
     Returns:
         The solver's :class:`Solution`: samples ``x`` at t = 1 with the template's mask and cond, the
@@ -89,7 +93,7 @@ def generate(model: nn.Module, path: StatePath, source: StateSource, solver: Sol
     """
     x0 = source.sample(template) if x0 is None else x0
     mask, cond = template.get(MASK), template.get(COND)
-    sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS)), fields(x0),
+    sol = solver.solve(model_velocity(model, path, mask, cond, template.get(MASKS), call_size), fields(x0),
                        trajectory=trajectory)
     sol.x.update(passengers(template))
     return sol

@@ -20,6 +20,7 @@ from fmkit.app.inference import (
     load_for_inference,
     pick_checkpoint,
     sample_dir,
+    sample_loaded,
     samples_home,
 )
 from fmkit.errors import FmkitError
@@ -71,7 +72,7 @@ def sample(
     """
     import torch
 
-    from fmkit.engine.evaluation import each, sample_in_chunks
+    from fmkit.engine.evaluation import each
     from fmkit.engine.files import disk_full, save_tensors
     from fmkit.errors import OutputError
     from fmkit.flow.state import flat_tensors
@@ -82,12 +83,9 @@ def sample(
     dev = inference_device(rec)
     s, _ = build_solver(rec, solver, steps, rtol, atol)
     out_dir = sample_dir(samples_home(run), out, overwrite)
-    model, _ = guided(comps.model.to(dev).eval(), rec, comps.dataset.info.null_class, guidance)
-    torch.manual_seed(seed)
     t0 = time.perf_counter()
     try:
-        samples = sample_in_chunks(model, comps.path, comps.source, s, comps.dataset, n, rec.eval.chunk_size, dev,
-                                   seed, cond=cond)
+        samples = sample_loaded(loaded, n, s, dev, seed, guidance, cond)
         check_finite(samples)
     except BaseException as exc:
         if out_dir.is_dir() and not any(out_dir.iterdir()):
