@@ -227,7 +227,8 @@ class MelDataset(Dataset):
             num_cond_classes=num_classes,
             has_mask=True,
             meta={"modality": "audio", "name": name, "key": key, "front_end": opts.mel.model_dump(),
-                  "mel_mean": self.stats.mean, "mel_std": self.stats.std, "max_frames": self.max_frames,
+                  "mel_mean": self.stats.mean, "mel_std": self.stats.std, "mel_frames": self.stats.frames,
+                  "max_frames": self.max_frames,
                   "frame_multiple": fm, "class_names": list(class_names), "sample_rate": opts.mel.sample_rate,
                   "hop_length": opts.mel.hop_length, "likelihood": "continuous",
                   "peak_level": typical_peak(peaks[train])},  # the level WAVs are written at (levels.py)

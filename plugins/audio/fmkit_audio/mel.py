@@ -99,8 +99,10 @@ class MelStats:
 
     @classmethod
     def load(cls, path: Path) -> MelStats:
+        """Reads what :meth:`save` or the WAV writer's ``mel_stats.json`` holds (``frames`` is informative:
+        files written before it was recorded load with 0)."""
         d = json.loads(Path(path).read_text())
-        return cls(float(d["mean"]), float(d["std"]), int(d["frames"]))
+        return cls(float(d["mean"]), float(d["std"]), int(d.get("frames", 0)))
 
 
 def settings_key(*parts: object) -> str:

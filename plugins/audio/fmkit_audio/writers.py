@@ -39,7 +39,9 @@ def _label(samples: State, dataset, i: int) -> str:
 def _stats_file(dataset, out_dir: Path) -> Path:
     p = out_dir / "mel_stats.json"
     meta = dataset.info.meta
-    p.write_text(json.dumps({"mean": meta["mel_mean"], "std": meta["mel_std"], "front_end": meta["front_end"],
+    # the keys MelStats.load reads, so `data.stats` can point at this file
+    p.write_text(json.dumps({"mean": meta["mel_mean"], "std": meta["mel_std"], "frames": meta.get("mel_frames", 0),
+                             "front_end": meta["front_end"],
                              "peak_level": data_peak(meta)}))
     return p
 

@@ -13,6 +13,7 @@ import torch
 from fmkit.plugin import RecipeError, RegistryError
 
 from fmkit_audio.data import build_fsdd
+from fmkit_audio.mel import MelStats
 from fmkit_audio.writers import MelPngWriter, MelSafetensorsWriter, WavWriter
 
 
@@ -51,6 +52,10 @@ def test_wavs_read_back_with_rate_and_length(dataset, samples, tmp_path):
     assert len(wavs) == 5
     stats = json.loads((tmp_path / "mel_stats.json").read_text())
     assert stats["front_end"]["sample_rate"] == 8000 and stats["std"] > 0
+    # data.stats may point at this file: it loads as the statistics the run normalised with
+    loaded = MelStats.load(tmp_path / "mel_stats.json")
+    assert (loaded.mean, loaded.std) == (dataset.info.meta["mel_mean"], dataset.info.meta["mel_std"])
+    assert loaded.frames == dataset.info.meta["mel_frames"] > 0
     import soundfile as sf
 
     lengths = expected_lengths(samples, 128)[:5]
