@@ -66,6 +66,17 @@ def make_trainer(run_dir: Path | None, processes: int):
                                     "guidance_mix": 0.2})
 
 
+def make_cfm_trainer(run_dir: Path | None, processes: int):
+    """``make_trainer``'s run with the plain CFM objective: the two-time model is called without r."""
+    import fmkit
+    from fmkit.app.builtin.toy import ToyDataset, ToySource
+
+    opts = fmkit.TrainerOptions(steps=4, batch_size=GLOBAL, grad_accum=2 // processes, lr=1e-2, warmup_steps=0,
+                                ema_decay=None, progress=False, device="cpu", checkpoint_every=100, log_every=2)
+    return fmkit.Trainer(make_model(), ToyDataset("moons", n=2048, seed=0, conditional=True),
+                         source=ToySource("eight_gaussians"), options=opts, run_dir=run_dir, seed=3)
+
+
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
@@ -106,6 +117,12 @@ def _worker(out: Path) -> None:
     trainer = make_trainer(run_dir, processes=2)
     trainer.fit()
     torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, results / f"trainer_rank{dist.rank}.pt")
+
+    # a model with two times trained by plain flow matching (r never passed: its r-embedding idles)
+    run_dir = out / "runs" / ("cfm" if dist.rank == 0 else "cfm-rank1")
+    trainer = make_cfm_trainer(run_dir, processes=2)
+    trainer.fit()
+    torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, results / f"cfm_rank{dist.rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -185,6 +202,34 @@ def test_the_trainer_under_ddp_trains_the_weights_of_one_process(ddp_out: Path, 
         err = (p0[k] - v).abs().max().item()
         assert err <= 1e-5, f"{k} differs from the single process by {err:.2e}"
     assert any((single[k] - init[k]).abs().max() > 1e-3 for k in single), "the model did not train"
+
+
+def test_a_two_time_model_trained_by_flow_matching_under_ddp(ddp_out: Path, tmp_path: Path) -> None:
+    """Plain CFM never passes r, so the r-embedding gets no gradient: DDP is told to expect it (without
+    that, its reducer fails at the second step), and the weights still equal one process's."""
+    p0 = torch.load(ddp_out / "results" / "cfm_rank0.pt")
+    p1 = torch.load(ddp_out / "results" / "cfm_rank1.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = make_cfm_trainer(tmp_path / "single", processes=1).fit().model.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    init = make_model().state_dict()
+    for k, v in single.items():
+        assert torch.equal(p0[k], p1[k]), f"ranks diverged at {k}"
+        assert (p0[k] - v).abs().max().item() <= 1e-5, k
+    interval = [k for k in init if k.startswith("interval.")]
+    assert interval and all(torch.equal(single[k], init[k]) for k in interval), "the r-embedding should idle"
+
+
+def test_the_engine_expects_idle_parameters_only_where_r_is_never_fed() -> None:
+    from fmkit import MLP
+    from fmkit.engine.setup import idle_r_embedding
+
+    two, one = make_model(), MLP(2, hidden=8, depth=1, time_dim=8)
+    assert idle_r_embedding(two, None) and idle_r_embedding(two, object())
+    assert not idle_r_embedding(two, make_objective()) and not idle_r_embedding(one, None)
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":

@@ -27,6 +27,7 @@ from fmkit.flow.objectives import CFMObjective, MeanFlowObjective, Objective
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
+from fmkit.flow.two_times import IntervalEmbedding
 
 
 def pick_device(name: str) -> torch.device:
@@ -172,10 +173,22 @@ def wrap_for_training(model: nn.Module, dist: DistInfo, device: torch.device, co
         # buffers change in training only with running statistics (BatchNorm & co.); fmkit's are
         # constants, and broadcasting them costs a collective per forward, micro-steps included
         running = any(getattr(m, "track_running_stats", False) for m in model.modules())
-        train_model = DDP(train_model, device_ids=ids, broadcast_buffers=running)
+        train_model = DDP(train_model, device_ids=ids, broadcast_buffers=running,
+                          find_unused_parameters=idle_r_embedding(model, objective))
     if compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     return train_model
+
+
+def idle_r_embedding(model: nn.Module, objective: Objective | None) -> bool:
+    """Whether ``model`` has an embedding of the second time r (:class:`fmkit.flow.two_times.IntervalEmbedding`,
+    e.g. ``two_times: true``) that ``objective`` never feeds (plain flow matching calls the model without
+    r): its parameters then get no gradient, and DDP must be told (``find_unused_parameters``) or it
+    fails at the second step. Flow-matching pre-training of a model later trained by MeanFlow is such a run.
+    """
+    if getattr(objective, "two_times", False):
+        return False
+    return any(isinstance(m, IntervalEmbedding) for m in model.modules())
 
 
 def check_writable(run_dir: Path) -> None:

@@ -37,6 +37,10 @@ class Objective(Protocol):
     and ``torch.compile`` in the model's place (same parameters), for an objective whose model call is
     more than a forward, e.g. MeanFlow's JVP, which must run inside DDP's forward for the gradients to
     be synchronised. Without it the engine wraps the model itself.
+
+    Optionally ``objective.two_times = True``: it calls the model with the second time ``r``
+    (:mod:`fmkit.flow.two_times`). Without it, a model with an r-embedding leaves that embedding's
+    parameters without gradients, which the engine tells DDP to expect.
     """
 
     def __call__(self, model: ModelFn, x1: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...

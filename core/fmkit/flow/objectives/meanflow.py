@@ -108,6 +108,9 @@ class MeanFlowObjective:
     #: the engine keeps the model's memory layout standard: torch's forward-mode derivative of GroupNorm
     #: fails on channels-last tensors ("view size is not compatible"), so the JVP cannot run there
     channels_last = False
+    #: it calls the model with the second time r: a model's r-embedding is trained (the engine's DDP
+    #: wrap needs no search for parameters a step leaves unused, :func:`fmkit.engine.setup.wrap_for_training`)
+    two_times = True
 
     def __init__(self, path: ProbPath | StatePath, source: Source | StateSource | None = None,
                  coupling: Coupling | None = None, *, time: TimeSampler | None = None, equal_fraction: float = 0.75,
