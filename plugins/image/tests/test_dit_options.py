@@ -17,7 +17,7 @@ MNIST = DataInfo(fields={"x": FieldInfo((1, 28, 28))}, num_cond_classes=10)
 
 
 @pytest.mark.parametrize("over, key, words", [
-    ({"num_heads": 3}, "num_heads", ["hidden 128", "num_heads 3", "e.g. 2 or 4", "multiple of 12 (e.g. 120 or 132)"]),
+    ({"num_heads": 5}, "num_heads", ["hidden 192", "num_heads 5", "e.g. 4 or 6", "multiple of 20 (e.g. 180 or 200)"]),
     ({"hidden": 90, "num_heads": 2}, "hidden", ["hidden 90", "multiple of 4", "e.g. 88 or 92"]),
     ({"positions": "rope"}, "positions", ["sincos", "learned"]),
     ({"patch_size": 0}, "patch_size", ["patch_size"]),
@@ -58,7 +58,7 @@ def test_the_shipped_recipe_builds():
     rec = load_recipe(RECIPE)
     opts = {k: v for k, v in rec.model.spec().items() if k != "name"}
     m = build_dit(MNIST, **DiTOptions(**opts).model_dump())
-    assert m.grid == (14, 14)
+    assert m.grid == (7, 7) and sum(p.numel() for p in m.parameters()) == 4_167_568  # the header's count
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def mnist_root(tmp_path_factory):
 
 
 SMOKE = ["--set", "trainer.steps=3", "--set", "trainer.batch_size=8", "--set", "trainer.progress=false",
-         "--set", "trainer.log_every=1", "--set", "model.hidden=32", "--set", "model.depth=2"]
+         "--set", "trainer.log_every=1", "--set", "model.hidden=32", "--set", "model.depth=2",
+         "--set", "model.num_heads=2"]
 
 
 def test_the_recipe_trains_through_the_cli(mnist_root, tmp_path):
