@@ -154,3 +154,31 @@ def test_bench_sample_route_quick(tmp_path: Path) -> None:
     assert set(out) == {"wall", "cpu"} and out["wall"]["ratio_median"] > 0
     data = json.loads((tmp_path / "sample_route.json").read_text())
     assert data["totals"]["cli"]["user"] > 0 and data["load_avg"]["before"]
+
+
+def test_mnist_vs_torchcfm_quick(tmp_path: Path, monkeypatch) -> None:
+    """Both arms a few steps on real MNIST, scored by a small classifier trained here: the table and the ratios."""
+    import os
+
+    import torch
+
+    if not (Path(os.environ.get("FMKIT_DATA_DIR", "/nonexistent")) / "mnist").is_dir():
+        pytest.skip("needs real MNIST under $FMKIT_DATA_DIR/mnist")
+    pytest.importorskip("torchcfm", reason="the peer: pip install --no-deps torchcfm")
+    from typer.testing import CliRunner
+
+    from fmkit_image.cli import app as image_app
+
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    res = CliRunner().invoke(image_app, ["train-classifier", "--dataset", "mnist", "--limit", "500", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    threads = torch.get_num_threads()
+    try:
+        text = __import__("mnist_vs_torchcfm").main(["--quick", "--per-class", "3", "--out", str(tmp_path / "o")])
+    finally:
+        torch.set_num_threads(threads)
+    fm = json.loads((tmp_path / "o" / "fmkit_seed0.json").read_text())
+    peer = json.loads((tmp_path / "o" / "torchcfm_seed0.json").read_text())
+    assert fm["steps"] == 6 and peer["steps"] == 6 and fm["n"] == peer["n"] == 30
+    assert {"class_acc", "cfd", "cfd_floor"} <= set(fm["w2"]) and peer["w1"]["cfd"] > 0
+    assert "| 0 | fmkit |" in text and "| 0 | torchcfm |" in text and "CFD ratio" in text
