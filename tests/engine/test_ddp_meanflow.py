@@ -186,17 +186,22 @@ def test_a_jvp_on_the_inner_module_leaves_the_gradients_unsynchronised(ddp_out: 
     assert _max_err(g0, single_grads) > 1e-4
 
 
+def fit_one_process(make, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The weights ``make(run_dir, processes=1)``'s Trainer ends with, trained on one thread as each rank is."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make(tmp_path / "single", processes=1).fit().model.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_trainer_under_ddp_trains_the_weights_of_one_process(ddp_out: Path, tmp_path: Path) -> None:
     p0 = torch.load(ddp_out / "results" / "trainer_rank0.pt")
     p1 = torch.load(ddp_out / "results" / "trainer_rank1.pt")
     for k in p0:
         assert torch.equal(p0[k], p1[k]), f"ranks diverged at {k}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = make_trainer(tmp_path / "single", processes=1).fit().model.state_dict()
-    finally:
-        torch.set_num_threads(threads)
+    single = fit_one_process(make_trainer, tmp_path)
     init = make_model().state_dict()
     for k, v in single.items():
         err = (p0[k] - v).abs().max().item()
@@ -209,12 +214,7 @@ def test_a_two_time_model_trained_by_flow_matching_under_ddp(ddp_out: Path, tmp_
     that, its reducer fails at the second step), and the weights still equal one process's."""
     p0 = torch.load(ddp_out / "results" / "cfm_rank0.pt")
     p1 = torch.load(ddp_out / "results" / "cfm_rank1.pt")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = make_cfm_trainer(tmp_path / "single", processes=1).fit().model.state_dict()
-    finally:
-        torch.set_num_threads(threads)
+    single = fit_one_process(make_cfm_trainer, tmp_path)
     init = make_model().state_dict()
     for k, v in single.items():
         assert torch.equal(p0[k], p1[k]), f"ranks diverged at {k}"
