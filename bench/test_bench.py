@@ -182,3 +182,33 @@ def test_mnist_vs_torchcfm_quick(tmp_path: Path, monkeypatch) -> None:
     assert fm["steps"] == 6 and peer["steps"] == 6 and fm["n"] == peer["n"] == 30
     assert {"class_acc", "cfd", "cfd_floor"} <= set(fm["w2"]) and peer["w1"]["cfd"] > 0
     assert "| 0 | fmkit |" in text and "| 0 | torchcfm |" in text and "CFD ratio" in text
+
+
+def test_mnist_meanflow_quick(tmp_path: Path, monkeypatch) -> None:
+    """The MeanFlow recipe a few steps on real MNIST, scored at 1, 2, 4 jumps and as an ODE beside the FM run's rows."""
+    import os
+
+    import torch
+
+    if not (Path(os.environ.get("FMKIT_DATA_DIR", "/nonexistent")) / "mnist").is_dir():
+        pytest.skip("needs real MNIST under $FMKIT_DATA_DIR/mnist")
+    from typer.testing import CliRunner
+
+    from fmkit_image.cli import app as image_app
+
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    res = CliRunner().invoke(image_app, ["train-classifier", "--dataset", "mnist", "--limit", "500", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    threads = torch.get_num_threads()
+    try:
+        __import__("mnist_vs_torchcfm").main(["--quick", "--arms", "fmkit", "--per-class", "3", "--guidance", "1",
+                                              "1.4", "--out", str(tmp_path / "fm")])
+        text = __import__("mnist_meanflow").main(["--quick", "--per-class", "3", "--fm",
+                                                  str(tmp_path / "fm" / "fmkit_seed0.json"), "--out",
+                                                  str(tmp_path / "mf")])
+    finally:
+        torch.set_num_threads(threads)
+    mf = json.loads((tmp_path / "mf" / "meanflow_seed0.json").read_text())
+    assert mf["steps"] == 4 and mf["n"] == 30 and mf["folded_guidance"] == 1.4
+    assert {"class_acc", "cfd", "cfd_floor"} <= set(mf["jump1"]) and mf["ode"]["nfe"] == 20
+    assert "| MeanFlow |" in text and "| flow matching |" in text and "MeanFlow at 1 NFE over flow matching" in text

@@ -293,3 +293,32 @@ def test_sampling_guidance_on_a_jump_is_refused_with_the_training_time_alternati
         MeanFlowSolver(1).solve(v, {"x": torch.randn(2, 2)})
     assert "objective.guidance_scale" in e.value.fix
     v({"x": torch.randn(2, 2)}, torch.tensor(0.5))  # the guided ODE of the instantaneous velocity still runs
+
+
+def test_only_the_examples_with_r_above_t_take_the_jvp(monkeypatch):
+    """A batch mixing r = t and r > t: the JVP runs on the r > t rows only, and the outputs, the total
+    derivative on those rows and the weights' gradients equal one JVP of the whole batch; dudt is 0 at r = t."""
+    torch.manual_seed(0)
+    net = fmkit.MLP(3, hidden=32, depth=2, time_dim=16, two_times=True).double()
+    b = 8
+    z, v = torch.randn(b, 3, dtype=torch.float64), torch.randn(b, 3, dtype=torch.float64)
+    t = torch.rand(b, dtype=torch.float64) * 0.6
+    r = t.clone()
+    r[::3] += 0.3  # rows 0, 3, 6 jump
+    wrapped = AverageVelocityJVP(net)
+    sizes = []
+    jvp = torch.func.jvp
+    monkeypatch.setattr(torch.func, "jvp", lambda f, p, tg: sizes.append(p[1].shape[0]) or jvp(f, p, tg))
+    u, dudt = wrapped({"x": z}, t, None, r=r, tangent={"x": v})
+    assert sizes == [3]
+    (u["x"] ** 2).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    u_all, dudt_all = wrapped._jvp({"x": z}, t, None, r, {"x": v})
+    (u_all["x"] ** 2).sum().backward()
+    torch.testing.assert_close(u["x"], u_all["x"], rtol=1e-12, atol=1e-12)
+    moving = r != t
+    torch.testing.assert_close(dudt["x"][moving], dudt_all["x"][moving], rtol=1e-12, atol=1e-12)
+    assert (dudt["x"][~moving] == 0).all()
+    for g, p in zip(grads, net.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)

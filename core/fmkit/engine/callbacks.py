@@ -1,7 +1,9 @@
 """What a fit calls back into: :class:`Callback` hooks, and the shapes of metrics and writers.
 
 A metric maps generated samples and the dataset to named numbers; a writer turns samples into files
-(grids, WAVs, XYZ) in the run's ``samples/`` folder and returns their paths.
+(grids, WAVs, XYZ) in the run's ``samples/`` folder and returns their paths. A metric may also have
+``check(dataset)``, which a fit calls before its first step: what would fail at the first evaluation
+(a judge's weights not yet trained) fails there, not after the training it would have scored.
 """
 
 from __future__ import annotations

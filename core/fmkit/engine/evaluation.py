@@ -220,6 +220,13 @@ class Evaluator:
         # before any training: evaluation would otherwise fail at its first sample, hours in
         check_continuous_only(solver, [k for k, f in dataset.info.fields.items() if f.categorical])
 
+    def check_metrics(self) -> None:
+        """Each metric's optional ``check(dataset)`` (:mod:`fmkit.engine.callbacks`), before a fit's first step."""
+        for metric in self.metrics.values():
+            check = getattr(metric, "check", None)
+            if callable(check):
+                check(self.dataset)
+
     @property
     def active(self) -> bool:
         """Whether there is anything to evaluate (a metric or a writer)."""

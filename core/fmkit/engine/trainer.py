@@ -162,6 +162,7 @@ class Trainer:
             return self
         if self.step >= self.opts.steps:
             raise stopping.already_finished(self.step, self.opts.steps, self.run_dir, self.hints)
+        self.evaluator.check_metrics()  # a metric that cannot score (no judge's weights) says so before training
         for cb in self.callbacks:
             cb.on_train_start(self)
         # a fit ended by an exception or at the last step ends the DataLoader workers too (the stream restarts

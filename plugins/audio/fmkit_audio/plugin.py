@@ -48,14 +48,6 @@ def register_recipes(register):
 
 
 @hookimpl
-def register_callbacks(register):
-    from fmkit_audio.callbacks import WallClockLimit, WallClockOptions
-
-    register("wall_clock_limit", WallClockLimit, options=WallClockOptions,
-             description="stop training (with checkpoint and final evaluation) after N minutes of wall-clock time")
-
-
-@hookimpl
 def register_hookspecs(register):
     """Declare the ``register_vocoders`` hook, so other plugins' vocoders are known before fmkit checks hooks."""
     from fmkit_audio.vocoders import VocoderSpecs

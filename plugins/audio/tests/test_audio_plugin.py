@@ -24,8 +24,7 @@ def reg():
 
 def test_everything_registered_with_strict_options(reg):
     expected = {"datasets": {"fsdd", "audio_folder", "speechcommands"}, "models": {"mel_unet"},
-                "metrics": {"audio_digits"}, "writers": {"wav", "mel_png", "mel_safetensors"},
-                "callbacks": {"wall_clock_limit"}}
+                "metrics": {"audio_digits"}, "writers": {"wav", "mel_png", "mel_safetensors"}}
     for kind, names in expected.items():
         entries = reg.entries(kind)
         assert names <= set(entries), kind

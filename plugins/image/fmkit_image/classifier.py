@@ -93,12 +93,18 @@ def save_classifier(net: SmallCNN, path: Path) -> None:
     tmp.replace(path)
 
 
+def missing_weights(path: Path, dataset_name: str = "mnist") -> DataError:
+    """The error for classifier weights not at ``path``, with the command that trains them."""
+    return DataError(f"no classifier weights at {path}", where="eval.metrics (image_classifier)",
+                     fix=f"train them once: `fmkit image train-classifier --dataset {dataset_name}` (seed fixed, "
+                         "cached), or drop image_classifier from eval.metrics")
+
+
 def load_classifier(path: Path, in_channels: int, num_classes: int) -> SmallCNN:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise DataError(f"no classifier weights at {path}", where="eval.metrics (image_classifier)",
-                        fix="train them once: `fmkit image train-classifier --dataset mnist` (seed fixed, cached)")
+        raise missing_weights(path)
     net = SmallCNN(in_channels, num_classes)
     net.load_state_dict(load_file(str(path)))
     return net.eval()

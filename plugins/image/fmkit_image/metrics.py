@@ -21,16 +21,31 @@ class ClassifierMetric:
         self.weights, self.floor = weights, floor
         self._net = None
 
-    def _classifier(self, dataset):
+    def _weights(self, dataset):
         from pathlib import Path
 
-        from fmkit_image.classifier import load_classifier, weights_path
+        from fmkit_image.classifier import weights_path
 
         c = dataset.info.fields["x"].shape[0]
         k = dataset.info.num_cond_classes
-        p = Path(self.weights) if self.weights else weights_path(dataset.name, c, k)
+        return (Path(self.weights) if self.weights else weights_path(dataset.name, c, k)), c, k
+
+    def check(self, dataset) -> None:
+        """Before training (the engine's metric check): the judge's weights exist, else the :class:`DataError`
+        the first evaluation would raise after the whole training."""
+        from fmkit_image.classifier import missing_weights
+
+        if not hasattr(dataset, "split"):
+            return  # __call__ says what is wrong with the dataset
+        path, _, _ = self._weights(dataset)
+        if not path.is_file():
+            raise missing_weights(path, dataset.name)
+
+    def _classifier(self, dataset):
+        from fmkit_image.classifier import load_classifier
+
         if self._net is None:
-            self._net = load_classifier(p, c, k)
+            self._net = load_classifier(*self._weights(dataset))
         return self._net
 
     def __call__(self, samples, dataset) -> dict[str, float]:

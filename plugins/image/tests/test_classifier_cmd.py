@@ -37,3 +37,26 @@ def test_progress_lines_then_accuracy_and_a_group_readable_cache(tmp_path, monke
     again = CliRunner().invoke(image_app, ["train-classifier", "--root", str(tmp_path / "mnist"), "--out", str(out)])
     assert again.exit_code == 0 and "classifier step" not in again.output, again.output  # cached: no training
     assert again.output.splitlines()[0] == f"cached: {out}"
+
+
+def test_a_fit_scored_by_a_classifier_not_yet_trained_fails_before_its_first_step(tmp_path, monkeypatch):
+    """The metric's weights are checked when the fit starts: the DataError (with the command that trains them)
+    comes before step 1, not after a training that could not be scored."""
+    import pytest
+    from fmkit.plugin import DataError, load_recipe
+    from fmkit.testing import build_trainer
+
+    from fmkit_image.classifier import weights_path
+
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "empty-cache"))
+    write_idx(tmp_path / "mnist", n_train=64, n_test=32)
+    rec = load_recipe("images_mnist_cpu", [f"data.root={tmp_path / 'mnist'}", "trainer.steps=3",
+                                           "trainer.batch_size=8", "trainer.progress=false", "model.channels=8",
+                                           "model.attention_resolutions=[]", "model.norm_groups=8",
+                                           "eval.metrics=[{name: image_classifier}]"])
+    tr = build_trainer(rec, tmp_path / "run")
+    with pytest.raises(DataError) as err:
+        tr.fit()
+    assert tr.step == 0 and not list((tmp_path / "run").glob("checkpoints/step*"))
+    text = str(err.value)
+    assert str(weights_path("mnist", 1, 10)) in text and "fmkit image train-classifier --dataset mnist" in text

@@ -12,7 +12,8 @@ from fmkit.plugin import DataError, load_recipe
 from fmkit.testing import Trainer, TrainerOptions, fresh_registry
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPES = {"images_mnist": "unet", "images_mnist_cpu": "unet", "images_cifar10": "unet", "images_mnist_dit_cpu": "dit"}
+RECIPES = {"images_mnist": "unet", "images_mnist_cpu": "unet", "images_cifar10": "unet", "images_mnist_dit_cpu": "dit",
+           "images_mnist_meanflow_cpu": "unet"}
 
 
 @pytest.fixture()

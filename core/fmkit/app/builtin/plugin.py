@@ -281,6 +281,14 @@ def register_writers(register):
 
 
 @hookimpl
+def register_callbacks(register):
+    from fmkit.app.builtin.callbacks import WallClockLimit, WallClockOptions
+
+    register("wall_clock_limit", WallClockLimit, WallClockOptions,
+             "stop training (with checkpoint and final evaluation) after N minutes of wall-clock time")
+
+
+@hookimpl
 def register_loggers(register):
     from fmkit.app.builtin.loggers import MlflowOptions, TensorBoardOptions, WandbOptions
     from fmkit.engine.loggers import CsvLogger

@@ -1,15 +1,16 @@
-"""Trainer callbacks of the audio plugin."""
+"""The core's trainer callbacks: the wall-clock guard any recipe may name (``wall_clock_limit``)."""
 
 from __future__ import annotations
 
 import time
 
-from fmkit.plugin import Callback
 from pydantic import BaseModel, ConfigDict, Field
+
+from fmkit.engine.callbacks import Callback
 
 
 class WallClockOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     minutes: float = Field(..., gt=0.0, description="stop training (checkpoint + final evaluation) after this long")
 
 
