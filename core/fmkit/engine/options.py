@@ -114,8 +114,11 @@ class CFMObjectiveOptions(BaseModel):
     """``objective: {name: cfm}``: conditional flow matching (:class:`fmkit.flow.objectives.CFMObjective`);
     its times, condition dropout and loss weights are ``trainer:`` options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["cfm"] = "cfm"
+    self_condition: float = Field(0.0, ge=0.0, le=1.0, description="probability that a batch is self-conditioned: "
+                                  "the model also reads its own x1 estimate from a first pass without gradient "
+                                  "(Chen et al. 2022; SemlaFlow's 0.5); needs a self-conditioned model")
 
 
 class MeanFlowObjectiveOptions(BaseModel):

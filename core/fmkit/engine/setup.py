@@ -245,7 +245,8 @@ def build_objective(spec: ObjectiveOptions | Mapping[str, Any] | None, opts: Tra
     time = functools.partial(time_sampler, opts)
     if isinstance(spec, CFMObjectiveOptions):  # one branch per options model of engine.options.OBJECTIVES
         return CFMObjective(path, source, coupling, time=time, cond_dropout=opts.cond_dropout,
-                            null_class=null_class or 0, weights=opts.loss_weights)
+                            null_class=null_class or 0, weights=opts.loss_weights,
+                            self_condition=spec.self_condition)
     if isinstance(spec, MeanFlowObjectiveOptions):
         return MeanFlowObjective(path, source, coupling, time=time, equal_fraction=spec.equal_fraction,
                                  adaptive_p=spec.adaptive_p, adaptive_c=spec.adaptive_c,

@@ -12,6 +12,7 @@ K condition classes (labels 0..K-1; :attr:`fmkit.flow.data.DataInfo.null_class`)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,14 +47,15 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         self.model, self.scale, self.null_class = model, float(scale), int(null_class)
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, **kw: Any) -> State:
+        """The guided output; keywords (a self-conditioned model's ``self_cond``) reach both branches."""
         if cond is None:
-            return self.model(x_t, t, None)
+            return self.model(x_t, t, None, **kw)
         if self.scale == 1.0:  # v_null + 1 (v_c - v_null) = v_c: no second branch to pay for
-            return self.model(x_t, t, cond)
+            return self.model(x_t, t, cond, **kw)
         both = {k: _twice(v) for k, v in x_t.items() if k != "cond"}
         c2 = torch.cat([cond, torch.full_like(cond, self.null_class)])
-        out = self.model(both, torch.cat([t, t]), c2)
+        out = self.model(both, torch.cat([t, t]), c2, **{k: None if v is None else _twice(v) for k, v in kw.items()})
         b = t.shape[0]
         return {k: v[b:] + self.scale * (v[:b] - v[b:]) for k, v in out.items()}
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fmkit.errors import ModelError
+from fmkit.flow.self_conditioning import refuse_likelihood
 from fmkit.flow.solvers import CheckedVelocity, Solver
 from fmkit.flow.sources import Source, StateSource
 from fmkit.flow.state import DEFAULT_FIELD, State, StateLike, apply_mask, as_state, count_dims, fields, is_categorical
@@ -107,6 +108,7 @@ def log_likelihood(velocity: Callable, x1: StateLike, source: StateSource | Sour
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown divergence estimator {estimator!r}; use one of {ESTIMATORS}")
+    refuse_likelihood(velocity)
     x1, bare = as_state(x1)
     if bare:
         fn = velocity

@@ -11,6 +11,7 @@ from fmkit.errors import FmkitError
 from fmkit.flow.batching import call_in_slices
 from fmkit.flow.guidance import ClassifierFreeGuidance
 from fmkit.flow.paths import StatePath, check_output
+from fmkit.flow.self_conditioning import self_conditioned, x1_estimate
 from fmkit.flow.solvers import Solution, Solver
 from fmkit.flow.sources import StateSource
 from fmkit.flow.state import COND, MASK, MASKS, State, fields, passengers
@@ -35,8 +36,12 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
 
     Returns:
         ``velocity(x, t, step=None, r=None) -> State``: x a state of the data fields [B, ...], t a 0-d
-        time tensor, broadcast to [B] for the model.
+        time tensor, broadcast to [B] for the model. For a self-conditioned model
+        (:mod:`fmkit.flow.self_conditioning`) each call hands the model the x1 estimate of the call before
+        it (none at the first), and the function has ``self_conditioned = True``.
     """
+    history: dict[str, State | None] = {"x1": None}
+    remember = self_conditioned(model)
 
     def velocity(x: State, t: Tensor, step: float | None = None, r: Tensor | None = None) -> State:
         b = next(iter(x.values())).shape[0]
@@ -52,9 +57,13 @@ def model_velocity(model: nn.Module, path: StatePath, mask: Tensor | None, cond:
             pred = call_in_slices(model, call_size, inp, tb, cond, r=rb)
             check_output(pred, x)
             return {k: pred[k] for k in x}  # u(x_t, r, t): an average velocity, no path conversion
-        pred = call_in_slices(model, call_size, inp, tb, cond)
+        if not remember:
+            return path.velocity(call_in_slices(model, call_size, inp, tb, cond), x, tb, step)
+        pred = call_in_slices(model, call_size, inp, tb, cond, self_cond=history["x1"])
+        history["x1"] = x1_estimate(path, pred, x, tb)  # what the next call reads (Chen et al. 2022)
         return path.velocity(pred, x, tb, step)
 
+    velocity.self_conditioned = remember  # type: ignore[attr-defined]
     return velocity
 
 

@@ -224,3 +224,63 @@ def test_default_size_starts_at_unit_scale():
         assert 1e-3 < rms < 10.0, f"{k} output rms {rms:.3g} at init"
     rms = out["bonds"][real_pairs(real)[..., 0]].pow(2).mean().sqrt().item()
     assert 1e-3 < rms < 10.0, f"bonds output rms {rms:.3g} at init"
+
+
+# -- self-conditioning (self_condition: true): the previous x1 estimate read through invariant features
+def estimate(x: dict, seed: int = 5) -> dict:
+    """A self_cond state like the sampler's: positions near x (CoM-free), class probabilities, symmetric bonds."""
+    g = torch.Generator().manual_seed(seed)
+    b, n = x["mask"].shape
+    pos = remove_mean(x["pos"] + 0.3 * torch.randn(b, n, 3, generator=g, dtype=torch.float64), x["mask"])
+    bonds = torch.randn(b, n, n, 4, generator=g, dtype=torch.float64)
+    return {"pos": pos * x["mask"][..., None],
+            "atoms": torch.randn(b, n, 5, generator=g, dtype=torch.float64).softmax(-1),
+            "charges": torch.randn(b, n, 3, generator=g, dtype=torch.float64).softmax(-1),
+            "bonds": (0.5 * (bonds + bonds.transpose(1, 2))).softmax(-1)}
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_self_conditioned_model_stays_e3_equivariant(reflect):
+    """Rotating (reflecting) and translating x_t and the estimate's positions together rotates the position
+    output and leaves every logit unchanged; the estimate changes the outputs (it is read)."""
+    m = build(self_condition=True)
+    x, t = inputs()
+    sc = estimate(x)
+    out = m(x, t, self_cond=sc)
+    assert (out["pos"] - m(x, t)["pos"]).abs().max() > 1e-6  # self_cond=None (zeros) differs
+    r = random_rotation(1, generator=torch.Generator().manual_seed(3))[0]
+    if reflect:
+        r = r @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    m_ = x["mask"][..., None]
+    out_r = m(dict(x, pos=(x["pos"] @ r.T + shift) * m_), t, self_cond=dict(sc, pos=(sc["pos"] @ r.T + shift) * m_))
+    assert ((out_r["pos"] - out["pos"] @ r.T) * m_).abs().max() < TOL
+    for k in LOGITS:
+        assert (out_r[k] - out[k]).abs().max() < TOL, k
+
+
+def test_self_conditioned_model_is_permutation_equivariant_and_every_parameter_learns():
+    m = build(self_condition=True)
+    x, t = inputs(b=2, n=7)
+    sc = estimate(x)
+    perm = torch.tensor([3, 0, 6, 5, 1, 4, 2])
+    xp = {k: v[:, perm] for k, v in x.items()}
+    xp["bonds"] = x["bonds"][:, perm][:, :, perm]
+    scp = {k: v[:, perm] for k, v in sc.items()}
+    scp["bonds"] = sc["bonds"][:, perm][:, :, perm]
+    out, out_p = m(x, t, self_cond=sc), m(xp, t, self_cond=scp)
+    for k in ("pos", "atoms", "charges"):
+        assert (out_p[k] - out[k][:, perm]).abs().max() < TOL, k
+    assert (out_p["bonds"] - out["bonds"][:, perm][:, :, perm]).abs().max() < TOL
+    # the first pass of a self-conditioned batch (self_cond=None) reaches the estimate's layers too (DDP-safe)
+    m.train()
+    sum(m(x, t)[k].square().sum() for k in ("pos", *LOGITS)).backward()
+    dead = [name for name, p in m.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert dead == ["sc_node.weight", "sc_edge.weight"], dead  # zeros in: only the biases learn from None
+    assert m.self_conditioned and not build().self_conditioned
+
+
+def test_self_cond_given_to_a_model_built_without_it_is_a_clear_error():
+    x, t = inputs()
+    with pytest.raises(ModelError, match="self_condition: true"):
+        build()(x, t, self_cond=estimate(x))

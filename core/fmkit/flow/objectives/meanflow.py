@@ -30,6 +30,7 @@ from fmkit.flow.couplings import Coupling, IndependentCoupling, draw_and_pair
 from fmkit.flow.guidance import drop_condition
 from fmkit.flow.objectives.base import ModelFn, TimeSampler, uniform_time
 from fmkit.flow.paths import AffinePath, PathSample, ProbPath, StatePath, expand_t
+from fmkit.flow.self_conditioning import self_conditioned
 from fmkit.flow.sources import GaussianSource, Source, StateSource
 from fmkit.flow.state import COND, State, field_mask, fields, index, is_categorical
 from fmkit.flow.two_times import require_r
@@ -171,6 +172,10 @@ class MeanFlowObjective:
         """``model`` wrapped to compute the JVP inside its forward (:class:`AverageVelocityJVP`): the module
         the engine puts under DDP / ``torch.compile``. Refuses a model without the keyword ``r``."""
         require_r(model, "objective meanflow")
+        if self_conditioned(model):
+            raise ModelError(f"objective meanflow trains the average velocity without self-conditioning, and "
+                             f"{type(model).__name__} is self-conditioned", where="model",
+                             fix="build the model without self-conditioning for MeanFlow")
         return model if isinstance(model, AverageVelocityJVP) else AverageVelocityJVP(model)
 
     def times(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:

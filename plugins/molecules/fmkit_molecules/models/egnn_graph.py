@@ -14,6 +14,12 @@ current distances |x_i - x_j| and of the distances at the network's input. Per l
     e_ij = LN(e_ij + W m_ij + W m_ji)                            (stays symmetric)
     x_i += mean_j (x_i - x_j) / (|x_i - x_j| + 1) * tanh(w_x . m_ij) * coords_range / layers
 
+Self-conditioning (``self_condition: true``; Chen et al. 2022, as SemlaFlow and FlowMol3 use it): the
+model also reads its previous estimate of the molecule, ``self_cond`` = {pos: x1^ [B,N,3], atoms / charges:
+class probabilities [B,N,K], bonds: [B,N,N,4]}, through invariant features only: the atoms' class
+probabilities and rbf(|x1^_i - x_i|) into h_i, the bond probabilities and rbf(|x1^_i - x1^_j|) into e_ij
+(so E(3) equivariance holds with x1^ moving with x). ``self_cond=None`` reads zeros through the same layers.
+
 Outputs: ``pos`` [B,N,3] the CoM-free displacement x_L - x_0 (a velocity) or x_L itself when the
 recipe's path predicts x1; ``atoms`` [B,N,K] and ``charges`` [B,N,C] logits from h; ``bonds``
 [B,N,N,4] logits from the final edge features, the final h_i + h_j and rbf(d_L), symmetrised
@@ -60,6 +66,8 @@ class EGNNGraphOptions(BaseModel):
     atom_encoding: Literal["categorical", "onehot"] | None = Field(
         None, description="only when no dataset is at hand; otherwise read from data_info")
     num_classes: int | None = Field(None, ge=1, description="atom classes, only when no dataset is at hand")
+    self_condition: bool = Field(False, description="also read the previous x1 estimate (self_cond); train with "
+                                 "objective.self_condition > 0 (SemlaFlow's 0.5)")
 
 
 def class_count(data_info, field: str, default: int) -> int:
@@ -147,12 +155,13 @@ class EGNNGraph(nn.Module):
         num_classes: atom classes K, only when no dataset is at hand.
         data_info: the dataset's description (build context): atom encoding and class counts.
         predictions: the path's target per field (build context): ``pos: x1`` makes the model output x1.
+        self_condition: also read ``self_cond``, the previous x1 estimate (module doc).
     """
 
     def __init__(self, hidden: int = 128, message: int | None = 64, edge: int = 16, layers: int = 5,
                  rbf: int = 16, rbf_max: float = 8.0, coords_range: float = 15.0,
                  atom_encoding: str | None = None, num_classes: int | None = None, data_info=None,
-                 predictions: dict[str, str] | None = None) -> None:
+                 predictions: dict[str, str] | None = None, self_condition: bool = False) -> None:
         super().__init__()
         message = message or hidden
         self.encoding, self.num_classes = atom_spec(data_info, atom_encoding, num_classes)
@@ -172,6 +181,10 @@ class EGNNGraph(nn.Module):
         self.bond_h = nn.Linear(hidden, 2 * edge)
         self.bond_e = nn.Linear(edge + rbf, 2 * edge, bias=False)
         self.bond_out = nn.Sequential(act, nn.Linear(2 * edge, 2 * edge), act, nn.Linear(2 * edge, self.num_bonds))
+        self.self_conditioned = bool(self_condition)
+        if self_condition:  # the previous estimate's invariant features (module doc)
+            self.sc_node = nn.Linear(self.num_classes + self.num_charges + rbf, hidden)
+            self.sc_edge = nn.Linear(self.num_bonds + rbf, edge)
 
     def _categorical(self, x_t: dict, name: str) -> Tensor:
         v = x_t.get(name)
@@ -185,7 +198,21 @@ class EGNNGraph(nn.Module):
                              where="model egnn_graph", fix=f"put '{name}' on the discrete path")
         return v
 
-    def forward(self, x_t: dict, t: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+    def _self_cond(self, sc: dict | None, x: Tensor, em: Tensor) -> tuple[Tensor, Tensor]:
+        """Node [B,N,H] and edge [B,N,N,E] terms of the previous estimate ``sc`` (zeros in: the layers' biases)."""
+        b, n = x.shape[:2]
+        if sc is None:
+            node = x.new_zeros(b, n, self.sc_node.in_features)
+            edge = x.new_zeros(b, n, n, self.sc_edge.in_features)
+        else:
+            pos = sc["pos"].to(x.dtype)
+            shift = torch.sqrt((pos - x).pow(2).sum(-1) + 1e-8)
+            node = torch.cat([sc["atoms"].to(x.dtype), sc["charges"].to(x.dtype), self.rbf(shift)], -1)
+            edge = torch.cat([sc["bonds"].to(x.dtype), self.rbf(pair_geometry(pos)[1])], -1)
+        return self.sc_node(node), self.sc_edge(edge) * em
+
+    def forward(self, x_t: dict, t: Tensor, cond: Tensor | None = None, *,
+                self_cond: dict | None = None) -> dict[str, Tensor]:
         pos = x_t["pos"]
         charges = self._categorical(x_t, "charges")
         bonds = self._categorical(x_t, "bonds")
@@ -202,6 +229,12 @@ class EGNNGraph(nn.Module):
         h = (h + self.time(t)[:, None, :]) * m
         bonds = symmetric_from_upper(bonds.long().clamp(0, self.num_bonds))  # read the upper triangle only
         e = self.embed_bonds(bonds) * em
+        if self.self_conditioned:
+            sc_h, sc_e = self._self_cond(self_cond, x, em)
+            h, e = h + sc_h * m, e + sc_e
+        elif self_cond is not None:
+            raise ModelError("this egnn_graph was built without self-conditioning and was handed self_cond",
+                             where="model.self_condition", fix="set `self_condition: true` in the model section")
         for layer in self.layers:
             h, e, x = layer(h, e, x, self.rbf, rbf0, em, inv_deg)
             h, x = h * m, x * m
