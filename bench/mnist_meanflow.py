@@ -45,7 +45,9 @@ def jumps(u_of, x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def train(seed: int, run: Path, quick: bool) -> tuple[float | None, str, str, Path]:
-    """Train the recipe into ``run`` (skipped when it holds a finished run): (command seconds, load before, after, log)."""
+    """Train the recipe into ``run`` (skipped when it holds a finished run).
+
+    Returns (command seconds or None when skipped, load average before, after, the log's path)."""
     log = run.parent / f"{run.name}.log"
     before = loadavg()
     if (run / "checkpoints" / "latest").is_file() and log.is_file():

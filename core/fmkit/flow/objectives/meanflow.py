@@ -44,9 +44,9 @@ class AverageVelocityJVP(nn.Module):
     keeps its graph to the weights and dudt = v d_z u + d_t u (one ``torch.func.jvp`` with tangents
     (v, 0, 1) on (z, r, t); MeanFlow eq. 8) is detached: it only enters the stop-gradient target.
     Only the examples with r != t go through the JVP (at r = t the target is v, and dudt is 0); the
-    others take a plain forward, which costs about half as much (a compiled graph keeps one JVP of the
-    whole batch, for static shapes). The model is this module's only child, so DDP, EMA-free wrapping and ``torch.compile`` see the
-    same parameters as the bare model.
+    others take a plain forward, with no tangent to carry (a compiled graph keeps one JVP of the
+    whole batch, for static shapes). The model is this module's only child, so DDP, EMA-free wrapping and
+    ``torch.compile`` see the same parameters as the bare model.
     """
 
     def __init__(self, model: nn.Module) -> None:
