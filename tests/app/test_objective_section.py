@@ -22,7 +22,8 @@ def _recipe(extra: str = ""):
 
 def test_a_recipe_without_the_section_trains_the_cfm_objective_and_says_so():
     rec = _recipe()
-    assert rec.objective.name == "cfm" and rec.to_dict()["objective"] == {"name": "cfm"}
+    # the resolved recipe states the objective with its options' defaults (no self-conditioning)
+    assert rec.objective.name == "cfm" and rec.to_dict()["objective"] == {"name": "cfm", "self_condition": 0.0}
     assert validate(rec.to_dict(), fresh_registry()).objective == rec.objective  # the resolved recipe reloads
 
 
