@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_vs_torchcfm import NFE_STEPS, PER_CLASS, loadavg, noise_and_labels, sample_in_batches, score, \
-    train_seconds  # noqa: E402
+from mnist_vs_torchcfm import NFE_STEPS, PER_CLASS, ema_model, loadavg, noise_and_labels, sample_in_batches, \
+    score, train_seconds  # noqa: E402
 
 RECIPE = "images_mnist_meanflow_cpu"
 JUMPS = (1, 2, 4)
@@ -70,15 +70,7 @@ def run_meanflow(seed: int, out: Path, quick: bool, per_class: int) -> dict:
     run = out / "runs" / f"meanflow_seed{seed}"
     wall, before, after, log = train(seed, run, quick)
     secs, steps = train_seconds(run)
-    from fmkit.app.run import build_components, load_run_recipe
-    from fmkit.engine.checkpoint import load_checkpoint
-    from fmkit.engine.train_state import load_model_state
-
-    rec = load_run_recipe(run, [])
-    comps = build_components(rec)
-    ck = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    load_model_state(comps.model, load_checkpoint(ck).tensors["ema"], str(ck))
-    model = comps.model.eval()
+    rec, comps, model = ema_model(run)
     stopped = run / "stopped.json"
     res = {"arm": "meanflow", "seed": seed, "recipe": RECIPE, "steps": steps, "train_s": secs,
            "command_wall_s": wall, "load_before": before, "load_after": after, "weights": "EMA",

@@ -102,6 +102,19 @@ def mnist_dataset():
     return build_mnist()
 
 
+def ema_model(run: Path):
+    """(recipe, components, the EMA weights' model in eval mode) of a run's newest checkpoint."""
+    from fmkit.app.run import build_components, load_run_recipe
+    from fmkit.engine.checkpoint import load_checkpoint
+    from fmkit.engine.train_state import load_model_state
+
+    rec = load_run_recipe(run, [])
+    comps = build_components(rec)
+    ck = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    load_model_state(comps.model, load_checkpoint(ck).tensors["ema"], str(ck))
+    return rec, comps, comps.model.eval()
+
+
 # ------------------------------------------------------------------------------------------------ fmkit
 def run_fmkit(seed: int, out: Path, quick: bool, threads: int | None, per_class: int, reuse: bool,
               scales: list[float]) -> dict:
@@ -127,16 +140,9 @@ def run_fmkit(seed: int, out: Path, quick: bool, threads: int | None, per_class:
     secs, steps = train_seconds(run)
     thread_line = next((ln for ln in log.read_text().splitlines() if "device:" in ln), "")
 
-    from fmkit.app.run import build_components, load_run_recipe
-    from fmkit.engine.checkpoint import load_checkpoint
-    from fmkit.engine.train_state import load_model_state
     from fmkit.flow.guidance import with_guidance
 
-    rec = load_run_recipe(run, [])
-    comps = build_components(rec)
-    ck = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    load_model_state(comps.model, load_checkpoint(ck).tensors["ema"], str(ck))
-    model = comps.model.eval()
+    rec, comps, model = ema_model(run)
     x0, y = noise_and_labels(seed, per_class)
     res = {"arm": "fmkit", "seed": seed, "recipe": "images_mnist_cpu", "steps": steps, "train_s": secs,
            "command_wall_s": wall, "load_before": before, "load_after": after, "device_line": thread_line,
