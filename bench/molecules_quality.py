@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true", help="every kept checkpoint, not only the latest")
     ap.add_argument("--chunk", type=int, default=250, help="samples per solver call")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (noise, sizes); 0 = the run's final evaluation")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for sampling, e.g. path.fields.bonds.stochasticity=10")
@@ -59,12 +60,12 @@ def main() -> None:
         for nfe in a.nfe:
             t0 = time.time()
             samples = sample_in_chunks(model, comps.path, comps.source, FixedStepSolver("euler", nfe),
-                                       comps.dataset, a.n, a.chunk, torch.device("cpu"), 0)
+                                       comps.dataset, a.n, a.chunk, torch.device("cpu"), a.seed)
             t_sample = time.time() - t0
             results, err = score(comps.metrics, samples, comps.dataset)
             if err is not None:
                 raise err
-            row = {"checkpoint": ck.name, "step": int(data.meta["step"]),
+            row = {"checkpoint": ck.name, "step": int(data.meta["step"]), "seed": a.seed,
                    "train_minutes": round((ck.stat().st_mtime - start) / 60.0, 2), "nfe": nfe, "n": a.n,
                    "sampling_s": round(t_sample, 2), **{k: round(float(v), 5) for k, v in results.items()}}
             rows.append(row)
