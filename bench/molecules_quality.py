@@ -24,7 +24,7 @@ from fmkit.app.run import build_components, load_run_recipe
 from fmkit.engine.checkpoint import load_checkpoint
 from fmkit.engine.evaluation import sample_in_chunks, score
 from fmkit.engine.train_state import load_model_state
-from fmkit.flow.solvers import FixedStepSolver
+from fmkit.flow.solvers import FixedStepSolver, sway_grid
 
 
 def checkpoints(run: Path, curve: bool) -> list[Path]:
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true", help="every kept checkpoint, not only the latest")
     ap.add_argument("--chunk", type=int, default=250, help="samples per solver call")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sway", type=float, default=None, help="a sway time grid of this coefficient (> 0: steps "
+                    "denser near the data, t = 1); default: uniform")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (noise, sizes); 0 = the run's final evaluation")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -59,13 +61,14 @@ def main() -> None:
         model = comps.model.eval()
         for nfe in a.nfe:
             t0 = time.time()
-            samples = sample_in_chunks(model, comps.path, comps.source, FixedStepSolver("euler", nfe),
+            grid = None if a.sway is None else sway_grid(nfe, a.sway)
+            samples = sample_in_chunks(model, comps.path, comps.source, FixedStepSolver("euler", nfe, grid),
                                        comps.dataset, a.n, a.chunk, torch.device("cpu"), a.seed)
             t_sample = time.time() - t0
             results, err = score(comps.metrics, samples, comps.dataset)
             if err is not None:
                 raise err
-            row = {"checkpoint": ck.name, "step": int(data.meta["step"]), "seed": a.seed,
+            row = {"checkpoint": ck.name, "step": int(data.meta["step"]), "seed": a.seed, "sway": a.sway,
                    "train_minutes": round((ck.stat().st_mtime - start) / 60.0, 2), "nfe": nfe, "n": a.n,
                    "sampling_s": round(t_sample, 2), **{k: round(float(v), 5) for k, v in results.items()}}
             rows.append(row)

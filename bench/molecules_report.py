@@ -29,7 +29,8 @@ def rows(path: Path) -> tuple[dict, list[dict]]:
 def main(out: Path) -> None:
     log = (out / "session.log").read_text()
     _, g = rows(out / "graph" / "quality.json")
-    _, curve = rows(out / "graph_curve" / "quality.json")
+    curve_file = out / "graph_curve" / "quality.json"
+    curve = rows(curve_file)[1] if curve_file.is_file() else None
     _, p = rows(out / "positions" / "quality.json")
     secs = re.findall(r"training seconds: ([0-9.]+)", log)
     loads = re.findall(r"loadavg ([0-9.]+ [0-9.]+ [0-9.]+)", log)
@@ -61,15 +62,19 @@ def main(out: Path) -> None:
         for k, h in (("validity", "EDM validity"), ("atom_stable", "EDM atom stability"),
                      ("mol_stable", "EDM molecule stability")):
             a, b = g20.get(k), p[0].get(k)
-            print(f"- {h}: {pct(a)} / {pct(b)} = " + (f"{a / b:.2f}x" if a is not None and b else "n/a (0 in the baseline)"))
+            ratio = f"{a / b:.2f}x" if a is not None and b else "n/a (0 in the baseline)"
+            print(f"- {h}: {pct(a)} / {pct(b)} = {ratio}")
         print(f"- generated-bond validity of the graph arm {pct(g20.get('graph_validity'))} vs the positions arm's "
               f"best protocol (EDM validity) {pct(p[0].get('validity'))}")
+    if curve is None:
+        print("\n(No learning curve: graph_curve/quality.json was not written.)")
+        return
     print("\n## Learning curve of the graph arm (300 samples, first NFE above, each kept checkpoint)\n")
     print("| step | train minutes | graph validity | graph mol. stable | EDM atom stable | unique |")
     print("|---|---|---|---|---|---|")
     for r in curve:
-        print(f"| {r['step']} | {r['train_minutes']} | {pct(r.get('graph_validity'))} | {pct(r.get('graph_mol_stable'))} "
-              f"| {pct(r.get('atom_stable'))} | {pct(r.get('graph_uniqueness'))} |")
+        print(f"| {r['step']} | {r['train_minutes']} | {pct(r.get('graph_validity'))} "
+              f"| {pct(r.get('graph_mol_stable'))} | {pct(r.get('atom_stable'))} | {pct(r.get('graph_uniqueness'))} |")
     print("\n(train minutes: checkpoint time minus the run's start, so data loading is included.)")
 
 
