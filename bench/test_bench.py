@@ -212,3 +212,12 @@ def test_mnist_meanflow_quick(tmp_path: Path, monkeypatch) -> None:
     assert mf["steps"] == 4 and mf["n"] == 30 and mf["folded_guidance"] == 1.4
     assert {"class_acc", "cfd", "cfd_floor"} <= set(mf["jump1"]) and mf["ode"]["nfe"] == 20
     assert "| MeanFlow |" in text and "| flow matching |" in text and "MeanFlow at 1 NFE over flow matching" in text
+    # guidance as a model input: trained over a range, sampled at two scales handed to the model
+    text = __import__("mnist_meanflow").main(["--quick", "--per-class", "3", "--fm",
+                                              str(tmp_path / "fm" / "fmkit_seed0.json"), "--out", str(tmp_path / "gi"),
+                                              "--set", "model.guidance_input=true", "--set",
+                                              "objective={name: meanflow, guidance_range: [1, 3]}",
+                                              "--guidance", "1", "2"])
+    gi = json.loads((tmp_path / "gi" / "meanflow_seed0.json").read_text())
+    assert gi["guidance_range"] == [1.0, 3.0] and gi["jump1_w2"]["guidance"] == 2.0 and "jump1" not in gi
+    assert "2 (model input" in text

@@ -15,7 +15,9 @@ inside the core (its tests add :mod:`fmkit.testing`):
   ``examples_of_classes`` for their ``class_template``), the OT
   ``assignment``, ``ctmc_jump``/``takes_step`` for solvers, ``model_velocity`` and the likelihood
   functions, ``frechet_distance``, ``IntervalEmbedding``/``takes_r`` for a model with two times
-  (objective meanflow), ``ProgressBar`` for a plugin's long loop (a bar on a terminal, else a heartbeat line),
+  (objective meanflow), ``GuidanceEmbedding``/``embed_guidance``/``takes_guidance`` for a model told its
+  guidance scale (objective meanflow's ``guidance_range``), ``ProgressBar`` for a plugin's long loop (a bar
+  on a terminal, else a heartbeat line),
   ``save_tensors`` for weights a plugin caches (readable as the umask allows, not safetensors' 0600);
 - the error classes whose what / where / fix the CLI prints, and ``note`` for a non-fatal one.
 
@@ -77,19 +79,21 @@ from fmkit.flow.state import (
                           masked_mean_per_example,
 )
 from fmkit.flow.stats import frechet_distance
+from fmkit.flow.guidance_input import GuidanceEmbedding, embed_guidance, takes_guidance
 from fmkit.flow.two_times import IntervalEmbedding, takes_r
 
 __all__ = [
     "AffinePath", "COND", "Callback", "CheckpointError", "ClassifierFreeGuidance", "ComponentOf",
     "ComponentSpec", "CondOTScheduler",
     "ContractError", "Coupling", "DataError", "DataInfo", "Dataset", "DependencyError",
-    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "Indices",
+    "Dequantization", "FieldInfo", "FixedStepSolver", "FmkitError", "GaussianSource", "GuidanceEmbedding", "Indices",
     "IntervalEmbedding", "Logger", "LoggerRun", "MASK",
     "MASKS", "Metric", "ModelError", "NonFiniteDataError", "OutputError", "PathSample", "ProbPath", "ProgressBar",
     "RecipeError", "Registry", "RegistryError", "Scheduler", "SchedulerOutput", "Solution", "Solver", "Source",
     "State", "TensorDataset", "TrackerError", "TrainingError", "Writer", "apply_mask", "assignment", "broadcast_mask",
-    "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "examples_of_classes",
+    "bucketed_batches", "count_dims", "ctmc_jump", "data_log_likelihood", "declared_likelihood", "embed_guidance",
+    "examples_of_classes",
     "expand_t", "field_mask", "frechet_distance", "get_registry", "hookimpl", "hookspec", "is_categorical",
     "load_recipe", "log_likelihood", "masked_mean_per_example", "model_velocity", "note", "register_recipe_folder",
-    "require_finite", "save_tensors", "takes_r", "takes_step",
+    "require_finite", "save_tensors", "takes_guidance", "takes_r", "takes_step",
 ]

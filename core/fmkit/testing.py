@@ -131,7 +131,10 @@ def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3
     """The contract of a model with two times (:mod:`fmkit.flow.two_times`) on a batch of ``data``:
     ``forward`` takes the keyword ``r``; ``r = t`` gives what ``r=None`` gives (u(x, t, t) = v(x, t), so
     plain flow matching is unchanged); another ``r`` changes the output (the model does use it); and a
-    forward-mode JVP through (x_t, r, t), as objective meanflow takes it, runs and is finite.
+    forward-mode JVP through (x_t, r, t), as objective meanflow takes it, runs and is finite. A model that
+    also takes its guidance scale (``guidance_input``, :mod:`fmkit.flow.guidance_input`): ``guidance`` of 1
+    gives what ``guidance=None`` gives, another scale changes the output of a conditioned batch, and the
+    JVP runs with it.
 
     Args:
         model: the two-time model under test (put in eval mode).
@@ -144,6 +147,7 @@ def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3
         AssertionError: a broken contract, with what broke.
     """
     from fmkit.flow.objectives.meanflow import AverageVelocityJVP
+    from fmkit.flow.guidance_input import takes_guidance
     from fmkit.flow.paths.base import check_output
     from fmkit.flow.two_times import takes_r
 
@@ -167,6 +171,18 @@ def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3
     u, dudt = AverageVelocityJVP(model)(x_t, t, cond, r=t + 0.5, tangent=tangent)
     for k, d in dudt.items():
         assert d.shape == u[k].shape and torch.isfinite(d).all(), f"the JVP of the output {k!r} is not finite"
+    if not takes_guidance(model) or cond is None:
+        return
+    ones = torch.ones(batch_size)
+    with torch.no_grad():
+        _assert_same(other, model(x_t, t, cond, r=t + 0.5, guidance=ones),
+                     "guidance = 1 vs guidance = None (omega = 1 must be the model without guidance)", atol=atol)
+        guided = model(x_t, t, cond, r=t + 0.5, guidance=3.0 * ones)
+        moved = max(float((guided[k].double() - other[k].double()).abs().max()) for k in fields(other))
+        assert moved > atol, "the output does not change with the guidance scale: the model ignores it"
+    u, dudt = AverageVelocityJVP(model)(x_t, t, cond, r=t + 0.5, tangent=tangent, guidance=2.0 * ones)
+    for k, d in dudt.items():
+        assert torch.isfinite(d).all(), f"the JVP of the output {k!r} with a guidance scale is not finite"
 
 
 def check_path(path: ProbPath, x0: Tensor, x1: Tensor, *, atol: float = 1e-4) -> None:

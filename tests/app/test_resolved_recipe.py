@@ -82,7 +82,7 @@ def test_resolved_recipe_holds_every_option_and_reads_back_the_same(tmp_path):
     rec = load_recipe(tmp_path / "r.yaml", registry=Registry.fresh(entry_points=False))
     d = rec.to_dict()
     assert d["model"] == {"name": "mlp", "hidden": 8, "depth": 1, "time_dim": 4, "field": "x", "two_times": False,
-                          "time_max_freq": None}
+                          "time_max_freq": None, "guidance_input": False}
     assert d["path"]["prediction"] == "velocity" and d["path"]["sigma_min"] == 0.0
     assert d["path"]["fields"]["x"] == {"name": "vp", "prediction": "velocity", "beta_min": 0.1, "beta_max": 20.0}
     assert list(d["source"].items()) == [("name", "gaussian"), ("std", 1.0), ("fields", {})]

@@ -66,6 +66,21 @@ def make_trainer(run_dir: Path | None, processes: int):
                                     "guidance_mix": 0.2})
 
 
+def make_guidance_input_trainer(run_dir: Path | None, processes: int):
+    """``make_trainer``'s run with the scale drawn per example and given to the model (guidance_range)."""
+    import fmkit
+    from fmkit.app.builtin.toy import ToyDataset, ToySource
+
+    opts = fmkit.TrainerOptions(steps=4, batch_size=GLOBAL, grad_accum=2 // processes, lr=1e-2, warmup_steps=0,
+                                ema_decay=None, progress=False, device="cpu", checkpoint_every=100, log_every=2,
+                                cond_dropout=0.2)
+    torch.manual_seed(0)
+    model = fmkit.MLP(2, hidden=32, depth=2, time_dim=16, num_classes=8, two_times=True, guidance_input=True)
+    return fmkit.Trainer(model, ToyDataset("moons", n=2048, seed=0, conditional=True),
+                         source=ToySource("eight_gaussians"), options=opts, run_dir=run_dir, seed=3,
+                         objective={"name": "meanflow", "equal_fraction": 0.5, "guidance_range": (1.0, 3.0)})
+
+
 def make_cfm_trainer(run_dir: Path | None, processes: int):
     """``make_trainer``'s run with the plain CFM objective: the two-time model is called without r."""
     import fmkit
@@ -123,6 +138,12 @@ def _worker(out: Path) -> None:
     trainer = make_cfm_trainer(run_dir, processes=2)
     trainer.fit()
     torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, results / f"cfm_rank{dist.rank}.pt")
+
+    # guidance as a model input: each example's omega reaches the model inside DDP's forward
+    run_dir = out / "runs" / ("gi" if dist.rank == 0 else "gi-rank1")
+    trainer = make_guidance_input_trainer(run_dir, processes=2)
+    trainer.fit()
+    torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, results / f"gi_rank{dist.rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -221,6 +242,20 @@ def test_a_two_time_model_trained_by_flow_matching_under_ddp(ddp_out: Path, tmp_
         assert (p0[k] - v).abs().max().item() <= 1e-5, k
     interval = [k for k in init if k.startswith("interval.")]
     assert interval and all(torch.equal(single[k], init[k]) for k in interval), "the r-embedding should idle"
+
+
+def test_a_guidance_input_model_under_ddp_trains_the_weights_of_one_process(ddp_out: Path, tmp_path: Path) -> None:
+    """objective.guidance_range: omega drawn per example and given to the model; the guidance embedding
+    trains, and two ranks end with one process's weights."""
+    p0 = torch.load(ddp_out / "results" / "gi_rank0.pt")
+    p1 = torch.load(ddp_out / "results" / "gi_rank1.pt")
+    single = fit_one_process(make_guidance_input_trainer, tmp_path)
+    init = make_guidance_input_trainer(None, 1).model.state_dict()
+    for k, v in single.items():
+        assert torch.equal(p0[k], p1[k]), f"ranks diverged at {k}"
+        assert (p0[k] - v).abs().max().item() <= 1e-5, k
+    embedding = [k for k in init if k.startswith("guidance.")]
+    assert embedding and any((single[k] - init[k]).abs().max() > 1e-4 for k in embedding), "omega never trained"
 
 
 def test_the_engine_expects_idle_parameters_only_where_r_is_never_fed() -> None:

@@ -209,7 +209,8 @@ def validate(data: Mapping[str, Any], registry: Registry | None = None, where: s
 def check_objective(recipe: Recipe) -> None:
     """The solver and guidance a recipe samples with against the objective it trains: the meanflow
     solver jumps with the average velocity that only objective meanflow trains, and a jump takes no
-    sampling guidance (MeanFlow folds guidance into its training target)."""
+    sampling guidance (MeanFlow folds guidance into its training target), unless the model takes the
+    scale as an input (``objective.guidance_range``)."""
     if recipe.solver.name != "meanflow":
         return
     if recipe.objective.name != "meanflow":
@@ -217,11 +218,12 @@ def check_objective(recipe: Recipe) -> None:
                           f"{recipe.objective.name!r} does not train", where="solver.name",
                           fix="train with `objective: {name: meanflow}` (and a model with two times, e.g. "
                               "`model: {name: mlp, two_times: true}`), or pick an ODE solver (euler, heun, ...)")
-    if recipe.eval.guidance_scale is not None:
+    if recipe.eval.guidance_scale is not None and getattr(recipe.objective, "guidance_range", None) is None:
         raise RecipeError("eval.guidance_scale guides an ODE's velocity at sampling; a MeanFlow jump has its "
                           "guidance folded into training", where="eval.guidance_scale",
                           fix="set objective.guidance_scale (with trainer.cond_dropout) and drop "
-                              "eval.guidance_scale")
+                              "eval.guidance_scale, or train the scale as a model input: objective.guidance_range "
+                              "with `guidance_input: true` in the model section")
 
 
 def check_components(recipe: Recipe, registry: Registry) -> None:

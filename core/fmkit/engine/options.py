@@ -138,6 +138,22 @@ class MeanFlowObjectiveOptions(BaseModel):
                                   "target (needs trainer.cond_dropout > 0); 1 = none")
     guidance_mix: float = Field(0.0, ge=0.0, lt=1.0, description="kappa: the share of the conditional average "
                                 "velocity in the guided target (effective scale omega / (1 - kappa))")
+    guidance_range: tuple[float, float] | None = Field(
+        None, description="[low, high]: omega drawn per example and given to the model (a model with "
+        "guidance_input: true), so eval.guidance_scale / --guidance picks it at sampling, still in one jump "
+        "(improved MeanFlow); instead of guidance_scale; needs trainer.cond_dropout > 0")
+
+    @model_validator(mode="after")
+    def _one_guidance(self) -> "MeanFlowObjectiveOptions":
+        if self.guidance_range is not None:
+            lo, hi = self.guidance_range
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"guidance_range [{lo:g}, {hi:g}] must be [low, high] with 0 < low <= high")
+            if self.guidance_scale != 1.0:
+                raise ValueError("guidance_scale folds one omega into training and guidance_range draws it: keep one")
+            if self.guidance_mix != 0.0:
+                raise ValueError("guidance_mix is not supported with guidance_range: drop guidance_mix")
+        return self
 
 
 #: objective name -> its options model; the ``objective:`` section is one of them, told apart by ``name``

@@ -27,6 +27,7 @@ from fmkit.flow.objectives import CFMObjective, MeanFlowObjective, Objective
 from fmkit.flow.paths import StatePath
 from fmkit.flow.sources import StateSource
 from fmkit.flow.time_sampling import sample_time
+from fmkit.flow.guidance_input import GuidanceEmbedding
 from fmkit.flow.two_times import IntervalEmbedding
 
 
@@ -185,10 +186,13 @@ def idle_r_embedding(model: nn.Module, objective: Objective | None) -> bool:
     e.g. ``two_times: true``) that ``objective`` never feeds (plain flow matching calls the model without
     r): its parameters then get no gradient, and DDP must be told (``find_unused_parameters``) or it
     fails at the second step. Flow-matching pre-training of a model later trained by MeanFlow is such a run.
+    A guidance embedding (:class:`fmkit.flow.guidance_input.GuidanceEmbedding`) is idle likewise unless the
+    objective gives the model its guidance scale (``objective.guidance_input``).
     """
-    if getattr(objective, "two_times", False):
-        return False
-    return any(isinstance(m, IntervalEmbedding) for m in model.modules())
+    feeds_r, feeds_w = getattr(objective, "two_times", False), getattr(objective, "guidance_input", False)
+    return any((isinstance(m, GuidanceEmbedding) and not feeds_w)
+               or (isinstance(m, IntervalEmbedding) and not isinstance(m, GuidanceEmbedding) and not feeds_r)
+               for m in model.modules())
 
 
 def check_writable(run_dir: Path) -> None:
@@ -252,7 +256,7 @@ def build_objective(spec: ObjectiveOptions | Mapping[str, Any] | None, opts: Tra
                                  adaptive_p=spec.adaptive_p, adaptive_c=spec.adaptive_c,
                                  guidance_scale=spec.guidance_scale, guidance_mix=spec.guidance_mix,
                                  cond_dropout=opts.cond_dropout, null_class=null_class or 0,
-                                 weights=opts.loss_weights)
+                                 weights=opts.loss_weights, guidance_range=spec.guidance_range)
     raise TypeError(f"no objective is built from {type(spec).__name__}")
 
 

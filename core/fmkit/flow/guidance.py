@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fmkit.flow.guidance_input import GuidanceInput, takes_guidance
 from fmkit.flow.state import State
 
 #: how to give data a null class, for the errors of options that need one (cond_dropout, guidance_scale)
@@ -69,7 +70,9 @@ def with_guidance(model: nn.Module, scale: float | None, null_class: int | None)
     """The model whose field a sampler integrates: ``model`` under classifier-free guidance at ``scale``.
 
     ``model`` itself when ``scale`` is None (unguided) or 1 (the conditional field: one model call per
-    velocity, as unguided); a :class:`ClassifierFreeGuidance` otherwise. ``null_class``: the label of
+    velocity, as unguided); for a model that takes the scale as an input
+    (:mod:`fmkit.flow.guidance_input`) a :class:`~fmkit.flow.guidance_input.GuidanceInput`, one call per
+    velocity; a :class:`ClassifierFreeGuidance` otherwise. ``null_class``: the label of
     a dropped condition (``dataset.info.null_class``); a scale without one is refused (ValueError),
     since there is no unconditional branch to mix with.
     """
@@ -79,4 +82,6 @@ def with_guidance(model: nn.Module, scale: float | None, null_class: int | None)
         raise ValueError(f"guidance scale {scale} needs a null class: the data declares no condition classes")
     if float(scale) == 1.0:
         return model
+    if takes_guidance(model):
+        return GuidanceInput(model, scale)
     return ClassifierFreeGuidance(model, scale, null_class)

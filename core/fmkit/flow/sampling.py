@@ -74,7 +74,8 @@ def check_two_times(model: nn.Module) -> None:
         raise FmkitError("classifier-free guidance at sampling does not apply to a MeanFlow jump: MeanFlow folds "
                          "its guidance into the training target", where="--guidance / eval.guidance_scale",
                          fix="drop the sampling guidance (the model's guidance is objective.guidance_scale, set when "
-                             "training); for a guided ODE of the instantaneous velocity, use --solver euler")
+                             "training; or train the scale as an input, objective.guidance_range, to pick it here); "
+                             "for a guided ODE of the instantaneous velocity, use --solver euler")
     require_r(model, "the meanflow solver")
 
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import DataInfo, IntervalEmbedding, ModelError, State
+from fmkit.plugin import DataInfo, GuidanceEmbedding, IntervalEmbedding, ModelError, State, embed_guidance
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -36,6 +36,12 @@ class MelUNetOptions(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     two_times: bool = Field(False, description="also take the other time r: the average velocity u(x, r, t) "
                             "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
+    guidance_input: bool = Field(False, description="also take the guidance scale omega (objective meanflow with "
+                                 "guidance_range): an embedding of omega - 1, zero at omega = 1, joins the time "
+                                 "embedding")
+    time_scale: float | None = Field(None, gt=0, description="t in [0, 1] is multiplied by this before the "
+                                     "sinusoids; null: 1000 (MeanFlow's target holds d/dt of the network: the image "
+                                     "MeanFlow recipe takes 50)")
 
 
 def sinusoidal(x: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -138,6 +144,8 @@ class MelUNet(nn.Module):
         emb_dim: width of the time, class and length embeddings.
         dropout: dropout probability in the residual and transformer blocks.
         two_times: also take the other time ``r`` (an embedding of r - t joins the time embedding).
+        guidance_input: also take the guidance scale omega (``forward(..., guidance=omega)``).
+        time_scale: factor on t in [0, 1] before the sinusoidal features; None: 1000.
         data_info: the dataset's description: the number of mel bins M, condition classes, the frame
             multiple batches are padded to and ``max_frames`` (the length embedding's scale).
         predictions: the recipe path's prediction per field, passed by the registry; unused (the output is
@@ -146,6 +154,7 @@ class MelUNet(nn.Module):
 
     def __init__(self, channels: list[int], res_blocks: int = 1, attn_blocks: int = 1, mid_blocks: int = 1,
                  heads: int = 4, kernel: int = 3, emb_dim: int = 256, dropout: float = 0.0, two_times: bool = False,
+                 guidance_input: bool = False, time_scale: float | None = None,
                  *, data_info: DataInfo, predictions: dict[str, str] | None = None) -> None:
         super().__init__()
         opts = MelUNetOptions(channels=channels, res_blocks=res_blocks, attn_blocks=attn_blocks,
@@ -169,6 +178,9 @@ class MelUNet(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         self.len_mlp = nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, d))
         self.interval = IntervalEmbedding(d) if two_times else None
+        self.guidance_input = bool(guidance_input)
+        self.guidance = GuidanceEmbedding(d) if guidance_input else None
+        self.time_scale = 1000.0 if time_scale is None else float(time_scale)
         self.cls = nn.Embedding(k + 1, d) if k is not None else None  # row k: the null class (CFG)
         self.inp = nn.Conv1d(n_mels, channels[0], 1)
         self.down = nn.ModuleList()
@@ -195,15 +207,19 @@ class MelUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def embed(self, t: Tensor, cond: Tensor | None, mask: Tensor, r: Tensor | None = None) -> Tensor:
+    def embed(self, t: Tensor, cond: Tensor | None, mask: Tensor, r: Tensor | None = None,
+              guidance: Tensor | None = None) -> Tensor:
         d = self.t_mlp[0].in_features
-        e = self.t_mlp(sinusoidal(t, d))
+        e = self.t_mlp(sinusoidal(t, d, scale=self.time_scale))
         if r is not None:
             if self.interval is None:
                 raise ModelError("this mel_unet was built for one time (flow matching), and was called with a "
                                  "second time r (the average velocity of objective meanflow)",
                                  where="model.two_times", fix="set `two_times: true` in the recipe's model section")
             e = e + self.interval(r - t)
+        g = embed_guidance(self.guidance, guidance, "mel_unet")
+        if g is not None:
+            e = e + g
         length = mask.float().sum(dim=(1, 2)) / self.max_frames
         e = e + self.len_mlp(sinusoidal(length, d, scale=100.0))
         if self.cls is not None:
@@ -212,7 +228,8 @@ class MelUNet(nn.Module):
             e = e + self.cls(cond.long())
         return e
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None,
+                guidance: Tensor | None = None) -> State:
         x = x_t["mel"]
         mask = x_t.get("mask")
         if mask is None:
@@ -220,7 +237,7 @@ class MelUNet(nn.Module):
         if x.shape[-1] % 2 ** (self.levels_n - 1):
             raise ModelError(f"{x.shape[-1]} frames is not a multiple of {2 ** (self.levels_n - 1)}",
                              where="model", fix="pad batches to a multiple of 2**(levels-1) (data.frame_multiple)")
-        e = self.embed(t, cond, mask, r)
+        e = self.embed(t, cond, mask, r, guidance)
         m = mask.to(x.dtype)
         masks = [m]
         h = self.inp(x * m) * m

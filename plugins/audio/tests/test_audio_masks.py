@@ -135,3 +135,16 @@ def test_two_times_meet_the_contract_and_keep_padding_out(dataset):
                   data_info=dataset.info)
     with pytest.raises(ModelError, match="two_times: true"):
         one(x_t, t, batch.get("cond"), r=r)
+
+
+def test_a_guidance_input_mel_unet_meets_the_contract(dataset):
+    """``guidance_input`` (and a time_scale other than 1000): omega = 1 is the mel U-Net without it, another
+    omega moves the output, the JVP runs (check_two_time_model)."""
+    from fmkit.testing import check_two_time_model
+
+    torch.manual_seed(0)
+    net = MelUNet(channels=[32, 64], res_blocks=1, attn_blocks=1, mid_blocks=1, heads=4, emb_dim=32, two_times=True,
+                  guidance_input=True, time_scale=50.0, data_info=dataset.info).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    torch.nn.init.normal_(net.out.bias, std=0.1)
+    check_two_time_model(net, dataset)

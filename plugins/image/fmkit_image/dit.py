@@ -41,6 +41,9 @@ class DiTOptions(BaseModel):
     time_scale: float = Field(1000.0, gt=0, description="t in [0, 1] is multiplied by this before the sinusoids")
     two_times: bool = Field(False, description="also take the other time r: the average velocity u(x, r, t) "
                             "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
+    guidance_input: bool = Field(False, description="also take the guidance scale omega (objective meanflow "
+                                 "with guidance_range): an embedding of omega - 1, zero at omega = 1, joins the time "
+                                 "embedding")
 
     @model_validator(mode="after")
     def _widths_fit(self) -> DiTOptions:
@@ -162,6 +165,7 @@ class DiT(ConditionEmbedder, nn.Module):
         class_conditional: embed the condition classes (with a null class); False: unconditional.
         time_scale: factor on t in [0, 1] before the sinusoidal features.
         two_times: also take the other time ``r`` (an embedding of r - t joins the time embedding).
+        guidance_input: also take the guidance scale omega (``forward(..., guidance=omega)``).
         data_info: the dataset's description: the image shape ``(C, H, W)`` of field ``x`` and the number of
             condition classes; when given, it overrides ``image_shape`` and ``num_classes``.
         predictions: the recipe path's prediction per field; ``{"x": "x1"}`` makes the output x_t + net(...).
@@ -174,6 +178,7 @@ class DiT(ConditionEmbedder, nn.Module):
     def __init__(self, patch_size: int = 2, hidden: int = 256, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, positions: Literal["sincos", "learned"] = "sincos",
                  class_conditional: bool = True, time_scale: float = 1000.0, two_times: bool = False,
+                 guidance_input: bool = False,
                  data_info: DataInfo | None = None, predictions: dict[str, Literal["velocity", "x1"]] | None = None,
                  image_shape: tuple[int, int, int] | None = None, num_classes: int | None = None) -> None:
         super().__init__()
@@ -193,7 +198,8 @@ class DiT(ConditionEmbedder, nn.Module):
         self.channels, h, w = image_shape
         self.patch, self.grid = patch_size, (h // patch_size, w // patch_size)
         self.residual = (predictions or {}).get("x", "velocity") == "x1"  # x1-prediction: x_t + head
-        self.init_embedding(hidden, TIME_FEATURES, num_classes if class_conditional else None, two_times, time_scale)
+        self.init_embedding(hidden, TIME_FEATURES, num_classes if class_conditional else None, two_times, time_scale,
+                            guidance_input)
         self.patch_embed = nn.Linear(self.channels * patch_size ** 2, hidden)
         table = sincos_positions_2d(hidden, *self.grid)[None]
         if positions == "learned":
@@ -232,18 +238,19 @@ class DiT(ConditionEmbedder, nn.Module):
         (gh, gw), p, c = self.grid, self.patch, self.channels
         return tokens.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, gh * p, gw * p)
 
-    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None) -> Tensor:
+    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None,
+            guidance: Tensor | None = None) -> Tensor:
         """The transformer on a bare image batch [B, C, H, W] -> [B, C, H, W]."""
-        c = self.embed(t, cond, x.shape[0], r)
+        c = self.embed(t, cond, x.shape[0], r, guidance)
         h = self.patch_embed(self.patchify(x)) + self.pos.to(x.dtype)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final(h, c))
 
     def forward(self, x_t: dict[str, Tensor], t: Tensor, cond: Tensor | None = None, *,
-                r: Tensor | None = None) -> dict[str, Tensor]:
+                r: Tensor | None = None, guidance: Tensor | None = None) -> dict[str, Tensor]:
         x = x_t["x"]
-        out = self.net(x, t, cond, r)
+        out = self.net(x, t, cond, r, guidance)
         return {"x": x + out if self.residual else out}
 
 

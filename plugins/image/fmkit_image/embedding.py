@@ -8,7 +8,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fmkit.plugin import IntervalEmbedding, ModelError
+from fmkit.plugin import GuidanceEmbedding, IntervalEmbedding, ModelError, embed_guidance
 from torch import Tensor, nn
 
 
@@ -32,7 +32,7 @@ class ConditionEmbedder:
     model_key = "model"
 
     def init_embedding(self, emb_dim: int, features: int, num_classes: int | None, two_times: bool,
-                       time_scale: float) -> None:
+                       time_scale: float, guidance_input: bool = False) -> None:
         """Build the embedding layers.
 
         Args:
@@ -41,16 +41,22 @@ class ConditionEmbedder:
             num_classes: K condition classes (an embedding of K + 1 rows); None: unconditional.
             two_times: also embed h = r - t (zero at h = 0: :class:`fmkit.plugin.IntervalEmbedding`).
             time_scale: factor on t in [0, 1] before the sinusoids.
+            guidance_input: also embed the guidance scale omega (zero at omega = 1:
+                :class:`fmkit.plugin.GuidanceEmbedding`; objective meanflow's ``guidance_range``).
         """
         self.time_scale = float(time_scale)
         self.time_features = features
         self.time_mlp = nn.Sequential(nn.Linear(features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.interval = IntervalEmbedding(emb_dim, features=features) if two_times else None
+        self.guidance_input = bool(guidance_input)
+        self.guidance = GuidanceEmbedding(emb_dim, features=features) if guidance_input else None
         self.num_classes = num_classes
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
 
-    def embed(self, t: Tensor, cond: Tensor | None, batch: int, r: Tensor | None = None) -> Tensor:
-        """Time (+ interval r - t) (+ class) embedding [B, emb_dim]; ``cond=None`` takes the null class."""
+    def embed(self, t: Tensor, cond: Tensor | None, batch: int, r: Tensor | None = None,
+              guidance: Tensor | None = None) -> Tensor:
+        """Time (+ interval r - t) (+ guidance omega) (+ class) embedding [B, emb_dim]; ``cond=None`` takes the
+        null class."""
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t
         emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.time_features))
         if r is not None:
@@ -59,6 +65,9 @@ class ConditionEmbedder:
                                  "with a second time r (the average velocity of objective meanflow)",
                                  where="model.two_times", fix="set `two_times: true` in the recipe's model section")
             emb = emb + self.interval(r.reshape(-1).expand(batch) - t)
+        g = embed_guidance(self.guidance, guidance, self.model_key)
+        if g is not None:
+            emb = emb + g.to(emb.dtype)
         if self.label_emb is not None:
             if cond is None:
                 cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)

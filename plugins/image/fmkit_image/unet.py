@@ -42,6 +42,9 @@ class UNetOptions(BaseModel):
     time_scale: float = Field(1000.0, gt=0, description="t in [0, 1] is multiplied by this before the sinusoids")
     two_times: bool = Field(False, description="also take the other time r: the average velocity u(x, r, t) "
                             "(objective: meanflow); an embedding of r - t, zero at r = t, joins the time embedding")
+    guidance_input: bool = Field(False, description="also take the guidance scale omega (objective meanflow "
+                                 "with guidance_range): an embedding of omega - 1, zero at omega = 1, joins the time "
+                                 "embedding")
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> UNetOptions:
@@ -235,6 +238,7 @@ class UNet(ConditionEmbedder, nn.Module):
         class_conditional: embed the condition classes (with a null class); False: unconditional.
         time_scale: factor on t in [0, 1] before the sinusoidal features.
         two_times: also take the other time ``r`` (an embedding of r - t joins the time embedding).
+        guidance_input: also take the guidance scale omega (``forward(..., guidance=omega)``).
         data_info: the dataset's description: the image shape ``(C, H, W)`` of field ``x`` and the number of
             condition classes; when given, it overrides ``image_shape`` and ``num_classes``.
         predictions: the recipe path's prediction per field; ``{"x": "x1"}`` makes the output x_t + net(...).
@@ -247,7 +251,8 @@ class UNet(ConditionEmbedder, nn.Module):
     def __init__(self, channels: int = 128, channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attention_resolutions: list[int] | tuple[int, ...] = (16,),
                  num_heads: int = 4, dropout: float = 0.1, norm_groups: int = 32, class_conditional: bool = True,
-                 time_scale: float = 1000.0, two_times: bool = False, data_info: DataInfo | None = None,
+                 time_scale: float = 1000.0, two_times: bool = False, guidance_input: bool = False,
+                 data_info: DataInfo | None = None,
                  predictions: dict[str, Literal["velocity", "x1"]] | None = None,
                  image_shape: tuple[int, int, int] | None = None, num_classes: int | None = None) -> None:
         super().__init__()
@@ -265,7 +270,8 @@ class UNet(ConditionEmbedder, nn.Module):
         self.residual = (predictions or {}).get("x", "velocity") == "x1"  # x1-prediction: x_t + head
         self.channels = channels
         emb_dim = 4 * channels
-        self.init_embedding(emb_dim, channels, num_classes if class_conditional else None, two_times, time_scale)
+        self.init_embedding(emb_dim, channels, num_classes if class_conditional else None, two_times, time_scale,
+                            guidance_input)
         attn_at = set(int(a) for a in attention_resolutions)
 
         self.stem = nn.Conv2d(c_in, channels, 3, padding=1)
@@ -302,9 +308,10 @@ class UNet(ConditionEmbedder, nn.Module):
         self.out_norm = nn.GroupNorm(_groups(ch, norm_groups), ch)
         self.out = _zero(nn.Conv2d(ch, c_in, 3, padding=1))
 
-    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None) -> Tensor:
+    def net(self, x: Tensor, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None,
+            guidance: Tensor | None = None) -> Tensor:
         """The U-Net on a bare image batch [B, C, H, W] -> [B, C, H, W]."""
-        emb = self.embed(t, cond, x.shape[0], r)
+        emb = self.embed(t, cond, x.shape[0], r, guidance)
         h = self.stem(x)
         hs = [h]
         for i, blocks in enumerate(self.down):
@@ -324,9 +331,9 @@ class UNet(ConditionEmbedder, nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
     def forward(self, x_t: dict[str, Tensor], t: Tensor, cond: Tensor | None = None, *,
-                r: Tensor | None = None) -> dict[str, Tensor]:
+                r: Tensor | None = None, guidance: Tensor | None = None) -> dict[str, Tensor]:
         x = x_t["x"]
-        out = self.net(x, t, cond, r)
+        out = self.net(x, t, cond, r, guidance)
         return {"x": x + out if self.residual else out}
 
 

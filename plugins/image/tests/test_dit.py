@@ -151,3 +151,14 @@ def test_two_times_meet_the_contract_and_take_a_meanflow_step():
     with pytest.raises(ModelError, match="two_times: true") as e:
         one({"x": torch.randn(2, 1, 28, 28)}, torch.rand(2), r=torch.rand(2))
     assert "this dit was built for one time" in str(e.value)
+
+
+def test_a_guidance_input_dit_meets_the_contract():
+    """``guidance_input``: omega = 1 is the DiT without it, another omega moves the output, the JVP runs."""
+    from fmkit.testing import check_two_time_model
+
+    torch.manual_seed(0)
+    ds = _mnist_like()
+    m = DiT(data_info=ds.info, two_times=True, guidance_input=True, **SMALL)
+    wake_zero_init(m)
+    check_two_time_model(m, ds)

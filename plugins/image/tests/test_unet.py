@@ -73,3 +73,24 @@ def test_two_times_meet_the_contract_and_take_a_meanflow_step():
     one = UNet(data_info=ds.info, **SMALL)
     with pytest.raises(ModelError, match="two_times: true"):
         one({"x": torch.randn(2, 1, 28, 28)}, torch.rand(2), r=torch.rand(2))
+
+
+def test_a_guidance_input_unet_meets_the_contract_and_its_scale_trains():
+    """``guidance_input``: omega = 1 is the U-Net without it, another omega moves the output, the JVP runs
+    with it (check_two_time_model); a MeanFlow step with drawn scales reaches the guidance embedding."""
+    from fmkit.plugin import AffinePath, CondOTScheduler, ModelError, TensorDataset
+    from fmkit.testing import MeanFlowObjective, check_two_time_model
+
+    torch.manual_seed(0)
+    ds = TensorDataset({"x": torch.randn(8, 1, 28, 28), "cond": torch.randint(0, 10, (8,))}, num_cond_classes=10)
+    m = UNet(data_info=ds.info, two_times=True, guidance_input=True, **SMALL)
+    wake_zero_init(m)
+    check_two_time_model(m, ds)
+    m.train()
+    obj = MeanFlowObjective(AffinePath(CondOTScheduler()), guidance_range=(1.0, 3.0), cond_dropout=0.1, null_class=10)
+    loss, _ = obj(m, ds.get_batch([0, 1, 2, 3]))
+    loss.backward()
+    assert m.guidance.mlp[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ModelError, match="guidance_input: true"):
+        UNet(data_info=ds.info, two_times=True, **SMALL)({"x": torch.randn(2, 1, 28, 28)}, torch.rand(2),
+                                                        torch.tensor([0, 1]), guidance=torch.ones(2))

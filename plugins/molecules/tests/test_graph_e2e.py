@@ -90,14 +90,15 @@ def test_cpu_recipe_trains_resumes_and_reports_both_protocols_on_generated_graph
 
 
 def test_self_conditioned_graph_model_trains_and_samples_through_the_cli(tmp_path, env):
-    """`model.self_condition` with `objective.self_condition` (SemlaFlow's 0.5) trains, samples (each Euler
-    step reads the previous step's estimate) and reports; either one alone is refused before training."""
+    """`model.self_condition` with `objective.self_condition` (SemlaFlow's 0.5), as the CPU recipe ships them,
+    trains, samples (each Euler step reads the previous step's estimate) and reports; the model's half alone
+    (the objective's turned off) is refused before training."""
     run = tmp_path / "sc"
-    out = fmkit(env, "train", "recipes/molecules_qm9_cpu.yaml", "--out", str(run), "--set", "trainer.steps=3",
-                "--set", "model.self_condition=true", "--set", "objective={name: cfm, self_condition: 0.5}", *TOY)
+    out = fmkit(env, "train", "recipes/molecules_qm9_cpu.yaml", "--out", str(run), "--set", "trainer.steps=3", *TOY)
+    assert "self_condition: 0.5" in (run / "recipe.yaml").read_text()
     assert "trained to step 3" in out and 0.0 <= row(out, "graph_validity") <= 1.0
     r = subprocess.run([sys.executable, "-m", "fmkit", "train", "recipes/molecules_qm9_cpu.yaml", "--out",
-                        str(tmp_path / "half"), "--set", "trainer.steps=3", "--set", "model.self_condition=true",
+                        str(tmp_path / "half"), "--set", "trainer.steps=3", "--set", "objective={name: cfm}",
                         *TOY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "objective.self_condition" in r.stdout + r.stderr
     assert not (tmp_path / "half" / "checkpoints").exists() or not list((tmp_path / "half" / "checkpoints").iterdir())

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fmkit.errors import ModelError
 from fmkit.flow.data import DataInfo
 from fmkit.flow.state import State
+from fmkit.flow.guidance_input import GuidanceEmbedding, embed_guidance
 from fmkit.flow.two_times import IntervalEmbedding
 
 
@@ -50,6 +51,9 @@ class MLPOptions(BaseModel):
     time_max_freq: float | None = Field(None, gt=0.0, description="top frequency (radians per unit time) of the "
                                         "time features; null: 200, or 20 with two_times (MeanFlow's target holds "
                                         "d/dt of the network: high time frequencies make its training unstable)")
+    guidance_input: bool = Field(False, description="also take the guidance scale omega (objective meanflow with "
+                                 "guidance_range): an embedding of omega - 1, zero at omega = 1, joins the time "
+                                 "embedding")
 
 
 class MLP(nn.Module):
@@ -75,12 +79,16 @@ class MLP(nn.Module):
         two_times: also take the other time ``r``, for the average velocity u(x_t, r, t).
         time_max_freq: top frequency (radians per unit time) of the time features; None: 200, or 20 with
             ``two_times``.
+        guidance_input: also take the guidance scale omega (``forward(..., guidance=omega)``;
+            :mod:`fmkit.flow.guidance_input`).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64,
                  num_classes: int | None = None, field: str = "x", residual: bool = False,
-                 two_times: bool = False, time_max_freq: float | None = None) -> None:
+                 two_times: bool = False, time_max_freq: float | None = None, guidance_input: bool = False) -> None:
         super().__init__()
+        self.guidance_input = bool(guidance_input)
+        self.guidance = GuidanceEmbedding(time_dim) if guidance_input else None
         self.field, self.num_classes, self.residual = field, num_classes, residual
         top = time_max_freq if time_max_freq is not None else (TWO_TIME_MAX_FREQ if two_times else 200.0)
         self.time = SinusoidalTimeEmbedding(time_dim, top)
@@ -95,7 +103,7 @@ class MLP(nn.Module):
     @classmethod
     def from_data(cls, data_info: DataInfo, hidden: int = 256, depth: int = 3, time_dim: int = 64,
                   field: str = "x", two_times: bool = False, time_max_freq: float | None = None,
-                  predictions: dict[str, str] | None = None) -> MLP:
+                  guidance_input: bool = False, predictions: dict[str, str] | None = None) -> MLP:
         """Registry factory: the input size and classes come from the dataset; residual when the
         recipe's path predicts x1 for the field.
 
@@ -108,15 +116,18 @@ class MLP(nn.Module):
             field: the state field modelled.
             two_times: also take the other time ``r`` (objective meanflow).
             time_max_freq: top frequency (radians per unit time) of the time features; None: the default.
+            guidance_input: also take the guidance scale omega (objective meanflow's guidance_range).
             predictions: the recipe path's prediction per field (``{"x": "x1"}``); None: velocity everywhere.
 
         Returns:
             The MLP for ``field`` of this dataset.
         """
         return cls(data_info.dim(field), hidden, depth, time_dim, data_info.num_cond_classes, field,
-                   residual=(predictions or {}).get(field) == "x1", two_times=two_times, time_max_freq=time_max_freq)
+                   residual=(predictions or {}).get(field) == "x1", two_times=two_times, time_max_freq=time_max_freq,
+                   guidance_input=guidance_input)
 
-    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None) -> State:
+    def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, *, r: Tensor | None = None,
+                guidance: Tensor | None = None) -> State:
         x = x_t[self.field]
         shape = x.shape
         h = self.time(t).to(x.dtype)
@@ -126,6 +137,9 @@ class MLP(nn.Module):
                                  "time r (the average velocity u(x, r, t) of MeanFlow)", where="model.two_times",
                                  fix="build it with two_times=True (`model: {name: mlp, two_times: true}`)")
             h = h + self.interval(r - t).to(x.dtype)
+        g = embed_guidance(self.guidance, guidance, "MLP")
+        if g is not None:
+            h = h + g.to(x.dtype)
         if self.cond is not None:
             c = cond if cond is not None else torch.full((shape[0],), self.num_classes, device=x.device)
             h = h + self.cond(c.long()).to(x.dtype)

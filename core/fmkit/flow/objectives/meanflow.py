@@ -10,6 +10,8 @@ t = 1 the data; a jump goes from t to r >= t):
 - loss ||u_theta - sg(u_tgt)||^2, weighted by w = sg(1 / (||Delta||^2 + c)^p)     (eq. 11; sec. 4.3)
 - guidance folded into the target: v~ = omega v + kappa u_theta(z_t, t, t | c) + (1 - omega - kappa)
   u_theta(z_t, t, t | null), v~ = v where the condition was dropped                (eqs. 19, 21)
+- or guidance as an input (improved MeanFlow, Geng et al. 2025b, sec. 4): omega drawn per example from
+  a range, the model told it, u_theta(z, r, t | c, omega), so the scale is chosen at sampling
 
 The JVP runs inside the module the engine wraps for DDP (:class:`AverageVelocityJVP`, from
 :meth:`MeanFlowObjective.training_module`), so DDP's forward sees it as the one forward of the step:
@@ -28,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fmkit.errors import FmkitError, ModelError, TrainingError
 from fmkit.flow.couplings import Coupling, IndependentCoupling, draw_and_pair
 from fmkit.flow.guidance import drop_condition
+from fmkit.flow.guidance_input import require_guidance
 from fmkit.flow.objectives.base import ModelFn, TimeSampler, uniform_time
 from fmkit.flow.paths import AffinePath, PathSample, ProbPath, StatePath, expand_t
 from fmkit.flow.self_conditioning import self_conditioned
@@ -54,7 +57,8 @@ class AverageVelocityJVP(nn.Module):
         self.model = model
 
     def forward(self, x_t: State, t: Tensor, cond: Tensor | None = None, r: Tensor | None = None,
-                tangent: Mapping[str, Tensor] | None = None) -> State | tuple[State, State]:
+                tangent: Mapping[str, Tensor] | None = None,
+                guidance: Tensor | None = None) -> State | tuple[State, State]:
         """The model's output, or with ``tangent`` the output and its total time derivative (see the class doc).
 
         Args:
@@ -63,31 +67,36 @@ class AverageVelocityJVP(nn.Module):
             cond: the condition per example [B, ...] (e.g. class labels [B]), or None.
             r: the other times [B] (r >= t); needed with ``tangent``; None: the one-time model.
             tangent: dz/dt (the path's velocity v) per continuous field [B, ...]; None: no JVP.
+            guidance: the guidance scale omega per example [B] for a model that takes it
+                (:mod:`fmkit.flow.guidance_input`), held constant by the JVP; None: not passed.
 
         Returns:
             Without ``tangent``: the model's output state. With it: ``(u, dudt)``, u keeping its graph to
             the weights, dudt = v d_z u + d_t u per tangent field, detached.
         """
+        kw = {} if guidance is None else {"guidance": guidance}
         if tangent is None:
-            return self.model(x_t, t, cond) if r is None else self.model(x_t, t, cond, r=r)
+            return self.model(x_t, t, cond, **kw) if r is None else self.model(x_t, t, cond, r=r, **kw)
         if r is None:
             raise ValueError("a JVP of the average velocity needs the second time r")
         jump = r != t
         if torch.compiler.is_compiling() or bool(jump.all()):  # static shapes for a compiled graph
-            return self._jvp(x_t, t, cond, r, tangent)
-        return self._split(x_t, t, cond, r, tangent, jump)
+            return self._jvp(x_t, t, cond, r, tangent, guidance)
+        return self._split(x_t, t, cond, r, tangent, jump, guidance)
 
     def _split(self, x_t: State, t: Tensor, cond: Tensor | None, r: Tensor, tangent: Mapping[str, Tensor],
-               jump: Tensor) -> tuple[State, State]:
+               jump: Tensor, guidance: Tensor | None = None) -> tuple[State, State]:
         """Only the examples with r != t need the JVP: at r = t the target is v itself ((t - r) d/dt u = 0).
         Those go through one JVP, the rest through a plain forward (the model is per example: no batch
         statistics), and both are put back in batch order; dudt is 0 where r = t."""
         moving, still = jump.nonzero().squeeze(1), (~jump).nonzero().squeeze(1)
-        plain = self.model(index(x_t, still), t[still], None if cond is None else cond[still], r=r[still])
+        kw = {} if guidance is None else {"guidance": guidance[still]}
+        plain = self.model(index(x_t, still), t[still], None if cond is None else cond[still], r=r[still], **kw)
         if moving.numel() == 0:
             return {k: plain[k] for k in tangent}, {k: torch.zeros_like(plain[k]).detach() for k in tangent}
         u_m, d_m = self._jvp(index(x_t, moving), t[moving], None if cond is None else cond[moving], r[moving],
-                             {k: v[moving] for k, v in tangent.items()})
+                             {k: v[moving] for k, v in tangent.items()},
+                             None if guidance is None else guidance[moving])
         u, dudt = {}, {}
         for k in tangent:
             shape = (t.shape[0], *plain[k].shape[1:])
@@ -97,13 +106,14 @@ class AverageVelocityJVP(nn.Module):
         return u, dudt
 
     def _jvp(self, x_t: State, t: Tensor, cond: Tensor | None, r: Tensor,
-             tangent: Mapping[str, Tensor]) -> tuple[State, State]:
-        """``(u, dudt)`` of every example by one ``torch.func.jvp`` (the class doc)."""
+             tangent: Mapping[str, Tensor], guidance: Tensor | None = None) -> tuple[State, State]:
+        """``(u, dudt)`` of every example by one ``torch.func.jvp`` (the class doc); ``guidance`` is held still."""
         z = {k: x_t[k] for k in tangent}
         rest = {k: v for k, v in x_t.items() if k not in z}  # masks, fields held still
+        kw = {} if guidance is None else {"guidance": guidance}
 
         def u(z: dict[str, Tensor], r: Tensor, t: Tensor) -> dict[str, Tensor]:
-            out = self.model({**z, **rest}, t, cond, r=r)
+            out = self.model({**z, **rest}, t, cond, r=r, **kw)
             return {k: out[k] for k in z}
 
         dz = {k: tangent[k].to(z[k].dtype) for k in z}
@@ -131,6 +141,9 @@ class MeanFlowObjective:
             e (p = 0: the plain mean; the paper's p = 1, c = 1e-3).
         guidance_scale, guidance_mix: omega and kappa of the folded guidance (1 and 0: none); a scale
             other than 1 needs ``cond_dropout`` > 0 and conditional data.
+        guidance_range: ``(low, high)``: omega drawn per example, uniform on the range, and given to the model
+            (``guidance=``; a model with ``guidance_input``), so sampling picks the scale; instead of
+            ``guidance_scale``. None: a fixed scale.
         cond_dropout, null_class: classifier-free training, as :class:`CFMObjective`.
         weights: per-field loss weights (1 for fields not named).
     """
@@ -146,7 +159,8 @@ class MeanFlowObjective:
                  coupling: Coupling | None = None, *, time: TimeSampler | None = None, equal_fraction: float = 0.75,
                  adaptive_p: float = 1.0, adaptive_c: float = 1e-3, guidance_scale: float = 1.0,
                  guidance_mix: float = 0.0, cond_dropout: float = 0.0, null_class: int = 0,
-                 weights: Mapping[str, float] | None = None) -> None:
+                 weights: Mapping[str, float] | None = None,
+                 guidance_range: tuple[float, float] | None = None) -> None:
         self.path = path if isinstance(path, StatePath) else StatePath(path)
         check_velocity_paths(self.path)
         source = source or GaussianSource()
@@ -158,7 +172,20 @@ class MeanFlowObjective:
         self.equal_fraction, self.adaptive_p, self.adaptive_c = float(equal_fraction), float(adaptive_p), \
             float(adaptive_c)
         self.omega, self.kappa = float(guidance_scale), float(guidance_mix)
-        self.guided = self.omega != 1.0 or self.kappa != 0.0
+        self.guidance_range = None if guidance_range is None else (float(guidance_range[0]),
+                                                                   float(guidance_range[1]))
+        if self.guidance_range is not None:
+            lo, hi = self.guidance_range
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"guidance_range must be (low, high) with 0 < low <= high, got {guidance_range}")
+            if self.omega != 1.0:
+                raise TrainingError(f"objective.guidance_scale {self.omega:g} fixes omega, and guidance_range "
+                                    f"{list(self.guidance_range)} draws it", where="objective.guidance_range",
+                                    fix="keep one: guidance_range (the model takes omega; sampling picks it) or "
+                                        "guidance_scale (folded in)")
+        self.guided = self.omega != 1.0 or self.kappa != 0.0 or self.guidance_range is not None
+        #: it calls the model with ``guidance=`` (a model's guidance embedding is trained; see ``two_times``)
+        self.guidance_input = self.guidance_range is not None
         self.cond_dropout, self.null_class = float(cond_dropout), int(null_class)
         if self.guided and self.cond_dropout <= 0.0:
             raise TrainingError(
@@ -166,12 +193,18 @@ class MeanFlowObjective:
                 "average velocity u(z, t, t | null), which the model learns only from dropped conditions, and "
                 "trainer.cond_dropout is 0", where="trainer.cond_dropout",
                 fix="set trainer.cond_dropout (the paper drops 10%: 0.1), or guidance_scale: 1 for no guidance")
+        if self.guidance_range is not None and self.kappa != 0.0:
+            raise TrainingError("objective.guidance_mix with guidance_range is not supported: the mix's "
+                                "conditional branch would need its own omega", where="objective.guidance_mix",
+                                fix="drop guidance_mix (0) with guidance_range")
         self.weights = {k: float(w) for k, w in (weights or {}).items() if w != 1.0}
 
     def training_module(self, model: nn.Module) -> nn.Module:
         """``model`` wrapped to compute the JVP inside its forward (:class:`AverageVelocityJVP`): the module
         the engine puts under DDP / ``torch.compile``. Refuses a model without the keyword ``r``."""
         require_r(model, "objective meanflow")
+        if self.guidance_range is not None:
+            require_guidance(model, "objective.guidance_range")
         if self_conditioned(model):
             raise ModelError(f"objective meanflow trains the average velocity without self-conditioning, and "
                              f"{type(model).__name__} is self-conditioned", where="model",
@@ -189,6 +222,13 @@ class MeanFlowObjective:
             r = torch.where(torch.rand(n, device=device) < self.equal_fraction, t, r)
         return t, r
 
+    def guidance_scales(self, n: int, device: torch.device) -> Tensor | None:
+        """omega per example [n], uniform on ``guidance_range``; None with a fixed scale."""
+        if self.guidance_range is None:
+            return None
+        lo, hi = self.guidance_range
+        return lo + (hi - lo) * torch.rand(n, device=device)
+
     def __call__(self, model: ModelFn, x1: State, x0: State | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The weighted total (a scalar) and each field's batch-mean squared error, for data ``x1``."""
         check_continuous(x1)
@@ -202,8 +242,9 @@ class MeanFlowObjective:
         cond = x1.get(COND)
         cond_in = drop_condition(cond, self.cond_dropout, self.null_class)
         x_t = {k: v for k, v in ps.x_t.items() if k != COND}
-        v = self.guided_velocity(model, x_t, t, cond, cond_in, ps.dx_t)
-        u, u_tgt = self.prediction_and_target(model, x_t, t, r, cond_in, v)
+        omega = self.guidance_scales(t.shape[0], t.device)
+        v = self.guided_velocity(model, x_t, t, cond, cond_in, ps.dx_t, omega)
+        u, u_tgt = self.prediction_and_target(model, x_t, t, r, cond_in, v, self.model_guidance(omega, cond_in))
         per_example: Tensor | None = None
         per_field: dict[str, Tensor] = {}
         for k, v1 in fields(x1).items():                               # masked mean of (u - sg(u_tgt))^2
@@ -216,8 +257,20 @@ class MeanFlowObjective:
             per_example = per_example / (per_example.detach() + self.adaptive_c) ** self.adaptive_p
         return per_example.mean(), per_field
 
+    def model_guidance(self, omega: Tensor | None, cond_in: Tensor | None) -> Tensor | None:
+        """The omega the model is told [B]: the drawn one, 1 where the condition was dropped (its target
+        is the unguided v); None with a fixed scale."""
+        if omega is None or cond_in is None:
+            return omega
+        return torch.where(self.kept(cond_in), omega, torch.ones_like(omega))
+
+    def kept(self, cond_in: Tensor) -> Tensor:
+        """[B] bool: the examples whose condition was kept (a dropped one is null in every entry)."""
+        return ~(cond_in == self.null_class).reshape(cond_in.shape[0], -1).all(1)
+
     def prediction_and_target(self, model: ModelFn, x_t: State, t: Tensor, r: Tensor, cond: Tensor | None,
-                              v: Mapping[str, Tensor]) -> tuple[State, dict[str, Tensor]]:
+                              v: Mapping[str, Tensor],
+                              guidance: Tensor | None = None) -> tuple[State, dict[str, Tensor]]:
         """``(u_theta(z_t, r, t), sg(u_tgt))`` with u_tgt = v - (t - r) d/dt u_theta (eq. 10), d/dt along ``v``.
 
         Args:
@@ -228,16 +281,18 @@ class MeanFlowObjective:
             cond: the condition the model sees [B, ...] (dropped to null where classifier-free training
                 dropped it), or None.
             v: the (guided) velocity per field [B, ...], the JVP's tangent.
+            guidance: omega per example [B] for a model that takes it, or None.
 
         Returns:
             ``(u, target)``: the prediction with its graph, and the detached target, per field [B, ...].
         """
-        u, dudt = model(x_t, t, cond, r=r, tangent=v)
+        kw = {} if guidance is None else {"guidance": guidance}
+        u, dudt = model(x_t, t, cond, r=r, tangent=v, **kw)
         target = {k: (v[k] - expand_t(t - r, v[k]) * dudt[k].to(v[k].dtype)).detach() for k in v}
         return u, target
 
     def guided_velocity(self, model: ModelFn, x_t: State, t: Tensor, cond: Tensor | None, cond_in: Tensor | None,
-                        v: Mapping[str, Tensor]) -> dict[str, Tensor]:
+                        v: Mapping[str, Tensor], omega: Tensor | None = None) -> dict[str, Tensor]:
         """v~ of eq. 21 (``v`` itself without guidance, and where the condition was dropped).
 
         Args:
@@ -247,6 +302,7 @@ class MeanFlowObjective:
             cond: the batch's true condition [B, ...], or None (refused when guided).
             cond_in: the condition after dropout (null where dropped), or None.
             v: the path's velocity dz_t/dt per field [B, ...] (None entries are skipped).
+            omega: the scale per example [B] (``guidance_range``); None: the fixed ``guidance_scale``.
 
         Returns:
             The velocity per field [B, ...] whose JVP and target the loss uses.
@@ -267,10 +323,11 @@ class MeanFlowObjective:
                 b = t.shape[0]
                 u_cond, u_null = {k: o[:b] for k, o in both.items()}, {k: o[b:] for k, o in both.items()}
         # the examples whose condition was kept (a dropped one is null in every entry): they get the mix
-        kept = ~(cond_in == self.null_class).reshape(cond_in.shape[0], -1).all(1) if cond_in is not None else None
+        kept = self.kept(cond_in) if cond_in is not None else None
         out = {}
         for k, vk in v.items():
-            mix = self.omega * vk + (1.0 - self.omega - self.kappa) * u_null[k].to(vk.dtype)
+            w = self.omega if omega is None else omega.to(vk.dtype).reshape(-1, *([1] * (vk.dim() - 1)))
+            mix = w * vk + (1.0 - w - self.kappa) * u_null[k].to(vk.dtype)
             if u_cond is not None:
                 mix = mix + self.kappa * u_cond[k].to(vk.dtype)
             out[k] = mix if kept is None else torch.where(kept.reshape(-1, *([1] * (vk.dim() - 1))), mix, vk)
