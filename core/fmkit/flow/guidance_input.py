@@ -1,7 +1,7 @@
 """Guidance as a model input: one network for every classifier-free guidance scale, tunable at one step.
 
 MeanFlow folds a fixed scale omega into its training target (Geng et al. 2025, eq. 21), so a one-step
-model samples at that scale only. Improved MeanFlow (Geng et al. 2025b, "Improved Mean Flows", sec. 4)
+model samples at that scale only. Improved MeanFlow (Geng et al. 2025b, "Improved Mean Flows")
 instead draws omega per example while training and gives it to the network, u_theta(z, r, t | c, omega):
 the scale is then chosen when sampling, still in one jump. The contract:
 

@@ -10,7 +10,7 @@ t = 1 the data; a jump goes from t to r >= t):
 - loss ||u_theta - sg(u_tgt)||^2, weighted by w = sg(1 / (||Delta||^2 + c)^p)     (eq. 11; sec. 4.3)
 - guidance folded into the target: v~ = omega v + kappa u_theta(z_t, t, t | c) + (1 - omega - kappa)
   u_theta(z_t, t, t | null), v~ = v where the condition was dropped                (eqs. 19, 21)
-- or guidance as an input (improved MeanFlow, Geng et al. 2025b, sec. 4): omega drawn per example from
+- or guidance as an input (improved MeanFlow, Geng et al. 2025b): omega drawn per example from
   a range, the model told it, u_theta(z, r, t | c, omega), so the scale is chosen at sampling
 
 The JVP runs inside the module the engine wraps for DDP (:class:`AverageVelocityJVP`, from
