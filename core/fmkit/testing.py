@@ -171,8 +171,10 @@ def check_two_time_model(model: nn.Module, data: Dataset, *, batch_size: int = 3
     u, dudt = AverageVelocityJVP(model)(x_t, t, cond, r=t + 0.5, tangent=tangent)
     for k, d in dudt.items():
         assert d.shape == u[k].shape and torch.isfinite(d).all(), f"the JVP of the output {k!r} is not finite"
-    if not takes_guidance(model) or cond is None:
+    if not takes_guidance(model):
         return
+    assert cond is not None, f"{type(model).__name__} takes a guidance scale: check it on conditional data " \
+        "(labels in cond)"
     ones = torch.ones(batch_size)
     with torch.no_grad():
         _assert_same(other, model(x_t, t, cond, r=t + 0.5, guidance=ones),

@@ -74,7 +74,7 @@ class AverageVelocityJVP(nn.Module):
             Without ``tangent``: the model's output state. With it: ``(u, dudt)``, u keeping its graph to
             the weights, dudt = v d_z u + d_t u per tangent field, detached.
         """
-        kw = {} if guidance is None else {"guidance": guidance}
+        kw = _told(guidance)
         if tangent is None:
             return self.model(x_t, t, cond, **kw) if r is None else self.model(x_t, t, cond, r=r, **kw)
         if r is None:
@@ -90,7 +90,7 @@ class AverageVelocityJVP(nn.Module):
         Those go through one JVP, the rest through a plain forward (the model is per example: no batch
         statistics), and both are put back in batch order; dudt is 0 where r = t."""
         moving, still = jump.nonzero().squeeze(1), (~jump).nonzero().squeeze(1)
-        kw = {} if guidance is None else {"guidance": guidance[still]}
+        kw = _told(None if guidance is None else guidance[still])
         plain = self.model(index(x_t, still), t[still], None if cond is None else cond[still], r=r[still], **kw)
         if moving.numel() == 0:
             return {k: plain[k] for k in tangent}, {k: torch.zeros_like(plain[k]).detach() for k in tangent}
@@ -110,7 +110,7 @@ class AverageVelocityJVP(nn.Module):
         """``(u, dudt)`` of every example by one ``torch.func.jvp`` (the class doc); ``guidance`` is held still."""
         z = {k: x_t[k] for k in tangent}
         rest = {k: v for k, v in x_t.items() if k not in z}  # masks, fields held still
-        kw = {} if guidance is None else {"guidance": guidance}
+        kw = _told(guidance)
 
         def u(z: dict[str, Tensor], r: Tensor, t: Tensor) -> dict[str, Tensor]:
             out = self.model({**z, **rest}, t, cond, r=r, **kw)
@@ -286,7 +286,7 @@ class MeanFlowObjective:
         Returns:
             ``(u, target)``: the prediction with its graph, and the detached target, per field [B, ...].
         """
-        kw = {} if guidance is None else {"guidance": guidance}
+        kw = _told(guidance)
         u, dudt = model(x_t, t, cond, r=r, tangent=v, **kw)
         target = {k: (v[k] - expand_t(t - r, v[k]) * dudt[k].to(v[k].dtype)).detach() for k in v}
         return u, target
@@ -364,6 +364,11 @@ def _wrapped(model: nn.Module) -> bool:
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)
     return isinstance(inner, AverageVelocityJVP)
+
+
+def _told(guidance: Tensor | None) -> dict[str, Tensor]:
+    """The keyword that tells a model its guidance scale, or none (omega = 1)."""
+    return {} if guidance is None else {"guidance": guidance}
 
 
 def _twice(x: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
